@@ -1,0 +1,54 @@
+# uav: harvest → train → eval. Every target that needs Python depends on `setup`, so any of them works as
+# the first command on a fresh machine.
+SHELL := /bin/bash
+PY    := .venv/bin/python
+UAV   := .venv/bin/uav
+STAMP := .venv/.uav-installed
+
+DONOR   ?= smollm2-135m
+DATA    ?= demo
+LAYERS  ?=
+STORE   ?= stores/$(DONOR)
+RECIPE  ?= pipelines/recipes/demo.toml
+RUN     ?= runs/self
+DECODER ?= smollm2-135m
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test test-all harvest train eval demo bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned to the CPU wheel on our machines: anything that depends on torch would otherwise
+# pull a multi-GB CUDA build (NOTES.md). The constraints file keeps every later install on that wheel.
+$(STAMP): pyproject.toml constraints.txt requirements-embedded.txt
+	test -x .venv/bin/python || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e '.[data,dev]'
+	$(PY) -m pip install -q --no-deps -r requirements-embedded.txt
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+harvest: setup
+	$(UAV) harvest --donor $(DONOR) --data $(DATA) --out $(STORE) $(if $(LAYERS),--layers $(LAYERS))
+
+train: setup
+	$(UAV) train --recipe $(RECIPE) --store $(STORE) --decoder $(DECODER) --out $(RUN)
+
+eval: setup
+	$(UAV) eval $(RUN)
+
+demo: setup
+	$(UAV) demo --recipe $(RECIPE)
+
+bench: setup
+	$(UAV) bench
+
+clean:
+	rm -rf stores runs data bench/tmp
