@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny random models + tokenizers saved as HF folders, built offline in a second or two.
+
+The folders are session-scoped: treat them as read-only (copy one with shutil.copytree to modify it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches a model hub on our machines
+
+SENTENCES = [
+    "The capital of France is Paris.",
+    "The cat sat on the mat and looked at the dog.",
+    "Gradient descent minimises a loss over model parameters.",
+    "Paris, Berlin and Rome are cities in Europe.",
+    "A language model predicts the next token from the previous ones.",
+    "Explain the activation in plain English, please.",
+    "user assistant system: hello, how are you? I am fine, thanks!",
+    "0 1 2 3 4 5 6 7 8 9 10 100 1000",
+]
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def make_tokenizer(specials: list[str], vocab_size: int = 400, **kw):
+    """Byte-level BPE trained on SENTENCES: encodes any text (no <unk>) and decodes it back exactly."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(SENTENCES, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **kw)
+
+
+def _save(tmp: Path, model: torch.nn.Module, tok) -> Path:
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    return tmp
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """Tiny random Llama (3 blocks, d 32) with a ChatML chat template, eos <|im_end|>, pad <pad>."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer(["<pad>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                         eos_token="<|im_end|>", pad_token="<pad>", bos_token="<|endoftext|>")
+    tok.chat_template = CHATML
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                      tie_word_embeddings=True)
+    return _save(tmp_path_factory.mktemp("tiny_llama"), LlamaForCausalLM(cfg).eval(), tok)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_dir(tmp_path_factory) -> Path:
+    """Tiny random Gemma-3 text model (4 blocks, d 32), no chat template, like the embedded gemma3-270m."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = make_tokenizer(["<pad>", "<eos>", "<bos>", "<unk>"], eos_token="<eos>", pad_token="<pad>",
+                         bos_token="<bos>", unk_token="<unk>")
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+                           sliding_window=16, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                           bos_token_id=tok.bos_token_id)
+    return _save(tmp_path_factory.mktemp("tiny_gemma"), Gemma3ForCausalLM(cfg).eval(), tok)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """Tiny random BERT encoder (2 blocks, d 32) with [CLS]/[SEP]/[PAD] tokens."""
+    from transformers import BertConfig, BertModel
+
+    tok = make_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], pad_token="[PAD]", unk_token="[UNK]",
+                         cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+    return _save(tmp_path_factory.mktemp("tiny_bert"), BertModel(cfg).eval(), tok)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests (real embedded models, minutes) run only when asked for with ``-m slow``."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
