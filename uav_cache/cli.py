@@ -1,0 +1,100 @@
+"""Donor-side commands: `uav data build`, `uav harvest`, `uav store info|verify`, `uav models`.
+
+Thin typed wrappers over the Python API (datasets.build, harvest.harvest, store.Store): a notebook calls
+the same functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from uav_cache.errors import UavError
+
+data_app = typer.Typer(help="Build the project's examples from data shipped in PyPI packages.", no_args_is_help=True)
+store_app = typer.Typer(help="Inspect and check activation stores.", no_args_is_help=True)
+
+
+def int_list(value: Optional[str], what: str) -> list[int] | None:
+    """'15,20' → [15, 20], with a one-line error naming the bad item."""
+    if value is None or value == "":
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UavError(f"{what} must be comma-separated integers, got {value!r}", f"e.g. {what} 15,20") from None
+
+
+@data_app.command("build")
+def data_build(
+    recipe: Annotated[str, typer.Option(help="Which examples to build: demo (small) or full.")] = "demo",
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default data/RECIPE).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the deterministic subset choice.")] = 0,
+) -> None:
+    """Turn BBC news, tweets, country facts, cities and ACL summaries into examples.jsonl + manifest.json."""
+    from uav_cache.datasets import build
+
+    ex = build(recipe, seed=seed)
+    path = ex.save(out or Path("data") / recipe)
+    sizes = ", ".join(f"{k} {v}" for k, v in ex.split_sizes().items())
+    typer.echo(f"{len(ex.examples)} examples ({sizes}), fingerprint {ex.fingerprint[:12]} → {path}/examples.jsonl")
+
+
+def harvest_command(
+    donor: Annotated[str, typer.Option(help="Registry name (see `uav models`) or a local model folder.")] = "smollm2-135m",
+    data: Annotated[str, typer.Option(help="Recipe name (demo/full), a `uav data build` folder, a JSONL file or a hub dataset.")] = "demo",
+    out: Annotated[Optional[str], typer.Option(help="Store folder (default stores/DONOR).")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="Block indices to read, e.g. 15,20 (default: the registry's).")] = None,
+    positions: Annotated[str, typer.Option(help="last: last non-pad token; all: also every token.")] = "last",
+    dtype: Annotated[Optional[str], typer.Option(help="fp16 or bf16 (default: the registry's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 8,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N examples.")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Token cap (default: the registry's); longer texts are cut and flagged.")] = None,
+    donor_input: Annotated[str, typer.Option(help="raw text, or chat (wrapped in the donor's chat template).")] = "raw",
+    shard_rows: Annotated[int, typer.Option(help="Rows per shard: the unit of commit and resume.")] = 4096,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 …")] = "auto",
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow the donor's own modelling code (off by default).")] = False,
+) -> None:
+    """Run a donor once over a dataset and write (or resume) a Zarr activation store."""
+    from uav_cache.harvest import HarvestConfig, harvest
+    from uav_cache.store import Store
+
+    cfg = HarvestConfig(donor=donor, data=data, out=out or f"stores/{Path(donor).name}", layers=int_list(layers, "--layers"),
+                        positions=positions, dtype=dtype, batch_size=batch_size, limit=limit, max_length=max_length,
+                        donor_input=donor_input, shard_rows=shard_rows, device=device, trust_remote_code=trust_remote_code)
+    path = harvest(cfg)
+    typer.echo(Store(path).info())
+
+
+@store_app.command("info")
+def store_info(path: Annotated[str, typer.Argument(help="Store folder or fsspec URL.")]) -> None:
+    """Human summary: donor, layers, dtype, dataset, progress, per-layer stats."""
+    from uav_cache.store import Store
+
+    typer.echo(Store(path).info())
+
+
+@store_app.command("verify")
+def store_verify(path: Annotated[str, typer.Argument(help="Store folder or fsspec URL.")]) -> None:
+    """Check every shard: committed, readable, right shape and dtype, finite, checksum. Exit 1 if broken."""
+    from uav_cache.store import Store
+
+    st = Store(path)
+    problems = st.verify()
+    for p in problems:
+        typer.echo(f"BROKEN {p}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"ok: {st.meta['n_shards']} shards, {st.n_rows} rows, {len(st.layers)} layer(s) verified")
+
+
+def models_command() -> None:
+    """List the model registry (pipelines/models/*.toml)."""
+    from uav_cache.models import list_models
+
+    for m in list_models():
+        src = m.source_kind if m.source_kind != "hub" else m.hub_id
+        typer.echo(f"{m.name:14s} {m.family:12s} {m.kind:8s} layers {m.n_layers:3d} d {m.d_model:5d} "
+                   f"read {m.layers} {m.dtype}  [{src}]")

@@ -1,0 +1,273 @@
+"""The donor loop: run a donor once over a dataset and fill an activation store.
+
+Hook points are explicit (TransformerLens style): a forward hook on each requested block (named by its
+module path, e.g. ``model.layers.23``) captures that block's residual output, and the deepest hook stops
+the forward pass, so layers above it and the LM head never run. Shards are written by a background
+thread while the donor computes the next one, and committed one at a time (see store.py).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from uav_cache import __version__
+from uav_cache.datasets import ExampleSet, load_examples
+from uav_cache.errors import UavError
+from uav_cache.models import (ModelSpec, block_modules, layer_name, load, resolve, tokenizer_fingerprint,
+                              weights_fingerprint)
+from uav_cache.store import FORMAT, FORMAT_VERSION, FP16_MAX, STORAGE_DTYPES, StoreWriter, to_bits
+
+
+@dataclass
+class HarvestConfig:
+    """What to harvest. Every field that changes the rows is part of the store's identity."""
+
+    donor: str = "smollm2-135m"  # registry name (pipelines/models/*.toml) or a local model folder
+    data: str = "demo"  # built-in recipe name, a folder from `uav data build`, a JSONL file, or a hub dataset
+    out: str = "stores/smollm2-135m"
+    layers: list[int] | None = None  # block indices; None = the registry's default read-out layer(s)
+    positions: str = "last"  # "last": the last non-pad token per text; "all": also every token (ragged)
+    dtype: str | None = None  # "fp16" | "bf16"; None = the registry's choice for this donor
+    batch_size: int = 8
+    limit: int | None = None  # first N examples only
+    max_length: int | None = None  # token cap; None = the registry's max_length; longer texts are cut and flagged
+    donor_input: str = "raw"  # "raw": the text as is; "chat": wrapped as a user turn of the donor's chat template
+    shard_rows: int = 4096  # rows per commit unit (and Zarr shard): a kill loses at most one shard of work
+    chunk_rows: int = 512  # rows per compressed inner chunk: the unit a streaming reader fetches
+    device: str = "auto"
+    trust_remote_code: bool = False
+    rank: int = field(default_factory=lambda: int(os.environ.get("RANK", 0)))  # torchrun sets these:
+    world: int = field(default_factory=lambda: int(os.environ.get("WORLD_SIZE", 1)))  # shard s → rank s % world
+    progress: bool = True
+
+
+class _Stop(Exception):
+    """Raised by the deepest hook: everything above the last requested block is skipped."""
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def tokenize(tok, texts: list[str], max_length: int, donor_input: str) -> tuple[list[list[int]], list[bool]]:
+    """Token ids per text, cut at ``max_length`` (the cut is recorded, never silent)."""
+    ids, cut = [], []
+    for t in texts:
+        if donor_input == "chat":
+            if not getattr(tok, "chat_template", None):
+                raise UavError("--donor-input chat needs a donor tokenizer with a chat template",
+                               "use --donor-input raw for this donor")
+            full = tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True)
+            full = list(full["input_ids"] if isinstance(full, dict) or hasattr(full, "keys") else full)
+        else:
+            full = tok(t, add_special_tokens=True)["input_ids"]
+        ids.append(list(full[:max_length]))
+        cut.append(len(full) > max_length)
+    return ids, cut
+
+
+class Capture:
+    """Forward hooks on chosen blocks; ``outputs[name]`` holds each block's residual output."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]):
+        blocks = dict(block_modules(model))
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = []
+        deepest = max(names, key=lambda n: list(blocks).index(n))
+        for n in names:
+            self.handles.append(blocks[n].register_forward_hook(self._hook(n, stop=(n == deepest))))
+
+    def _hook(self, name: str, stop: bool):
+        def hook(_mod, _inp, out):
+            self.outputs[name] = out[0] if isinstance(out, (tuple, list)) else out
+            if stop:
+                raise _Stop
+        return hook
+
+    def run(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.outputs = {}
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _Stop:
+            pass
+        return self.outputs
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _validate(ex: ExampleSet) -> None:
+    if not ex.examples:
+        raise UavError(f"dataset {ex.name!r} has no examples", "check --data and --limit")
+    for e in ex.examples:
+        if not isinstance(e.get("text"), str) or not e["text"].strip():
+            raise UavError(f"example {e.get('id')!r} has an empty text", "drop it or give it text")
+
+
+def plan_meta(cfg: HarvestConfig, spec: ModelSpec, model, tok, ex: ExampleSet, names: list[str],
+              indices: list[int], dtype: str, max_length: int, n_tokens: int) -> dict:
+    """The store's root metadata: everything a reader needs to trust and use the rows without uav."""
+    n = len(ex.examples)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "uav_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "donor": spec.name,
+        "donor_hub_id": spec.hub_id,
+        "donor_revision": spec.revision,
+        "donor_kind": spec.kind,
+        "family": spec.family,
+        "weights_fingerprint": weights_fingerprint(spec),
+        "n_layers": len(block_modules(model)),
+        "layers": names,
+        "layer_indices": indices,
+        "positions": cfg.positions,
+        "readout": "residual output of each named block at the last non-pad token",
+        "dtype": dtype,
+        "d_model": int(model.config.hidden_size),
+        "tokenizer": tokenizer_fingerprint(tok),
+        "donor_input": cfg.donor_input,
+        "max_length": max_length,
+        "dataset": {"name": ex.name, "fingerprint": ex.fingerprint, "split_sizes": ex.split_sizes(), "n_examples": n},
+        "dataset_fingerprint": ex.fingerprint,
+        "n_rows": n,
+        "shard_rows": cfg.shard_rows,
+        "chunk_rows": cfg.chunk_rows,
+        "n_shards": (n + cfg.shard_rows - 1) // cfg.shard_rows,
+        "n_tokens": n_tokens,
+    }
+
+
+def harvest(cfg: HarvestConfig) -> Path:
+    """Run ``cfg.donor`` over ``cfg.data`` and fill the store at ``cfg.out``. Re-running resumes; a finished
+    store is a no-op. Returns the store path."""
+    if cfg.positions not in ("last", "all"):
+        raise UavError(f"unknown --positions {cfg.positions!r}", "use last or all")
+    if cfg.donor_input not in ("raw", "chat"):
+        raise UavError(f"unknown --donor-input {cfg.donor_input!r}", "use raw or chat")
+    if cfg.batch_size < 1 or cfg.shard_rows < 1 or cfg.chunk_rows < 1:
+        raise UavError("--batch-size, shard_rows and chunk_rows must be positive", "pass a number ≥ 1")
+    if not 0 <= cfg.rank < cfg.world:
+        raise UavError(f"rank {cfg.rank} is outside world size {cfg.world}", "check RANK / WORLD_SIZE")
+    spec = resolve(cfg.donor)
+    dtype = cfg.dtype or spec.dtype
+    if dtype not in STORAGE_DTYPES:
+        raise UavError(f"unknown --dtype {dtype!r}", "use fp16 or bf16")
+    ex = load_examples(cfg.data, limit=cfg.limit)
+    _validate(ex)
+
+    device = _device(cfg.device)
+    model, tok = load(spec, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                      device=str(device), trust_remote_code=cfg.trust_remote_code)
+    indices = list(cfg.layers) if cfg.layers else list(spec.layers)
+    names = [layer_name(model, i) for i in indices]
+    n_blocks = len(block_modules(model))
+    indices = [i % n_blocks for i in indices]
+    max_length = cfg.max_length or spec.max_length
+    ids, cut = tokenize(tok, [e["text"] for e in ex.examples], max_length, cfg.donor_input)
+    if any(len(t) == 0 for t in ids):
+        bad = next(e["id"] for e, t in zip(ex.examples, ids) if not t)
+        raise UavError(f"example {bad!r} tokenizes to nothing", "drop it or give it text")
+    meta = plan_meta(cfg, spec, model, tok, ex, names, indices, dtype, max_length, sum(map(len, ids)))
+    writer = StoreWriter.create_or_open(cfg.out, meta, ex.examples, ids, cut)
+    todo = writer.pending_shards(cfg.rank, cfg.world)
+    if not todo:
+        writer.finalize()
+        return Path(cfg.out)
+
+    capture = Capture(model, names)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    bar = tqdm(total=sum(writer.shard_range(s)[1] - writer.shard_range(s)[0] for s in todo),
+               desc=f"harvest {spec.name} → {cfg.out}", unit="text", disable=not cfg.progress)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uav-writer")
+    pending: Future | None = None
+    try:
+        for s in todo:
+            a, b = writer.shard_range(s)
+            last, all_tok = _run_shard(model, capture, ids[a:b], names, pad, cfg.batch_size, dtype,
+                                       cfg.positions == "all", device, [e["id"] for e in ex.examples[a:b]], bar)
+            if pending is not None:
+                pending.result()  # at most one shard in flight: bounded memory, errors surface promptly
+            pending = pool.submit(writer.write_shard, s, last, all_tok)
+        if pending is not None:
+            pending.result()
+    finally:
+        pool.shutdown(wait=True)
+        capture.close()
+        bar.close()
+    writer.finalize()
+    return Path(cfg.out)
+
+
+@torch.inference_mode()
+def _run_shard(model, capture: Capture, ids: list[list[int]], names: list[str], pad: int, batch_size: int,
+               dtype: str, keep_all: bool, device: torch.device, ex_ids: list[str], bar) -> tuple[dict, dict | None]:
+    """Forward one shard in length-sorted batches (less padding); rows come back in their original order."""
+    n = len(ids)
+    d = None
+    last: dict[str, np.ndarray] = {}
+    per_row: dict[str, list[np.ndarray | None]] = {k: [None] * n for k in names} if keep_all else {}
+    order = sorted(range(n), key=lambda i: (len(ids[i]), i))
+    for k in range(0, n, batch_size):
+        rows = order[k:k + batch_size]
+        width = max(len(ids[i]) for i in rows)
+        x = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, i in enumerate(rows):
+            x[j, :len(ids[i])] = torch.tensor(ids[i])
+            mask[j, :len(ids[i])] = 1
+        out = capture.run(model, x.to(device), mask.to(device))
+        lens = torch.tensor([len(ids[i]) for i in rows])
+        for name in names:
+            h = out[name].float()
+            if d is None:
+                d = h.shape[-1]
+            real = mask.to(h.device).bool()
+            if not torch.isfinite(h[real]).all():
+                bad = [ex_ids[rows[j]] for j in range(len(rows)) if not torch.isfinite(h[j][real[j]]).all()]
+                raise UavError(f"donor produced NaN/inf at {name} for {bad[:3]}", "check the donor weights/dtype")
+            peak = float(h[real].abs().max())
+            if dtype == "fp16" and peak > FP16_MAX:
+                raise UavError(f"activations at {name} reach {peak:.3g}, beyond fp16's {FP16_MAX:.0f}",
+                               "re-run with --dtype bf16 (use a new --out: the store's dtype is fixed)")
+            if name not in last:
+                last[name] = np.zeros((n, d), dtype=np.uint16)
+            vec = h[torch.arange(len(rows)), lens.to(h.device) - 1]
+            last[name][rows] = to_bits(vec, dtype)
+            if keep_all:
+                for j, i in enumerate(rows):
+                    per_row[name][i] = to_bits(h[j, :len(ids[i])], dtype)
+        bar.update(len(rows))
+    all_tok = {k: np.concatenate(v) for k, v in per_row.items()} if keep_all else None
+    return last, all_tok
+
+
+
+def read_out(model, tok, texts: list[str], names: list[str], *, dtype: str, max_length: int, donor_input: str = "raw",
+             batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """Activations for a few texts through exactly the harvest path (same cut, same rounding), in memory.
+    Used by `uav explain`: the decoder must see what it saw in training."""
+    from uav_cache.store import from_bits
+
+    ids, _ = tokenize(tok, texts, max_length, donor_input)
+    capture = Capture(model, names)
+    device = next(model.parameters()).device
+    try:
+        with tqdm(total=len(texts), disable=True) as bar:
+            last, _ = _run_shard(model, capture, ids, names, tok.pad_token_id or 0, batch_size, dtype, False, device,
+                                 [str(i) for i in range(len(texts))], bar)
+    finally:
+        capture.close()
+    return {n: from_bits(last[n], dtype) for n in names}

@@ -1,0 +1,466 @@
+"""The activation store: the one owner of the on-disk format (see docs/store-format.md).
+
+A store is a Zarr v3 group that a harvest fills shard by shard. The unit of commit is a *row shard*: all
+arrays for rows ``[s*R, (s+1)*R)`` are written, then ``_commits/sNNNNN.json`` is renamed into place. A
+shard without its commit file does not exist for readers, so a killed harvest leaves nothing half-visible,
+a re-run redoes exactly the missing shards, and readers can open a store while another process writes it.
+Shard ``s`` is owned by writer ``s % world``: ranks never touch the same file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec
+
+from uav_cache import __version__
+from uav_cache.errors import UavError
+
+FORMAT = "uav-activation-store"
+FORMAT_VERSION = 1
+STORAGE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+FP16_MAX = 65504.0
+# Keys that say what the rows *are*: two runs that differ in any of them must never share a store.
+IDENTITY_KEYS = (
+    "format_version", "donor", "weights_fingerprint", "layers", "positions", "dtype", "d_model",
+    "tokenizer", "donor_input", "max_length", "dataset_fingerprint", "n_rows", "shard_rows",
+)
+SPLITS = ("train", "val", "test")
+
+
+def _compressor() -> BloscCodec:
+    # Byte shuffle + zstd: the best lossless ratio measured on real fp16/bf16 activations (NOTES.md).
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    """Write-then-rename: a reader sees the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def to_bits(x: torch.Tensor, dtype: str) -> np.ndarray:
+    """Activations → the uint16 bit patterns we store (zarr has no bfloat16; the round trip is exact)."""
+    return x.detach().to(STORAGE_DTYPES[dtype]).contiguous().view(torch.int16).cpu().numpy().view(np.uint16)
+
+
+def from_bits(bits: np.ndarray, dtype: str) -> torch.Tensor:
+    """uint16 bit patterns → a tensor of the logical dtype."""
+    return torch.from_numpy(np.ascontiguousarray(bits).view(np.int16)).view(STORAGE_DTYPES[dtype])
+
+
+def _sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _moments(bits: np.ndarray, dtype: str) -> dict:
+    """Sufficient statistics of one shard's vectors, merged into per-layer mean/std/norm at the end."""
+    x = from_bits(bits, dtype).double()
+    norms = x.norm(dim=-1)
+    return {
+        "count": int(x.shape[0]),
+        "sum": x.sum(0).tolist(),
+        "sumsq": (x * x).sum(0).tolist(),
+        "norm_sum": float(norms.sum()),
+        "norm_sumsq": float((norms * norms).sum()),
+        "max_abs": float(x.abs().max()) if x.numel() else 0.0,
+    }
+
+
+def _merge_moments(parts: list[dict]) -> dict:
+    n = sum(p["count"] for p in parts)
+    s = np.sum([p["sum"] for p in parts], axis=0)
+    sq = np.sum([p["sumsq"] for p in parts], axis=0)
+    mean = s / n
+    var = np.maximum(sq / n - mean**2, 0.0)
+    nm = sum(p["norm_sum"] for p in parts) / n
+    nv = max(sum(p["norm_sumsq"] for p in parts) / n - nm**2, 0.0)
+    return {
+        "count": n,
+        "mean": mean.tolist(),
+        "std": np.sqrt(var).tolist(),
+        "norm_mean": nm,
+        "norm_std": float(np.sqrt(nv)),
+        "max_abs": max(p["max_abs"] for p in parts),
+        "rms": float(np.sqrt(sq.sum() / (n * len(s)))),
+    }
+
+
+def _layer_key(layer: str) -> str:
+    return f"acts/{layer}"
+
+
+def _diff_identity(have: dict, want: dict) -> list[str]:
+    return [f"{k}: store has {have.get(k)!r}, this run has {want.get(k)!r}" for k in IDENTITY_KEYS
+            if have.get(k) != want.get(k)]
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) < 60 else s[:57] + "..."
+
+
+# --------------------------------------------------------------------------------------------------------
+# Writing
+
+
+class StoreWriter:
+    """Creates a store (atomically: built in a temp folder, then renamed) or re-opens a matching one,
+    and writes/commits row shards. Construct with :meth:`create_or_open`."""
+
+    def __init__(self, path: Path, meta: dict):
+        self.path, self.meta = path, meta
+        self.group = zarr.open_group(str(path), mode="r+")
+
+    @classmethod
+    def create_or_open(cls, path: str | Path, meta: dict, examples: list[dict],
+                       token_ids: list[list[int]], truncated: list[bool]) -> "StoreWriter":
+        """Open ``path`` for writing ``meta``'s rows; refuse a store whose identity differs.
+
+        ``meta`` must hold every key of :data:`IDENTITY_KEYS` plus descriptive fields; the static tables
+        (examples, token ids) are written once, at creation, so every shard writer sees the same plan.
+        """
+        if "://" in str(path):  # checked before Path(), which collapses "s3://b" to "s3:/b"
+            raise UavError(f"harvest writes local stores only, got {path}",
+                           "harvest to a local folder, then copy it; readers accept any fsspec URL")
+        path = Path(path)
+        if meta["shard_rows"] % min(meta["chunk_rows"], meta["shard_rows"]):
+            raise UavError(f"shard_rows {meta['shard_rows']} is not a multiple of chunk_rows {meta['chunk_rows']}",
+                           "pick shard_rows as a multiple of chunk_rows, or at most chunk_rows")
+        if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+            existing = _read_meta_or_none(path)
+            if existing is None:
+                raise UavError(f"{path} exists and is not a uav activation store",
+                               "choose another --out path (nothing was written)")
+            diff = _diff_identity(existing, meta)
+            if diff:
+                raise UavError(f"{path} holds a different harvest ({'; '.join(diff)})",
+                               "use a new --out path, or delete the old store to replace it")
+            return cls(path, existing)
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.creating"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_layout(tmp, meta, examples, token_ids, truncated)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)  # a half-built layout must not litter the parent folder
+            raise UavError(f"cannot create store at {path}: {e.strerror or e}",
+                           "check the path is writable and the disk has space") from e
+        try:
+            os.rename(tmp, path)  # atomic; fails if another process won the race
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return cls.create_or_open(path, meta, examples, token_ids, truncated)
+        return cls(path, meta)
+
+    def shard_range(self, s: int) -> tuple[int, int]:
+        r = self.meta["shard_rows"]
+        return s * r, min((s + 1) * r, self.meta["n_rows"])
+
+    def committed(self) -> set[int]:
+        return _committed(self.path)
+
+    def pending_shards(self, rank: int = 0, world: int = 1) -> list[int]:
+        """Shards this writer owns (``s % world == rank``) that are not committed yet."""
+        done = self.committed()
+        return [s for s in range(self.meta["n_shards"]) if s % world == rank and s not in done]
+
+    def write_shard(self, s: int, last: dict[str, np.ndarray], all_tokens: dict[str, np.ndarray] | None = None) -> None:
+        """Write every array of shard ``s`` then commit it. ``last[layer]`` is (rows, d) uint16 bits;
+        ``all_tokens[layer]`` (positions=all) is (tokens of these rows, d) uint16 bits."""
+        a, b = self.shard_range(s)
+        meta = self.meta
+        commit: dict[str, Any] = {"shard": s, "rows": [a, b], "sha256": {}, "stats": {}, "uav_version": __version__}
+        try:
+            for layer in meta["layers"]:
+                bits = last[layer]
+                if bits.shape != (b - a, meta["d_model"]) or bits.dtype != np.uint16:
+                    raise ValueError(f"shard {s} layer {layer}: got {bits.shape} {bits.dtype}, "
+                                     f"want {(b - a, meta['d_model'])} uint16")
+                self.group[f"{_layer_key(layer)}/last"][a:b] = bits
+                commit["sha256"][f"{_layer_key(layer)}/last"] = _sha256(bits)
+                commit["stats"][layer] = _moments(bits, meta["dtype"])
+                if meta["positions"] == "all":
+                    tok = all_tokens[layer]
+                    name = f"{_layer_key(layer)}/all/s{s:05d}"
+                    arr = self.group.create_array(
+                        name, shape=tok.shape, dtype="uint16", chunks=(min(max(len(tok), 1), 4096), tok.shape[1]),
+                        compressors=_compressor(), fill_value=0, overwrite=True)
+                    arr[:] = tok
+                    commit["sha256"][name] = _sha256(tok)
+            commit["committed"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+            _write_json_atomic(self.path / "_commits" / f"s{s:05d}.json", commit)
+        except OSError as e:
+            raise UavError(f"cannot write shard {s} of {self.path}: {e.strerror or e}",
+                           "free disk space or fix permissions, then re-run: committed shards are kept") from e
+
+    def finalize(self) -> bool:
+        """If every shard is committed, merge their stats into the root metadata. Idempotent."""
+        if len(self.committed()) < self.meta["n_shards"]:
+            return False
+        commits = [_read_commit(self.path, s) for s in range(self.meta["n_shards"])]
+        stats = {layer: _merge_moments([c["stats"][layer] for c in commits]) for layer in self.meta["layers"]}
+        root = self.path / "zarr.json"
+        doc = json.loads(root.read_text())
+        doc["attributes"]["uav_store"] = {**self.meta, "complete": True, "stats": stats}
+        _write_json_atomic(root, doc)  # zarr writes this file in place; we replace it atomically instead
+        self.meta = doc["attributes"]["uav_store"]
+        return True
+
+
+def _create_layout(tmp: Path, meta: dict, examples: list[dict], token_ids: list[list[int]], truncated: list[bool]) -> None:
+    n, d, R = meta["n_rows"], meta["d_model"], meta["shard_rows"]
+    g = zarr.open_group(str(tmp), mode="w")
+    g.attrs["uav_store"] = {**meta, "complete": False}
+
+    def table(name: str, values: np.ndarray) -> None:
+        arr = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape or (1,),
+                             compressors=_compressor() if values.dtype != np.dtypes.StringDType() else "auto")
+        arr[...] = values
+
+    table("examples/id", np.array([e["id"] for e in examples], dtype=np.dtypes.StringDType()))
+    table("examples/split", np.array([e.get("split", "train") for e in examples], dtype=np.dtypes.StringDType()))
+    table("examples/task", np.array([e.get("task") or "" for e in examples], dtype=np.dtypes.StringDType()))
+    table("examples/source", np.array([e.get("source") or "" for e in examples], dtype=np.dtypes.StringDType()))
+    table("examples/record", np.array([json.dumps(e, ensure_ascii=False, sort_keys=True) for e in examples],
+                                      dtype=np.dtypes.StringDType()))
+    lengths = np.array([len(t) for t in token_ids], dtype=np.int32)
+    table("examples/n_tokens", lengths)
+    table("examples/truncated", np.array(truncated, dtype=bool))
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    table("tokens/offsets", offsets)
+    table("tokens/ids", np.concatenate([np.asarray(t, dtype=np.int32) for t in token_ids]) if n else np.zeros(0, np.int32))
+    for layer in meta["layers"]:
+        g.create_array(f"{_layer_key(layer)}/last", shape=(n, d), dtype="uint16", chunks=(min(meta["chunk_rows"], R), d),
+                       shards=(R, d), compressors=_compressor(), fill_value=0)
+    (tmp / "_commits").mkdir()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _fs(path: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, root = fsspec.core.url_to_fs(str(path))
+    return fs, root.rstrip("/")
+
+
+def _read_meta_or_none(path: str | Path) -> dict | None:
+    fs, root = _fs(path)
+    try:
+        with fs.open(f"{root}/zarr.json") as f:
+            doc = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError, IsADirectoryError, NotADirectoryError):
+        return None
+    meta = doc.get("attributes", {}).get("uav_store")
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
+def _committed(path: str | Path) -> set[int]:
+    fs, root = _fs(path)
+    try:
+        names = fs.ls(f"{root}/_commits", detail=False)
+    except FileNotFoundError:
+        return set()
+    out = set()
+    for n in names:
+        base = n.rstrip("/").rsplit("/", 1)[-1]
+        if base.startswith("s") and base.endswith(".json"):
+            out.add(int(base[1:-5]))
+    return out
+
+
+def _read_commit(path: str | Path, s: int) -> dict:
+    fs, root = _fs(path)
+    with fs.open(f"{root}/_commits/s{s:05d}.json") as f:
+        return json.load(f)
+
+
+class Store:
+    """Read side of a store, local path or fsspec URL. Only committed shards are visible."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        meta = _read_meta_or_none(path)
+        if meta is None:
+            raise UavError(f"{path} is not a uav activation store (no zarr.json with uav_store metadata)",
+                           "pass the --out folder of a `uav harvest` run")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise UavError(f"{path} uses store format {meta.get('format_version')}, this uav reads {FORMAT_VERSION}",
+                           "re-harvest, or install the uav version that wrote it")
+        self.meta = meta
+        self.group = zarr.open_group(self.path, mode="r")
+        self._examples: list[dict] | None = None
+
+    # ---- plan
+    @property
+    def layers(self) -> list[str]:
+        return list(self.meta["layers"])
+
+    @property
+    def n_rows(self) -> int:
+        return self.meta["n_rows"]
+
+    def refresh(self) -> None:
+        fresh = _read_meta_or_none(self.path)
+        if fresh is not None:
+            self.meta = fresh
+
+    def committed(self) -> list[int]:
+        return sorted(_committed(self.path))
+
+    def shard_range(self, s: int) -> tuple[int, int]:
+        r = self.meta["shard_rows"]
+        return s * r, min((s + 1) * r, self.n_rows)
+
+    def committed_rows(self) -> np.ndarray:
+        rows = [np.arange(*self.shard_range(s)) for s in self.committed()]
+        return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+
+    # ---- tables
+    def examples(self) -> list[dict]:
+        """Every example record (text, task, qa, …), in row order."""
+        if self._examples is None:
+            self._examples = [json.loads(r) for r in self.group["examples/record"][:]]
+        return self._examples
+
+    def split_rows(self, split: str) -> np.ndarray:
+        """Committed rows of one split, in row order."""
+        splits = self.group["examples/split"][:]
+        rows = self.committed_rows()
+        return rows[splits[rows] == split]
+
+    def token_ids(self, row: int) -> np.ndarray:
+        off = self.group["tokens/offsets"]
+        a, b = int(off[row]), int(off[row + 1])
+        return self.group["tokens/ids"][a:b]
+
+    # ---- activations
+    def _check_layer(self, layer: str) -> None:
+        if layer not in self.meta["layers"]:
+            raise UavError(f"layer {layer!r} is not in store {self.path} (it has {self.meta['layers']})",
+                           "pick one of the stored layers")
+
+    def read_last(self, layer: str, start: int, stop: int) -> torch.Tensor:
+        """Read-out vectors of rows [start, stop) for one layer, as the stored logical dtype."""
+        self._check_layer(layer)
+        return from_bits(self.group[f"{_layer_key(layer)}/last"][start:stop], self.meta["dtype"])
+
+    def read_rows(self, layer: str, rows: np.ndarray) -> torch.Tensor:
+        self._check_layer(layer)
+        bits = self.group[f"{_layer_key(layer)}/last"].get_orthogonal_selection((np.asarray(rows), slice(None)))
+        return from_bits(bits, self.meta["dtype"])
+
+    def read_tokens(self, layer: str, row: int) -> torch.Tensor:
+        """Every token's vector for one row (stores harvested with positions=all)."""
+        self._check_layer(layer)
+        if self.meta["positions"] != "all":
+            raise UavError(f"{self.path} holds only the last token (positions={self.meta['positions']})",
+                           "re-harvest with --positions all")
+        s = row // self.meta["shard_rows"]
+        a, _ = self.shard_range(s)
+        off = self.group["tokens/offsets"]
+        base = int(off[a])
+        lo, hi = int(off[row]) - base, int(off[row + 1]) - base
+        return from_bits(self.group[f"{_layer_key(layer)}/all/s{s:05d}"][lo:hi], self.meta["dtype"])
+
+    def stats(self, layer: str) -> dict:
+        """Per-layer mean/std/norm stats; merged from the commits when the store is not finalized yet."""
+        self._check_layer(layer)
+        if "stats" in self.meta:
+            return self.meta["stats"][layer]
+        commits = [_read_commit(self.path, s) for s in self.committed()]
+        if not commits:
+            raise UavError(f"{self.path} has no committed shards yet", "wait for the harvest, or run it")
+        return _merge_moments([c["stats"][layer] for c in commits])
+
+    # ---- checks
+    def verify(self) -> list[str]:
+        """Every shard committed, every array readable with the right shape and dtype, finite, and equal to
+        its commit checksum. Returns the problems found, each naming the broken shard and file."""
+        problems: list[str] = []
+        m = self.meta
+        for s in range(m["n_shards"]):
+            a, b = self.shard_range(s)
+            try:
+                c = _read_commit(self.path, s)
+            except FileNotFoundError:
+                problems.append(f"shard {s} (rows {a}-{b}) is not committed: _commits/s{s:05d}.json missing")
+                continue
+            except json.JSONDecodeError:
+                problems.append(f"shard {s}: commit file _commits/s{s:05d}.json is not valid JSON")
+                continue
+            for name, want in c["sha256"].items():
+                where = f"{name}/c/{s}/0" if name.endswith("/last") else f"{name}/c/0/0"
+                try:
+                    arr = self.group[name]
+                    bits = arr[a:b] if name.endswith("/last") else arr[:]
+                except Exception as e:  # a truncated or garbled chunk surfaces as a codec/key error
+                    problems.append(f"shard {s}: {where} unreadable ({type(e).__name__}: {e})")
+                    continue
+                if bits.dtype != np.uint16 or bits.shape[-1] != m["d_model"]:
+                    problems.append(f"shard {s}: {name} has {bits.shape} {bits.dtype}, want (*, {m['d_model']}) uint16")
+                    continue
+                if _sha256(bits) != want:
+                    hint = " (chunk missing: read back as fill value)" if not bits.any() else ""
+                    problems.append(f"shard {s}: {where} checksum mismatch{hint}")
+                    continue
+                x = from_bits(bits, m["dtype"])
+                if not torch.isfinite(x).all():
+                    problems.append(f"shard {s}: {name} holds NaN/inf")
+        for name in ("examples/record", "tokens/ids", "tokens/offsets"):
+            try:
+                self.group[name][:]
+            except Exception as e:
+                problems.append(f"table {name} unreadable ({type(e).__name__}: {e})")
+        return problems
+
+    def info(self) -> str:
+        """A human summary: identity, progress, splits, per-layer stats."""
+        m = self.meta
+        done = len(self.committed())
+        splits = m["dataset"]["split_sizes"]
+        lines = [
+            f"store      {self.path}",
+            f"donor      {m['donor']} ({m.get('family')}, d_model {m['d_model']}, weights {m['weights_fingerprint'][:16]})",
+            f"layers     {', '.join(m['layers'])}   positions {m['positions']}   dtype {m['dtype']}",
+            f"tokenizer  {m['tokenizer'].get('name')} vocab {m['tokenizer'].get('vocab_sha256', '')[:12]}   "
+            f"input {m['donor_input']}   max_length {m['max_length']}",
+            f"dataset    {m['dataset']['name']} {m['dataset_fingerprint'][:12]}   "
+            + "  ".join(f"{k} {v}" for k, v in splits.items()),
+            f"rows       {m['n_rows']} in {m['n_shards']} shards of {m['shard_rows']}; committed {done}/{m['n_shards']}"
+            + ("  (complete)" if m.get("complete") else ""),
+            f"truncated  {int(self.group['examples/truncated'][:].sum())} texts cut at {m['max_length']} tokens",
+            f"created    {m['created']} by uav {m['uav_version']}",
+        ]
+        if done:
+            for layer in m["layers"]:
+                st = self.stats(layer)
+                lines.append(f"stats      {layer}: |x| {st['norm_mean']:.2f} ± {st['norm_std']:.2f}   "
+                             f"max|x_i| {st['max_abs']:.4g}   rms {st['rms']:.4g}")
+        return "\n".join(lines)
+
+
+def check_compatible(store: Store, **want: Any) -> None:
+    """Refuse a store whose metadata differs from what a run expects (donor, layers, d_model, …)."""
+    bad = [f"{k}: store has {_short(store.meta.get(k))}, expected {_short(v)}" for k, v in want.items()
+           if v is not None and store.meta.get(k) != v]
+    if bad:
+        raise UavError(f"store {store.path} does not match this run ({'; '.join(bad)})",
+                       "point --store at a store harvested for this run, or change the run config")
