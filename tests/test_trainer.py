@@ -1,0 +1,408 @@
+"""Training end to end on tiny models and stores: both stages, warm start, transfer, no-LoRA, resume, the stream."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from uav_cache.errors import UavError
+from uav_cache.harvest import HarvestConfig, harvest
+from uav_cache.store import Store
+from uav_train import stream as stream_mod
+from uav_train.run import load_run
+from uav_train.stream import ItemStream
+from uav_train.trainer import TrainConfig, Trainer, train
+
+LABELS = ["red", "green", "blue"]
+MLP = {"k": 2, "hidden": 32}
+QFORMER = {"k": 4, "n_ctx": 2, "layers": 1, "heads": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny matrices: one intra-op thread is faster, and many times faster on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def split_of(i: int) -> str:
+    return "train" if i % 6 < 4 else ("val" if i % 6 == 4 else "test")  # interleaved: chunks mix splits
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("data") / "colours.jsonl"
+    nouns = ["cat", "dog", "car", "hat"]
+    with p.open("w") as f:
+        for i in range(48):
+            lab = LABELS[i % 3]
+            f.write(json.dumps({"id": f"ex{i:02d}", "text": f"The {nouns[i % 4]} is {lab}, number {i}.",
+                                "label": lab, "task": "classification", "source": "toy", "split": split_of(i),
+                                "qa": [{"question": "What colour is it?", "answer": lab}]}) + "\n")
+    return p
+
+
+def _harvest(donor: Path, data: Path, out: Path, **kw) -> str:
+    harvest(HarvestConfig(donor=str(donor), data=str(data), out=str(out), shard_rows=16, chunk_rows=8,
+                          progress=False, **{"layers": [1], **kw}))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, tiny_llama_dir, tiny_gemma_dir, data) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("stores")
+    return {
+        "a": _harvest(tiny_llama_dir, data, root / "llama"),
+        "b": _harvest(tiny_gemma_dir, data, root / "gemma"),  # donor B
+        "seq": _harvest(tiny_llama_dir, data, root / "llama_seq", layers=[1, 2], positions="all"),
+    }
+
+
+def cfg_for(st: dict[str, str], decoder, out, **kw) -> TrainConfig:
+    """The small standard run on store A (llama donor, layer 1); keyword arguments override fields."""
+    base = dict(stores=[st["a"]], out=str(out), decoder=str(decoder), adapter="mlp", adapter_options=dict(MLP),
+                stage1_steps=3, steps=4, batch_size=4, eval_every=2, val_items=8, checkpoint_every=1,
+                progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def train_spy(cfg: TrainConfig, on_step=None) -> dict:
+    """Train, recording the adapter weights and the trainable decoder parameters at the start of each stage."""
+    seen: dict = {}
+    orig = Trainer._stage
+
+    def spy(self, stage, steps):
+        seen[stage] = {"adapter": {k: v.detach().clone() for k, v in self.adapter.state_dict().items()},
+                       "decoder_trainable": sorted(n for n, p in self.model.named_parameters() if p.requires_grad)}
+        return orig(self, stage, steps)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "_stage", spy)
+        train(cfg, on_step=on_step)
+    return seen
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def assert_same_tensors(a: Path, b: Path) -> None:
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys() and ta
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), f"{k} differs between {a} and {b}"
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory, stores, tiny_llama_dir):
+    out = tmp_path_factory.mktemp("runs") / "a"
+    seen = train_spy(cfg_for(stores, tiny_llama_dir, out))
+    return out, seen
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+def test_end_to_end_both_stages(run_a, tiny_llama_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run, _ = run_a
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["status"] == "complete"
+    assert cfg["trainable_params"]["adapter"] > 0 and cfg["trainable_params"]["lora"] > 0 and cfg["lora"] == "trained"
+    assert [s["stage"] for s in cfg["summary"]] == [1, 2] and [s["steps"] for s in cfg["summary"]] == [3, 4]
+    assert (run / "adapter.safetensors").exists() and (run / "stage1" / "adapter.safetensors").exists()
+    acfg = json.loads((run / "adapter_config.json").read_text())
+    assert acfg["config"]["kind"] == "mlp" and acfg["config"]["k"] == 2 and acfg["stage"] == 2
+    assert not (run / "checkpoint").exists()  # deleted once complete
+    assert (run / "loss.png").stat().st_size > 1000
+
+    rows = metrics(run)
+    assert [(r["stage"], r["step"]) for r in rows] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3), (2, 4)]
+    assert [r["step"] for r in rows if "val_loss" in r and r["stage"] == 1] == [2, 3]
+    assert [r["step"] for r in rows if "val_loss" in r and r["stage"] == 2] == [2, 4]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+    assert all("lr_lora" not in r for r in rows if r["stage"] == 1)  # stage 1: adapter only
+    assert all("lr_lora" in r for r in rows if r["stage"] == 2)
+
+    # the LoRA loads with plain peft, holds the saved (trained, non-zero) weights and changes the output
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    ids = torch.tensor([[2, 50, 60, 70, 3]])
+    with torch.no_grad():
+        ref = base(ids).logits
+    model = PeftModel.from_pretrained(base, str(run / "lora")).eval()
+    saved = tensors(run / "lora" / "adapter_model.safetensors")
+    assert saved and any("lora_B" in k and v.abs().sum() > 0 for k, v in saved.items())
+    loaded = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert len(loaded) == len(saved)
+    with torch.no_grad():
+        assert not torch.allclose(model(ids).logits, ref)
+
+    # load_run puts it all back together
+    lr = load_run(run)
+    assert lr.has_lora and lr.template.use_chat
+    for k, v in tensors(run / "adapter.safetensors").items():
+        assert torch.equal(lr.adapter.state_dict()[k], v)
+
+
+def test_finished_run_is_a_noop(run_a, stores, tiny_llama_dir):
+    run, _ = run_a
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    assert train(cfg_for(stores, tiny_llama_dir, run, progress=True)) == run  # progress is not identity
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
+def test_stage2_warm_starts_from_stage1(run_a):
+    run, seen = run_a
+    stage1 = tensors(run / "stage1" / "adapter.safetensors")
+    # stage 2 began with exactly the stage-1 adapter…
+    assert seen[2]["adapter"].keys() == stage1.keys()
+    for k, v in stage1.items():
+        assert torch.equal(seen[2]["adapter"][k], v), k
+    # …which stage 1 did train (it is not the fresh initial adapter)
+    assert any(not torch.equal(seen[1]["adapter"][k], v) for k, v in stage1.items())
+    # and stage 2 trained it further
+    final = tensors(run / "adapter.safetensors")
+    assert any(not torch.equal(final[k], v) for k, v in stage1.items())
+    assert seen[1]["decoder_trainable"] == [] and seen[2]["decoder_trainable"]
+    assert all("lora_" in n for n in seen[2]["decoder_trainable"])
+
+
+def test_training_decreases_the_loss(tmp_path, stores, tiny_llama_dir):
+    """Stage 2 alone (fresh adapter) on three short answers, a few high-lr steps. The tiny random decoder's
+    embeddings (norm ~0.1, tied to the LM head) cap its logits below 1, so no training could move its loss
+    far from log(vocab); a copy with 6x larger embeddings has room to learn."""
+    from transformers import AutoModelForCausalLM
+
+    decoder = tmp_path / "decoder"
+    shutil.copytree(tiny_llama_dir, decoder)
+    model = AutoModelForCausalLM.from_pretrained(decoder)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(6.0)
+    model.save_pretrained(decoder)
+    run = tmp_path / "overfit"
+    cfg = cfg_for(stores, decoder, run, stage="2", steps=12, lr_adapter=1e-2, lr_lora=1e-2, warmup=1,
+                  eval_every=6, val_items=8, checkpoint_every=100)
+    train(cfg)
+    rows = metrics(run)
+    losses = [r["loss"] for r in rows]
+    assert len(losses) == 12 and not (run / "stage1").exists()
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    assert last < first - 1.0, losses
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(vals) == 2 and vals[-1] < first - 1.0, (vals, first)
+
+
+# ---------------------------------------------------------------------------------------------- variants
+
+def test_adapter_only_transfer_with_frozen_decoder(tmp_path, run_a, stores, tiny_llama_dir, tiny_gemma_dir):
+    run_a_dir, _ = run_a
+    run = tmp_path / "b"
+    cfg = cfg_for(stores, tiny_llama_dir, run, stores=[stores["b"]], frozen_decoder=str(run_a_dir), stage="2", steps=3)
+    seen = train_spy(cfg)
+    assert seen[2]["decoder_trainable"] == []  # the LoRA is loaded frozen: only the adapter trains
+    assert_same_tensors(run_a_dir / "lora" / "adapter_model.safetensors", run / "lora" / "adapter_model.safetensors")
+    final = tensors(run / "adapter.safetensors")
+    assert any(not torch.equal(final[k], v) for k, v in seen[2]["adapter"].items())  # the adapter did train
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["status"] == "complete" and doc["lora"].startswith("frozen from")
+    assert doc["trainable_params"]["lora"] == 0 and doc["donor"] != json.loads((run_a_dir / "config.json").read_text())["donor"]
+    assert all("lr_lora" not in r for r in metrics(run))
+    # the frozen decoder must come from a finished run with the same decoder
+    with pytest.raises(UavError, match="decoder"):
+        train(cfg_for(stores, tiny_gemma_dir, tmp_path / "c", stores=[stores["b"]], frozen_decoder=str(run_a_dir),
+                      stage="2"))
+    with pytest.raises(UavError, match="not a uav run"):
+        train(cfg_for(stores, tiny_llama_dir, tmp_path / "d", stores=[stores["b"]], frozen_decoder=str(tmp_path / "no"),
+                      stage="2"))
+
+
+def test_no_lora_leaves_the_decoder_untouched(tmp_path, stores, tiny_llama_dir, run_a):
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "nolora"
+    cfg = cfg_for(stores, tiny_llama_dir, run, no_lora=True, stage1_steps=2, steps=2, lr_adapter=1e-2)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    assert not (run / "lora").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).state_dict()
+    got = trainer.model.state_dict()
+    assert got.keys() == base.keys()
+    for k in base:
+        assert torch.equal(got[k], base[k]), k
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["status"] == "complete" and doc["lora"] is None and doc["trainable_params"]["lora"] == 0
+    assert all("lr_lora" not in r for r in metrics(run))
+    assert (run / "adapter.safetensors").exists()
+    # a run without a LoRA cannot be a frozen decoder for transfer
+    with pytest.raises(UavError, match="LoRA"):
+        train(cfg_for(stores, tiny_llama_dir, tmp_path / "t", frozen_decoder=str(run), stage="2"))
+
+
+def test_sequence_store_with_qformer(tmp_path, stores, tiny_llama_dir):
+    run = tmp_path / "seq"
+    cfg = cfg_for(stores, tiny_llama_dir, run, stores=[stores["seq"]], adapter="qformer", adapter_options=dict(QFORMER),
+                  tokens=True, stage1_steps=2, steps=2)
+    train(cfg)
+    acfg = json.loads((run / "adapter_config.json").read_text())
+    assert acfg["n_layers"] == 2 and acfg["config"]["kind"] == "qformer" and acfg["config"]["k"] == 4
+    assert all(np.isfinite(r["loss"]) for r in metrics(run)) and len(metrics(run)) == 4
+    with pytest.raises(UavError, match="positions all"):  # --tokens needs an all-token store
+        train(dataclasses.replace(cfg, stores=[stores["a"]], out=str(tmp_path / "x")))
+    # a layer subset of a multi-layer store
+    sub = tmp_path / "sub"
+    train(cfg_for(stores, tiny_llama_dir, sub, stores=[stores["seq"]], adapter="affine", adapter_options={},
+                  layers=["model.layers.2"], stage="1", stage1_steps=2))
+    assert json.loads((sub / "adapter_config.json").read_text())["n_layers"] == 1
+    with pytest.raises(UavError, match="not in store"):
+        train(cfg_for(stores, tiny_llama_dir, tmp_path / "y", layers=["model.layers.2"], stage="1"))
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+def interrupt_at(stage: int, step: int):
+    def on_step(s, k, _loss):
+        if (s, k) == (stage, step):
+            raise KeyboardInterrupt
+    return on_step
+
+
+@pytest.mark.parametrize("stage,step,every", [(1, 2, 1), (2, 2, 1), (2, 1, 100)],
+                         ids=["stage1", "stage2", "stage2-before-first-checkpoint"])
+def test_resume_equals_uninterrupted(stage, step, every, tmp_path, run_a, stores, tiny_llama_dir):
+    """Kill (KeyboardInterrupt from on_step) and re-run the same command: the result is bit-identical to run A.
+    checkpoint_every is not part of a run's identity, so run A (checkpointing every step) is the reference."""
+    ref, _ = run_a
+    run = tmp_path / f"resumed{stage}"
+    cfg = cfg_for(stores, tiny_llama_dir, run, checkpoint_every=every)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_step=interrupt_at(stage, step))
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["status"] == "training"
+    if every == 1:
+        state = json.loads((run / "checkpoint" / "state.json").read_text())
+        assert (state["stage"], state["step"], state["consumed"]) == (stage, step - 1, 4 * (step - 1))
+    else:
+        assert not (run / "checkpoint").exists() and (run / "stage1" / "adapter.safetensors").exists()
+    assert not (run / "adapter.safetensors").exists()
+
+    # a changed setting is refused, and leaves the interrupted run resumable
+    with pytest.raises(UavError, match="lr_adapter"):
+        train(dataclasses.replace(cfg, lr_adapter=1e-3))
+
+    train(cfg)
+    assert json.loads((run / "config.json").read_text())["status"] == "complete"
+    assert_same_tensors(ref / "adapter.safetensors", run / "adapter.safetensors")
+    assert_same_tensors(ref / "stage1" / "adapter.safetensors", run / "stage1" / "adapter.safetensors")
+    assert_same_tensors(ref / "lora" / "adapter_model.safetensors", run / "lora" / "adapter_model.safetensors")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "items_per_s"} for r in rows]  # noqa: E731
+    assert strip(metrics(run)) == strip(metrics(ref))  # no duplicated or missing log lines either
+
+
+def test_changed_config_on_a_finished_run_is_refused(run_a, stores, tiny_llama_dir):
+    run, _ = run_a
+    with pytest.raises(UavError, match="different settings"):
+        train(cfg_for(stores, tiny_llama_dir, run, steps=5))
+
+
+# ---------------------------------------------------------------------------------------------- stores
+
+def test_mismatched_and_missing_stores(tmp_path, stores, tiny_llama_dir):
+    with pytest.raises(UavError, match="does not match"):
+        train(cfg_for(stores, tiny_llama_dir, tmp_path / "mix", stores=[stores["a"], stores["b"]]))
+    with pytest.raises(UavError, match="not found"):
+        train(cfg_for(stores, tiny_llama_dir, tmp_path / "missing", stores=[stores["a"], str(tmp_path / "nope")]))
+    with pytest.raises(UavError, match="no --store"):
+        train(cfg_for(stores, tiny_llama_dir, tmp_path / "none", stores=[]))
+    with pytest.raises(UavError, match="unknown adapter"):
+        train(cfg_for(stores, tiny_llama_dir, tmp_path / "bad", adapter="nope"))
+    # same donor, but the first store's layers are not all in the second: refused up front
+    with pytest.raises(UavError, match="not in store"):
+        train(cfg_for(stores, tiny_llama_dir, tmp_path / "layers", stores=[stores["seq"], stores["a"]]))
+    with pytest.raises(UavError, match="positions all"):  # every store needs all tokens for --tokens
+        train(cfg_for(stores, tiny_llama_dir, tmp_path / "pos", stores=[stores["seq"], stores["a"]], tokens=True,
+                      layers=["model.layers.1"]))
+    for name in ("mix", "missing", "none", "bad", "layers", "pos"):
+        assert not (tmp_path / name).exists(), name  # refused before anything is written
+
+
+def rows_of(stream: ItemStream) -> list[int]:
+    return [it.row for it in stream]
+
+
+def test_stream_order_is_deterministic_per_seed(stores):
+    st = Store(stores["a"])
+    train_rows = sorted(int(r) for r in st.split_rows("train"))
+    assert len(train_rows) == 32 and all(split_of(r) == "train" for r in train_rows)
+    a = rows_of(ItemStream([st], "train", seed=3, epochs=1, shuffle_buffer=4))
+    b = rows_of(ItemStream([st], "train", seed=3, epochs=1, shuffle_buffer=4))
+    c = rows_of(ItemStream([st], "train", seed=4, epochs=1, shuffle_buffer=4))
+    assert a == b and a != c
+    assert sorted(a) == sorted(c) == train_rows  # each epoch is a permutation of the split
+    assert a != train_rows  # shuffled
+    two = rows_of(ItemStream([st], "train", seed=3, epochs=2, shuffle_buffer=4))
+    assert two[:32] == a and sorted(two[32:]) == train_rows and two[32:] != a  # a new order per epoch
+    # resuming mid-stream skips exactly the consumed items
+    full = [it.row for batch in ItemStream([st], "train", seed=3, epochs=1).batches(5) for it in batch]
+    rest = [it.row for batch in ItemStream([st], "train", seed=3, epochs=1).batches(5, skip=10) for it in batch]
+    assert rest == full[10:]
+    # items carry their question/answer and the right activations
+    item = next(iter(ItemStream([st], "train", seed=0, epochs=1)))
+    ex = st.examples()[item.row]
+    assert (item.question, item.answer, item.text) == ("What colour is it?", ex["label"], ex["text"])
+    assert item.x.shape == (1, 1, 32) and item.x.dtype == torch.float32
+    assert torch.equal(item.x[0, 0], st.read_last(st.layers[0], item.row, item.row + 1)[0].float())
+    text = next(iter(ItemStream([st], "val", mode="text", epochs=1)))
+    assert text.answer == st.examples()[text.row]["text"] and split_of(text.row) == "val"
+
+
+def test_stream_ranks_partition_the_items(stores):
+    st = Store(stores["a"])
+    r0 = rows_of(ItemStream([st], "train", seed=1, epochs=1, rank=0, world=2))
+    r1 = rows_of(ItemStream([st], "train", seed=1, epochs=1, rank=1, world=2))
+    assert r0 and r1 and not set(r0) & set(r1)
+    assert sorted(r0 + r1) == sorted(int(r) for r in st.split_rows("train"))
+    # two stores: items from both, tagged with their store
+    both = list(ItemStream([st, Store(stores["seq"])], "test", epochs=1))
+    assert {it.store for it in both} == {0, 1} and len(both) == 2 * 8
+
+
+def test_stream_buffer_is_bounded(stores, monkeypatch):
+    """The producer reads a chunk only once the items in flight fit in shuffle_buffer (+ the queue)."""
+    st = Store(stores["a"])
+    buffer, prefetch = 3, 1
+    log: list[tuple[int, int]] = []  # (rows read before this read, items yielded so far)
+    read = {"rows": 0}
+    orig = stream_mod.read_x
+    s = ItemStream([st], "train", seed=0, epochs=1, shuffle_buffer=buffer, prefetch=prefetch)
+
+    def counting(store, layers, rows, tokens):
+        log.append((read["rows"], s.seen))
+        read["rows"] += len(rows)
+        return orig(store, layers, rows, tokens)
+
+    monkeypatch.setattr(stream_mod, "read_x", counting)
+    chunk = max(len(rows) for _, rows in s.chunks)
+    assert len(s.chunks) >= 4 and chunk <= 8
+    got = []
+    for it in s:
+        got.append(it.row)
+    assert len(got) == 32 and read["rows"] == 32 and len(log) == len(s.chunks)
+    for before, seen in log:
+        # in the shuffle buffer ≤ buffer, in the queue ≤ prefetch, handed over but not yet yielded ≤ 1
+        assert before - seen <= buffer + prefetch + 1, log
+    # and the count is live: once the buffer has filled, exactly `buffer` items wait in it at each read
+    assert max(before - seen for before, seen in log) >= buffer

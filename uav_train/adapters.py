@@ -1,0 +1,232 @@
+"""Adapters: donor activations → k soft tokens in the decoder's embedding space.
+
+Every adapter takes ``x`` of shape (batch, tokens, layers, d_in) plus a (batch, tokens) mask, so one store
+layout serves them all: UAV's read-out is tokens=1, layers=1; an all-token store gives tokens>1, and
+several stored layers give layers>1. Inputs are scale-free (LayerNorm / L2 normalisation first), and
+outputs are put on the decoder's own embedding scale, so donors whose activations differ by orders of
+magnitude (Gemma's reach 1e5) train with the same settings.
+
+Kinds: ``mlp`` (UAV's MLP), ``qformer`` (UAV's cross-attention adapter), ``affine`` (scalar affine,
+d+1 parameters, from "Learning Self-Interpretation from Interpretability Artifacts") and ``lowrank``
+(affine plus a rank-r correction). One config dataclass each; :func:`build_adapter` picks by name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from uav_cache.errors import UavError
+
+
+@dataclass
+class MLPConfig:
+    """LayerNorm → Linear → GELU → (bottleneck) → Linear to k tokens. Token sequences are mean-pooled."""
+
+    kind: str = "mlp"
+    k: int = 8  # soft tokens
+    hidden: int = 1024
+    bottleneck: int | None = None  # an extra GELU layer of this width, if set
+    dropout: float = 0.0
+
+
+@dataclass
+class QFormerConfig:
+    """k learned queries cross-attend to context tokens made from every donor vector (UAV defaults)."""
+
+    kind: str = "qformer"
+    k: int = 64  # learned queries = soft tokens
+    n_ctx: int = 8  # context tokens per donor vector
+    layers: int = 2
+    heads: int = 8
+    width: int | None = None  # internal width; None = the decoder's
+    dropout: float = 0.1
+
+
+@dataclass
+class AffineConfig:
+    """``exp(log_scale) · normalize(P x) + bias``: one soft token per stored layer, d_out + 1 parameters.
+    When donor and decoder widths differ, ``P`` is a fixed random orthogonal projection (``projection =
+    "fixed"``, no parameters, seeded) or a learned Linear (``"learned"``)."""
+
+    kind: str = "affine"
+    projection: str = "fixed"
+    seed: int = 0
+
+
+@dataclass
+class LowRankConfig(AffineConfig):
+    """Scalar affine plus ``B A normalize(P x)`` with rank r (B starts at zero: training starts at affine)."""
+
+    kind: str = "lowrank"
+    rank: int = 8
+
+
+CONFIGS = {"mlp": MLPConfig, "qformer": QFormerConfig, "affine": AffineConfig, "lowrank": LowRankConfig}
+
+
+def adapter_config(kind: str, **options) -> MLPConfig | QFormerConfig | AffineConfig | LowRankConfig:
+    """A config by adapter name, refusing unknown names and options with the valid ones listed."""
+    if kind not in CONFIGS:
+        raise UavError(f"unknown adapter {kind!r}", f"use one of {', '.join(CONFIGS)}")
+    cls = CONFIGS[kind]
+    valid = {f.name for f in fields(cls)} - {"kind"}
+    bad = set(options) - valid
+    if bad:
+        raise UavError(f"adapter {kind} has no option(s) {sorted(bad)}", f"valid options: {sorted(valid)}")
+    return cls(**options)
+
+
+def _unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """Rescale each vector to RMS 1. LayerNorm alone is not scale-free: its eps (1e-5) dominates the variance
+    of small activations (|x_i| ~ 1e-3 gives variance 1e-6), so tiny donors would come out squashed."""
+    return F.normalize(x, dim=-1) * math.sqrt(x.shape[-1])
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, S, ...) → (B, ...) averaging the real tokens only."""
+    m = mask.to(x.dtype).view(*mask.shape, *([1] * (x.dim() - 2)))
+    return (x * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+class Adapter(nn.Module):
+    """Common contract. ``out_norm`` is the decoder's mean input-embedding norm; soft tokens are emitted
+    at that norm (times a learned gain for the mlp/qformer kinds)."""
+
+    def __init__(self, config, d_in: int, n_layers: int, d_out: int, out_norm: float):
+        super().__init__()
+        self.config, self.d_in, self.n_layers, self.d_out = config, d_in, n_layers, d_out
+        self.register_buffer("out_norm", torch.tensor(float(out_norm)))
+
+    @property
+    def k(self) -> int:
+        return self.config.k if hasattr(self.config, "k") else self.n_layers
+
+    def describe(self) -> dict:
+        """What is needed to rebuild this adapter (saved as adapter_config.json beside the weights)."""
+        return {"config": asdict(self.config), "d_in": self.d_in, "n_layers": self.n_layers,
+                "d_out": self.d_out, "out_norm": float(self.out_norm)}
+
+    def n_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def _to_scale(self, y: torch.Tensor, log_gain: torch.Tensor) -> torch.Tensor:
+        return F.normalize(y, dim=-1) * self.out_norm * log_gain.exp()
+
+
+class MLPAdapter(Adapter):
+    def __init__(self, config: MLPConfig, d_in: int, n_layers: int, d_out: int, out_norm: float):
+        super().__init__(config, d_in, n_layers, d_out, out_norm)
+        d = d_in * n_layers
+        mid = [nn.Linear(config.hidden, config.bottleneck), nn.GELU()] if config.bottleneck else []
+        last_in = config.bottleneck or config.hidden
+        self.net = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, config.hidden), nn.GELU(), nn.Dropout(config.dropout),
+                                 *mid, nn.Linear(last_in, config.k * d_out))
+        self.log_gain = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        v = _unit_rms(_masked_mean(x.flatten(2), mask))  # (B, layers·d_in)
+        return self._to_scale(self.net(v).view(b, self.config.k, self.d_out), self.log_gain)
+
+
+class _CrossBlock(nn.Module):
+    """Pre-norm cross-attention (queries → context) and a 4× GELU FFN, both residual."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.nq, self.nc, self.nf = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, q: torch.Tensor, ctx: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        c = self.nc(ctx)
+        q = q + self.drop(self.attn(self.nq(q), c, c, key_padding_mask=pad, need_weights=False)[0])
+        return q + self.drop(self.ffn(self.nf(q)))
+
+
+class QFormerAdapter(Adapter):
+    def __init__(self, config: QFormerConfig, d_in: int, n_layers: int, d_out: int, out_norm: float):
+        super().__init__(config, d_in, n_layers, d_out, out_norm)
+        w = config.width or d_out
+        if w % config.heads:
+            raise UavError(f"qformer width {w} is not divisible by heads={config.heads}", "change heads or width")
+        self.in_norm = nn.LayerNorm(d_in)
+        self.to_ctx = nn.Linear(d_in, config.n_ctx * w)
+        self.ctx_norm = nn.LayerNorm(w)
+        self.layer_emb = nn.Parameter(torch.zeros(n_layers, 1, w))
+        self.queries = nn.Parameter(torch.randn(config.k, w) * 0.02)
+        self.blocks = nn.ModuleList(_CrossBlock(w, config.heads, config.dropout) for _ in range(config.layers))
+        self.out_ln = nn.LayerNorm(w)
+        self.out = nn.Linear(w, d_out) if w != d_out else nn.Identity()
+        self.log_gain = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, s, l, _ = x.shape
+        n_ctx = self.config.n_ctx
+        ctx = self.ctx_norm(self.to_ctx(self.in_norm(_unit_rms(x))).view(b, s, l, n_ctx, -1) + self.layer_emb)
+        ctx = ctx.reshape(b, s * l * n_ctx, -1)
+        pad = (~mask.bool()).repeat_interleave(l * n_ctx, dim=1) if s > 1 else None
+        q = self.queries.unsqueeze(0).expand(b, -1, -1)
+        for blk in self.blocks:
+            q = blk(q, ctx, pad)
+        return self._to_scale(self.out(self.out_ln(q)), self.log_gain)
+
+
+class AffineAdapter(Adapter):
+    def __init__(self, config: AffineConfig, d_in: int, n_layers: int, d_out: int, out_norm: float):
+        super().__init__(config, d_in, n_layers, d_out, out_norm)
+        if config.projection not in ("fixed", "learned"):
+            raise UavError(f"unknown affine projection {config.projection!r}", "use fixed or learned")
+        self.proj: nn.Module | None = None
+        if d_in != d_out:
+            if config.projection == "learned":
+                self.proj = nn.Linear(d_in, d_out, bias=False)
+            else:
+                g = torch.Generator().manual_seed(config.seed)
+                q, _ = torch.linalg.qr(torch.randn(max(d_in, d_out), min(d_in, d_out), generator=g))
+                self.register_buffer("fixed_proj", q if d_out > d_in else q.T)  # (d_out, d_in), orthonormal
+        self.log_scale = nn.Parameter(torch.tensor(math.log(max(out_norm, 1e-6))))
+        self.bias = nn.Parameter(torch.zeros(d_out))
+
+    def _direction(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        v = _masked_mean(x, mask)  # (B, layers, d_in)
+        if self.proj is not None:
+            v = self.proj(v)
+        elif hasattr(self, "fixed_proj"):
+            v = v @ self.fixed_proj.T
+        return F.normalize(v, dim=-1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.log_scale.exp() * self._direction(x, mask) + self.bias
+
+
+class LowRankAdapter(AffineAdapter):
+    def __init__(self, config: LowRankConfig, d_in: int, n_layers: int, d_out: int, out_norm: float):
+        super().__init__(config, d_in, n_layers, d_out, out_norm)
+        self.down = nn.Linear(d_out, config.rank, bias=False)
+        self.up = nn.Linear(config.rank, d_out, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        u = self._direction(x, mask)
+        return self.log_scale.exp() * u + self.bias + self.out_norm * self.up(self.down(u))
+
+
+KINDS = {"mlp": MLPAdapter, "qformer": QFormerAdapter, "affine": AffineAdapter, "lowrank": LowRankAdapter}
+
+
+def build_adapter(config, d_in: int, n_layers: int, d_out: int, out_norm: float) -> Adapter:
+    return KINDS[config.kind](config, d_in, n_layers, d_out, out_norm)
+
+
+def adapter_from_description(desc: dict) -> Adapter:
+    """Rebuild an adapter (random weights) from :meth:`Adapter.describe` output."""
+    cfg = dict(desc["config"])
+    return build_adapter(adapter_config(cfg.pop("kind"), **cfg), desc["d_in"], desc["n_layers"], desc["d_out"],
+                         desc["out_norm"])

@@ -1,0 +1,47 @@
+"""`uav train`: a typed wrapper over trainer.train. Recipe file first, then command-line overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from uav_cache.errors import UavError
+
+
+def train_command(
+    store: Annotated[Optional[str], typer.Option(help="Store path(s)/URL(s), comma-separated (default stores/DONOR).")] = None,
+    decoder: Annotated[Optional[str], typer.Option(help="Decoder LLM: registry name or local folder.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run directory (resumes if it holds an unfinished run).")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(help="TOML recipe with a [train] table (pipelines/recipes/).")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="mlp | qformer | affine | lowrank")] = None,
+    stage: Annotated[Optional[str], typer.Option(help="1 (alignment), 2 (QA) or both.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Stage-2 steps.")] = None,
+    stage1_steps: Annotated[Optional[int], typer.Option(help="Stage-1 steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Items per step.")] = None,
+    donor: Annotated[Optional[str], typer.Option(help="Donor whose store to use (stores/DONOR) when --store is not given.")] = None,
+    frozen_decoder: Annotated[Optional[str], typer.Option(help="RUN_A: keep its LoRA frozen, train only a new adapter.")] = None,
+    no_lora: Annotated[bool, typer.Option("--no-lora", help="Frozen decoder: train the adapter only.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda …")] = None,
+    grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help="Trade compute for memory.")] = False,
+) -> None:
+    """Train an adapter (+ LoRA) that lets the decoder answer questions about a donor's activations."""
+    from uav_train.trainer import TrainConfig, train
+
+    if stage is not None and stage not in ("1", "2", "both"):
+        raise UavError(f"--stage must be 1, 2 or both, got {stage!r}", "e.g. --stage both")
+    stores = store.split(",") if store else ([f"stores/{donor}"] if donor else None)
+    over = dict(stores=stores, decoder=decoder, out=out, adapter=adapter, stage=stage, steps=steps,
+                stage1_steps=stage1_steps, batch_size=batch_size, frozen_decoder=frozen_decoder, seed=seed, device=device,
+                no_lora=no_lora or None, grad_checkpointing=grad_checkpointing or None)
+    cfg = TrainConfig.from_recipe(recipe, **over) if recipe else TrainConfig.from_dict({k: v for k, v in over.items() if v is not None})
+    if donor and store:
+        from uav_cache.store import Store
+        for s in cfg.stores:
+            if Store(s).meta["donor"] != donor:
+                raise UavError(f"--store {s} was harvested from {Store(s).meta['donor']}, not --donor {donor}",
+                               "drop --donor or point --store at that donor's store")
+    run = train(cfg)
+    typer.echo(f"run complete → {run} (adapter, lora/, metrics.jsonl, loss.png)")

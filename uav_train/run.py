@@ -1,0 +1,225 @@
+"""The run directory: what a training run leaves behind, and how to load or resume it.
+
+    RUN/config.json            resolved TrainConfig + what it was trained on (stores, decoder, parameter counts)
+    RUN/adapter.safetensors    adapter weights          RUN/adapter_config.json  how to rebuild the adapter
+    RUN/lora/                  the decoder LoRA in PEFT format (PeftModel.from_pretrained loads it)
+    RUN/stage1/                the stage-1 (alignment) adapter, the warm start of stage 2
+    RUN/metrics.jsonl          one JSON object per step / validation      RUN/loss.png  the curves
+    RUN/checkpoint/            the latest resumable state (deleted when the run completes)
+
+Everything is safetensors or JSON (no pickle), and every write goes to a temp path that is renamed into
+place, so a kill at any moment leaves either the old or the new version, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from uav_cache.errors import UavError
+from uav_train.adapters import Adapter, adapter_from_description
+
+CONFIG = "config.json"
+ADAPTER = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+LORA = "lora"
+CHECKPOINT = "checkpoint"
+METRICS = "metrics.jsonl"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written temp folder into place; a kill mid-way leaves the old or the new folder."""
+    old = final.with_name(f".{final.name}.{uuid.uuid4().hex}.old")
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def temp_dir_for(final: Path) -> Path:
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _contig(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def save_adapter(folder: Path, adapter: Adapter, extra: dict | None = None) -> None:
+    """adapter.safetensors + adapter_config.json into ``folder`` (written via a temp folder)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_for(folder)
+    save_file(_contig(adapter.state_dict()), str(tmp / ADAPTER))
+    write_json(tmp / ADAPTER_CONFIG, {**adapter.describe(), "n_trainable": adapter.n_trainable(), **(extra or {})})
+    if folder.exists():  # keep anything else already in the folder (a run dir holds more than the adapter)
+        for name in (ADAPTER, ADAPTER_CONFIG):
+            os.replace(tmp / name, folder / name)
+        shutil.rmtree(tmp)
+    else:
+        os.rename(tmp, folder)
+
+
+def load_adapter(folder: Path) -> tuple[Adapter, dict]:
+    folder = Path(folder)
+    if not (folder / ADAPTER).exists():
+        raise UavError(f"no adapter in {folder}", "pass a finished run directory (it holds adapter.safetensors)")
+    desc = read_json(folder / ADAPTER_CONFIG)
+    adapter = adapter_from_description(desc)
+    adapter.load_state_dict(load_file(str(folder / ADAPTER)))
+    return adapter, desc
+
+
+# ---- checkpoints: model, optimizer, RNG and stream position, without pickle
+
+
+def _optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"state.{pid}.{key}"] = val
+            else:
+                scalars[f"{pid}.{key}"] = val
+    return _contig(tensors), {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, val in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = val
+    for name, val in meta["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = val
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(run: Path, *, state: dict, weights: dict[str, torch.Tensor], opt: torch.optim.Optimizer) -> None:
+    """state: JSON-able progress (stage, step, items consumed, early-stopping state); weights: trainables."""
+    final = Path(run) / CHECKPOINT
+    tmp = temp_dir_for(final)
+    save_file(_contig(weights), str(tmp / "weights.safetensors"))
+    opt_t, opt_meta = _optimizer_to_tensors(opt)
+    save_file(opt_t, str(tmp / "optimizer.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(tmp / "rng.safetensors"))
+    write_json(tmp / "state.json", {**state, "optimizer": opt_meta})
+    replace_dir(tmp, final)
+
+
+def load_checkpoint(run: Path, opt: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore the optimizer and RNG; return (state, trainable weights)."""
+    ck = Path(run) / CHECKPOINT
+    state = read_json(ck / "state.json")
+    _optimizer_from_tensors(opt, load_file(str(ck / "optimizer.safetensors")), state.pop("optimizer"))
+    rng = load_file(str(ck / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state, load_file(str(ck / "weights.safetensors"))
+
+
+def plot_losses(run: Path) -> Path | None:
+    """loss.png: training loss (smoothed) and validation loss per stage."""
+    rows = [json.loads(line) for line in (Path(run) / METRICS).read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = sorted({r["stage"] for r in rows})
+    fig, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages), 3.8), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        tr = [(r["step"], r["loss"]) for r in rows if r["stage"] == stage and "loss" in r]
+        va = [(r["step"], r["val_loss"]) for r in rows if r["stage"] == stage and "val_loss" in r]
+        if tr:
+            s, v = zip(*tr)
+            ax.plot(s, v, color="tab:blue", alpha=0.3, lw=1)
+            w = max(1, len(v) // 20)
+            sm = [sum(v[max(0, i - w + 1): i + 1]) / len(v[max(0, i - w + 1): i + 1]) for i in range(len(v))]
+            ax.plot(s, sm, color="tab:blue", lw=2, label="train (smoothed)")
+        if va:
+            s, v = zip(*va)
+            ax.plot(s, v, "o-", color="tab:orange", lw=2, label="validation")
+        ax.set_title({1: "stage 1: alignment (adapter only)", 2: "stage 2: QA tuning"}.get(stage, f"stage {stage}"))
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(Path(run).name)
+    fig.tight_layout()
+    out = Path(run) / "loss.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    config: dict
+
+    @classmethod
+    def open(cls, run: str | Path) -> "RunInfo":
+        p = Path(run)
+        if not (p / CONFIG).exists():
+            raise UavError(f"{p} is not a uav run directory (no {CONFIG})", "pass the --out folder of `uav train`")
+        cfg = read_json(p / CONFIG)
+        if cfg.get("status") != "complete":
+            raise UavError(f"run {p} has not finished training (status {cfg.get('status')!r})",
+                           "re-run the same `uav train` command to resume it")
+        return cls(p, cfg)
+
+
+@dataclass
+class LoadedRun:
+    """A finished run, ready to answer: decoder (+ LoRA via peft), tokenizer, adapter, prompt template."""
+
+    info: RunInfo
+    model: Any
+    tok: Any
+    adapter: Adapter
+    template: Any
+    has_lora: bool
+
+
+def load_run(run: str | Path, device: str = "cpu") -> LoadedRun:
+    """Load the decoder named in the run, its LoRA (if any) and its adapter."""
+    from uav_cache.models import load, resolve
+    from uav_train.prompt import PromptTemplate
+
+    info = RunInfo.open(run)
+    model, tok = load(resolve(info.config["decoder"]), device=device)
+    has_lora = (info.path / LORA).exists()
+    if has_lora:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(info.path / LORA), is_trainable=False)
+    model.eval()
+    adapter, _ = load_adapter(info.path)
+    return LoadedRun(info, model, tok, adapter.to(device).eval(), PromptTemplate(tok), has_lora)

@@ -1,0 +1,166 @@
+"""Store → training items, streamed: memory stays flat however large the store is.
+
+Reads whole inner chunks (the store's ``chunk_rows``) sequentially from committed shards, in an order
+shuffled per epoch, through a bounded shuffle buffer, produced by a background thread. The order depends
+only on (seed, epoch, rank, world), so a resumed run skips exactly the items it has consumed. Chunks are
+dealt to ranks round-robin (chunk i → rank i % world): data parallelism needs no redesign.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from uav_cache.errors import UavError
+from uav_cache.store import Store
+from uav_train.prompt import STAGE1_QUESTION
+
+
+@dataclass
+class Item:
+    x: torch.Tensor  # (tokens, layers, d_in) float32
+    question: str
+    answer: str
+    row: int
+    store: int
+    task: str
+    source: str
+    text: str
+
+
+def item_pairs(example: dict, mode: str) -> list[tuple[str, str]]:
+    """(question, answer) pairs one example yields: its qa list (stage 2) or the text itself (stage 1)."""
+    if mode == "text":
+        return [(STAGE1_QUESTION, example["text"])]
+    return [(q["question"], q["answer"]) for q in example.get("qa", [])]
+
+
+def read_x(store: Store, layers: list[str], rows: np.ndarray, tokens: bool) -> list[torch.Tensor]:
+    """Activations of ``rows`` as float32 (tokens, layers, d) tensors, reading contiguous runs at once."""
+    if tokens:
+        return [torch.stack([store.read_tokens(layer, int(r)) for layer in layers], 1).float() for r in rows]
+    if len(rows) == 0:
+        return []
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    block = torch.stack([store.read_last(layer, lo, hi) for layer in layers], 1).float()  # (hi-lo, L, d)
+    return [block[int(r) - lo].unsqueeze(0) for r in rows]
+
+
+class ItemStream:
+    """An endless, deterministic, shuffled stream of :class:`Item` over one split of one or more stores."""
+
+    def __init__(self, stores: list[Store], split: str, *, layers: list[str] | None = None, mode: str = "qa",
+                 seed: int = 0, shuffle_buffer: int = 1024, tokens: bool = False, rank: int = 0, world: int = 1,
+                 prefetch: int = 512, epochs: int | None = None):
+        self.stores, self.split, self.mode = stores, split, mode
+        self.layers = layers or stores[0].layers
+        self.seed, self.buffer, self.tokens = seed, shuffle_buffer, tokens
+        self.rank, self.world, self.prefetch, self.epochs = rank, world, prefetch, epochs
+        self.bad = 0  # items skipped for NaN/inf activations
+        self.seen = 0
+        self.chunks = self._chunks()
+        if not self.chunks:
+            raise UavError(f"split {split!r} has no committed rows with {mode} items in "
+                           f"{', '.join(s.path for s in stores)}", "harvest a dataset that has this split")
+
+    def _chunks(self) -> list[tuple[int, np.ndarray]]:
+        out = []
+        for si, st in enumerate(self.stores):
+            ex = st.examples()
+            splits = st.group["examples/split"][:]
+            c = st.meta["chunk_rows"]
+            for s in st.committed():
+                a, b = st.shard_range(s)
+                for lo in range(a, b, c):
+                    rows = np.arange(lo, min(lo + c, b))
+                    rows = rows[(splits[rows] == self.split) & np.array([bool(item_pairs(ex[r], self.mode)) for r in rows], bool)]
+                    if len(rows):
+                        out.append((si, rows))
+        return [ch for i, ch in enumerate(out) if i % self.world == self.rank]
+
+    def _produce(self, out: queue.Queue, stop: threading.Event) -> None:
+        try:
+            epoch = 0
+            while self.epochs is None or epoch < self.epochs:
+                rng = np.random.default_rng([self.seed, epoch, self.rank])
+                buf: list[Item] = []
+                for ci in rng.permutation(len(self.chunks)):
+                    si, rows = self.chunks[ci]
+                    st = self.stores[si]
+                    ex = st.examples()
+                    for r, x in zip(rows, read_x(st, self.layers, rows, self.tokens)):
+                        e = ex[r]
+                        for q, a in item_pairs(e, self.mode):
+                            buf.append(Item(x, q, a, int(r), si, e.get("task") or "", e.get("source") or "", e["text"]))
+                    while len(buf) > self.buffer:
+                        item = buf.pop(int(rng.integers(len(buf))))
+                        if not self._put(out, item, stop):
+                            return
+                rng.shuffle(buf)
+                for item in buf:
+                    if not self._put(out, item, stop):
+                        return
+                epoch += 1
+            out.put(None)
+        except BaseException as e:  # surface reader errors in the consumer, not as a silent hang
+            out.put(e)
+
+    @staticmethod
+    def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[Item]:
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        t = threading.Thread(target=self._produce, args=(q, stop), daemon=True, name="uav-stream")
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                if not torch.isfinite(item.x).all():
+                    self.bad += 1
+                    warnings.warn(f"skipping row {item.row} of {self.stores[item.store].path}: NaN/inf activations")
+                    continue
+                self.seen += 1
+                yield item
+        finally:
+            stop.set()
+
+    def batches(self, batch_size: int, skip: int = 0) -> Iterator[list[Item]]:
+        """Batches of items; the first ``skip`` items are dropped (resuming a run mid-stream)."""
+        it = iter(self)
+        for _ in range(skip):
+            next(it)
+        while True:
+            batch = [item for _, item in zip(range(batch_size), it)]
+            if not batch:
+                return
+            yield batch
+
+
+def stack_x(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad the token axis: (B, S, L, d) activations and a (B, S) mask."""
+    s = max(i.x.shape[0] for i in items)
+    b, (_, l, d) = len(items), items[0].x.shape
+    x = torch.zeros(b, s, l, d)
+    mask = torch.zeros(b, s, dtype=torch.bool)
+    for j, it in enumerate(items):
+        x[j, : it.x.shape[0]] = it.x
+        mask[j, : it.x.shape[0]] = True
+    return x, mask

@@ -1,0 +1,404 @@
+"""Training: stage 1 (alignment), stage 2 (QA tuning) and adapter-only transfer as settings of one loop.
+
+Stage 1 trains the adapter alone against a frozen decoder to reproduce the donor's input text from the
+soft tokens. Stage 2 warm-starts from that adapter and adds a peft LoRA on the decoder; the loss is on the
+answer only. Adapter-only transfer (``frozen_decoder``) loads another run's LoRA frozen and trains a new
+adapter for a new donor. The donor is never loaded here: everything comes from activation stores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from uav_cache.errors import UavError
+from uav_cache.models import embedding_norm, load, resolve
+from uav_cache.store import Store, check_compatible
+from uav_train.adapters import Adapter, adapter_config, build_adapter
+from uav_train.prompt import PromptTemplate, collate, splice
+from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, load_adapter, load_checkpoint, plot_losses, read_json,
+                           save_adapter, save_checkpoint, write_json)
+from uav_train.stream import Item, ItemStream, stack_x
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Recipes (pipelines/recipes/*.toml) set these fields; the CLI overrides them."""
+
+    stores: list[str] = field(default_factory=list)  # local paths or fsspec URLs, same donor/layers
+    out: str = "runs/self"
+    decoder: str = "smollm2-135m"  # registry name or local folder of the decoder LLM
+    adapter: str = "mlp"  # mlp | qformer | affine | lowrank
+    adapter_options: dict = field(default_factory=dict)  # fields of that adapter's config (k, hidden, …)
+    stage: str = "both"  # "1" alignment only, "2" QA only (fresh adapter), "both" = 1 then 2
+    stage1_steps: int = 100
+    steps: int = 200  # stage-2 steps
+    batch_size: int = 8
+    lr_stage1: float = 1e-3  # adapter, stage 1
+    lr_adapter: float = 5e-4  # adapter, stage 2
+    lr_lora: float = 2e-4
+    warmup: int = 10  # linear warm-up steps, then cosine to 10%
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    no_lora: bool = False  # frozen decoder: only the adapter trains, in both stages
+    frozen_decoder: str | None = None  # RUN_A: reuse its LoRA frozen, train only a new adapter (transfer)
+    layers: list[str] | None = None  # stored layers to use (module paths); None = all in the store
+    tokens: bool = False  # feed every donor token (stores harvested with --positions all)
+    max_target_tokens: int = 48  # stage-1 targets: the first N tokens of the donor's text
+    eval_every: int = 25
+    val_items: int = 64
+    patience: int = 4  # early stopping: validations without improvement
+    checkpoint_every: int = 25
+    shuffle_buffer: int = 512
+    max_bad_fraction: float = 0.01  # items with NaN/inf activations are skipped up to this fraction
+    seed: int = 0
+    device: str = "auto"
+    grad_checkpointing: bool = False
+    progress: bool = True
+
+    @classmethod
+    def from_recipe(cls, path: str | Path, section: str = "train", **overrides) -> "TrainConfig":
+        """Fields from a TOML recipe's ``[train]`` table (and ``[train.lora]``), then ``overrides``."""
+        p = Path(path)
+        if not p.exists():
+            raise UavError(f"recipe {p} not found", "pass a file from pipelines/recipes/")
+        try:
+            data = tomllib.loads(p.read_text()).get(section, {})
+        except tomllib.TOMLDecodeError as e:
+            raise UavError(f"recipe {p} is not valid TOML: {e}", "fix the file") from e
+        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        bad = set(d) - known
+        if bad:
+            raise UavError(f"unknown training setting(s) {sorted(bad)}", f"valid: {sorted(known)}")
+        d = dict(d)
+        if isinstance(d.get("lora"), dict):
+            d["lora"] = LoraSettings(**d["lora"])
+        if isinstance(d.get("stores"), str):
+            d["stores"] = [s for s in d["stores"].split(",") if s]
+        return cls(**d)
+
+    def identity(self) -> dict:
+        """Settings that change the weights: a resume must match these exactly."""
+        d = asdict(self)
+        for k in ("out", "progress", "device", "checkpoint_every"):
+            d.pop(k)
+        return d
+
+
+def _device(name: str) -> torch.device:
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def open_stores(paths: list[str], layers: list[str] | None = None) -> list[Store]:
+    """Open the stores and refuse a mix of donors/layers/widths: they must describe the same space."""
+    if not paths:
+        raise UavError("no --store given", "pass --store PATH (a `uav harvest` output)")
+    stores = []
+    for p in paths:
+        if "://" not in p and not Path(p).exists():
+            raise UavError(f"store {p} not found", "run `make harvest` (or `uav harvest`) first, or fix --store")
+        stores.append(Store(p))
+    first = stores[0].meta
+    for st in stores[1:]:
+        check_compatible(st, donor=first["donor"], weights_fingerprint=first["weights_fingerprint"],
+                         d_model=first["d_model"], dtype=first["dtype"])
+    for layer in layers or stores[0].layers:  # every store must hold the layers the run reads
+        for st in stores:
+            st._check_layer(layer)
+    return stores
+
+
+class Trainer:
+    """Holds the decoder, the adapter and the stores for one run; :meth:`fit` runs the configured stages."""
+
+    def __init__(self, cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = None):
+        self.cfg, self.on_step = cfg, on_step
+        self.run = Path(cfg.out)
+        self.device = _device(cfg.device)
+        self.stores = open_stores(cfg.stores, cfg.layers)
+        self.layers = cfg.layers or self.stores[0].layers
+        if cfg.tokens and any(st.meta["positions"] != "all" for st in self.stores):
+            raise UavError("--tokens needs a store harvested with --positions all", "re-harvest or drop --tokens")
+        if cfg.frozen_decoder and not (Path(cfg.frozen_decoder) / CONFIG).exists():
+            raise UavError(f"--frozen-decoder {cfg.frozen_decoder} is not a uav run directory",
+                           "point it at a completed stage-2 run trained with LoRA")
+        self.frozen_run = read_json(Path(cfg.frozen_decoder) / CONFIG) if cfg.frozen_decoder else None
+        if self.frozen_run is not None:
+            if self.frozen_run.get("status") != "complete" or not (Path(cfg.frozen_decoder) / LORA).exists():
+                raise UavError(f"--frozen-decoder {cfg.frozen_decoder} is not a finished run with a LoRA",
+                               "point it at a completed stage-2 run trained with LoRA")
+            if self.frozen_run["train"]["decoder"] != cfg.decoder:
+                raise UavError(f"--frozen-decoder run used decoder {self.frozen_run['train']['decoder']}, "
+                               f"this run asks for {cfg.decoder}", "use the same --decoder")
+        self.model, self.tok = load(resolve(cfg.decoder), device=str(self.device))
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        if cfg.grad_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.template = PromptTemplate(self.tok)
+        opts = dict(cfg.adapter_options)
+        self.adapter_cfg = adapter_config(cfg.adapter, **opts)
+        self.out_norm = embedding_norm(self.model)
+        self.meta = self.stores[0].meta
+        torch.manual_seed(cfg.seed)
+        self.adapter = self._new_adapter()
+        self.peft = False
+
+    def _new_adapter(self) -> Adapter:
+        return build_adapter(self.adapter_cfg, self.meta["d_model"], len(self.layers), self.model.config.hidden_size,
+                             self.out_norm).to(self.device)
+
+    # ---- the one loss
+    def loss(self, items: list[Item], mode: str) -> torch.Tensor:
+        k = self.adapter.k
+        max_ans = self.cfg.max_target_tokens if mode == "text" else None
+        encs = [self.template.encode(it.question, it.answer, k, max_answer_tokens=max_ans) for it in items]
+        batch = {n: t.to(self.device) for n, t in collate(encs, self.tok.pad_token_id).items()}
+        x, mask = stack_x(items)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            soft = self.adapter(x.to(self.device), mask.to(self.device))
+            emb = self.model.get_input_embeddings()(batch["input_ids"])
+            emb = splice(emb, soft, batch["soft_positions"])
+            out = self.model(inputs_embeds=emb, attention_mask=batch["attention_mask"], labels=batch["labels"],
+                             use_cache=False)
+        return out.loss
+
+    @torch.no_grad()
+    def val_loss(self, items: list[Item], mode: str) -> float:
+        self.model.eval(), self.adapter.eval()
+        total, n = 0.0, 0
+        for i in range(0, len(items), self.cfg.batch_size):
+            chunk = items[i:i + self.cfg.batch_size]
+            total += float(self.loss(chunk, mode)) * len(chunk)
+            n += len(chunk)
+        self.model.train(), self.adapter.train()
+        return total / max(n, 1)
+
+    # ---- stages
+    def _add_lora(self) -> None:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if self.cfg.frozen_decoder:
+            self.model = PeftModel.from_pretrained(self.model, str(Path(self.cfg.frozen_decoder) / LORA), is_trainable=False)
+            self.peft = True
+        elif not self.cfg.no_lora:
+            lc = self.cfg.lora
+            self.model = get_peft_model(self.model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                               target_modules=lc.target_modules, task_type="CAUSAL_LM"))
+            self.peft = True
+
+    def lora_params(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _trainables(self) -> dict[str, torch.Tensor]:
+        w = {f"adapter.{k}": v for k, v in self.adapter.state_dict().items()}
+        w.update({f"decoder.{k}": v for k, v in self.lora_params().items()})
+        return w
+
+    def _load_trainables(self, w: dict[str, torch.Tensor]) -> None:
+        self.adapter.load_state_dict({k[8:]: v for k, v in w.items() if k.startswith("adapter.")})
+        params = self.lora_params()
+        with torch.no_grad():
+            for k, v in w.items():
+                if k.startswith("decoder."):
+                    params[k[8:]].copy_(v)
+
+    def _stage(self, stage: int, steps: int) -> dict:
+        """Train one stage; resumes from RUN/checkpoint when it belongs to this stage."""
+        cfg = self.cfg
+        mode = "text" if stage == 1 else "qa"
+        groups = [{"params": list(self.adapter.parameters()), "lr": cfg.lr_stage1 if stage == 1 else cfg.lr_adapter}]
+        lora = list(self.lora_params().values()) if stage == 2 else []
+        if lora:
+            groups.append({"params": lora, "lr": cfg.lr_lora})
+        base_lrs = [g["lr"] for g in groups]
+        opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        train = ItemStream(self.stores, "train", layers=self.layers, mode=mode, seed=cfg.seed * 1000 + stage,
+                           shuffle_buffer=cfg.shuffle_buffer, tokens=cfg.tokens)
+        val_stream = ItemStream(self.stores, "val", layers=self.layers, mode=mode, seed=cfg.seed, epochs=1,
+                                shuffle_buffer=cfg.shuffle_buffer, tokens=cfg.tokens)
+        val = [it for _, it in zip(range(cfg.val_items), val_stream)]
+        st = {"stage": stage, "step": 0, "consumed": 0, "best_val": None, "bad_evals": 0, "stopped": False}
+        best_path = self.run / f"best_stage{stage}.safetensors"
+        ck = self.run / CHECKPOINT
+        if ck.exists() and read_json(ck / "state.json")["stage"] == stage:
+            st, w = load_checkpoint(self.run, opt)
+            self._load_trainables(w)
+            self._trim_metrics(stage, st["step"])
+        else:  # (re)starting the stage: drop lines an attempt killed before its first checkpoint wrote
+            self._trim_metrics(stage, 0)
+        if st["step"] >= steps or st["stopped"]:
+            return self._finish_stage(stage, st, best_path)
+        self.model.train(), self.adapter.train()
+        names = {0: "adapter", 1: "lora"}
+        bar = tqdm(total=steps, initial=st["step"], desc=f"stage {stage} ({'align' if stage == 1 else 'QA'})",
+                   unit="step", disable=not cfg.progress)
+        t0 = time.perf_counter()
+        for batch in train.batches(cfg.batch_size, skip=st["consumed"]):
+            step = st["step"]
+            for g, lr in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr * _lr_factor(step, steps, cfg.warmup)
+            loss = self.loss(batch, mode)
+            if not torch.isfinite(loss):
+                raise UavError(f"loss became {float(loss)} at stage {stage} step {step}",
+                               "lower the learning rates (lr_adapter / lr_lora) or check the store with `uav store verify`")
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            st["step"] += 1
+            st["consumed"] += len(batch)
+            loss = loss.detach()
+            row = {"stage": stage, "step": st["step"], "loss": float(loss), "grad_norm": float(gnorm),
+                   **{f"lr_{names[i]}": g["lr"] for i, g in enumerate(opt.param_groups)},
+                   "items_per_s": st["consumed"] / max(time.perf_counter() - t0, 1e-9)}
+            if train.bad > cfg.max_bad_fraction * max(train.seen, 1) and train.bad > 0:
+                raise UavError(f"{train.bad} of {train.seen + train.bad} items had NaN/inf activations",
+                               "run `uav store verify` on the store and re-harvest the broken shards")
+            if st["step"] % cfg.eval_every == 0 or st["step"] == steps:
+                v = self.val_loss(val, mode)
+                row["val_loss"] = v
+                if st["best_val"] is None or v < st["best_val"] - 1e-4:
+                    st["best_val"], st["bad_evals"] = v, 0
+                    from safetensors.torch import save_file
+                    tmp = best_path.with_suffix(".tmp")
+                    save_file({k: t.detach().contiguous().cpu() for k, t in self._trainables().items()}, str(tmp))
+                    tmp.replace(best_path)
+                else:
+                    st["bad_evals"] += 1
+                    st["stopped"] = st["bad_evals"] >= cfg.patience
+            self._log(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.3f}", **({"val": f"{row['val_loss']:.3f}"} if "val_loss" in row else {}))
+            if self.on_step is not None:
+                self.on_step(stage, st["step"], float(loss))
+            done = st["step"] >= steps or st["stopped"]
+            if done or st["step"] % cfg.checkpoint_every == 0:
+                save_checkpoint(self.run, state=st, weights=self._trainables(), opt=opt)
+            if done:
+                break
+        bar.close()
+        return self._finish_stage(stage, st, best_path)
+
+    def _finish_stage(self, stage: int, st: dict, best_path: Path) -> dict:
+        """Restore the best-validation weights of the stage (early stopping keeps the best, not the last)."""
+        if best_path.exists():
+            from safetensors.torch import load_file
+            self._load_trainables(load_file(str(best_path)))
+        return {"stage": stage, "steps": st["step"], "best_val": st["best_val"], "early_stopped": st["stopped"]}
+
+    def _log(self, row: dict) -> None:
+        with open(self.run / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _trim_metrics(self, stage: int, step: int) -> None:
+        """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+        p = self.run / METRICS
+        if p.exists():
+            keep = [ln for ln in p.read_text().splitlines()
+                    if ln.strip() and not (json.loads(ln)["stage"] == stage and json.loads(ln)["step"] > step)]
+            p.write_text("".join(ln + "\n" for ln in keep))
+
+    # ---- the whole run
+    def fit(self) -> Path:
+        cfg = self.cfg
+        self.run.mkdir(parents=True, exist_ok=True)
+        self._check_resume()
+        summary = []
+        if cfg.stage in ("1", "both"):
+            if (self.run / "stage1" / "adapter_config.json").exists():
+                self.adapter, _ = load_adapter(self.run / "stage1")
+                self.adapter.to(self.device)
+            else:
+                summary.append(self._stage(1, cfg.stage1_steps))
+                save_adapter(self.run / "stage1", self.adapter, {"stage": 1})
+                (self.run / CHECKPOINT).exists() and _rmtree(self.run / CHECKPOINT)
+        if cfg.stage in ("2", "both"):
+            # the LoRA init must not depend on whether stage 1 ran in this process or was loaded from disk
+            torch.manual_seed(cfg.seed + 1)
+            self._add_lora()
+            summary.append(self._stage(2, cfg.steps))
+        self._save_final(summary)
+        return self.run
+
+    def _config_doc(self, status: str, summary: list | None = None) -> dict:
+        lora_n = sum(p.numel() for p in self.lora_params().values()) if self.peft else 0
+        return {
+            "status": status,
+            "train": asdict(self.cfg),
+            "identity": self.cfg.identity(),
+            "stores": [{"path": s.path, "donor": s.meta["donor"], "layers": s.meta["layers"], "d_model": s.meta["d_model"],
+                        "dtype": s.meta["dtype"], "dataset": s.meta["dataset"]["name"], "positions": s.meta["positions"],
+                        "donor_input": s.meta["donor_input"], "max_length": s.meta["max_length"],
+                        "dataset_fingerprint": s.meta["dataset_fingerprint"],
+                        "weights_fingerprint": s.meta["weights_fingerprint"]} for s in self.stores],
+            "donor": self.meta["donor"],
+            "layers": self.layers,
+            "decoder": self.cfg.decoder,
+            "adapter": self.adapter.describe(),
+            "trainable_params": {"adapter": self.adapter.n_trainable(), "lora": lora_n if not self.cfg.frozen_decoder else 0},
+            "lora": "frozen from " + self.cfg.frozen_decoder if self.cfg.frozen_decoder else (None if not self.peft else "trained"),
+            "summary": summary or [],
+        }
+
+    def _check_resume(self) -> None:
+        p = self.run / CONFIG
+        if p.exists():
+            old = read_json(p)
+            if old.get("identity") != self.cfg.identity():
+                diff = [k for k in self.cfg.identity() if old.get("identity", {}).get(k) != self.cfg.identity()[k]]
+                raise UavError(f"{self.run} holds a run with different settings ({', '.join(diff)})",
+                               "resume with the same settings, or choose a new --out")
+        write_json(p, self._config_doc("training"))
+
+    def _save_final(self, summary: list) -> None:
+        save_adapter(self.run, self.adapter, {"stage": 2 if self.cfg.stage != "1" else 1, "donor": self.meta["donor"]})
+        if self.peft:
+            self.model.save_pretrained(str(self.run / LORA))
+        write_json(self.run / CONFIG, self._config_doc("complete", summary))
+        plot_losses(self.run)
+        if (self.run / CHECKPOINT).exists():
+            _rmtree(self.run / CHECKPOINT)
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = None) -> Path:
+    """Train (or resume, or no-op if finished) the run at ``cfg.out``; returns the run directory."""
+    done = Path(cfg.out) / CONFIG
+    if done.exists():
+        old = read_json(done)
+        if old.get("status") == "complete" and old.get("identity") == cfg.identity():
+            return Path(cfg.out)
+    return Trainer(cfg, on_step).fit()
