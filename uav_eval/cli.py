@@ -1,0 +1,126 @@
+"""The `uav` command. It lives in uav_eval because that is the one package allowed to import the other two.
+
+Every command is a thin typed wrapper over a Python function. Errors a user can cause (UavError, bad
+arguments, missing files) print one line and exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from uav_cache.cli import data_app, harvest_command, models_command, store_app
+from uav_cache.errors import UavError
+from uav_train.cli import train_command
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(name="uav", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Universal Activation Verbalizer: a decoder LLM that explains other models' activations.")
+app.add_typer(data_app, name="data")
+app.add_typer(store_app, name="store")
+app.command("harvest")(harvest_command)
+app.command("models")(models_command)
+app.command("train")(train_command)
+
+
+@app.command("eval")
+def eval_command(
+    runs: Annotated[list[str], typer.Argument(help="Run directory (several with --compare).")],
+    store: Annotated[Optional[str], typer.Option(help="Store to evaluate on (default: the run's training store).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="At most N test items per source.")] = None,
+    controls: Annotated[str, typer.Option(help="Comma-separated controls: no_soft,random_adapter,base_only,input_text,selfie (or none).")] = "no_soft,random_adapter,base_only,input_text,selfie",
+    compare: Annotated[bool, typer.Option("--compare", help="Only tabulate finished evaluations of several runs side by side.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="With --compare: folder for compare.md/compare.png.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Generation batch size.")] = 16,
+    no_similarity: Annotated[bool, typer.Option("--no-similarity", help="Skip the MiniLM similarity metric.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda …")] = "auto",
+) -> None:
+    """Evaluate a run on the held-out test split against controls; write results.json, report.md, plots."""
+    from uav_eval.report import compare as compare_runs, summary_table
+
+    if compare:
+        typer.echo(compare_runs(runs, out))
+        return
+    if len(runs) != 1:
+        raise UavError(f"eval takes one run, got {len(runs)}", "pass one RUN, or add --compare to tabulate several")
+    from uav_eval.protocol import EvalConfig, evaluate
+
+    methods = ["uav"] + [c for c in controls.split(",") if c and c != "none"]
+    res = evaluate(EvalConfig(run=runs[0], store=store, limit=limit, methods=methods, batch_size=batch_size,
+                              similarity=not no_similarity, device=device))
+    typer.echo(summary_table(res))
+    typer.echo(f"report → {Path(runs[0]) / 'report.md'}")
+
+
+@app.command("explain")
+def explain_command(
+    run: Annotated[str, typer.Option(help="A finished run directory.")],
+    text: Annotated[str, typer.Option(help="The text the donor reads.")],
+    question: Annotated[list[str], typer.Option(help="Question(s) to ask about the activation (repeatable).")] = ["What does this representation encode?"],  # noqa: B006
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length cap.")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda …")] = "auto",
+) -> None:
+    """Run the donor on TEXT (loaded, read, freed), then the decoder: print its explanation."""
+    from uav_eval.explain import explain
+
+    for q, a in explain(run, text, question, max_new_tokens=max_new_tokens, device=device):
+        typer.echo(f"Q: {q}\nA: {a}")
+
+
+@app.command("demo")
+def demo_command(
+    recipe: Annotated[Path, typer.Option(help="Demo recipe (pipelines/recipes/demo.toml).")] = Path("pipelines/recipes/demo.toml"),
+) -> None:
+    """The whole job on the embedded models: data → harvest (2 donors) → train (self, cross, transfer) → eval."""
+    from uav_eval.demo import run_demo
+
+    run_demo(recipe)
+
+
+@app.command("bench")
+def bench_command(
+    out: Annotated[Path, typer.Option(help="Where bench results go.")] = Path("bench"),
+    scale: Annotated[float, typer.Option(help="Multiply the default (2-core CPU) sizes, e.g. 10 on a GPU box.")] = 1.0,
+) -> None:
+    """Measure harvest overhead, store formats, streaming, memory and generation; print ratios."""
+    from uav_eval.bench import run_bench
+
+    run_bench(out, scale=scale)
+
+
+def main() -> None:
+    """Console entry point: one-line errors for user mistakes, tracebacks only for bugs."""
+    cmd = typer.main.get_command(app)
+    try:
+        cmd.main(standalone_mode=False, prog_name="uav")
+    except UavError as e:
+        typer.echo(f"uav: error: {e.problem}" + (f" (fix: {e.fix})" if e.fix else ""), err=True)
+        sys.exit(2)
+    except click.exceptions.NoArgsIsHelpError as e:
+        typer.echo(e.ctx.get_help() if e.ctx else str(e))
+        sys.exit(0)
+    except click.UsageError as e:
+        where = f"uav {e.ctx.command_path.split(' ', 1)[1]}" if e.ctx and " " in e.ctx.command_path else "uav"
+        typer.echo(f"uav: error: {e.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        typer.echo("uav: interrupted (a re-run resumes where it stopped)", err=True)
+        sys.exit(130)
+    except FileNotFoundError as e:
+        typer.echo(f"uav: error: file not found: {e.filename or e} (fix: check the path)", err=True)
+        sys.exit(2)
+    except OSError as e:
+        typer.echo(f"uav: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''} "
+                   "(fix: check permissions and free disk space)", err=True)
+        sys.exit(2)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,88 @@
+"""What each method shows the decoder: the trained UAV path and the controls that explain its score.
+
+- ``uav``: the run's adapter turns the stored activation into soft tokens; the run's LoRA decoder answers.
+- ``no_soft``: the same decoder, question only: what decoder tuning alone gives (answer priors).
+- ``random_adapter``: the trained LoRA with a freshly initialised adapter: is it the activation or the slot?
+- ``base_only``: the untuned decoder, question only.
+- ``input_text``: the trained decoder shown the donor's raw text where the soft tokens go: the inversion
+  ceiling (everything the activation could say if it encoded the text perfectly).
+- ``selfie``: training-free self-explanation (SelfIE / Patchscope): the untuned decoder, one placeholder
+  whose hidden state at the donor's layer is overwritten by the activation. Only when donor == decoder.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from uav_cache.errors import UavError
+from uav_eval.generate import Patch
+from uav_train.adapters import adapter_from_description
+from uav_train.run import LoadedRun
+
+METHODS = ("uav", "no_soft", "random_adapter", "base_only", "input_text", "selfie")
+CONTROLS = METHODS[1:]
+
+
+@dataclass
+class Setup:
+    """One method's inputs for a batch: prompts, soft tokens or a hidden-state patch, LoRA on or off."""
+
+    prompts: list[tuple[list[int], list[int]]]
+    soft: torch.Tensor | None
+    patch: Patch | None
+    lora: bool
+
+
+def selfie_applicable(lr: LoadedRun) -> bool:
+    """SelfIE patches the activation into the same model that produced it."""
+    cfg = lr.info.config
+    return cfg["donor"] == cfg["decoder"] and cfg["adapter"]["d_in"] == lr.model.config.hidden_size
+
+
+def check_methods(methods: list[str], lr: LoadedRun) -> list[str]:
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise UavError(f"unknown control(s) {bad}", f"use any of {', '.join(CONTROLS)}")
+    # selfie needs donor == decoder: there is no layer to patch into otherwise
+    return [m for m in methods if m != "selfie" or selfie_applicable(lr)]
+
+
+class MethodRunner:
+    """Builds :class:`Setup` per method; keeps the random adapter fixed across batches."""
+
+    def __init__(self, lr: LoadedRun, seed: int = 1234):
+        self.lr = lr
+        torch.manual_seed(seed)
+        self.random_adapter = adapter_from_description(lr.adapter.describe()).to(next(lr.adapter.parameters()).device).eval()
+
+    def setup(self, method: str, items, x: torch.Tensor, mask: torch.Tensor) -> Setup:
+        t, lr = self.lr.template, self.lr
+        k = lr.adapter.k
+        if method in ("uav", "random_adapter"):
+            adapter = lr.adapter if method == "uav" else self.random_adapter
+            with torch.no_grad():
+                soft = adapter(x, mask)
+            return Setup([t.prompt(it.question, k) for it in items], soft, None, True)
+        if method == "no_soft":
+            return Setup([t.prompt(it.question, 0) for it in items], None, None, True)
+        if method == "base_only":
+            return Setup([t.prompt(it.question, 0) for it in items], None, None, False)
+        if method == "input_text":
+            return Setup([t.prompt(it.question, 0, context_text=it.text) for it in items], None, None, True)
+        if method == "selfie":
+            layer = lr.info.config["layers"][0]
+            return Setup([t.prompt(it.question, 1) for it in items], None, Patch(layer, x[:, 0, 0, :]), False)
+        raise UavError(f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
+
+    @contextmanager
+    def lora(self, on: bool):
+        """The run's LoRA active or bypassed (peft's disable_adapter), for the base-model methods."""
+        if on or not self.lr.has_lora:
+            with nullcontext():
+                yield
+        else:
+            with self.lr.model.disable_adapter():
+                yield

@@ -1,0 +1,44 @@
+"""`uav explain`: the way a person tries the tool. The donor reads the text (loaded, read, freed), then
+the decoder answers questions about the activation, with the run's adapter and LoRA."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from uav_cache.errors import UavError
+from uav_cache.harvest import read_out
+from uav_cache.models import load, resolve, weights_fingerprint
+from uav_eval.generate import generate
+from uav_train.run import RunInfo, load_run
+
+
+def explain(run: str, text: str, questions: list[str], *, max_new_tokens: int = 32,
+            device: str = "auto") -> list[tuple[str, str]]:
+    """Answers to ``questions`` about the donor's activation on ``text``."""
+    if not text.strip():
+        raise UavError("--text is empty", "give the donor some text to read")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    cfg = RunInfo.open(run).config
+    src = cfg["stores"][0]
+    spec = resolve(cfg["donor"])
+    if weights_fingerprint(spec) != src["weights_fingerprint"]:
+        raise UavError(f"donor {cfg['donor']} here has other weights than the one the run was trained on",
+                       "install the same donor weights (see the store's weights_fingerprint)")
+    donor, tok = load(spec, device=device)
+    x = read_out(donor, tok, [text], cfg["layers"], dtype=src["dtype"], max_length=src.get("max_length", spec.max_length),
+                 donor_input=src.get("donor_input", "raw"))
+    del donor, tok  # donor and decoder are never in memory together
+    gc.collect()
+    xs = torch.stack([x[layer] for layer in cfg["layers"]], 1).float().unsqueeze(1).to(device)  # (1, 1, L, d)
+    lr = load_run(run, device=device)
+    mask = torch.ones(1, 1, dtype=torch.bool, device=device)
+    with torch.no_grad():
+        soft = lr.adapter(xs, mask)
+    out = []
+    for q in questions:
+        ans = generate(lr.model, lr.tok, [lr.template.prompt(q, lr.adapter.k)], soft, stop_ids=lr.template.stop_ids(),
+                       max_new_tokens=max_new_tokens)[0]
+        out.append((q, ans))
+    return out

@@ -1,0 +1,69 @@
+"""Batched greedy generation from prompts whose placeholder embeddings are replaced by soft tokens.
+
+Prompts are left-padded so every row's answer starts at the same column; soft tokens are spliced into
+the input embeddings (prompt.splice) and HF ``generate`` continues from ``inputs_embeds``. An optional
+``patch`` overwrites a decoder block's output at the placeholder position during the prompt pass: the
+SelfIE / Patchscope way of reading an activation with no training at all.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from uav_cache.models import block_modules
+from uav_train.prompt import Encoded, collate, splice
+
+
+@dataclass
+class Patch:
+    """Overwrite the residual output of decoder block ``layer`` at the soft positions with ``vectors``."""
+
+    layer: str  # module path of the block, e.g. model.layers.23 (peft prefixes are handled)
+    vectors: torch.Tensor  # (batch, d_model)
+
+
+@contextmanager
+def _patched(model, patch: Patch | None, positions: torch.Tensor):
+    if patch is None:
+        yield
+        return
+    blocks = {name.split("base_model.model.")[-1]: mod for name, mod in block_modules(model)}
+    block = blocks[patch.layer]
+
+    def hook(_m, _inp, out):
+        h = out[0] if isinstance(out, (tuple, list)) else out
+        if h.shape[1] > 1:  # the prompt pass only; cached decoding steps see one new token
+            h = h.clone()
+            rows = torch.arange(h.shape[0], device=h.device)
+            h[rows, positions[:, 0]] = patch.vectors.to(h.dtype).to(h.device)
+            return (h, *out[1:]) if isinstance(out, (tuple, list)) else h
+        return out
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: list[tuple[list[int], list[int]]], soft: torch.Tensor | None, *, stop_ids: list[int],
+             max_new_tokens: int = 16, patch: Patch | None = None) -> list[str]:
+    """Greedy answers for one batch. ``prompts`` are (ids, soft positions); ``soft`` is (batch, k, d) or None."""
+    encs = [Encoded(ids, ids, pos) for ids, pos in prompts]
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in collate(encs, tok.pad_token_id, left=True).items()}
+    emb = model.get_input_embeddings()(batch["input_ids"])
+    if soft is not None and soft.shape[1]:
+        emb = splice(emb, soft.to(device), batch["soft_positions"])
+    with _patched(model, patch, batch["soft_positions"]):
+        out = model.generate(inputs_embeds=emb, attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=stop_ids, pad_token_id=tok.pad_token_id)
+    texts = []
+    for row in out.tolist():
+        cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
+        texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
+    return texts

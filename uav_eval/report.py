@@ -1,0 +1,379 @@
+"""Turning evaluation results into what a researcher reads: results.json, report.md, and bar plots.
+
+Everything reads the aggregates that protocol.evaluate already computed (means with bootstrap 95% CIs), so the
+report never re-scores anything and `compare` works from results.json files alone. Plots use matplotlib's Agg
+canvas directly (no pyplot state), so writing a report never needs a display. No torch import here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from uav_cache.errors import UavError
+
+TASK_ORDER = ("classification", "fact", "gist")
+METHOD_ORDER = ("uav", "no_soft", "random_adapter", "base_only", "input_text", "selfie")
+F1_BAR = 0.8  # classification token F1 the uav path must reach
+TEXT_MAX = 120  # characters per sample cell
+DPI = 110
+
+# Meanings copied from uav_eval/controls.py (importing it would import torch).
+LEGEND = {
+    "uav": "the run's adapter turns the stored activation into soft tokens; the run's LoRA decoder answers.",
+    "no_soft": "the same decoder, question only: what decoder tuning alone gives (answer priors).",
+    "random_adapter": "the trained LoRA with a freshly initialised adapter: is it the activation or the slot?",
+    "base_only": "the untuned decoder, question only.",
+    "input_text": "the trained decoder shown the donor's raw text where the soft tokens go: the inversion ceiling "
+                  "(everything the activation could say if it encoded the text perfectly).",
+    "selfie": "training-free self-explanation (SelfIE / Patchscope): the untuned decoder, one placeholder whose "
+              "hidden state at the donor's layer is overwritten by the activation. Only when donor == decoder.",
+}
+
+Stat = dict[str, float]
+
+
+# --- small helpers ---------------------------------------------------------------------------------------
+
+
+def _num(x: Any) -> float:
+    """None (NaN after a JSON round trip) and missing values both read as NaN."""
+    return math.nan if x is None else float(x)
+
+
+def _stat(results: dict, method: str, group: str, metric: str = "f1", by: str = "by_task") -> Stat:
+    """One aggregate cell; an absent method/group/metric is all-NaN so tables and plots just show a gap."""
+    s = results.get("aggregates", {}).get(by, {}).get(f"{method}/{group}", {}).get(metric)
+    if not s:
+        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
+    return {"mean": _num(s.get("mean")), "lo": _num(s.get("lo")), "hi": _num(s.get("hi")), "n": int(s.get("n") or 0)}
+
+
+def _ci(s: Stat) -> str:
+    """`0.83 [0.78, 0.88]`, or an en dash when there is nothing to show."""
+    if math.isnan(s["mean"]):
+        return "–"
+    return f"{s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]"
+
+
+def fmt_params(n: int | None) -> str:
+    """Compact parameter count: 577, 12.3K, 5.3M, 1.2B (0 stays 0: a frozen part is worth stating)."""
+    if n is None:
+        return "?"
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{suffix}"
+    return str(int(n))
+
+
+def _params(results: dict) -> str:
+    tp = results.get("trainable_params") or {}
+    return f"{fmt_params(tp.get('adapter'))} / {fmt_params(tp.get('lora'))}"
+
+
+def _cell(text: Any, limit: int = TEXT_MAX) -> str:
+    """Markdown-safe table cell: one line, `|` escaped, truncated so a long gist doesn't wreck the table."""
+    s = " ".join(str(text).split())
+    if len(s) > limit:
+        s = s[: limit - 1].rstrip() + "…"
+    return s.replace("|", "\\|")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _ordered(names: set[str], order: tuple[str, ...]) -> list[str]:
+    return [n for n in order if n in names] + sorted(names - set(order))
+
+
+def _groups(results: dict, by: str = "by_task") -> list[str]:
+    """Groups present in the aggregates (known task order first), without "overall"."""
+    keys = results.get("aggregates", {}).get(by, {})
+    names = {k.split("/", 1)[1] for k in keys if "/" in k} - {"overall"}
+    return _ordered(names, TASK_ORDER)
+
+
+def _methods(results: dict) -> list[str]:
+    """Methods that actually have aggregates, in results["methods"] order (uav first)."""
+    keys = results.get("aggregates", {}).get("by_task", {})
+    present = {k.split("/", 1)[0] for k in keys}
+    listed = [m for m in results.get("methods", []) if m in present]
+    return listed + _ordered(present - set(listed), METHOD_ORDER)
+
+
+def _name(results: dict) -> str:
+    return Path(str(results.get("run", "run"))).name or str(results.get("run"))
+
+
+def _short(model: Any) -> str:
+    """Last path component of a model id/path, for plot labels."""
+    return Path(str(model)).name or str(model)
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN/inf -> null and numpy scalars -> Python, so results.json is strict JSON any tool can read."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+# --- the bar ---------------------------------------------------------------------------------------------
+
+
+def bar_check(results: dict) -> list[dict]:
+    """Per task group: does uav beat no_soft with non-overlapping 95% CIs (and reach F1 >= 0.8 on classification)?
+
+    Non-overlap is the conservative reading: decoder tuning alone (no_soft) must not explain the score.
+    A missing no_soft makes the comparison impossible, so that group fails.
+    """
+    out = []
+    for task in _groups(results):
+        u, ns = _stat(results, "uav", task), _stat(results, "no_soft", task)
+        if math.isnan(u["mean"]):
+            continue
+        beats = bool(u["lo"] > ns["hi"])  # False when no_soft is NaN
+        f1_ok = bool(u["mean"] >= F1_BAR) if task == "classification" else None
+        out.append({"task": task, "uav_f1": u["mean"], "uav_ci": (u["lo"], u["hi"]), "no_soft_f1": ns["mean"],
+                    "no_soft_ci": (ns["lo"], ns["hi"]), "beats_no_soft": beats, "f1_ok": f1_ok,
+                    "pass": beats and f1_ok is not False})
+    return out
+
+
+# --- tables ----------------------------------------------------------------------------------------------
+
+
+def summary_table(results: dict) -> str:
+    """Fixed-width method × task-group token-F1 table for the console, mean [95% CI]."""
+    cols = _groups(results) + ["overall"]
+    rows = [[m] + [_ci(_stat(results, m, g)) for g in cols] for m in _methods(results)]
+    header = ["token F1"] + cols
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+
+
+def _f1_table(results: dict) -> str:
+    cols = _groups(results) + ["overall"]
+    rows = [[m] + [_ci(_stat(results, m, g)) for g in cols] for m in _methods(results)]
+    return _md_table(["method"] + cols, rows)
+
+
+def _other_metrics_table(results: dict) -> str:
+    """ROUGE-L and similarity per group; accuracy only where it exists (classification)."""
+    cols = _groups(results) + ["overall"]
+    has_sim = any(_stat(results, m, "overall", "sim")["n"] for m in _methods(results))
+    rows = []
+    for m in _methods(results):
+        for metric, label in (("rougeL", "ROUGE-L"), ("sim", "similarity"))[: 2 if has_sim else 1]:
+            rows.append([m, label] + [_ci(_stat(results, m, g, metric)) for g in cols])
+        if "classification" in cols:
+            rows.append([m, "accuracy"] + [_ci(_stat(results, m, g, "acc")) if g == "classification" else "–"
+                                           for g in cols])
+    note = "" if has_sim else "\n\nSimilarity was not computed (MiniLM off or unavailable)."
+    return _md_table(["method", "metric"] + cols, rows) + note
+
+
+def _source_table(results: dict) -> str:
+    """uav vs no_soft per source: shows which datasets carry the result."""
+    task_of = {r.get("source"): r.get("task") for r in results.get("items", [])}
+    rows = []
+    for src in _groups(results, "by_source"):
+        u, ns = _stat(results, "uav", src, by="by_source"), _stat(results, "no_soft", src, by="by_source")
+        delta = u["mean"] - ns["mean"]
+        rows.append([_cell(src or "(none)"), _cell(task_of.get(src, "")), str(u["n"]), _ci(u), _ci(ns),
+                     "–" if math.isnan(delta) else f"{delta:+.2f}"])
+    return _md_table(["source", "task", "n", "uav F1", "no_soft F1", "Δ"], rows)
+
+
+def _samples(results: dict) -> str:
+    """The 3 best and 3 worst uav answers per task group, so the numbers can be sanity-checked by eye."""
+    items = [r for r in results.get("items", []) if r.get("method") == "uav"]
+    parts = []
+    for task in _ordered({r.get("task") or "" for r in items}, TASK_ORDER):
+        mine = sorted((r for r in items if (r.get("task") or "") == task), key=lambda r: -_num(r.get("f1")))
+        best = mine[:3]
+        worst = list(reversed(mine[3:]))[:3]  # never repeat a best item when there are few
+        rows = [[kind, _cell(r.get("question", "")), _cell(r.get("gold", "")), _cell(r.get("pred", "")),
+                 f"{_num(r.get('f1')):.2f}"] for kind, rs in (("best", best), ("worst", worst)) for r in rs]
+        parts.append(f"### {task or '(no task)'}\n\n" + _md_table(["", "question", "gold", "uav answer", "F1"], rows))
+    return "\n\n".join(parts) if parts else "_no uav items_"
+
+
+def _report_md(results: dict, plot_name: str) -> str:
+    methods = _methods(results)
+    checks = bar_check(results)
+    lora = results.get("lora") or "none (decoder untouched)"
+    secs = results.get("seconds")
+    lines = [
+        f"# UAV evaluation: {_name(results)}",
+        "",
+        f"- run: `{results.get('run')}`",
+        f"- store: `{results.get('store')}` (split `{results.get('split')}`)",
+        f"- donor → decoder: `{results.get('donor')}` → `{results.get('decoder')}`",
+        f"- adapter: {results.get('adapter')}; LoRA: {lora}",
+        f"- trainable params (adapter / LoRA): {_params(results)}",
+        f"- items: {results.get('n_items')}; methods: {', '.join(methods)}",
+        f"- time: {secs if secs is not None else '?'} s",
+        "",
+        "## The bar",
+        "",
+        "uav must beat no_soft on token F1 with non-overlapping 95% CIs in every task group, "
+        f"and reach classification F1 ≥ {F1_BAR}.",
+        "",
+    ]
+    if checks:
+        rows = [[c["task"], _ci({"mean": c["uav_f1"], "lo": c["uav_ci"][0], "hi": c["uav_ci"][1]}),
+                 _ci({"mean": c["no_soft_f1"], "lo": c["no_soft_ci"][0], "hi": c["no_soft_ci"][1]}),
+                 "yes" if c["beats_no_soft"] else "no",
+                 "–" if c["f1_ok"] is None else ("yes" if c["f1_ok"] else "no"),
+                 "**PASS**" if c["pass"] else "**FAIL**"] for c in checks]
+        lines += [_md_table(["task", "uav F1", "no_soft F1", "CIs apart", f"F1 ≥ {F1_BAR}", "result"], rows), ""]
+        failed = [c["task"] for c in checks if not c["pass"]]
+        lines.append(f"**Overall: {'PASS' if not failed else 'FAIL'}**"
+                     + (f" (failing: {', '.join(failed)})" if failed else " (every task group)"))
+        if "no_soft" not in methods:
+            lines.append("\nno_soft was not run, so the bar cannot be passed.")
+    else:
+        lines.append("No uav results: the bar cannot be checked.")
+    recon_u, recon_t = _stat(results, "uav", "overall", "rougeL_input"), _stat(results, "input_text", "overall",
+                                                                               "rougeL_input")
+    lines += [
+        "", "## Token F1 (mean [95% CI])", "", _f1_table(results), "", f"![token F1 by task]({plot_name})",
+        "", "## ROUGE-L, similarity, accuracy", "", _other_metrics_table(results),
+        "", "## Per source (uav vs no_soft, token F1)", "", _source_table(results),
+        "", "## How much is reconstruction",
+        "", f"ROUGE-L of the answer against the donor's input text: uav {_ci(recon_u)} vs input_text "
+            f"{_ci(recon_t)}. Close to input_text means uav answers mostly by reconstructing the input.",
+        "", "## Sample uav answers (3 best, 3 worst per task group)", "", _samples(results),
+        "", "## Methods", "",
+    ]
+    lines += [f"- **{m}**: {LEGEND.get(m, '(no description)')}" for m in methods]
+    return "\n".join(lines) + "\n"
+
+
+# --- plots -----------------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _err(stats: list[Stat]) -> list[list[float]]:
+    """Asymmetric error bars from CIs; NaN stays NaN (matplotlib draws nothing)."""
+    return [[s["mean"] - s["lo"] for s in stats], [s["hi"] - s["mean"] for s in stats]]
+
+
+def plot_tasks(results: dict, path: Path) -> None:
+    """Grouped bars: x = task group (+ overall), one bar per method, token F1 mean with 95% CI."""
+    groups, methods = _groups(results) + ["overall"], _methods(results)
+    fig = _figure(max(6.0, 1.1 * len(groups) * max(1, len(methods)) * 0.35 + 2), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        stats = [_stat(results, m, g) for g in groups]
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(groups))]
+        ax.bar(xs, [s["mean"] for s in stats], width, yerr=_err(stats), capsize=2, label=m,
+               hatch="//" if m == "no_soft" else None, edgecolor="black", linewidth=0.4)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("token F1 (mean, 95% CI)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{_name(results)}: {_short(results.get('donor'))} → {_short(results.get('decoder'))}, "
+                 f"{results.get('adapter')}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncols=max(1, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def _run_label(results: dict, name: str) -> str:
+    return (f"{name} ({_short(results.get('donor'))}→{_short(results.get('decoder'))}, {results.get('adapter')}, "
+            f"{_params(results)})")
+
+
+def plot_compare(runs: list[tuple[str, dict]], path: Path) -> None:
+    """Per task group, each run's uav F1 (coloured) next to its own no_soft (grey, hatched) for reference."""
+    groups = _ordered({g for _, r in runs for g in _groups(r)}, TASK_ORDER) + ["overall"]
+    fig = _figure(max(7.0, 1.6 * len(groups) * max(1, len(runs)) * 0.5 + 3), 4.6)
+    ax = fig.add_subplot()
+    slot = 0.8 / max(1, len(runs))
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for i, (name, res) in enumerate(runs):
+        base = [j + (i - (len(runs) - 1) / 2) * slot for j in range(len(groups))]
+        u = [_stat(res, "uav", g) for g in groups]
+        ns = [_stat(res, "no_soft", g) for g in groups]
+        ax.bar([x - slot * 0.18 for x in base], [s["mean"] for s in u], slot * 0.6, yerr=_err(u), capsize=2,
+               color=colors[i], edgecolor="black", linewidth=0.4, label=_run_label(res, name))
+        ax.bar([x + slot * 0.3 for x in base], [s["mean"] for s in ns], slot * 0.3, yerr=_err(ns), capsize=1,
+               color="0.85", hatch="//", edgecolor="0.4", linewidth=0.4,
+               label="no_soft (each run's decoder, question only)" if i == 0 else None)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("uav token F1 (mean, 95% CI)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("uav across runs: self vs cross donor, full vs adapter-only transfer")
+    ax.grid(axis="y", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("no_soft"))  # reference entry last
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+# --- entry points ----------------------------------------------------------------------------------------
+
+
+def write_report(results: dict, run_dir: Path) -> None:
+    """Write results.json (strict JSON), report.md and eval_tasks.png into the run directory."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps(_json_safe(results), indent=1, ensure_ascii=False))
+    (run_dir / "report.md").write_text(_report_md(results, "eval_tasks.png"))
+    plot_tasks(results, run_dir / "eval_tasks.png")
+
+
+def load_results(run: str | Path) -> dict:
+    """A run directory's results.json (or that file itself)."""
+    p = Path(run)
+    p = p if p.is_file() else p / "results.json"
+    if not p.is_file():
+        raise UavError(f"no results.json at {p}", "evaluate the run first (uav eval RUN)")
+    return json.loads(p.read_text())
+
+
+def compare(runs: list[str | Path], out: Path | None = None) -> str:
+    """Markdown table of several runs' uav F1 per task group (rows = runs); with `out`, also compare.md/png."""
+    if not runs:
+        raise UavError("compare needs at least one run", "pass one or more run directories")
+    loaded = [(Path(r).name if Path(r).is_dir() else Path(r).parent.name, load_results(r)) for r in runs]
+    groups = _ordered({g for _, r in loaded for g in _groups(r)}, TASK_ORDER)
+    rows = []
+    for name, res in loaded:
+        rows.append([_cell(name), _cell(_short(res.get("donor"))), _cell(_short(res.get("decoder"))),
+                     _cell(res.get("adapter")), _cell(res.get("lora") or "none"), _params(res)]
+                    + [_ci(_stat(res, "uav", g)) for g in groups + ["overall"]]
+                    + [_ci(_stat(res, "no_soft", "overall"))])
+    table = _md_table(["run", "donor", "decoder", "adapter", "LoRA", "params (adapter / LoRA)"]
+                      + [f"uav {g}" for g in groups] + ["uav overall", "no_soft overall"], rows)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(
+            "# UAV run comparison\n\nToken F1, mean [95% CI].\n\n" + table + "\n\n![uav F1 across runs](compare.png)\n")
+        plot_compare(loaded, out / "compare.png")
+    return table
