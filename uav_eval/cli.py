@@ -11,8 +11,12 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
+
+try:  # typer ≥ 0.20 vendors click as typer._click; older typer uses click itself
+    from typer._click import exceptions as cx
+except ImportError:  # pragma: no cover
+    from click import exceptions as cx
 
 from uav_cache.cli import data_app, harvest_command, models_command, store_app
 from uav_cache.errors import UavError
@@ -102,16 +106,15 @@ def main() -> None:
     except UavError as e:
         typer.echo(f"uav: error: {e.problem}" + (f" (fix: {e.fix})" if e.fix else ""), err=True)
         sys.exit(2)
-    except click.exceptions.NoArgsIsHelpError as e:
-        typer.echo(e.ctx.get_help() if e.ctx else str(e))
+    except cx.NoArgsIsHelpError:  # typer has already printed the help
         sys.exit(0)
-    except click.UsageError as e:
-        where = f"uav {e.ctx.command_path.split(' ', 1)[1]}" if e.ctx and " " in e.ctx.command_path else "uav"
+    except cx.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "uav"
         typer.echo(f"uav: error: {e.format_message()} (see `{where} --help`)", err=True)
         sys.exit(2)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("uav: interrupted (a re-run resumes where it stopped)", err=True)
         sys.exit(130)
     except FileNotFoundError as e:

@@ -26,6 +26,7 @@ def train_command(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda …")] = None,
     grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help="Trade compute for memory.")] = False,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable store chunks (counted, warned) instead of stopping.")] = False,
 ) -> None:
     """Train an adapter (+ LoRA) that lets the decoder answer questions about a donor's activations."""
     from uav_train.trainer import TrainConfig, train
@@ -35,7 +36,7 @@ def train_command(
     stores = store.split(",") if store else ([f"stores/{donor}"] if donor else None)
     over = dict(stores=stores, decoder=decoder, out=out, adapter=adapter, stage=stage, steps=steps,
                 stage1_steps=stage1_steps, batch_size=batch_size, frozen_decoder=frozen_decoder, seed=seed, device=device,
-                no_lora=no_lora or None, grad_checkpointing=grad_checkpointing or None)
+                no_lora=no_lora or None, grad_checkpointing=grad_checkpointing or None, skip_corrupt=skip_corrupt or None)
     cfg = TrainConfig.from_recipe(recipe, **over) if recipe else TrainConfig.from_dict({k: v for k, v in over.items() if v is not None})
     if donor and store:
         from uav_cache.store import Store

@@ -49,7 +49,8 @@ def read_x(store: Store, layers: list[str], rows: np.ndarray, tokens: bool) -> l
         return []
     lo, hi = int(rows.min()), int(rows.max()) + 1
     block = torch.stack([store.read_last(layer, lo, hi) for layer in layers], 1).float()  # (hi-lo, L, d)
-    return [block[int(r) - lo].unsqueeze(0) for r in rows]
+    # clone: a view would keep the whole chunk alive while any one of its rows sits in the shuffle buffer
+    return [block[int(r) - lo].unsqueeze(0).clone() for r in rows]
 
 
 class ItemStream:
@@ -57,12 +58,14 @@ class ItemStream:
 
     def __init__(self, stores: list[Store], split: str, *, layers: list[str] | None = None, mode: str = "qa",
                  seed: int = 0, shuffle_buffer: int = 1024, tokens: bool = False, rank: int = 0, world: int = 1,
-                 prefetch: int = 512, epochs: int | None = None):
+                 prefetch: int = 512, epochs: int | None = None, skip_corrupt: bool = False):
         self.stores, self.split, self.mode = stores, split, mode
         self.layers = layers or stores[0].layers
         self.seed, self.buffer, self.tokens = seed, shuffle_buffer, tokens
         self.rank, self.world, self.prefetch, self.epochs = rank, world, prefetch, epochs
         self.bad = 0  # items skipped for NaN/inf activations
+        self.skip_corrupt = skip_corrupt  # unreadable chunks: skip (counted, warned) instead of refusing
+        self.corrupt: set[int] = set()  # indices (into self.chunks) of chunks skipped as unreadable
         self.seen = 0
         self.chunks = self._chunks()
         if not self.chunks:
@@ -94,7 +97,14 @@ class ItemStream:
                     si, rows = self.chunks[ci]
                     st = self.stores[si]
                     ex = st.examples()
-                    for r, x in zip(rows, read_x(st, self.layers, rows, self.tokens)):
+                    try:
+                        xs = read_x(st, self.layers, rows, self.tokens)
+                    except UavError:
+                        raise
+                    except Exception as e:  # a garbled/truncated chunk surfaces as a codec, key or OS error
+                        self._unreadable(int(ci), st, rows, e)
+                        continue
+                    for r, x in zip(rows, xs):
                         e = ex[r]
                         for q, a in item_pairs(e, self.mode):
                             buf.append(Item(x, q, a, int(r), si, e.get("task") or "", e.get("source") or "", e["text"]))
@@ -107,9 +117,23 @@ class ItemStream:
                     if not self._put(out, item, stop):
                         return
                 epoch += 1
+                if len(self.corrupt) == len(self.chunks):
+                    raise UavError(f"every chunk of split {self.split!r} is unreadable", "run `uav store verify` on the store(s)")
             out.put(None)
         except BaseException as e:  # surface reader errors in the consumer, not as a silent hang
             out.put(e)
+
+    def _unreadable(self, ci: int, st: Store, rows: np.ndarray, err: Exception) -> None:
+        """Refuse with the store and shard named, or (skip_corrupt) count the chunk and warn once."""
+        s = int(rows[0]) // st.meta["shard_rows"]
+        where = f"rows {int(rows.min())}-{int(rows.max())} (shard {s}) of store {st.path}"
+        if not self.skip_corrupt:
+            raise UavError(f"cannot read {where}: {type(err).__name__}: {err}",
+                           f"run `uav store verify {st.path}`; re-harvest the shard (delete _commits/s{s:05d}.json, "
+                           "re-run the harvest) or pass --skip-corrupt to train without it") from err
+        if ci not in self.corrupt:
+            self.corrupt.add(ci)
+            warnings.warn(f"skipping unreadable {where}: {type(err).__name__}: {err}", stacklevel=2)
 
     @staticmethod
     def _put(out: queue.Queue, item, stop: threading.Event) -> bool:

@@ -23,7 +23,7 @@ from uav_cache.errors import UavError
 from uav_cache.models import embedding_norm, load, resolve
 from uav_cache.store import Store, check_compatible
 from uav_train.adapters import Adapter, adapter_config, build_adapter
-from uav_train.prompt import PromptTemplate, collate, splice
+from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
 from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, load_adapter, load_checkpoint, plot_losses, read_json,
                            save_adapter, save_checkpoint, write_json)
 from uav_train.stream import Item, ItemStream, stack_x
@@ -68,6 +68,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     shuffle_buffer: int = 512
     max_bad_fraction: float = 0.01  # items with NaN/inf activations are skipped up to this fraction
+    skip_corrupt: bool = False  # unreadable store chunks: skip them (counted, warned) instead of refusing
     seed: int = 0
     device: str = "auto"
     grad_checkpointing: bool = False
@@ -101,7 +102,9 @@ class TrainConfig:
     def identity(self) -> dict:
         """Settings that change the weights: a resume must match these exactly."""
         d = asdict(self)
-        for k in ("out", "progress", "device", "checkpoint_every"):
+        # skip_corrupt is not identity: the stream is the same up to the first unreadable chunk, so a run that
+        # stopped there resumes with --skip-corrupt exactly as a fresh --skip-corrupt run would go
+        for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt"):
             d.pop(k)
         return d
 
@@ -115,6 +118,21 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def answer_loss(model, embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled (answer) positions only, the same value as HF's
+    ``labels=`` loss, but the LM head runs only where there is a label: the head is ~20% of SmolLM2's
+    forward and more than the whole body for Gemma-3-270M's 262k vocabulary."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    cap = getattr(base.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.nn.functional.cross_entropy(logits, target[keep])
 
 
 def open_stores(paths: list[str], layers: list[str] | None = None) -> list[Store]:
@@ -187,9 +205,7 @@ class Trainer:
             soft = self.adapter(x.to(self.device), mask.to(self.device))
             emb = self.model.get_input_embeddings()(batch["input_ids"])
             emb = splice(emb, soft, batch["soft_positions"])
-            out = self.model(inputs_embeds=emb, attention_mask=batch["attention_mask"], labels=batch["labels"],
-                             use_cache=False)
-        return out.loss
+            return answer_loss(self.model, emb, batch["attention_mask"], batch["labels"])
 
     @torch.no_grad()
     def val_loss(self, items: list[Item], mode: str) -> float:
@@ -242,9 +258,9 @@ class Trainer:
         base_lrs = [g["lr"] for g in groups]
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         train = ItemStream(self.stores, "train", layers=self.layers, mode=mode, seed=cfg.seed * 1000 + stage,
-                           shuffle_buffer=cfg.shuffle_buffer, tokens=cfg.tokens)
+                           shuffle_buffer=cfg.shuffle_buffer, tokens=cfg.tokens, skip_corrupt=cfg.skip_corrupt)
         val_stream = ItemStream(self.stores, "val", layers=self.layers, mode=mode, seed=cfg.seed, epochs=1,
-                                shuffle_buffer=cfg.shuffle_buffer, tokens=cfg.tokens)
+                                shuffle_buffer=cfg.shuffle_buffer, tokens=cfg.tokens, skip_corrupt=cfg.skip_corrupt)
         val = [it for _, it in zip(range(cfg.val_items), val_stream)]
         st = {"stage": stage, "step": 0, "consumed": 0, "best_val": None, "bad_evals": 0, "stopped": False}
         best_path = self.run / f"best_stage{stage}.safetensors"
@@ -280,6 +296,8 @@ class Trainer:
             row = {"stage": stage, "step": st["step"], "loss": float(loss), "grad_norm": float(gnorm),
                    **{f"lr_{names[i]}": g["lr"] for i, g in enumerate(opt.param_groups)},
                    "items_per_s": st["consumed"] / max(time.perf_counter() - t0, 1e-9)}
+            if train.corrupt or val_stream.corrupt:
+                row["skipped_chunks"] = len(train.corrupt) + len(val_stream.corrupt)
             if train.bad > cfg.max_bad_fraction * max(train.seen, 1) and train.bad > 0:
                 raise UavError(f"{train.bad} of {train.seen + train.bad} items had NaN/inf activations",
                                "run `uav store verify` on the store and re-harvest the broken shards")

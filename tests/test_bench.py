@@ -1,0 +1,62 @@
+"""The bench's pure helpers on tiny arrays (no models): the format comparison and the synthetic store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from uav_cache.store import Store, from_bits
+from uav_eval import bench
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _real(n: int = 50, d: int = 32) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, d)).astype(np.float32) * 3
+
+
+def test_synthetic_rows_are_perturbed_copies_of_real_rows():
+    real = _real()
+    rows = bench.synthetic_rows(real, 300, seed=1)
+    assert rows.shape == (300, 32) and rows.dtype == np.float32
+    assert len({r.tobytes() for r in rows}) == 300  # no two rows identical
+    nearest = np.abs(rows[:, None, :] / real[None, :, :] - 1).max(-1).min(1)  # within ~1% of some real row
+    assert np.median(nearest) < 0.1
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_write_synthetic_store_round_trips(tmp_path, dtype):
+    bits = bench.bits_of(bench.synthetic_rows(_real(), 100), dtype)
+    bench.write_synthetic_store(tmp_path / "s", bits, dtype, shard_rows=32, chunk_rows=16)
+    s = Store(tmp_path / "s")
+    assert s.meta["complete"] and s.verify() == [] and s.meta["n_shards"] == 4
+    assert torch.equal(s.read_last("bench", 0, 100), from_bits(bits, dtype))
+
+
+def test_compare_formats_sizes_and_throughputs(tmp_path):
+    rows = bench.synthetic_rows(_real(), 600)
+    res = bench.compare_formats(rows, tmp_path, n_batches=3, batch=16)
+    assert {(r["format"], r["dtype"]) for r in res} == {(f, d) for f in bench.FORMATS for d in ("fp16", "bf16")}
+    for r in res:
+        assert r["raw_bytes"] == 600 * 32 * 2 and r["bytes"] > 0 and r["size_ratio"] > 0
+        assert r["write_mb_s"] > 0 and r["read_mb_s"] > 0 and r["batches_per_s"] > 0
+        assert r["size_ratio"] == pytest.approx(r["bytes"] / r["raw_bytes"])
+    npy = [r for r in res if r["format"] == "raw .npy"]
+    assert all(r["size_ratio"] == pytest.approx(1.0, abs=0.02) for r in npy)  # the header is all it adds
+    st = [r for r in res if r["format"] == "safetensors"]
+    assert all(r["size_ratio"] == pytest.approx(1.0, abs=0.05) for r in st)
+    assert list(tmp_path.iterdir()) == []  # every format's files are removed after measuring
+
+
+def test_dir_bytes_counts_files(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x").write_bytes(b"1234")
+    (tmp_path / "y").write_bytes(b"12")
+    assert bench.dir_bytes(tmp_path) == 6 and bench.dir_bytes(tmp_path / "y") == 2

@@ -1,0 +1,446 @@
+"""`uav bench`: side-by-side ratios for the claims the design makes. Every number is measured against a baseline
+in the same run (never against an absolute target), on the real embedded SmolLM2.
+
+1. harvest overhead   harvest tokens/s ÷ bare truncated forward tokens/s (same Capture hooks, no writes)
+2. store formats      our Zarr store vs safetensors shards vs a `datasets` Arrow dataset vs raw .npy
+3. streaming          training step time from the store through ItemStream ÷ from items preloaded in RAM
+4. memory             peak RSS of a streaming reader over a 10× store ÷ over the 1× store (subprocesses)
+5. generation         batched (8) generation tokens/s ÷ batch-1 tokens/s
+
+Default sizes fit a busy 2-core CPU in a few minutes; on a GPU box pass ``--scale 10`` (or more) so the
+timed regions are long enough to mean something. Reads right after writes come from the page cache: the
+read columns compare formats' decode cost, not disks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from uav_cache.store import FORMAT, FORMAT_VERSION, STORAGE_DTYPES, Store, StoreWriter, to_bits
+
+D_SYN = 576  # SmolLM2-135M's width: the synthetic rows are shaped like its activations
+TARGETS = {"harvest_overhead": ("≥", 0.95), "streaming_step_ratio": ("≤", 1.05), "memory_ratio_10x": ("≤", 1.10)}
+
+
+# ---------------------------------------------------------------------------------------------- small helpers
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def dir_bytes(path: Path) -> int:
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def synthetic_meta(n: int, d: int, dtype: str, shard_rows: int = 4096, chunk_rows: int = 512,
+                   layer: str = "bench") -> dict:
+    """Root metadata for a store of synthetic rows (the writer needs every identity key)."""
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "uav_version": "bench", "created": "bench",
+        "donor": "bench", "family": "bench", "weights_fingerprint": "0" * 64, "n_layers": 1, "layers": [layer],
+        "positions": "last", "dtype": dtype, "d_model": d, "tokenizer": {"name": "bench"}, "donor_input": "raw",
+        "max_length": 0, "dataset": {"name": "bench", "fingerprint": "0" * 64, "split_sizes": {"train": n},
+                                     "n_examples": n},
+        "dataset_fingerprint": "0" * 64, "n_rows": n, "shard_rows": shard_rows, "chunk_rows": chunk_rows,
+        "n_shards": (n + shard_rows - 1) // shard_rows, "n_tokens": n,
+    }
+
+
+def write_synthetic_store(path: Path, bits: np.ndarray, dtype: str, examples: list[dict] | None = None,
+                          shard_rows: int = 4096, chunk_rows: int = 512) -> StoreWriter:
+    """Rows (uint16 bit patterns) through our StoreWriter; ``examples`` default to tiny train-split records."""
+    n, d = bits.shape
+    meta = synthetic_meta(n, d, dtype, shard_rows=shard_rows, chunk_rows=min(chunk_rows, shard_rows))
+    ex = examples or [{"id": f"r{i}", "text": f"row {i}", "split": "train"} for i in range(n)]
+    w = StoreWriter.create_or_open(path, meta, ex, [[1]] * n, [False] * n)
+    for s in range(meta["n_shards"]):
+        a, b = w.shard_range(s)
+        w.write_shard(s, {"bench": bits[a:b]})
+    w.finalize()
+    return w
+
+
+def synthetic_rows(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """n float32 rows made from real activation rows: tiled, each copy perturbed by 1% multiplicative noise
+    (so compressors see realistic mantissas, not repeated rows)."""
+    rng = np.random.default_rng(seed)
+    rows = real[rng.integers(0, len(real), n)].astype(np.float32)
+    return rows * (1 + 0.01 * rng.standard_normal(rows.shape, dtype=np.float32))
+
+
+def bits_of(rows: np.ndarray, dtype: str) -> np.ndarray:
+    return to_bits(torch.from_numpy(rows), dtype)
+
+
+# ---------------------------------------------------------------------------------------------- 2. store formats
+
+def _random_batches(n: int, batch: int, count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(n, size=min(batch, n), replace=False)) for _ in range(count)]
+
+
+def _fmt_zarr(dir_: Path, bits: np.ndarray, dtype: str, batches: list[np.ndarray]) -> dict:
+    path = dir_ / "zarr"
+    t_w, _ = timed(lambda: write_synthetic_store(path, bits, dtype))
+    st = Store(path)
+    step = st.meta["shard_rows"]
+    t_r, _ = timed(lambda: [st.read_last("bench", a, min(a + step, len(bits))) for a in range(0, len(bits), step)])
+    t_b, _ = timed(lambda: [st.read_rows("bench", b) for b in batches])
+    assert np.array_equal(st.group["acts/bench/last"][:8], bits[:8])
+    return {"bytes": dir_bytes(path / "acts"), "write_s": t_w, "read_s": t_r, "batches_s": t_b}
+
+
+def _fmt_safetensors(dir_: Path, bits: np.ndarray, dtype: str, batches: list[np.ndarray], shard_rows: int = 4096) -> dict:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = dir_ / "safetensors"
+    path.mkdir()
+    x = torch.from_numpy(bits.view(np.int16)).view(STORAGE_DTYPES[dtype])
+
+    def write():
+        for k, a in enumerate(range(0, len(bits), shard_rows)):
+            save_file({"x": x[a:a + shard_rows].contiguous()}, str(path / f"shard_{k:05d}.safetensors"))
+
+    t_w, _ = timed(write)
+    files = sorted(path.glob("*.safetensors"))
+    t_r, _ = timed(lambda: [safe_open(str(f), "pt").get_tensor("x") for f in files])
+    handles = [safe_open(str(f), "pt").get_slice("x") for f in files]
+
+    def random_reads():
+        for b in batches:
+            torch.cat([handles[r // shard_rows][r % shard_rows:r % shard_rows + 1] for r in b.tolist()])
+
+    t_b, _ = timed(random_reads)
+    return {"bytes": dir_bytes(path), "write_s": t_w, "read_s": t_r, "batches_s": t_b}
+
+
+def _fmt_arrow(dir_: Path, bits: np.ndarray, dtype: str, batches: list[np.ndarray]) -> dict:
+    """A Hugging Face `datasets` Arrow dataset (Dataset.from_dict + save_to_disk), as SAELens caches
+    activations. Arrow has no bfloat16, so both dtypes are stored as their uint16 bit patterns."""
+    import pyarrow as pa
+    from datasets import Dataset, load_from_disk
+
+    path = dir_ / "arrow"
+    n, d = bits.shape
+
+    def write():
+        col = pa.FixedSizeListArray.from_arrays(pa.array(bits.reshape(-1)), d)
+        Dataset.from_dict({"x": col}).save_to_disk(str(path))
+
+    t_w, _ = timed(write)
+    ds = load_from_disk(str(path)).with_format("numpy")
+    step = 4096
+    t_r, _ = timed(lambda: [ds[a:a + step]["x"] for a in range(0, n, step)])
+    t_b, _ = timed(lambda: [ds[b]["x"] for b in batches])
+    return {"bytes": dir_bytes(path), "write_s": t_w, "read_s": t_r, "batches_s": t_b}
+
+
+def _fmt_npy(dir_: Path, bits: np.ndarray, dtype: str, batches: list[np.ndarray]) -> dict:
+    path = dir_ / "raw.npy"
+    t_w, _ = timed(lambda: np.save(path, bits))
+    t_r, _ = timed(lambda: np.load(path))
+    mm = np.load(path, mmap_mode="r")
+    t_b, _ = timed(lambda: [np.asarray(mm[b]) for b in batches])
+    return {"bytes": dir_bytes(path), "write_s": t_w, "read_s": t_r, "batches_s": t_b}
+
+
+FORMATS = {"zarr (uav)": _fmt_zarr, "safetensors": _fmt_safetensors, "arrow (datasets)": _fmt_arrow, "raw .npy": _fmt_npy}
+
+
+def compare_formats(rows: np.ndarray, work: Path, dtypes=("fp16", "bf16"), n_batches: int = 20,
+                    batch: int = 256, formats: dict | None = None) -> list[dict]:
+    """Each format × dtype on the same rows: size ÷ raw size, write/read MB/s (of raw bytes), random batches/s."""
+    out = []
+    batches = _random_batches(len(rows), batch, n_batches)
+    for dtype in dtypes:
+        bits = bits_of(rows, dtype)
+        raw = bits.nbytes
+        for name, fn in (formats or FORMATS).items():
+            d = Path(tempfile.mkdtemp(dir=work, prefix="fmt-"))
+            try:
+                m = fn(d, bits, dtype, batches)
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+            mb = raw / 1e6
+            out.append({"format": name, "dtype": dtype, "rows": len(rows), "raw_bytes": raw, "bytes": m["bytes"],
+                        "size_ratio": m["bytes"] / raw, "write_mb_s": mb / m["write_s"], "read_mb_s": mb / m["read_s"],
+                        "batches_per_s": len(batches) / m["batches_s"]})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- 1. harvest overhead
+
+def harvest_overhead(model, tok, spec, n_texts: int, work: Path, batch_size: int = 8, shard_rows: int = 32) -> dict:
+    """Tokens/s of uav_cache.harvest.harvest (the donor load is patched out: the already loaded model is
+    reused; the clock starts at the first shard) ÷ tokens/s of the same batches through the same Capture
+    hooks with nothing written. The bare pass runs before and after the harvest; their mean is the baseline."""
+    from tqdm.auto import tqdm
+
+    from uav_cache import harvest as hv
+    from uav_cache.datasets import load_examples
+
+    ex = load_examples("demo", limit=n_texts)
+    texts = [e["text"] for e in ex.examples]
+    max_length = spec.max_length
+    ids, _ = hv.tokenize(tok, texts, max_length, "raw")
+    n_tokens = sum(map(len, ids))
+    names = [hv.layer_name(model, i) for i in spec.layers]
+    device = next(model.parameters()).device
+    dtype = spec.dtype
+    pad = tok.pad_token_id or 0
+
+    def bare():
+        cap = hv.Capture(model, names)
+        try:
+            with tqdm(disable=True) as bar:
+                for a in range(0, len(ids), shard_rows):
+                    hv._run_shard(model, cap, ids[a:a + shard_rows], names, pad, batch_size, dtype, False, device,
+                                  [str(i) for i in range(a, a + shard_rows)], bar)
+        finally:
+            cap.close()
+
+    bare()  # warm-up (allocator, kernels)
+    t_bare1, _ = timed(bare)
+
+    first = {}
+    real_run, real_load = hv._run_shard, hv.load
+
+    def clocked(*a, **k):
+        first.setdefault("t", time.perf_counter())
+        return real_run(*a, **k)
+
+    hv._run_shard, hv.load = clocked, (lambda *a, **k: (model, tok))
+    try:
+        out = work / "harvest-store"
+        hv.harvest(hv.HarvestConfig(donor=spec.name, data="demo", out=str(out), limit=n_texts, batch_size=batch_size,
+                                    shard_rows=shard_rows, chunk_rows=shard_rows, device=str(device), progress=False))
+        t_harvest = time.perf_counter() - first["t"]
+    finally:
+        hv._run_shard, hv.load = real_run, real_load
+    t_bare2, _ = timed(bare)
+    t_bare = (t_bare1 + t_bare2) / 2
+    return {"texts": len(texts), "tokens": n_tokens, "harvest_tok_s": n_tokens / t_harvest,
+            "bare_tok_s": n_tokens / t_bare, "harvest_overhead": (n_tokens / t_harvest) / (n_tokens / t_bare),
+            "store": str(out)}
+
+
+# ---------------------------------------------------------------------------------------------- 3. streaming
+
+def streaming_ratio(store: Path, decoder: str, steps: int, work: Path, batch_size: int = 8) -> dict:
+    """Mean time of an adapter-only training step (real decoder forward + backward through the frozen decoder
+    into a small MLP adapter) when batches come from ItemStream vs the same batches preloaded in RAM.
+    Steps alternate (stream, RAM, stream, …) so load changes on a shared machine hit both sides alike."""
+    from uav_train.stream import ItemStream
+    from uav_train.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(stores=[str(store)], out=str(work / "bench-run"), decoder=decoder, adapter="mlp",
+                      adapter_options={"k": 4}, no_lora=True, batch_size=batch_size, progress=False)
+    tr = Trainer(cfg)
+    opt = torch.optim.AdamW(tr.adapter.parameters(), lr=1e-4)
+    st = Store(store)
+
+    def step(batch):
+        loss = tr.loss(batch, "qa")
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    ram = [b for _, b in zip(range(steps + 1), ItemStream([st], "train", seed=0).batches(batch_size))]
+    stream = ItemStream([Store(store)], "train", seed=0).batches(batch_size)
+    step(next(stream))  # warm-up: the stream's first chunk read and the first backward both happen here
+    step(ram[0])
+    t_stream = t_ram = 0.0
+    for i in range(1, steps + 1):
+        t0 = time.perf_counter()
+        b = next(stream)
+        step(b)
+        t_stream += time.perf_counter() - t0
+        assert [it.row for it in b] == [it.row for it in ram[i]]  # the same items on both sides
+        dt, _ = timed(lambda: step(ram[i]))
+        t_ram += dt
+    return {"steps": steps, "step_s_stream": t_stream / steps, "step_s_ram": t_ram / steps,
+            "streaming_step_ratio": t_stream / t_ram, "proxy": "adapter-only step on the real decoder"}
+
+
+# ---------------------------------------------------------------------------------------------- 4. memory
+
+_READER = textwrap.dedent("""
+    import json, resource, sys
+    def peak_kb():  # VmHWM is reset by exec; ru_maxrss is not (a child of a big parent starts at its size)
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import torch
+    torch.set_num_threads(1)
+    from uav_cache.store import Store
+    from uav_train.stream import ItemStream, stack_x
+    base = peak_kb()
+    n = 0
+    for batch in ItemStream([Store(sys.argv[1])], "train", mode="text", epochs=1).batches(32):
+        stack_x(batch)
+        n += len(batch)
+    print(json.dumps({"items": n, "base_kb": base, "peak_kb": peak_kb()}))
+""")
+
+
+def peak_rss_of_reader(store: Path) -> dict:
+    """Stream every item of a store in a fresh process; its peak RSS in KiB (VmHWM, else ru_maxrss)."""
+    r = subprocess.run([sys.executable, "-c", _READER, str(store)], capture_output=True, text=True, check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def memory_ratio(real_rows: np.ndarray, examples: list[dict], n1: int, work: Path, factor: int = 10) -> dict:
+    """Peak RSS streaming a factor× store ÷ a 1× store. Rows are synthetic-from-real; example records are
+    the real demo records (tiled), since the reader holds the examples table in memory."""
+    out = {}
+    for name, n in (("1x", n1), (f"{factor}x", n1 * factor)):
+        path = work / f"mem-{name}"
+        bits = bits_of(synthetic_rows(real_rows, n, seed=1), "fp16")
+        ex = [{**examples[i % len(examples)], "id": f"r{i}", "split": "train"} for i in range(n)]
+        write_synthetic_store(path, bits, "fp16", examples=ex)
+        del bits
+        out[name] = {"rows": n, **peak_rss_of_reader(path)}
+        shutil.rmtree(path, ignore_errors=True)
+    a, b = out["1x"], out[f"{factor}x"]
+    out["memory_ratio_10x"] = b["peak_kb"] / a["peak_kb"]
+    out["above_import_ratio"] = (b["peak_kb"] - b["base_kb"]) / max(a["peak_kb"] - a["base_kb"], 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- 5. generation
+
+def generation_ratio(model, tok, questions: list[str], max_new_tokens: int = 16, batch: int = 8) -> dict:
+    """uav_eval.generate.generate over the same prompts, batch 8 vs one at a time. Tokens are the answers'
+    tokens (re-encoded), counted the same way on both sides."""
+    from uav_eval.generate import generate
+    from uav_train.prompt import PromptTemplate
+
+    tpl = PromptTemplate(tok)
+    prompts = [tpl.prompt(q, 0) for q in questions]
+    stop = tpl.stop_ids()
+
+    def n_tok(texts):
+        return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+    generate(model, tok, prompts[:1], None, stop_ids=stop, max_new_tokens=2)  # warm-up
+    t1, one = timed(lambda: [a for p in prompts for a in generate(model, tok, [p], None, stop_ids=stop,
+                                                                  max_new_tokens=max_new_tokens)])
+    tb, many = timed(lambda: [a for i in range(0, len(prompts), batch)
+                              for a in generate(model, tok, prompts[i:i + batch], None, stop_ids=stop,
+                                                max_new_tokens=max_new_tokens)])
+    r1, rb = n_tok(one) / t1, n_tok(many) / tb
+    return {"prompts": len(prompts), "batch": batch, "tok_s_batch1": r1, "tok_s_batched": rb,
+            "generation_ratio": rb / r1, "same_answers": sum(a == b for a, b in zip(one, many))}
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+def _table(results: dict):
+    from rich.table import Table
+
+    t = Table(title=f"uav bench (scale {results['scale']}, {results['device']})")
+    for c in ("measurement", "ratio", "target", "details"):
+        t.add_column(c)
+    h, s, m, g = (results[k] for k in ("harvest", "streaming", "memory", "generation"))
+    tgt = lambda k: " ".join(map(str, TARGETS[k])) if k in TARGETS else ""  # noqa: E731
+    t.add_row("harvest ÷ bare forward tok/s", f"{h['harvest_overhead']:.3f}", tgt("harvest_overhead"),
+              f"{h['harvest_tok_s']:.0f} vs {h['bare_tok_s']:.0f} tok/s, {h['tokens']} tokens")
+    t.add_row("stream ÷ RAM step time", f"{s['streaming_step_ratio']:.3f}", tgt("streaming_step_ratio"),
+              f"{s['step_s_stream']:.3f} vs {s['step_s_ram']:.3f} s/step, {s['steps']} steps ({s['proxy']})")
+    t.add_row("peak RSS 10× ÷ 1× store", f"{m['memory_ratio_10x']:.3f}", tgt("memory_ratio_10x"),
+              f"{m['1x']['peak_kb'] / 1024:.0f} → {m['10x']['peak_kb'] / 1024:.0f} MiB "
+              f"({m['1x']['rows']} → {m['10x']['rows']} rows; above imports ×{m['above_import_ratio']:.2f})")
+    t.add_row("batch-8 ÷ batch-1 generation tok/s", f"{g['generation_ratio']:.2f}", "",
+              f"{g['tok_s_batched']:.1f} vs {g['tok_s_batch1']:.1f} tok/s, {g['prompts']} prompts")
+    f = Table(title=f"store formats ({results['formats'][0]['rows']}×{D_SYN} rows)")
+    for c in ("format", "dtype", "size ÷ raw", "write MB/s", "read MB/s", "256-row batches/s"):
+        f.add_column(c)
+    for r in results["formats"]:
+        f.add_row(r["format"], r["dtype"], f"{r['size_ratio']:.3f}", f"{r['write_mb_s']:.0f}", f"{r['read_mb_s']:.0f}",
+                  f"{r['batches_per_s']:.1f}")
+    return t, f
+
+
+def _markdown(results: dict) -> str:
+    h, s, m, g = (results[k] for k in ("harvest", "streaming", "memory", "generation"))
+    lines = [f"# uav bench (scale {results['scale']}, {results['device']}, donor {results['donor']})", "",
+             "Ratios measured side by side in one run. On a GPU box use `uav bench --scale 10` or more.", "",
+             "| measurement | ratio | target |", "|---|---|---|",
+             f"| harvest ÷ bare forward tokens/s | {h['harvest_overhead']:.3f} | ≥ 0.95 |",
+             f"| streaming ÷ RAM step time | {s['streaming_step_ratio']:.3f} | ≤ 1.05 |",
+             f"| peak RSS, 10× ÷ 1× store | {m['memory_ratio_10x']:.3f} | ≤ 1.10 |",
+             f"| batch-8 ÷ batch-1 generation tokens/s | {g['generation_ratio']:.2f} | |", "",
+             "## Store formats (same rows; MB/s of raw bytes; reads are page-cache hot)", "",
+             "| format | dtype | size ÷ raw | write MB/s | read MB/s | 256-row batches/s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['format']} | {r['dtype']} | {r['size_ratio']:.3f} | {r['write_mb_s']:.0f} | {r['read_mb_s']:.0f} | "
+              f"{r['batches_per_s']:.1f} |" for r in results["formats"]]
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(out: Path, scale: float = 1.0, donor: str = "smollm2-135m") -> dict:
+    """Run the five measurements; print tables; write out/results.json and out/results.md."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from uav_cache.datasets import load_examples
+    from uav_cache.models import load, resolve
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sz = lambda n, lo=1: max(lo, int(round(n * scale)))  # noqa: E731
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    spec = resolve(donor)
+    work = Path(tempfile.mkdtemp(dir=out, prefix="tmp-"))
+    results: dict = {"scale": scale, "device": device, "donor": donor, "torch_threads": torch.get_num_threads()}
+    console = Console()
+    try:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("loading the donor", total=5)
+            model, tok = load(spec, dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device)
+            bar.update(task, description="1/5 harvest overhead")
+            results["harvest"] = harvest_overhead(model, tok, spec, sz(64, 16), work)
+            store = Path(results["harvest"]["store"])
+            real = Store(store).read_last(Store(store).layers[0], 0, Store(store).n_rows).float().numpy()
+            bar.update(task, advance=1, description="2/5 store formats")
+            results["formats"] = compare_formats(synthetic_rows(real, sz(20_000, 512)), work)
+            bar.update(task, advance=1, description="3/5 streaming vs RAM")
+            results["streaming"] = streaming_ratio(store, donor, sz(10, 3), work)
+            bar.update(task, advance=1, description="4/5 memory 1× vs 10×")
+            examples = load_examples("demo").examples
+            results["memory"] = memory_ratio(real, examples, sz(8192, 256), work)
+            bar.update(task, advance=1, description="5/5 generation batch 8 vs 1")
+            qs = [q["question"] for e in examples for q in e.get("qa", [])][: sz(16, 8)]
+            results["generation"] = generation_ratio(model, tok, qs)
+            bar.update(task, advance=1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["harvest"].pop("store", None)
+    for t in _table(results):
+        console.print(t)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(_markdown(results))
+    console.print(f"results → {out / 'results.json'}, {out / 'results.md'}")
+    return results
+
+
+__all__ = ["run_bench", "compare_formats", "harvest_overhead", "streaming_ratio", "memory_ratio", "generation_ratio",
+           "synthetic_rows", "write_synthetic_store", "dir_bytes"]
