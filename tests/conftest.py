@@ -101,3 +101,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models: one intra-op thread is faster, and many times faster on a busy 2-core machine
+    (measured: a tiny harvest 0.3 s on one thread, several seconds on two under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield n
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _all_threads_for_slow_tests(request, _one_torch_thread):
+    """Slow tests run the real embedded models: give them every thread back."""
+    if request.node.get_closest_marker("slow") is None:
+        yield
+        return
+    torch.set_num_threads(_one_torch_thread)
+    yield
+    torch.set_num_threads(1)

@@ -20,15 +20,6 @@ OPTIONS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny matrices: one intra-op thread is faster, and many times faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def out_norm(tiny_llama_dir) -> float:
     model, _ = load(resolve(str(tiny_llama_dir)))

@@ -10,14 +10,6 @@ from uav_cache.store import Store, from_bits
 from uav_eval import bench
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _real(n: int = 50, d: int = 32) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((n, d)).astype(np.float32) * 3
 

@@ -41,14 +41,6 @@ N = 24  # examples; with SHARD_ROWS 4: 6 shards
 SHARD_ROWS = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> str:
     return str(_write_jsonl(tmp_path_factory.mktemp("data") / "tiny.jsonl", n=N))

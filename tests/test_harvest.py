@@ -31,16 +31,6 @@ N_EXAMPLES = 48
 SHARD_ROWS = 8  # 6 shards
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: extra intra-op threads only spin against other processes
-    (a harvest here takes ~0.3 s on one thread, several seconds on two under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _write_jsonl(path: Path, n: int = N_EXAMPLES) -> Path:
     with open(path, "w") as f:
         for i in range(n):

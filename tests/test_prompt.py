@@ -11,15 +11,6 @@ from uav_train.prompt import IGNORE, SENTINEL, STAGE1_QUESTION, Encoded, PromptT
 QUESTION, ANSWER = "What colour is the cat?", "red"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny matrices: one intra-op thread is faster, and many times faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def llama_tok(tiny_llama_dir):
     return AutoTokenizer.from_pretrained(tiny_llama_dir)

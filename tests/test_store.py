@@ -21,16 +21,6 @@ D = 16
 LAYERS = ["model.layers.1", "model.layers.3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: extra intra-op threads only spin against other processes
-    (a harvest here takes ~0.3 s on one thread, several seconds on two under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _examples(n: int) -> list[dict]:
     return [{"id": f"ex{i:03d}", "text": f"text number {i}", "task": "gist", "source": "synthetic",
              "split": ("train", "val", "test")[i % 3], "qa": [{"question": "q?", "answer": str(i)}]}

@@ -25,15 +25,6 @@ MLP = {"k": 2, "hidden": 32}
 QFORMER = {"k": 4, "n_ctx": 2, "layers": 1, "heads": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny matrices: one intra-op thread is faster, and many times faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def split_of(i: int) -> str:
     return "train" if i % 6 < 4 else ("val" if i % 6 == 4 else "test")  # interleaved: chunks mix splits
 
