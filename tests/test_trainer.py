@@ -82,8 +82,13 @@ def train_spy(cfg: TrainConfig, on_step=None) -> dict:
     return seen
 
 
-def metrics(run: Path) -> list[dict]:
+def all_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def metrics(run: Path) -> list[dict]:
+    """Training-step rows (the step-0 rows hold only the baseline validation loss)."""
+    return [r for r in all_metrics(run) if "loss" in r]
 
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -126,6 +131,8 @@ def test_end_to_end_both_stages(run_a, tiny_llama_dir):
     assert [r["step"] for r in rows if "val_loss" in r and r["stage"] == 1] == [2, 3]
     assert [r["step"] for r in rows if "val_loss" in r and r["stage"] == 2] == [2, 4]
     assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+    baselines = [r for r in all_metrics(run) if r["step"] == 0]
+    assert [r["stage"] for r in baselines] == [1, 2] and all(np.isfinite(r["val_loss"]) for r in baselines)
     assert all("lr_lora" not in r for r in rows if r["stage"] == 1)  # stage 1: adapter only
     assert all("lr_lora" in r for r in rows if r["stage"] == 2)
 

@@ -270,9 +270,11 @@ class Trainer:
             self._load_trainables(w)
             self._trim_metrics(stage, st["step"])
         else:  # (re)starting the stage: drop lines an attempt killed before its first checkpoint wrote
-            self._trim_metrics(stage, 0)
+            self._trim_metrics(stage, -1)
         if st["step"] >= steps or st["stopped"]:
             return self._finish_stage(stage, st, best_path)
+        if st["step"] == 0:  # the baseline the curve falls from (not a candidate for early stopping)
+            self._log({"stage": stage, "step": 0, "val_loss": self.val_loss(val, mode)})
         self.model.train(), self.adapter.train()
         names = {0: "adapter", 1: "lora"}
         bar = tqdm(total=steps, initial=st["step"], desc=f"stage {stage} ({'align' if stage == 1 else 'QA'})",
