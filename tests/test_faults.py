@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_same_run
 import torch
 
 from test_harvest import _write_jsonl, assert_same_store
@@ -371,14 +372,6 @@ def test_trainer_refuses_a_corrupt_chunk_then_trains_with_skip_corrupt(corrupt_s
 
 # ---------------------------------------------------------------------------------------------- training kills
 
-def _same_tensors(a: Path, b: Path) -> None:
-    from safetensors.torch import load_file
-    ta, tb = load_file(str(a)), load_file(str(b))
-    assert ta.keys() == tb.keys() and ta
-    for k in ta:
-        assert torch.equal(ta[k], tb[k]), f"{k} differs between {a} and {b}"
-
-
 def test_sigkill_training_at_random_steps_then_resume_equals_uninterrupted(server, train_store, tiny_llama_dir,
                                                                           tmp_path):
     ref = tmp_path / "ref"
@@ -401,13 +394,7 @@ def test_sigkill_training_at_random_steps_then_resume_equals_uninterrupted(serve
         assert json.loads((run / "config.json").read_text())["status"] in ("training", "complete")
     assert kills >= 2
     train(cfg)
-    assert json.loads((run / "config.json").read_text())["status"] == "complete"
-    _same_tensors(ref / "adapter.safetensors", run / "adapter.safetensors")
-    _same_tensors(ref / "stage1" / "adapter.safetensors", run / "stage1" / "adapter.safetensors")
-    _same_tensors(ref / "lora" / "adapter_model.safetensors", run / "lora" / "adapter_model.safetensors")
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "items_per_s"} for r in rows]  # noqa: E731
-    read = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if x.strip()]  # noqa: E731
-    assert strip(read(run)) == strip(read(ref))
+    assert_same_run(ref, run)
 
 
 # ---------------------------------------------------------------------------------------------- bad command lines

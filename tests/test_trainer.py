@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_same_run, assert_same_tensors
 import torch
 from safetensors.torch import load_file
 
@@ -93,13 +94,6 @@ def metrics(run: Path) -> list[dict]:
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
-
-
-def assert_same_tensors(a: Path, b: Path) -> None:
-    ta, tb = tensors(a), tensors(b)
-    assert ta.keys() == tb.keys() and ta
-    for k in ta:
-        assert torch.equal(ta[k], tb[k]), f"{k} differs between {a} and {b}"
 
 
 @pytest.fixture(scope="module")
@@ -302,12 +296,7 @@ def test_resume_equals_uninterrupted(stage, step, every, tmp_path, run_a, stores
         train(dataclasses.replace(cfg, lr_adapter=1e-3))
 
     train(cfg)
-    assert json.loads((run / "config.json").read_text())["status"] == "complete"
-    assert_same_tensors(ref / "adapter.safetensors", run / "adapter.safetensors")
-    assert_same_tensors(ref / "stage1" / "adapter.safetensors", run / "stage1" / "adapter.safetensors")
-    assert_same_tensors(ref / "lora" / "adapter_model.safetensors", run / "lora" / "adapter_model.safetensors")
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "items_per_s"} for r in rows]  # noqa: E731
-    assert strip(metrics(run)) == strip(metrics(ref))  # no duplicated or missing log lines either
+    assert_same_run(ref, run)
 
 
 def test_changed_config_on_a_finished_run_is_refused(run_a, stores, tiny_llama_dir):
