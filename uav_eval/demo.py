@@ -62,12 +62,12 @@ def run_demo(recipe: Path, console: Console | None = None) -> str:
         controls = ev.get("controls", []) if i == 0 else ev.get("controls_other", ev.get("controls", []))
         res = evaluate(EvalConfig(run=r["out"], limit=ev.get("limit"), methods=["uav", *controls]))
         con.print(f"[bold]{r['name']}[/bold]  ({res['donor']} → {res['decoder']}, {res['adapter']}, LoRA {res['lora']})")
-        con.print(summary_table(res), markup=False)
+        con.print(summary_table(res), markup=False, soft_wrap=True)
 
     out = Path(rec.get("compare_dir", "runs"))
     table = compare([r["out"] for r in rec["runs"]], out)
     con.rule("[bold]comparison")
-    con.print(table, markup=False)
+    con.print(table, markup=False, soft_wrap=True)
     con.print(f"reports: {', '.join(str(Path(r['out']) / 'report.md') for r in rec['runs'])}; "
               f"comparison: {out / 'compare.md'} and {out / 'compare.png'}  ({(time.perf_counter() - t0) / 60:.1f} min)")
     return table
