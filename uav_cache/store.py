@@ -228,8 +228,9 @@ def _create_layout(tmp: Path, meta: dict, examples: list[dict], token_ids: list[
     g = zarr.open_group(str(tmp), mode="w")
     g.attrs["uav_store"] = {**meta, "complete": False}
 
-    def table(name: str, values: np.ndarray) -> None:
-        arr = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape or (1,),
+    def table(name: str, values: np.ndarray, chunk: int = meta["chunk_rows"]) -> None:
+        # chunked like the activations, so a streaming reader decodes only the rows it is reading
+        arr = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=(max(1, min(len(values), chunk)),),
                              compressors=_compressor() if values.dtype != np.dtypes.StringDType() else "auto")
         arr[...] = values
 
@@ -245,7 +246,8 @@ def _create_layout(tmp: Path, meta: dict, examples: list[dict], token_ids: list[
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     table("tokens/offsets", offsets)
-    table("tokens/ids", np.concatenate([np.asarray(t, dtype=np.int32) for t in token_ids]) if n else np.zeros(0, np.int32))
+    table("tokens/ids", np.concatenate([np.asarray(t, dtype=np.int32) for t in token_ids]) if n else np.zeros(0, np.int32),
+          chunk=1 << 16)
     for layer in meta["layers"]:
         g.create_array(f"{_layer_key(layer)}/last", shape=(n, d), dtype="uint16", chunks=(min(meta["chunk_rows"], R), d),
                        shards=(R, d), compressors=_compressor(), fill_value=0)
@@ -339,6 +341,12 @@ class Store:
         if self._examples is None:
             self._examples = [json.loads(r) for r in self.group["examples/record"][:]]
         return self._examples
+
+    def records(self, start: int, stop: int) -> list[dict]:
+        """Example records of rows [start, stop) only: what a streaming reader needs, without the table."""
+        if self._examples is not None:
+            return self._examples[start:stop]
+        return [json.loads(r) for r in self.group["examples/record"][start:stop]]
 
     def split_rows(self, split: str) -> np.ndarray:
         """Committed rows of one split, in row order."""

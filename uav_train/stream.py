@@ -75,14 +75,16 @@ class ItemStream:
     def _chunks(self) -> list[tuple[int, np.ndarray]]:
         out = []
         for si, st in enumerate(self.stores):
-            ex = st.examples()
             splits = st.group["examples/split"][:]
             c = st.meta["chunk_rows"]
             for s in st.committed():
                 a, b = st.shard_range(s)
                 for lo in range(a, b, c):
                     rows = np.arange(lo, min(lo + c, b))
-                    rows = rows[(splits[rows] == self.split) & np.array([bool(item_pairs(ex[r], self.mode)) for r in rows], bool)]
+                    rows = rows[splits[rows] == self.split]
+                    if self.mode != "text" and len(rows):  # stage 2 needs qa pairs; records are read per chunk
+                        recs = st.records(lo, min(lo + c, b))
+                        rows = rows[[bool(item_pairs(recs[r - lo], self.mode)) for r in rows]]
                     if len(rows):
                         out.append((si, rows))
         return [ch for i, ch in enumerate(out) if i % self.world == self.rank]
@@ -96,7 +98,8 @@ class ItemStream:
                 for ci in rng.permutation(len(self.chunks)):
                     si, rows = self.chunks[ci]
                     st = self.stores[si]
-                    ex = st.examples()
+                    lo = int(rows.min())
+                    recs = st.records(lo, int(rows.max()) + 1)  # this chunk's records only: memory stays flat
                     try:
                         xs = read_x(st, self.layers, rows, self.tokens)
                     except UavError:
@@ -105,7 +108,7 @@ class ItemStream:
                         self._unreadable(int(ci), st, rows, e)
                         continue
                     for r, x in zip(rows, xs):
-                        e = ex[r]
+                        e = recs[r - lo]
                         for q, a in item_pairs(e, self.mode):
                             buf.append(Item(x, q, a, int(r), si, e.get("task") or "", e.get("source") or "", e["text"]))
                     while len(buf) > self.buffer:
