@@ -79,12 +79,12 @@ _SERVER = textwrap.dedent("""
         torch.set_num_threads(1)
         delay = req.get("delay", 0.0)
         if req["fn"] == "harvest":
-            real = store._write_json_atomic
+            real = store.write_json_atomic
             def slow(path, obj):  # widen the window between a shard's arrays and its commit
                 if path.parent.name == "_commits":
                     time.sleep(delay)
                 real(path, obj)
-            store._write_json_atomic = slow
+            store.write_json_atomic = slow
             harvest(HarvestConfig(**req["cfg"]))
         else:
             train(TrainConfig.from_dict(req["cfg"]), on_step=lambda *_: time.sleep(delay))
@@ -182,7 +182,7 @@ def test_inprocess_kill_then_rerun_equals_uninterrupted(seed, ref_store, tiny_ll
     n_shards = Store(ref_store).meta["n_shards"]
     kill_shard, mode = rng.randrange(n_shards), KILL_MODES[seed % len(KILL_MODES)]
     out = tmp_path / "store"
-    real_write, real_commit = StoreWriter.write_shard, st._write_json_atomic
+    real_write, real_commit = StoreWriter.write_shard, st.write_json_atomic
 
     def dying_write(self, s, last, all_tokens=None):
         if s == kill_shard and mode in ("before_arrays", "torn_arrays"):
@@ -200,13 +200,13 @@ def test_inprocess_kill_then_rerun_equals_uninterrupted(seed, ref_store, tiny_ll
         return real_commit(path, obj)
 
     monkeypatch.setattr(StoreWriter, "write_shard", dying_write)
-    monkeypatch.setattr(st, "_write_json_atomic", dying_commit)
+    monkeypatch.setattr(st, "write_json_atomic", dying_commit)
     with pytest.raises(RuntimeError, match="simulated kill"):
         harvest(_hcfg(tiny_llama_dir, data, out))
     partial = Store(out)
     assert partial.committed() == list(range(kill_shard)) and not partial.meta["complete"]
     monkeypatch.setattr(StoreWriter, "write_shard", real_write)
-    monkeypatch.setattr(st, "_write_json_atomic", real_commit)
+    monkeypatch.setattr(st, "write_json_atomic", real_commit)
     harvest(_hcfg(tiny_llama_dir, data, out))
     assert Store(out).verify() == []
     assert_same_store(out, ref_store)

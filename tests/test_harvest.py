@@ -220,11 +220,11 @@ def test_two_ranks_fill_one_store(ref_store, tiny_llama_dir, data, tmp_path):
 _CHILD = textwrap.dedent("""
     import sys, time
     from uav_cache import store
-    real = store._write_json_atomic
+    real = store.write_json_atomic
     def slow_commit(path, obj):  # widen the window between a shard's arrays and its commit
         time.sleep(0.25)
         real(path, obj)
-    store._write_json_atomic = slow_commit
+    store.write_json_atomic = slow_commit
     from uav_cache.harvest import HarvestConfig, harvest
     harvest(HarvestConfig(donor=sys.argv[1], data=sys.argv[2], out=sys.argv[3], layers=[1], shard_rows=8,
                           batch_size=4, progress=False, device="cpu"))
@@ -337,7 +337,7 @@ def test_fp16_overflow_is_refused_with_nothing_committed(tiny_llama_dir, data, t
 
 def test_disk_full_mid_harvest_keeps_committed_shards(ref_store, tiny_llama_dir, data, tmp_path, monkeypatch):
     out = tmp_path / "store"
-    real = st._write_json_atomic
+    real = st.write_json_atomic
     calls = {"n": 0}
 
     def full_disk(path, obj):
@@ -346,7 +346,7 @@ def test_disk_full_mid_harvest_keeps_committed_shards(ref_store, tiny_llama_dir,
             if calls["n"] == 3:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(path, obj)
-    monkeypatch.setattr(st, "_write_json_atomic", full_disk)
+    monkeypatch.setattr(st, "write_json_atomic", full_disk)
     with pytest.raises(UavError) as e:
         harvest(_cfg(tiny_llama_dir, data, out))
     assert "No space left" in e.value.problem and "shard 2" in e.value.problem
@@ -355,7 +355,7 @@ def test_disk_full_mid_harvest_keeps_committed_shards(ref_store, tiny_llama_dir,
     problems = s.verify()
     assert problems and all("not committed" in p for p in problems)
     assert not any(p.startswith(("shard 0", "shard 1 ")) for p in problems)
-    monkeypatch.setattr(st, "_write_json_atomic", real)
+    monkeypatch.setattr(st, "write_json_atomic", real)
     harvest(_cfg(tiny_llama_dir, data, out))
     assert_same_store(out, ref_store)
 

@@ -234,7 +234,7 @@ def test_readers_see_only_committed_shards(tmp_path, monkeypatch):
     # shard 1's arrays are written, but the commit rename never happens (killed just before it)
     def no_commit(p, obj):
         raise OSError(errno.EIO, "simulated crash before commit")
-    monkeypatch.setattr(st, "_write_json_atomic", no_commit)
+    monkeypatch.setattr(st, "write_json_atomic", no_commit)
     a, b = w.shard_range(1)
     with pytest.raises(UavError, match="shard 1"):
         w.write_shard(1, {layer: to_bits(full[layer][a:b], "fp16") for layer in LAYERS})

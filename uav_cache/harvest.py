@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from uav_cache import __version__
 from uav_cache.datasets import ExampleSet, load_examples
 from uav_cache.errors import UavError
-from uav_cache.models import (ModelSpec, block_modules, layer_name, load, resolve, tokenizer_fingerprint,
-                              weights_fingerprint)
+from uav_cache.models import (ModelSpec, block_modules, layer_name, load, pick_device, resolve,
+                              tokenizer_fingerprint, weights_fingerprint)
 from uav_cache.store import FORMAT, FORMAT_VERSION, FP16_MAX, STORAGE_DTYPES, StoreWriter, to_bits
 
 
@@ -51,12 +51,6 @@ class HarvestConfig:
 
 class _Stop(Exception):
     """Raised by the deepest hook: everything above the last requested block is skipped."""
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def tokenize(tok, texts: list[str], max_length: int, donor_input: str) -> tuple[list[list[int]], list[bool]]:
@@ -168,7 +162,7 @@ def harvest(cfg: HarvestConfig) -> Path:
     ex = load_examples(cfg.data, limit=cfg.limit)
     _validate(ex)
 
-    device = _device(cfg.device)
+    device = pick_device(cfg.device)
     model, tok = load(spec, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
                       device=str(device), trust_remote_code=cfg.trust_remote_code)
     indices = list(cfg.layers) if cfg.layers else list(spec.layers)

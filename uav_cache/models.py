@@ -71,6 +71,13 @@ def models_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "pipelines" / "models"
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto" → CUDA when present, else CPU; anything else as torch names it ("cpu", "cuda:1")."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def cache_dir() -> Path:
     """Where converted models (and other derived files) live: ``UAV_HOME`` or ``~/.cache/uav``."""
     env = os.environ.get("UAV_HOME")

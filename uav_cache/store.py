@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +44,11 @@ def _compressor() -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any) -> None:
     """Write-then-rename: a reader sees the old file or the new one, never a torn one."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
+        json.dump(obj, f, indent=1, default=str)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -204,7 +203,7 @@ class StoreWriter:
                     arr[:] = tok
                     commit["sha256"][name] = _sha256(tok)
             commit["committed"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-            _write_json_atomic(self.path / "_commits" / f"s{s:05d}.json", commit)
+            write_json_atomic(self.path / "_commits" / f"s{s:05d}.json", commit)
         except OSError as e:
             raise UavError(f"cannot write shard {s} of {self.path}: {e.strerror or e}",
                            "free disk space or fix permissions, then re-run: committed shards are kept") from e
@@ -218,7 +217,7 @@ class StoreWriter:
         root = self.path / "zarr.json"
         doc = json.loads(root.read_text())
         doc["attributes"]["uav_store"] = {**self.meta, "complete": True, "stats": stats}
-        _write_json_atomic(root, doc)  # zarr writes this file in place; we replace it atomically instead
+        write_json_atomic(root, doc)  # zarr writes this file in place; we replace it atomically instead
         self.meta = doc["attributes"]["uav_store"]
         return True
 

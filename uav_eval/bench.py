@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from uav_cache.models import pick_device
 from uav_cache.store import FORMAT, FORMAT_VERSION, STORAGE_DTYPES, Store, StoreWriter, to_bits
 
 D_SYN = 576  # SmolLM2-135M's width: the synthetic rows are shaped like its activations
@@ -407,7 +408,7 @@ def run_bench(out: Path, scale: float = 1.0, donor: str = "smollm2-135m") -> dic
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sz = lambda n, lo=1: max(lo, int(round(n * scale)))  # noqa: E731
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(pick_device("auto"))
     spec = resolve(donor)
     work = Path(tempfile.mkdtemp(dir=out, prefix="tmp-"))
     results: dict = {"scale": scale, "device": device, "donor": donor, "torch_threads": torch.get_num_threads()}

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -81,8 +81,7 @@ class MethodRunner:
     def lora(self, on: bool):
         """The run's LoRA active or bypassed (peft's disable_adapter), for the base-model methods."""
         if on or not self.lr.has_lora:
-            with nullcontext():
-                yield
+            yield
         else:
             with self.lr.model.disable_adapter():
                 yield

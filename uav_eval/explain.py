@@ -9,7 +9,7 @@ import torch
 
 from uav_cache.errors import UavError
 from uav_cache.harvest import read_out
-from uav_cache.models import load, resolve, weights_fingerprint
+from uav_cache.models import load, pick_device, resolve, weights_fingerprint
 from uav_eval.generate import generate
 from uav_train.run import RunInfo, load_run
 
@@ -19,7 +19,7 @@ def explain(run: str, text: str, questions: list[str], *, max_new_tokens: int = 
     """Answers to ``questions`` about the donor's activation on ``text``."""
     if not text.strip():
         raise UavError("--text is empty", "give the donor some text to read")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = str(pick_device(device))
     cfg = RunInfo.open(run).config
     src = cfg["stores"][0]
     spec = resolve(cfg["donor"])

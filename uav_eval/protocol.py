@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from uav_cache.errors import UavError
+from uav_cache.models import pick_device
 from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
 from uav_eval.controls import METHODS, MethodRunner, check_methods
@@ -124,16 +124,12 @@ def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[
     return rows
 
 
-def _device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the protocol on one run; writes results.json, report.md and plots into the run directory."""
     from uav_eval.report import write_report
 
     t0 = time.perf_counter()
-    lr = load_run(cfg.run, device=_device(cfg.device))
+    lr = load_run(cfg.run, device=str(pick_device(cfg.device)))
     rc = lr.info.config
     store = Store(cfg.store or rc["stores"][0]["path"])
     first = rc["stores"][0]

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from uav_cache.errors import UavError
+from uav_cache.store import write_json_atomic as write_json
 from uav_train.adapters import Adapter, adapter_from_description
 
 CONFIG = "config.json"
@@ -33,12 +34,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 LORA = "lora"
 CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -17,10 +18,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from uav_cache.errors import UavError
-from uav_cache.models import embedding_norm, load, resolve
+from uav_cache.models import embedding_norm, load, pick_device, resolve
 from uav_cache.store import Store, check_compatible
 from uav_train.adapters import Adapter, adapter_config, build_adapter
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
@@ -109,10 +111,6 @@ class TrainConfig:
         return d
 
 
-def _device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
-
-
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -160,7 +158,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = None):
         self.cfg, self.on_step = cfg, on_step
         self.run = Path(cfg.out)
-        self.device = _device(cfg.device)
+        self.device = pick_device(cfg.device)
         self.stores = open_stores(cfg.stores, cfg.layers)
         self.layers = cfg.layers or self.stores[0].layers
         if cfg.tokens and any(st.meta["positions"] != "all" for st in self.stores):
@@ -308,7 +306,6 @@ class Trainer:
                 row["val_loss"] = v
                 if st["best_val"] is None or v < st["best_val"] - 1e-4:
                     st["best_val"], st["bad_evals"] = v, 0
-                    from safetensors.torch import save_file
                     tmp = best_path.with_suffix(".tmp")
                     save_file({k: t.detach().contiguous().cpu() for k, t in self._trainables().items()}, str(tmp))
                     tmp.replace(best_path)
@@ -331,7 +328,6 @@ class Trainer:
     def _finish_stage(self, stage: int, st: dict, best_path: Path) -> dict:
         """Restore the best-validation weights of the stage (early stopping keeps the best, not the last)."""
         if best_path.exists():
-            from safetensors.torch import load_file
             self._load_trainables(load_file(str(best_path)))
         return {"stage": stage, "steps": st["step"], "best_val": st["best_val"], "early_stopped": st["stopped"]}
 
@@ -360,7 +356,7 @@ class Trainer:
             else:
                 summary.append(self._stage(1, cfg.stage1_steps))
                 save_adapter(self.run / "stage1", self.adapter, {"stage": 1})
-                (self.run / CHECKPOINT).exists() and _rmtree(self.run / CHECKPOINT)
+                shutil.rmtree(self.run / CHECKPOINT, ignore_errors=True)
         if cfg.stage in ("2", "both"):
             # the LoRA init must not depend on whether stage 1 ran in this process or was loaded from disk
             torch.manual_seed(cfg.seed + 1)
@@ -405,13 +401,7 @@ class Trainer:
             self.model.save_pretrained(str(self.run / LORA))
         write_json(self.run / CONFIG, self._config_doc("complete", summary))
         plot_losses(self.run)
-        if (self.run / CHECKPOINT).exists():
-            _rmtree(self.run / CHECKPOINT)
-
-
-def _rmtree(p: Path) -> None:
-    import shutil
-    shutil.rmtree(p, ignore_errors=True)
+        shutil.rmtree(self.run / CHECKPOINT, ignore_errors=True)
 
 
 def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = None) -> Path:
