@@ -213,6 +213,11 @@ def test_adapter_only_transfer_with_frozen_decoder(tmp_path, run_a, stores, tiny
     assert doc["status"] == "complete" and doc["lora"].startswith("frozen from")
     assert doc["trainable_params"]["lora"] == 0 and doc["donor"] != json.loads((run_a_dir / "config.json").read_text())["donor"]
     assert all("lr_lora" not in r for r in metrics(run))
+    # the same decoder is recognised by its weights, however it is spelled ("dir/" vs "dir")
+    respelled = cfg_for(stores, tiny_llama_dir, tmp_path / "e", stores=[stores["b"]], frozen_decoder=str(run_a_dir),
+                        stage="2", steps=1)
+    respelled.decoder = str(tiny_llama_dir) + "/"
+    assert json.loads((train(respelled) / "config.json").read_text())["decoder_fingerprint"] == doc["decoder_fingerprint"]
     # the frozen decoder must come from a finished run with the same decoder
     with pytest.raises(UavError, match="decoder"):
         train(cfg_for(stores, tiny_gemma_dir, tmp_path / "c", stores=[stores["b"]], frozen_decoder=str(run_a_dir),

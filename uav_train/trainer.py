@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from uav_cache.errors import UavError
-from uav_cache.models import embedding_norm, load, pick_device, resolve
+from uav_cache.models import embedding_norm, load, pick_device, resolve, weights_fingerprint
 from uav_cache.store import Store, check_compatible
 from uav_train.adapters import Adapter, adapter_config, build_adapter
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
@@ -171,10 +171,17 @@ class Trainer:
             if self.frozen_run.get("status") != "complete" or not (Path(cfg.frozen_decoder) / LORA).exists():
                 raise UavError(f"--frozen-decoder {cfg.frozen_decoder} is not a finished run with a LoRA",
                                "point it at a completed stage-2 run trained with LoRA")
-            if self.frozen_run["train"]["decoder"] != cfg.decoder:
-                raise UavError(f"--frozen-decoder run used decoder {self.frozen_run['train']['decoder']}, "
-                               f"this run asks for {cfg.decoder}", "use the same --decoder")
-        self.model, self.tok = load(resolve(cfg.decoder), device=str(self.device))
+        spec = resolve(cfg.decoder)
+        # weights, not names, identify the decoder: "smollm2-135m", its hub id and "./x/" vs "x" all agree
+        self.decoder_fingerprint = weights_fingerprint(spec)
+        if self.frozen_run is not None:
+            theirs = self.frozen_run.get("decoder_fingerprint")
+            if theirs is None:  # runs written before fingerprints were recorded
+                theirs = weights_fingerprint(resolve(self.frozen_run["train"]["decoder"]))
+            if theirs != self.decoder_fingerprint:
+                raise UavError(f"--frozen-decoder run used decoder {self.frozen_run['train']['decoder']} "
+                               f"(other weights than {cfg.decoder})", "use the same --decoder as that run")
+        self.model, self.tok = load(spec, device=str(self.device))
         for p in self.model.parameters():
             p.requires_grad_(False)
         if cfg.grad_checkpointing:
@@ -379,6 +386,7 @@ class Trainer:
             "donor": self.meta["donor"],
             "layers": self.layers,
             "decoder": self.cfg.decoder,
+            "decoder_fingerprint": self.decoder_fingerprint,
             "adapter": self.adapter.describe(),
             "trainable_params": {"adapter": self.adapter.n_trainable(), "lora": lora_n if not self.cfg.frozen_decoder else 0},
             "lora": "frozen from " + self.cfg.frozen_decoder if self.cfg.frozen_decoder else (None if not self.peft else "trained"),
