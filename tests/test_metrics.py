@@ -14,6 +14,7 @@ from uav_eval.metrics import (  # noqa: E402
     aggregate,
     bootstrap_ci,
     exact_match,
+    mention,
     normalize_answer,
     rouge_l,
     score_item,
@@ -143,7 +144,7 @@ def test_bootstrap_ci_deterministic_contains_mean_and_shrinks():
 
 
 def test_score_item():
-    assert score_item("the cat sat", "a cat sat down") == {"f1": pytest.approx(0.8), "em": 0.0}
+    assert score_item("the cat sat", "a cat sat down") == {"f1": pytest.approx(0.8), "em": 0.0, "mention": 0.0}
     labels = {"positive", "negative", "neutral"}
     assert score_item("Positive.", "positive", label_set=labels)["acc"] == 1.0
     assert score_item("positive, because it is nice", "positive", label_set=labels)["acc"] == 1.0
@@ -157,6 +158,26 @@ def test_score_item_multiword_labels():
     assert score_item("not entailment since ...", "not entailment", label_set=labels)["acc"] == 1.0
     assert score_item("not entailment", "entailment", label_set=labels)["acc"] == 0.0
     assert score_item("entailment obviously", "entailment", label_set=labels)["acc"] == 1.0
+
+
+def test_mention_scores_content_not_length():
+    sentence = "The capital of the United Arab Emirates is Abu Dhabi."
+    assert mention(sentence, "Abu Dhabi") == 1.0 and token_f1(sentence, "Abu Dhabi") < 0.5
+    assert mention("Abu", "Abu Dhabi") == 0.0  # the whole answer, not a part of it
+    assert mention("Dhabi Abu", "Abu Dhabi") == 0.0  # in order
+    assert mention("Abudhabi", "Abu Dhabi") == 0.0 and mention("It is Bali.", "Ba") == 0.0  # whole words only
+    assert mention("", "x") == 0.0 and mention("", "") == 1.0
+
+
+def test_mention_of_labels_needs_the_gold_label_alone():
+    labels = {"positive", "negative", "neutral"}
+    assert mention("The sentiment of this text is positive.", "positive", label_set=labels) == 1.0
+    assert mention("positive, negative or neutral", "positive", label_set=labels) == 0.0  # listing earns nothing
+    assert mention("The sentiment is negative.", "positive", label_set=labels) == 0.0
+    two = {"entailment", "not entailment"}
+    assert mention("This is not entailment.", "not entailment", label_set=two) == 1.0  # inner label is the gold's
+    assert mention("This is not entailment.", "entailment", label_set=two) == 0.0
+    assert score_item("It is positive", "positive", label_set=labels)["mention"] == 1.0
 
 
 # --- aggregate -------------------------------------------------------------------------------------------

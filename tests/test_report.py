@@ -10,7 +10,6 @@ from uav_eval import metrics
 from uav_eval import report
 from uav_eval.report import bar_check, compare, fmt_params, summary_table, write_report
 
-METRIC_KEYS = ["f1", "em", "rougeL", "sim", "acc", "rougeL_input"]  # as in protocol.py (which imports torch)
 SOURCES = {"classification": "sst2", "fact": "trivia", "gist": "wiki"}
 
 
@@ -19,7 +18,7 @@ def _rows(method: str, task: str, f1s: list[float]) -> list[dict]:
     for i, f1 in enumerate(f1s):
         row = {"method": method, "row": i, "source": SOURCES[task], "task": task, "question": f"Q{i} about {task}?",
                "gold": f"gold {i}", "raw": f"pred {i}", "pred": f"pred {i} | piped " + "x" * 200 * (i == 0),
-               "f1": f1, "em": float(f1 == 1.0), "rougeL": f1 / 2, "sim": math.nan,
+               "f1": f1, "em": float(f1 == 1.0), "mention": float(f1 > 0.5), "rougeL": f1 / 2, "sim": math.nan,
                "rougeL_input": 0.1 if method == "uav" else 0.6}
         if task == "classification":
             row["acc"] = float(f1 > 0.5)
@@ -35,8 +34,8 @@ MID = [0.4, 0.6, 0.5, 0.45, 0.55, 0.5]
 def _results(f1: dict[str, dict[str, list[float]]], run: str = "/runs/demo", **kw) -> dict:
     """results as protocol.evaluate builds them; `f1` maps method -> task -> per-item F1s."""
     rows = [r for m, tasks in f1.items() for t, vs in tasks.items() for r in _rows(m, t, vs)]
-    agg = {"by_task": metrics.aggregate(rows, METRIC_KEYS, ["method", "task"], n_boot=200),
-           "by_source": metrics.aggregate(rows, METRIC_KEYS, ["method", "source"], n_boot=200)}
+    agg = {"by_task": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "task"], n_boot=200),
+           "by_source": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "source"], n_boot=200)}
     return {"run": run, "store": "/stores/s", "split": "test", "donor": "org/donor-1b", "decoder": "org/dec-0.5b",
             "adapter": kw.get("adapter", "mlp"), "lora": kw.get("lora", "trained"),
             "trainable_params": {"adapter": 5_300_000, "lora": 577}, "n_items": len(rows) // len(f1),
@@ -65,6 +64,8 @@ def test_write_report_files_and_numbers(tmp_path: Path) -> None:
     assert "5.3M / 577" in md and "org/donor-1b` → `org/dec-0.5b" in md
     assert "**Overall: PASS**" in md and "**FAIL**" not in md
     assert "ROUGE-L" in md and "accuracy" in md and "trivia" in md
+    m = res["aggregates"]["by_task"]["uav/overall"]["mention"]
+    assert m["mean"] == 1.0 and "| uav | answer mentioned | 1.00 [1.00, 1.00]" in md  # every HIGH F1 is > 0.5
     assert "pred 0 \\| piped" in md and "…" in md  # escaped pipe, truncated long prediction
     assert "inversion ceiling" in md  # legend
     table = summary_table(res)
@@ -112,7 +113,8 @@ def test_compare_two_runs(tmp_path: Path) -> None:
     table = compare([a, b], out)
     lines = table.splitlines()
     assert len(lines) == 4 and "self_mlp" in lines[2] and "cross_linear" in lines[3]
-    assert "frozen from self_mlp" in lines[3] and "uav overall" in lines[0]
+    assert "frozen from self_mlp" in lines[3] and "uav overall" in lines[0] and "uav mentioned" in lines[0]
+    assert lines[3].rstrip(" |").endswith("0.00 [0.00, 0.00]")  # no_soft (LOW F1s) mentions nothing
     assert (out / "compare.md").read_text().count("cross_linear") == 1
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
 

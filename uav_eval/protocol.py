@@ -26,7 +26,6 @@ from uav_train.run import LoadedRun, load_run
 from uav_train.stream import Item, item_pairs, read_x, stack_x
 
 TASK_TOKENS = {"classification": 8, "fact": 16, "gist": 32}  # max new tokens by task group
-METRIC_KEYS = ["f1", "em", "rougeL", "sim", "acc", "rougeL_input"]
 
 
 @dataclass
@@ -141,8 +140,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     preds = run_methods(lr, items, methods, cfg)
     rows = score(items, preds, label_sets(store), cfg.similarity)
     agg = {
-        "by_task": metrics.aggregate(rows, METRIC_KEYS, ["method", "task"], n_boot=cfg.n_boot, seed=cfg.seed),
-        "by_source": metrics.aggregate(rows, METRIC_KEYS, ["method", "source"], n_boot=cfg.n_boot, seed=cfg.seed),
+        "by_task": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "task"], n_boot=cfg.n_boot, seed=cfg.seed),
+        "by_source": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "source"], n_boot=cfg.n_boot, seed=cfg.seed),
     }
     results = {
         "run": str(lr.info.path), "store": store.path, "split": cfg.split, "donor": rc["donor"], "decoder": rc["decoder"],

@@ -172,12 +172,14 @@ def _f1_table(results: dict) -> str:
 
 
 def _other_metrics_table(results: dict) -> str:
-    """ROUGE-L and similarity per group; accuracy only where it exists (classification)."""
+    """Answer mentioned, ROUGE-L and similarity per group; accuracy only where it exists (classification)."""
     cols = _groups(results) + ["overall"]
     has_sim = any(_stat(results, m, "overall", "sim")["n"] for m in _methods(results))
+    has_mention = any(_stat(results, m, "overall", "mention")["n"] for m in _methods(results))  # older results lack it
+    shown = [("mention", "answer mentioned")] * has_mention + [("rougeL", "ROUGE-L")] + [("sim", "similarity")] * has_sim
     rows = []
     for m in _methods(results):
-        for metric, label in (("rougeL", "ROUGE-L"), ("sim", "similarity"))[: 2 if has_sim else 1]:
+        for metric, label in shown:
             rows.append([m, label] + [_ci(_stat(results, m, g, metric)) for g in cols])
         if "classification" in cols:
             rows.append([m, "accuracy"] + [_ci(_stat(results, m, g, "acc")) if g == "classification" else "–"
@@ -252,7 +254,10 @@ def _report_md(results: dict, plot_name: str) -> str:
                                                                                "rougeL_input")
     lines += [
         "", "## Token F1 (mean [95% CI])", "", _f1_table(results), "", f"![token F1 by task]({plot_name})",
-        "", "## ROUGE-L, similarity, accuracy", "", _other_metrics_table(results),
+        "", "## Answer mentioned, ROUGE-L, similarity, accuracy", "",
+        "*Answer mentioned*: the gold answer appears as whole words in the answer (for labels: the only label "
+        "named). It credits sentence-style answers (\"The capital is Abu Dhabi.\") that token F1 penalises "
+        "for length, as a frozen chat decoder gives.", "", _other_metrics_table(results),
         "", "## Per source (uav vs no_soft, token F1)", "", _source_table(results),
         "", "## How much is reconstruction",
         "", f"ROUGE-L of the answer against the donor's input text: uav {_ci(recon_u)} vs input_text "
@@ -367,13 +372,16 @@ def compare(runs: list[str | Path], out: Path | None = None) -> str:
         rows.append([_cell(name), _cell(_short(res.get("donor"))), _cell(_short(res.get("decoder"))),
                      _cell(res.get("adapter")), _cell(res.get("lora") or "none"), _params(res)]
                     + [_ci(_stat(res, "uav", g)) for g in groups + ["overall"]]
-                    + [_ci(_stat(res, "no_soft", "overall"))])
+                    + [_ci(_stat(res, "no_soft", "overall")), _ci(_stat(res, "uav", "overall", "mention")),
+                       _ci(_stat(res, "no_soft", "overall", "mention"))])
     table = _md_table(["run", "donor", "decoder", "adapter", "LoRA", "params (adapter / LoRA)"]
-                      + [f"uav {g}" for g in groups] + ["uav overall", "no_soft overall"], rows)
+                      + [f"uav {g}" for g in groups] + ["uav overall", "no_soft overall", "uav mentioned",
+                                                        "no_soft mentioned"], rows)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.md").write_text(
-            "# UAV run comparison\n\nToken F1, mean [95% CI].\n\n" + table + "\n\n![uav F1 across runs](compare.png)\n")
+            "# UAV run comparison\n\nToken F1, mean [95% CI]; the last two columns: share of answers that "
+            "mention the gold answer (overall).\n\n" + table + "\n\n![uav F1 across runs](compare.png)\n")
         plot_compare(loaded, out / "compare.png")
     return table
