@@ -37,9 +37,13 @@ class Setup:
 
 
 def selfie_applicable(lr: LoadedRun) -> bool:
-    """SelfIE patches the activation into the same model that produced it."""
+    """SelfIE patches the activation into the same model that produced it: same weights, however named."""
     cfg = lr.info.config
-    return cfg["donor"] == cfg["decoder"] and cfg["adapter"]["d_in"] == lr.model.config.hidden_size
+    if "decoder_fingerprint" in cfg:
+        same = cfg["decoder_fingerprint"] == cfg["stores"][0]["weights_fingerprint"]
+    else:  # runs written before decoder fingerprints were recorded
+        same = cfg["donor"] == cfg["decoder"]
+    return same and cfg["adapter"]["d_in"] == lr.model.config.hidden_size
 
 
 def check_methods(methods: list[str], lr: LoadedRun) -> list[str]:

@@ -1,14 +1,16 @@
 """`make demo`: the whole job on the embedded models, driven by one recipe file.
 
 data → harvest every donor → train every run → evaluate every run with controls → one comparison table.
-Each step is resumable and a finished step is a no-op, so a re-run after an interruption picks up where it
-stopped and a second `make demo` only re-prints the results.
+Each step is resumable and a finished step is a no-op (an evaluation is redone only when its settings or the
+run's weights changed), so a re-run after an interruption picks up where it stopped and a second `make demo`
+only re-prints the results.
 """
 
 from __future__ import annotations
 
 import time
 import tomllib
+from dataclasses import fields
 from pathlib import Path
 
 from rich.console import Console
@@ -17,18 +19,58 @@ from uav_cache.datasets import load_examples
 from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_eval.protocol import EvalConfig, evaluate
-from uav_eval.report import compare, summary_table
+from uav_eval.report import compare, load_results, summary_table
 from uav_train.trainer import TrainConfig, train
 
 
+SECTIONS = {"data": {"recipe"}, "eval": {"limit", "controls", "controls_other", "compare_dir"}}
+DONOR_KEYS = {"name", "store"} | {f.name for f in fields(HarvestConfig)} - {"donor", "data", "out"}
+
+
+def _refuse_unknown(path: Path, where: str, keys: set[str], valid: set[str]) -> None:
+    """A misspelt key would otherwise be ignored silently and the recipe would run with a default."""
+    if bad := sorted(keys - valid):
+        raise UavError(f"recipe {path}: unknown key(s) {bad} in {where}", f"valid keys there: {sorted(valid)}")
+
+
 def load_recipe(path: Path) -> dict:
-    if not Path(path).exists():
+    """Read and check a recipe: every section and key is known, and there are donors and runs."""
+    path = Path(path)
+    if not path.exists():
         raise UavError(f"recipe {path} not found", "pass a file from pipelines/recipes/")
-    rec = tomllib.loads(Path(path).read_text())
+    try:
+        rec = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UavError(f"recipe {path} is not valid TOML: {e}", "fix the line it names") from e
+    _refuse_unknown(path, "the top level", set(rec), {"data", "donors", "train", "runs", "eval"})
     for key in ("donors", "runs"):
         if not rec.get(key):
             raise UavError(f"recipe {path} has no [[{key}]]", "see pipelines/recipes/demo.toml")
+    for section, valid in SECTIONS.items():
+        _refuse_unknown(path, f"[{section}]", set(rec.get(section, {})), valid)
+    for d in rec["donors"]:
+        _refuse_unknown(path, f"[[donors]] {d.get('name', '?')}", set(d), DONOR_KEYS)
+        if not {"name", "store"} <= set(d):
+            raise UavError(f"recipe {path}: a [[donors]] entry lacks name or store", "give each donor both")
+    for r in rec["runs"]:  # training keys are checked by TrainConfig.from_dict before anything runs
+        if not {"name", "out"} <= set(r):
+            raise UavError(f"recipe {path}: a [[runs]] entry lacks name or out", "give each run both")
+        TrainConfig.from_dict({**rec.get("train", {}), **{k: v for k, v in r.items() if k != "name"}})
+    outs = [r["out"] for r in rec["runs"]]
+    if len(set(outs)) != len(outs):
+        raise UavError(f"recipe {path}: two runs share an out folder", "give each run its own out")
     return rec
+
+
+def _current_results(cfg: EvalConfig) -> dict | None:
+    """The run's results.json when it was made with these settings after the run's weights were last written."""
+    run = Path(cfg.run)
+    p, weights = run / "results.json", run / "adapter.safetensors"
+    if not p.exists() or not weights.exists() or p.stat().st_mtime < weights.stat().st_mtime:
+        return None
+    res = load_results(run)
+    same = {k: res.get("config", {}).get(k) == getattr(cfg, k) for k in ("limit", "methods", "split", "store")}
+    return res if all(same.values()) else None
 
 
 def run_demo(recipe: Path, console: Console | None = None) -> str:
@@ -60,11 +102,12 @@ def run_demo(recipe: Path, console: Console | None = None) -> str:
     ev = rec.get("eval", {})
     for i, r in enumerate(rec["runs"]):
         controls = ev.get("controls", []) if i == 0 else ev.get("controls_other", ev.get("controls", []))
-        res = evaluate(EvalConfig(run=r["out"], limit=ev.get("limit"), methods=["uav", *controls]))
-        con.print(f"[bold]{r['name']}[/bold]  ({res['donor']} → {res['decoder']}, {res['adapter']}, LoRA {res['lora']})")
+        cfg = EvalConfig(run=r["out"], limit=ev.get("limit"), methods=["uav", *controls])
+        res = _current_results(cfg) or evaluate(cfg)
+        con.print(f"[bold]{r['name']}[/bold]  ({res['donor']} → {res['decoder']}, {res['adapter']}, LoRA {res['lora'] or 'none'})")
         con.print(summary_table(res), markup=False, soft_wrap=True)
 
-    out = Path(rec.get("compare_dir", "runs"))
+    out = Path(ev.get("compare_dir", "runs"))
     table = compare([r["out"] for r in rec["runs"]], out)
     con.rule("[bold]comparison")
     con.print(table, markup=False, soft_wrap=True)

@@ -1,0 +1,204 @@
+"""Evaluation end to end on tiny models: every method, batched generation, the demo driver and its recipe checks."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from uav_cache.errors import UavError
+from uav_cache.harvest import HarvestConfig, harvest
+from uav_cache.store import Store
+from uav_eval.controls import METHODS, MethodRunner, check_methods, selfie_applicable
+from uav_eval.demo import load_recipe, run_demo
+from uav_eval.generate import generate
+from uav_eval.protocol import EvalConfig, eval_items, evaluate
+from uav_train.run import load_run
+from uav_train.stream import stack_x
+from uav_train.trainer import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+COLOURS, NOUNS = ["red", "green", "blue"], ["cat", "dog", "car", "hat"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Two classification sources and one fact source; every third example is held out for test."""
+    p = tmp_path_factory.mktemp("data") / "toy.jsonl"
+    with p.open("w") as f:
+        for i in range(60):
+            colour, noun = COLOURS[i % 3], NOUNS[i % 4]
+            split = "test" if i % 3 == 2 else ("val" if i % 5 == 0 else "train")
+            kind = ("colour", "classification", "What colour is it?", colour) if i % 2 else \
+                ("noun", "fact", "Which thing is the text about?", noun)
+            if i % 4 == 1:
+                kind = ("mood", "classification", "What colour is it?", colour)
+            src, task, q, a = kind
+            f.write(json.dumps({"id": f"ex{i:02d}", "text": f"The {noun} is {colour}, number {i}.", "label": a,
+                                "task": task, "source": src, "split": split, "qa": [{"question": q, "answer": a}]}) + "\n")
+    return p
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_llama_dir, data) -> Path:
+    """A two-stage run whose donor and decoder are the same tiny model (so selfie applies)."""
+    root = tmp_path_factory.mktemp("eval")
+    harvest(HarvestConfig(donor=str(tiny_llama_dir), data=str(data), out=str(root / "store"), layers=[1],
+                          shard_rows=16, chunk_rows=8, progress=False))
+    return train(TrainConfig(stores=[str(root / "store")], out=str(root / "run"), decoder=str(tiny_llama_dir),
+                             adapter="mlp", adapter_options={"k": 2, "hidden": 32}, stage1_steps=2, steps=3,
+                             batch_size=4, eval_every=3, val_items=4, progress=False))
+
+
+def test_evaluate_runs_every_method_on_the_test_split(run):
+    res = evaluate(EvalConfig(run=str(run), limit=3, similarity=False, n_boot=50, progress=False))
+    assert res["methods"] == list(METHODS)  # selfie included: donor and decoder are the same weights
+    store = Store(res["store"])
+    test_rows = set(store.split_rows("test").tolist())
+    per_method = {m: [r for r in res["items"] if r["method"] == m] for m in METHODS}
+    for m, rows in per_method.items():
+        assert len(rows) == res["n_items"] == 9, m  # 3 sources × limit 3
+        assert {r["row"] for r in rows} <= test_rows
+        assert {r["source"] for r in rows} == {"colour", "mood", "noun"}
+        for r in rows:
+            assert 0.0 <= r["f1"] <= 1.0 and r["mention"] in (0.0, 1.0) and r["em"] in (0.0, 1.0)
+            assert ("acc" in r) == (r["task"] == "classification")
+    # methods that see no activation answer the same question the same way, whatever the item
+    for m in ("no_soft", "base_only"):
+        by_q: dict[str, set[str]] = {}
+        for r in per_method[m]:
+            by_q.setdefault(r["question"], set()).add(r["raw"])
+        assert all(len(answers) == 1 for answers in by_q.values()), (m, by_q)
+    agg = res["aggregates"]["by_source"]
+    assert all(agg[f"uav/{s}"]["f1"]["n"] == 3 for s in ("colour", "mood", "noun"))
+    assert agg["uav/overall"]["f1"]["n"] == 9
+    for name in ("results.json", "report.md", "eval_tasks.png"):
+        assert (run / name).stat().st_size > 0
+    md = (run / "report.md").read_text()
+    assert "answer mentioned" in md and "selfie" in md
+
+
+def test_batched_generation_matches_one_at_a_time(run):
+    """Left padding, the splice and the selfie patch must not depend on who else is in the batch."""
+    lr = load_run(run)
+    items = eval_items(Store(lr.info.config["stores"][0]["path"]), "test", None, lr.info.config["layers"], False)
+    items = [it for src in ("noun", "colour", "mood") for it in [i for i in items if i.source == src][:2]]
+    assert len({len(lr.tok(it.question).input_ids) for it in items}) > 1  # rows of different lengths get padded
+    runner, stop = MethodRunner(lr), lr.template.stop_ids()
+
+    def answers(method, batch):
+        x, mask = stack_x(batch)
+        s = runner.setup(method, batch, x, mask)
+        with runner.lora(s.lora):
+            return generate(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, patch=s.patch, max_new_tokens=6)
+
+    for method in ("uav", "no_soft", "input_text", "selfie"):
+        assert answers(method, items) == [a for it in items for a in answers(method, [it])], method
+
+
+def test_selfie_needs_the_same_weights(run):
+    lr = load_run(run)
+    assert selfie_applicable(lr) and "selfie" in check_methods(["uav", "selfie"], lr)
+    lr.info.config = copy.deepcopy(lr.info.config)
+    lr.info.config["stores"][0]["weights_fingerprint"] = "another donor"
+    assert not selfie_applicable(lr) and check_methods(["uav", "selfie"], lr) == ["uav"]
+    with pytest.raises(UavError, match="unknown control"):
+        check_methods(["uav", "selfy"], lr)
+
+
+# ---------------------------------------------------------------------------------------------- the demo driver
+
+def _recipe(tmp_path: Path, tiny_llama_dir: Path, data: Path, extra: str = "") -> Path:
+    p = tmp_path / "recipe.toml"
+    p.write_text(f"""
+[data]
+recipe = "{data}"
+
+[[donors]]
+name = "{tiny_llama_dir}"
+store = "{tmp_path / 'store'}"
+layers = [1]
+shard_rows = 16
+chunk_rows = 8
+progress = false
+
+[train]
+stores = ["{tmp_path / 'store'}"]
+decoder = "{tiny_llama_dir}"
+adapter = "mlp"
+adapter_options = {{ k = 2, hidden = 32 }}
+stage1_steps = 1
+steps = 2
+batch_size = 4
+eval_every = 2
+val_items = 4
+progress = false
+
+[[runs]]
+name = "mlp-lora"
+out = "{tmp_path / 'runs' / 'mlp-lora'}"
+
+[[runs]]
+name = "affine-frozen"
+out = "{tmp_path / 'runs' / 'affine-frozen'}"
+adapter = "affine"
+adapter_options = {{}}
+no_lora = true
+
+[eval]
+limit = 2
+controls = ["no_soft", "selfie"]
+controls_other = ["no_soft"]
+compare_dir = "{tmp_path / 'cmp'}"
+{extra}""")
+    return p
+
+
+def test_demo_runs_the_recipe_and_a_second_run_is_a_no_op(tmp_path, tiny_llama_dir, data):
+    recipe = _recipe(tmp_path, tiny_llama_dir, data)
+    table = run_demo(recipe, console=Console(file=io.StringIO()))
+    runs = tmp_path / "runs"
+    assert "mlp-lora" in table and "affine-frozen" in table
+    assert "| affine | none | " in table  # the frozen-decoder run is shown as such, with its parameter count
+    assert (tmp_path / "cmp" / "compare.md").exists() and (tmp_path / "cmp" / "compare.png").exists()
+    first = json.loads((runs / "mlp-lora" / "results.json").read_text())
+    assert first["methods"] == ["uav", "no_soft", "selfie"]
+    assert json.loads((runs / "affine-frozen" / "results.json").read_text())["trainable_params"] == \
+        {"adapter": 32 + 1, "lora": 0}  # tiny llama: d_model 32
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
+    assert run_demo(recipe, console=Console(file=io.StringIO())) == table
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == stamps  # nothing redone
+
+
+def test_shipped_recipes_load():
+    for p in (ROOT / "pipelines" / "recipes").glob("*.toml"):
+        assert load_recipe(p)["runs"], p
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ("typo = 1", "unknown key(s) ['typo'] in [eval]"),
+    ("\n[trian]\nsteps = 1", "unknown key(s) ['trian'] in the top level"),
+    ("\n[[runs]]\nname = 'x'\nout = 'y'\nstepz = 3", "unknown training setting(s) ['stepz']"),
+    ("\n[[runs]]\nname = 'x'", "lacks name or out"),
+    ("\n[[donors]]\nname = 'd'\nstore = 's'\nmax_lenght = 3", "unknown key(s) ['max_lenght'] in [[donors]] d"),
+    ("= broken", "not valid TOML"),
+])
+def test_recipe_mistakes_are_named_before_anything_runs(tmp_path, tiny_llama_dir, data, extra, problem):
+    recipe = _recipe(tmp_path, tiny_llama_dir, data, extra)
+    with pytest.raises(UavError) as e:
+        run_demo(recipe, console=Console(file=io.StringIO()))
+    assert problem in str(e.value)
+    assert not (tmp_path / "store").exists() and not (tmp_path / "runs").exists()
+
+
+def test_recipe_runs_need_their_own_folders(tmp_path, tiny_llama_dir, data):
+    recipe = _recipe(tmp_path, tiny_llama_dir, data)
+    text = recipe.read_text().replace(str(tmp_path / "runs" / "affine-frozen"), str(tmp_path / "runs" / "mlp-lora"))
+    recipe.write_text(text)
+    with pytest.raises(UavError, match="share an out folder"):
+        load_recipe(recipe)
