@@ -331,7 +331,7 @@ def plot_compare(runs: list[tuple[str, dict]], path: Path) -> None:
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("uav token F1 (mean, 95% CI)")
     ax.set_ylim(0, 1.05)
-    ax.set_title("uav across runs: self vs cross donor, full vs adapter-only transfer")
+    ax.set_title(f"uav token F1 across {len(runs)} runs, each beside its own no_soft control (hatched)")
     ax.grid(axis="y", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("no_soft"))  # reference entry last
