@@ -79,9 +79,11 @@ def explain_command(
 
 @app.command("demo")
 def demo_command(
-    recipe: Annotated[Path, typer.Option(help="Demo recipe (pipelines/recipes/demo.toml).")] = Path("pipelines/recipes/demo.toml"),
+    recipe: Annotated[Path, typer.Option(help="Recipe TOML: demo.toml (self, cross, transfer) or adapters.toml "
+                                              "(affine / qformer, frozen decoder vs LoRA).")] = Path("pipelines/recipes/demo.toml"),
 ) -> None:
-    """The whole job on the embedded models: data → harvest (2 donors) → train (self, cross, transfer) → eval."""
+    """A recipe end to end: data → harvest every donor → train every run → eval with controls → comparison.
+    Resumable; finished steps are skipped. The default is the embedded demo."""
     from uav_eval.demo import run_demo
 
     run_demo(recipe)
