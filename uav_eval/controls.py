@@ -20,7 +20,7 @@ import torch
 from uav_cache.errors import UavError
 from uav_eval.generate import Patch
 from uav_train.adapters import adapter_from_description
-from uav_train.run import LoadedRun
+from uav_train.run import LoadedRun, decoder_fingerprint
 
 METHODS = ("uav", "no_soft", "random_adapter", "base_only", "input_text", "selfie")
 CONTROLS = METHODS[1:]
@@ -39,10 +39,7 @@ class Setup:
 def selfie_applicable(lr: LoadedRun) -> bool:
     """SelfIE patches the activation into the same model that produced it: same weights, however named."""
     cfg = lr.info.config
-    if "decoder_fingerprint" in cfg:
-        same = cfg["decoder_fingerprint"] == cfg["stores"][0]["weights_fingerprint"]
-    else:  # runs written before decoder fingerprints were recorded
-        same = cfg["donor"] == cfg["decoder"]
+    same = decoder_fingerprint(cfg) == cfg["stores"][0]["weights_fingerprint"]
     return same and cfg["adapter"]["d_in"] == lr.model.config.hidden_size
 
 

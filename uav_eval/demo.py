@@ -33,6 +33,11 @@ def _refuse_unknown(path: Path, where: str, keys: set[str], valid: set[str]) -> 
         raise UavError(f"recipe {path}: unknown key(s) {bad} in {where}", f"valid keys there: {sorted(valid)}")
 
 
+def run_config(rec: dict, run: dict) -> TrainConfig:
+    """One [[runs]] entry over the recipe's [train] defaults."""
+    return TrainConfig.from_dict({**rec.get("train", {}), **{k: v for k, v in run.items() if k != "name"}})
+
+
 def load_recipe(path: Path) -> dict:
     """Read and check a recipe: every section and key is known, and there are donors and runs."""
     path = Path(path)
@@ -55,7 +60,7 @@ def load_recipe(path: Path) -> dict:
     for r in rec["runs"]:  # training keys are checked by TrainConfig.from_dict before anything runs
         if not {"name", "out"} <= set(r):
             raise UavError(f"recipe {path}: a [[runs]] entry lacks name or out", "give each run both")
-        TrainConfig.from_dict({**rec.get("train", {}), **{k: v for k, v in r.items() if k != "name"}})
+        run_config(rec, r)
     outs = [r["out"] for r in rec["runs"]]
     if len(set(outs)) != len(outs):
         raise UavError(f"recipe {path}: two runs share an out folder", "give each run its own out")
@@ -91,10 +96,9 @@ def run_demo(recipe: Path, console: Console | None = None) -> str:
         con.print(f"{d['name']} → {d['store']} ({time.perf_counter() - t:.0f} s)")
 
     con.rule("[bold]3/4 train")
-    base = rec.get("train", {})
     for r in rec["runs"]:
         t = time.perf_counter()
-        cfg = TrainConfig.from_dict({**base, **{k: v for k, v in r.items() if k != "name"}})
+        cfg = run_config(rec, r)
         train(cfg)
         con.print(f"{r['name']} → {cfg.out} ({time.perf_counter() - t:.0f} s)")
 

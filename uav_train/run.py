@@ -40,6 +40,14 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def decoder_fingerprint(config: dict) -> str:
+    """The weights fingerprint of a run's decoder: weights, not names, identify it ("smollm2-135m", its hub id,
+    "dir/" and "dir" agree). Recorded in config.json; computed for runs written before it was recorded."""
+    from uav_cache.models import resolve, weights_fingerprint
+
+    return config.get("decoder_fingerprint") or weights_fingerprint(resolve(config["train"]["decoder"]))
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Swap a fully written temp folder into place; a kill mid-way leaves the old or the new folder."""
     old = final.with_name(f".{final.name}.{uuid.uuid4().hex}.old")

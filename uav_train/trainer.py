@@ -26,8 +26,8 @@ from uav_cache.models import embedding_norm, load, pick_device, resolve, weights
 from uav_cache.store import Store, check_compatible
 from uav_train.adapters import Adapter, adapter_config, build_adapter
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
-from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, load_adapter, load_checkpoint, plot_losses, read_json,
-                           save_adapter, save_checkpoint, write_json)
+from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, decoder_fingerprint, load_adapter, load_checkpoint,
+                           plot_losses, read_json, save_adapter, save_checkpoint, write_json)
 from uav_train.stream import Item, ItemStream, stack_x
 
 
@@ -172,13 +172,9 @@ class Trainer:
                 raise UavError(f"--frozen-decoder {cfg.frozen_decoder} is not a finished run with a LoRA",
                                "point it at a completed stage-2 run trained with LoRA")
         spec = resolve(cfg.decoder)
-        # weights, not names, identify the decoder: "smollm2-135m", its hub id and "./x/" vs "x" all agree
         self.decoder_fingerprint = weights_fingerprint(spec)
         if self.frozen_run is not None:
-            theirs = self.frozen_run.get("decoder_fingerprint")
-            if theirs is None:  # runs written before fingerprints were recorded
-                theirs = weights_fingerprint(resolve(self.frozen_run["train"]["decoder"]))
-            if theirs != self.decoder_fingerprint:
+            if decoder_fingerprint(self.frozen_run) != self.decoder_fingerprint:
                 raise UavError(f"--frozen-decoder run used decoder {self.frozen_run['train']['decoder']} "
                                f"(other weights than {cfg.decoder})", "use the same --decoder as that run")
         self.model, self.tok = load(spec, device=str(self.device))
