@@ -104,7 +104,9 @@ def main() -> None:
     """Console entry point: one-line errors for user mistakes, tracebacks only for bugs."""
     cmd = typer.main.get_command(app)
     try:
-        cmd.main(standalone_mode=False, prog_name="uav")
+        # standalone_mode=False *returns* the code of a typer.Exit (and typer turns Ctrl-C into Exit(130))
+        # instead of raising it: it must reach sys.exit, or `uav store verify` on a broken store exits 0
+        code = cmd.main(standalone_mode=False, prog_name="uav")
     except UavError as e:
         typer.echo(f"uav: error: {e.problem}" + (f" (fix: {e.fix})" if e.fix else ""), err=True)
         sys.exit(2)
@@ -115,10 +117,9 @@ def main() -> None:
         typer.echo(f"uav: error: {e.format_message()} (see `{where} --help`)", err=True)
         sys.exit(2)
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        code = e.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("uav: interrupted (a re-run resumes where it stopped)", err=True)
-        sys.exit(130)
+        code = 130
     except FileNotFoundError as e:
         typer.echo(f"uav: error: file not found: {e.filename or e} (fix: check the path)", err=True)
         sys.exit(2)
@@ -126,6 +127,10 @@ def main() -> None:
         typer.echo(f"uav: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''} "
                    "(fix: check permissions and free disk space)", err=True)
         sys.exit(2)
+    if code == 130:
+        typer.echo("uav: interrupted (a re-run resumes where it stopped)", err=True)
+    if isinstance(code, int) and code:  # a command's own return value is None: only Exit codes are ints
+        sys.exit(code)
 
 
 __all__ = ["app", "main"]
