@@ -138,6 +138,16 @@ def test_user_jsonl_defaults(tmp_path):
     assert b["id"] == "b" and b["task"] == "classification" and b["split"] == "val"
 
 
+def test_user_tasks_are_any_name(tmp_path):
+    """Own data keeps its own task names: each becomes a report group of its own ("overall" is taken)."""
+    path = write(tmp_path, '{"id": "a", "text": "Paris is in France.", "task": "fact_retrieval"}\n'
+                           '{"id": "b", "text": "Bonjour.", "task": "translation"}\n')
+    assert [e["task"] for e in ds.load_examples(str(path)).examples] == ["fact_retrieval", "translation"]
+    for bad in ('""', '"overall"', "3"):
+        with pytest.raises(UavError, match="'task' must be a non-empty name"):
+            ds.load_examples(str(write(tmp_path, f'{{"id": "a", "text": "x", "task": {bad}}}\n', "bad.jsonl")))
+
+
 def test_limit(tmp_path):
     path = write(tmp_path, "".join(json.dumps({"id": f"e{i}", "text": f"text {i}"}) + "\n" for i in range(10)))
     es = ds.load_examples(str(path), limit=3)

@@ -101,6 +101,29 @@ def test_batched_generation_matches_one_at_a_time(run):
         assert answers(method, items) == [a for it in items for a in answers(method, [it])], method
 
 
+def test_own_task_names_get_the_default_answer_length(run, monkeypatch):
+    """A task outside the built-in groups is generated with DEFAULT_TASK_TOKENS and scored as its own group."""
+    from uav_eval import protocol
+
+    lr = load_run(run)
+    items = eval_items(Store(lr.info.config["stores"][0]["path"]), "test", 2, lr.info.config["layers"], False)
+    for it in items[:3]:
+        it.task = "fact_retrieval"
+    calls = []
+
+    def spy(model, tok, prompts, soft, *, max_new_tokens, **kw):
+        calls.append(max_new_tokens)
+        return ["red"] * len(prompts)
+
+    monkeypatch.setattr(protocol, "generate", spy)
+    cfg = EvalConfig(run=str(run), methods=["uav"], progress=False)
+    preds = protocol.run_methods(lr, items, ["uav"], cfg)
+    assert sorted(set(calls)) == sorted({protocol.DEFAULT_TASK_TOKENS} | {protocol.TASK_TOKENS[it.task] for it in items[3:]})
+    rows = protocol.score(items, preds, protocol.label_sets(Store(lr.info.config["stores"][0]["path"])), False)
+    agg = protocol.metrics.aggregate(rows, protocol.metrics.METRIC_KEYS, ["method", "task"], n_boot=10)
+    assert agg["uav/fact_retrieval"]["f1"]["n"] == 3
+
+
 def test_selfie_needs_the_same_weights(run):
     lr = load_run(run)
     assert selfie_applicable(lr) and "selfie" in check_methods(["uav", "selfie"], lr)

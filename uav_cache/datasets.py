@@ -2,8 +2,11 @@
 
 Every example is a plain dict (one JSON object per line on disk)::
 
-    {"id", "text", "task": classification|fact|gist, "source", "split": train|val|test,
+    {"id", "text", "task": classification|fact|gist|any other name, "source", "split": train|val|test,
      "qa": [{"question", "answer"}, ...], "label" (classification only)}
+
+The built-in sets use the three task groups of TASKS; user data may name any task (it is reported as its own
+group, see uav_eval.protocol.TASK_TOKENS for the answer length it gets).
 
 Builds are deterministic (same recipe + seed -> same fingerprint) and need no network: the data
 packages are located with ``importlib.util.find_spec`` and their files are read directly, so the
@@ -30,7 +33,7 @@ from typing import Any, Callable
 from uav_cache.errors import UavError
 
 BUILDER_VERSION = "1"
-TASKS = ("classification", "fact", "gist")
+TASKS = ("classification", "fact", "gist")  # the built-in groups and the report's order; not a closed list
 SPLITS = ("train", "val", "test")
 MAX_WORDS = 60  # donor inputs stay short so harvesting is cheap on CPU
 ALL = 10**9  # recipe count meaning "everything the source has"
@@ -470,8 +473,10 @@ def check_example(ex: Any, where: str = "example") -> dict:
     text = ex.get("text")
     if not isinstance(text, str) or not text.strip():
         raise UavError(f"{where} (id {ex_id!r}): 'text' is missing, not a string, or empty", fix)
-    if ex.get("task") not in TASKS:
-        raise UavError(f"{where} (id {ex_id!r}): 'task' must be one of {', '.join(TASKS)}, got {ex.get('task')!r}", fix)
+    task = ex.get("task")
+    if not isinstance(task, str) or not task.strip() or task == "overall":  # "overall" is the report's pooled group
+        raise UavError(f"{where} (id {ex_id!r}): 'task' must be a non-empty name other than 'overall' (e.g. "
+                       f"{', '.join(TASKS)}, or your own), got {task!r}", fix)
     if ex.get("split") not in SPLITS:
         raise UavError(f"{where} (id {ex_id!r}): 'split' must be one of {', '.join(SPLITS)}, got {ex.get('split')!r}", fix)
     if not isinstance(ex.get("source"), str) or not ex["source"]:

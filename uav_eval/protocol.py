@@ -26,6 +26,7 @@ from uav_train.run import LoadedRun, load_run
 from uav_train.stream import Item, item_pairs, read_x, stack_x
 
 TASK_TOKENS = {"classification": 8, "fact": 16, "gist": 32}  # max new tokens by task group
+DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own tasks)
 
 
 @dataclass
@@ -97,7 +98,7 @@ def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalC
                     s = runner.setup(m, batch, x.to(device), mask.to(device))
                     with runner.lora(s.lora):
                         out = generate(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, patch=s.patch,
-                                       max_new_tokens=cfg.max_new_tokens.get(task, 24))
+                                       max_new_tokens=cfg.max_new_tokens.get(task, DEFAULT_TASK_TOKENS))
                     for i, p in zip(ix, out):
                         preds[m][i] = p
                     bar.set_postfix(method=m, task=task)
