@@ -17,7 +17,7 @@ from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_cache.store import Store
 from uav_train import stream as stream_mod
-from uav_train.run import load_run
+from uav_train.run import load_adapter, load_run
 from uav_train.stream import ItemStream
 from uav_train.trainer import TrainConfig, Trainer, train
 
@@ -115,7 +115,7 @@ def test_end_to_end_both_stages(run_a, tiny_llama_dir):
     assert cfg["trainable_params"]["adapter"] > 0 and cfg["trainable_params"]["lora"] > 0 and cfg["lora"] == "trained"
     assert [s["stage"] for s in cfg["summary"]] == [1, 2] and [s["steps"] for s in cfg["summary"]] == [3, 4]
     assert (run / "adapter.safetensors").exists() and (run / "stage1" / "adapter.safetensors").exists()
-    acfg = json.loads((run / "adapter_config.json").read_text())
+    acfg = json.loads((run / "uav_adapter.json").read_text())
     assert acfg["config"]["kind"] == "mlp" and acfg["config"]["k"] == 2 and acfg["stage"] == 2
     assert not (run / "checkpoint").exists()  # deleted once complete
     assert (run / "loss.png").stat().st_size > 1000
@@ -148,6 +148,23 @@ def test_end_to_end_both_stages(run_a, tiny_llama_dir):
     assert lr.has_lora and lr.template.use_chat
     for k, v in tensors(run / "adapter.safetensors").items():
         assert torch.equal(lr.adapter.state_dict()[k], v)
+
+
+def test_run_dir_has_no_file_peft_would_mistake_and_old_runs_still_load(run_a, tmp_path):
+    """uav's adapter description is uav_adapter.json: an adapter_config.json at the run root is PEFT's name, and
+    PeftModel.from_pretrained(base, RUN) would read it (KeyError 'peft_type'). Runs that have one still load."""
+    run, _ = run_a
+    assert not (run / "adapter_config.json").exists() and not (run / "stage1" / "adapter_config.json").exists()
+    assert (run / "stage1" / "uav_adapter.json").exists()
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    for d in (old, old / "stage1"):
+        (d / "uav_adapter.json").rename(d / "adapter_config.json")
+    adapter, desc = load_adapter(old)
+    assert desc["config"]["kind"] == "mlp"
+    for k, v in tensors(run / "adapter.safetensors").items():
+        assert torch.equal(adapter.state_dict()[k], v)
+    assert load_run(old).has_lora
 
 
 def test_finished_run_is_a_noop(run_a, stores, tiny_llama_dir):
@@ -254,7 +271,7 @@ def test_sequence_store_with_qformer(tmp_path, stores, tiny_llama_dir):
     cfg = cfg_for(stores, tiny_llama_dir, run, stores=[stores["seq"]], adapter="qformer", adapter_options=dict(QFORMER),
                   tokens=True, stage1_steps=2, steps=2)
     train(cfg)
-    acfg = json.loads((run / "adapter_config.json").read_text())
+    acfg = json.loads((run / "uav_adapter.json").read_text())
     assert acfg["n_layers"] == 2 and acfg["config"]["kind"] == "qformer" and acfg["config"]["k"] == 4
     assert all(np.isfinite(r["loss"]) for r in metrics(run)) and len(metrics(run)) == 4
     with pytest.raises(UavError, match="positions all"):  # --tokens needs an all-token store
@@ -263,7 +280,7 @@ def test_sequence_store_with_qformer(tmp_path, stores, tiny_llama_dir):
     sub = tmp_path / "sub"
     train(cfg_for(stores, tiny_llama_dir, sub, stores=[stores["seq"]], adapter="affine", adapter_options={},
                   layers=["model.layers.2"], stage="1", stage1_steps=2))
-    assert json.loads((sub / "adapter_config.json").read_text())["n_layers"] == 1
+    assert json.loads((sub / "uav_adapter.json").read_text())["n_layers"] == 1
     with pytest.raises(UavError, match="not in store"):
         train(cfg_for(stores, tiny_llama_dir, tmp_path / "y", layers=["model.layers.2"], stage="1"))
 

@@ -107,7 +107,7 @@ class Adapter(nn.Module):
         return self.config.k if hasattr(self.config, "k") else self.n_layers
 
     def describe(self) -> dict:
-        """What is needed to rebuild this adapter (saved as adapter_config.json beside the weights)."""
+        """What is needed to rebuild this adapter (saved as uav_adapter.json beside the weights)."""
         return {"config": asdict(self.config), "d_in": self.d_in, "n_layers": self.n_layers,
                 "d_out": self.d_out, "out_norm": float(self.out_norm)}
 

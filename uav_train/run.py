@@ -1,7 +1,7 @@
 """The run directory: what a training run leaves behind, and how to load or resume it.
 
     RUN/config.json            resolved TrainConfig + what it was trained on (stores, decoder, parameter counts)
-    RUN/adapter.safetensors    adapter weights          RUN/adapter_config.json  how to rebuild the adapter
+    RUN/adapter.safetensors    adapter weights          RUN/uav_adapter.json     how to rebuild the adapter
     RUN/lora/                  the decoder LoRA in PEFT format (PeftModel.from_pretrained loads it)
     RUN/stage1/                the stage-1 (alignment) adapter, the warm start of stage 2
     RUN/metrics.jsonl          one JSON object per step / validation      RUN/loss.png  the curves
@@ -30,7 +30,8 @@ from uav_train.adapters import Adapter, adapter_from_description
 
 CONFIG = "config.json"
 ADAPTER = "adapter.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_CONFIG = "uav_adapter.json"  # not PEFT's adapter_config.json: PeftModel.from_pretrained(RUN) must not mistake it
+LEGACY_ADAPTER_CONFIG = "adapter_config.json"  # the name runs written before had; still read
 LORA = "lora"
 CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
@@ -68,7 +69,7 @@ def _contig(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(folder: Path, adapter: Adapter, extra: dict | None = None) -> None:
-    """adapter.safetensors + adapter_config.json into ``folder`` (written via a temp folder)."""
+    """adapter.safetensors + uav_adapter.json into ``folder`` (written via a temp folder)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_for(folder)
@@ -77,16 +78,26 @@ def save_adapter(folder: Path, adapter: Adapter, extra: dict | None = None) -> N
     if folder.exists():  # keep anything else already in the folder (a run dir holds more than the adapter)
         for name in (ADAPTER, ADAPTER_CONFIG):
             os.replace(tmp / name, folder / name)
+        (folder / LEGACY_ADAPTER_CONFIG).unlink(missing_ok=True)
         shutil.rmtree(tmp)
     else:
         os.rename(tmp, folder)
 
 
+def adapter_description(folder: Path) -> Path | None:
+    """The adapter's description file in ``folder`` (uav_adapter.json, or adapter_config.json in older runs)."""
+    for name in (ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
 def load_adapter(folder: Path) -> tuple[Adapter, dict]:
     folder = Path(folder)
-    if not (folder / ADAPTER).exists():
-        raise UavError(f"no adapter in {folder}", "pass a finished run directory (it holds adapter.safetensors)")
-    desc = read_json(folder / ADAPTER_CONFIG)
+    desc_path = adapter_description(folder)
+    if not (folder / ADAPTER).exists() or desc_path is None:
+        raise UavError(f"no adapter in {folder}", f"pass a finished run directory (it holds {ADAPTER} and {ADAPTER_CONFIG})")
+    desc = read_json(desc_path)
     adapter = adapter_from_description(desc)
     adapter.load_state_dict(load_file(str(folder / ADAPTER)))
     return adapter, desc

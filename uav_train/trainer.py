@@ -26,8 +26,8 @@ from uav_cache.models import embedding_norm, load, pick_device, resolve, weights
 from uav_cache.store import Store, check_compatible
 from uav_train.adapters import Adapter, adapter_config, build_adapter
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
-from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, decoder_fingerprint, load_adapter, load_checkpoint,
-                           plot_losses, read_json, save_adapter, save_checkpoint, write_json)
+from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, adapter_description, decoder_fingerprint, load_adapter,
+                           load_checkpoint, plot_losses, read_json, save_adapter, save_checkpoint, write_json)
 from uav_train.stream import Item, ItemStream, stack_x
 
 
@@ -353,7 +353,7 @@ class Trainer:
         self._check_resume()
         summary = []
         if cfg.stage in ("1", "both"):
-            if (self.run / "stage1" / "adapter_config.json").exists():
+            if adapter_description(self.run / "stage1") is not None:
                 self.adapter, _ = load_adapter(self.run / "stage1")
                 self.adapter.to(self.device)
             else:
