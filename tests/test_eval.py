@@ -55,6 +55,50 @@ def run(tmp_path_factory, tiny_llama_dir, data) -> Path:
                              batch_size=4, eval_every=3, val_items=4, progress=False))
 
 
+@pytest.fixture(scope="module")
+def relative_run(tmp_path_factory, tiny_llama_dir, data) -> Path:
+    """A run trained from folder a/ on the store typed as the relative path "store"; folder b/ holds another
+    dataset under the same relative name."""
+    import os
+
+    root = tmp_path_factory.mktemp("relative")
+    other = root / "other.jsonl"
+    other.write_text("".join(data.read_text().splitlines(keepends=True)[:45]))
+    for folder, d in (("a", data), ("b", other)):
+        harvest(HarvestConfig(donor=str(tiny_llama_dir), data=str(d), out=str(root / folder / "store"), layers=[1],
+                              shard_rows=16, chunk_rows=8, progress=False))
+    cwd = os.getcwd()
+    os.chdir(root / "a")
+    try:
+        train(TrainConfig(stores=["store"], out="run", decoder=str(tiny_llama_dir), adapter="mlp",
+                          adapter_options={"k": 2, "hidden": 32}, stage1_steps=1, steps=1, batch_size=4, eval_every=1,
+                          val_items=4, progress=False))
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def test_eval_scores_the_runs_own_dataset_from_any_folder(relative_run, monkeypatch, capsys):
+    """The run records its store's absolute path and dataset fingerprint: from folder b/, the "store" there (other
+    data) is not silently evaluated; an explicit --store of other data is allowed, with a note; a run whose own
+    store was re-harvested with other data is refused."""
+    run, a, b = relative_run / "a" / "run", relative_run / "a" / "store", relative_run / "b" / "store"
+    monkeypatch.chdir(relative_run / "b")
+    quick = dict(run=str(run), limit=1, methods=["uav"], similarity=False, n_boot=10, progress=False)
+    res = evaluate(EvalConfig(**quick))
+    assert Path(res["store"]) == a.resolve() and res["dataset_fingerprint"] == Store(a).meta["dataset_fingerprint"]
+    assert "note" not in capsys.readouterr().err
+    res = evaluate(EvalConfig(**quick, store="store"))
+    assert res["dataset_fingerprint"] == Store(b).meta["dataset_fingerprint"]
+    err = capsys.readouterr().err
+    assert "uav: note: evaluating on store" in err and "not the run's training dataset" in err
+    import shutil
+    shutil.rmtree(a)
+    shutil.copytree(b, a)
+    with pytest.raises(UavError, match="now holds dataset .* not the .* the run was trained on"):
+        evaluate(EvalConfig(**quick))
+
+
 def test_evaluate_runs_every_method_on_the_test_split(run):
     res = evaluate(EvalConfig(run=str(run), limit=3, similarity=False, n_boot=50, progress=False))
     assert res["methods"] == list(METHODS)  # selfie included: donor and decoder are the same weights

@@ -327,6 +327,26 @@ def test_changed_config_on_a_finished_run_is_refused(run_a, stores, tiny_llama_d
         train(cfg_for(stores, tiny_llama_dir, run, steps=5))
 
 
+def test_a_run_on_a_re_harvested_store_is_not_done(tmp_path, stores, tiny_llama_dir, data, monkeypatch):
+    """"Already complete" compares what the stores hold, not their paths: other data harvested into the same
+    folder makes the old run stale, and it is refused (not silently kept, not silently retrained)."""
+    shutil.copytree(stores["a"], tmp_path / "st_x")
+    monkeypatch.chdir(tmp_path)
+    cfg = cfg_for(stores, tiny_llama_dir, "run", stores=["st_x"], stage1_steps=1, steps=1)
+    train(cfg)
+    rec = json.loads((tmp_path / "run" / "config.json").read_text())["stores"][0]
+    assert rec["path"] == "st_x" and rec["abspath"] == str((tmp_path / "st_x").resolve())
+    before = (tmp_path / "run" / "adapter.safetensors").stat().st_mtime_ns
+    assert train(cfg) == Path("run")  # unchanged store: a no-op
+    shutil.rmtree(tmp_path / "st_x")
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(data.read_text().splitlines(keepends=True)[:40]))
+    _harvest(tiny_llama_dir, other, tmp_path / "st_x")
+    with pytest.raises(UavError, match="trained on other data.*dataset_fingerprint"):
+        train(cfg)
+    assert (tmp_path / "run" / "adapter.safetensors").stat().st_mtime_ns == before
+
+
 # ---------------------------------------------------------------------------------------------- stores
 
 def test_mismatched_and_missing_stores(tmp_path, stores, tiny_llama_dir):

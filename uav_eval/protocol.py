@@ -8,6 +8,7 @@ and overall with bootstrap 95% intervals. Nothing here looks at the test split t
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
 from uav_eval.controls import METHODS, MethodRunner, check_methods
 from uav_eval.generate import generate
-from uav_train.run import LoadedRun, load_run
+from uav_train.run import LoadedRun, RunInfo, load_run
 from uav_train.stream import Item, item_pairs, read_x, stack_x
 
 TASK_TOKENS = {"classification": 8, "fact": 16, "gist": 32}  # max new tokens by task group
@@ -32,7 +33,7 @@ DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own task
 @dataclass
 class EvalConfig:
     run: str
-    store: str | None = None  # default: the run's first training store
+    store: str | None = None  # default: the run's first training store (which must still hold its dataset)
     split: str = "test"
     limit: int | None = None  # at most N items per source (the first N in store order)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -124,18 +125,41 @@ def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[
     return rows
 
 
+def eval_store(explicit: str | None, rc: dict) -> Store:
+    """The store to evaluate on. By default the run's own training store, found by the absolute path recorded at
+    training (the typed path may be relative to another folder) and refused unless it still holds the dataset the
+    run recorded. An explicit store may hold another dataset (that is what was asked for): a one-line note says so."""
+    first = rc["stores"][0]
+    if explicit is not None:
+        store = Store(explicit)
+        if store.meta["dataset_fingerprint"] != first.get("dataset_fingerprint"):
+            print(f"uav: note: evaluating on {explicit} (dataset {store.meta['dataset']['name']} "
+                  f"{store.meta['dataset_fingerprint'][:12]}), not the run's training dataset "
+                  f"({first.get('dataset')} {str(first.get('dataset_fingerprint'))[:12]})", file=sys.stderr)
+        return store
+    where = [p for p in (first.get("abspath"), first["path"]) if p]
+    path = next((p for p in where if "://" in p or Path(p).exists()), where[0])
+    store = Store(path)
+    if first.get("dataset_fingerprint") not in (None, store.meta["dataset_fingerprint"]):
+        raise UavError(f"store {path} now holds dataset {store.meta['dataset']['name']} "
+                       f"{store.meta['dataset_fingerprint'][:12]}, not the {first.get('dataset')} "
+                       f"{first['dataset_fingerprint'][:12]} the run was trained on",
+                       "restore the run's store, or pass --store explicitly to evaluate on this data")
+    return store
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the protocol on one run; writes results.json, report.md and plots into the run directory."""
     from uav_eval.report import write_report
 
     t0 = time.perf_counter()
-    lr = load_run(cfg.run, device=str(pick_device(cfg.device)))
-    rc = lr.info.config
-    store = Store(cfg.store or rc["stores"][0]["path"])
+    rc = RunInfo.open(cfg.run).config  # the store is checked before the decoder is loaded
+    store = eval_store(cfg.store, rc)
     first = rc["stores"][0]
     check_compatible(store, donor=rc["donor"], d_model=first["d_model"], weights_fingerprint=first["weights_fingerprint"])
     for layer in rc["layers"]:
         store._check_layer(layer)
+    lr = load_run(cfg.run, device=str(pick_device(cfg.device)))
     methods = check_methods(cfg.methods, lr)
     items = eval_items(store, cfg.split, cfg.limit, rc["layers"], rc["train"].get("tokens", False))
     preds = run_methods(lr, items, methods, cfg)
@@ -145,7 +169,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         "by_source": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "source"], n_boot=cfg.n_boot, seed=cfg.seed),
     }
     results = {
-        "run": str(lr.info.path), "store": store.path, "split": cfg.split, "donor": rc["donor"], "decoder": rc["decoder"],
+        "run": str(lr.info.path), "store": store.path, "dataset_fingerprint": store.meta["dataset_fingerprint"],
+        "split": cfg.split, "donor": rc["donor"], "decoder": rc["decoder"],
         "adapter": rc["adapter"]["config"]["kind"], "lora": rc.get("lora"), "trainable_params": rc["trainable_params"],
         "n_items": len(items), "methods": methods, "config": asdict(cfg), "aggregates": agg, "items": rows,
         "seconds": round(time.perf_counter() - t0, 1),

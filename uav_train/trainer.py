@@ -374,11 +374,7 @@ class Trainer:
             "status": status,
             "train": asdict(self.cfg),
             "identity": self.cfg.identity(),
-            "stores": [{"path": s.path, "donor": s.meta["donor"], "layers": s.meta["layers"], "d_model": s.meta["d_model"],
-                        "dtype": s.meta["dtype"], "dataset": s.meta["dataset"]["name"], "positions": s.meta["positions"],
-                        "donor_input": s.meta["donor_input"], "max_length": s.meta["max_length"],
-                        "dataset_fingerprint": s.meta["dataset_fingerprint"],
-                        "weights_fingerprint": s.meta["weights_fingerprint"]} for s in self.stores],
+            "stores": [store_record(s) for s in self.stores],
             "donor": self.meta["donor"],
             "layers": self.layers,
             "decoder": self.cfg.decoder,
@@ -397,6 +393,7 @@ class Trainer:
                 diff = [k for k in self.cfg.identity() if old.get("identity", {}).get(k) != self.cfg.identity()[k]]
                 raise UavError(f"{self.run} holds a run with different settings ({', '.join(diff)})",
                                "resume with the same settings, or choose a new --out")
+            check_same_stores(self.run, old, self.stores)
         write_json(p, self._config_doc("training"))
 
     def _save_final(self, summary: list) -> None:
@@ -408,11 +405,43 @@ class Trainer:
         shutil.rmtree(self.run / CHECKPOINT, ignore_errors=True)
 
 
+def store_record(s: Store) -> dict:
+    """What config.json records of a training store: where it is (as typed and absolute) and what it holds."""
+    m = s.meta
+    return {"path": s.path, "abspath": s.path if "://" in s.path else str(Path(s.path).resolve()),
+            "donor": m["donor"], "layers": m["layers"], "d_model": m["d_model"], "dtype": m["dtype"],
+            "dataset": m["dataset"]["name"], "positions": m["positions"], "donor_input": m["donor_input"],
+            "max_length": m["max_length"], "dataset_fingerprint": m["dataset_fingerprint"],
+            "weights_fingerprint": m["weights_fingerprint"], "n_rows": m["n_rows"]}
+
+
+# what a store holds: the same path re-harvested with other data or another donor is another store
+STORE_CONTENT = ("donor", "weights_fingerprint", "dataset_fingerprint", "layers", "d_model", "dtype", "positions",
+                 "donor_input", "max_length", "n_rows")
+
+
+def check_same_stores(run: Path, old: dict, stores: list[Store]) -> None:
+    """Refuse to resume (or call finished) a run whose stores now hold other rows than it recorded in config.json
+    (keys an older run lacks are not compared)."""
+    recs = old.get("stores") or []
+    changed = [f"{len(recs)} store(s) recorded, {len(stores)} given"] if len(recs) != len(stores) else []
+    for rec, st in zip(recs, stores):
+        new = store_record(st)
+        changed += [f"{st.path} {k}: run has {str(rec[k])[:16]}, store has {str(new[k])[:16]}" for k in STORE_CONTENT
+                    if rec.get(k) is not None and rec[k] != new[k]]
+    if changed:
+        raise UavError(f"{run} holds a run trained on other data than the store(s) now hold ({'; '.join(changed)})",
+                       "choose a new --out, or delete the run folder to retrain")
+
+
 def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = None) -> Path:
-    """Train (or resume, or no-op if finished) the run at ``cfg.out``; returns the run directory."""
+    """Train (or resume, or no-op if finished) the run at ``cfg.out``; returns the run directory. A finished run
+    is a no-op only when its settings *and* its stores' contents are unchanged (a path can be re-harvested)."""
     done = Path(cfg.out) / CONFIG
     if done.exists():
         old = read_json(done)
-        if old.get("status") == "complete" and old.get("identity") == cfg.identity():
-            return Path(cfg.out)
+        if old.get("identity") == cfg.identity():
+            check_same_stores(Path(cfg.out), old, open_stores(cfg.stores, cfg.layers))
+            if old.get("status") == "complete":
+                return Path(cfg.out)
     return Trainer(cfg, on_step).fit()
