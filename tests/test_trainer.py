@@ -19,7 +19,7 @@ from uav_cache.store import Store
 from uav_train import stream as stream_mod
 from uav_train.run import load_adapter, load_run
 from uav_train.stream import ItemStream
-from uav_train.trainer import TrainConfig, Trainer, train
+from uav_train.trainer import LoraSettings, TrainConfig, Trainer, train
 
 LABELS = ["red", "green", "blue"]
 MLP = {"k": 2, "hidden": 32}
@@ -345,6 +345,61 @@ def test_a_run_on_a_re_harvested_store_is_not_done(tmp_path, stores, tiny_llama_
     with pytest.raises(UavError, match="trained on other data.*dataset_fingerprint"):
         train(cfg)
     assert (tmp_path / "run" / "adapter.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("settings, problem", [
+    ({"no_lora": "false"}, "no_lora = 'false' must be true or false"),
+    ({"steps": "ten"}, "steps = 'ten' must be an integer"),
+    ({"batch_size": 2.5}, "batch_size = 2.5 must be an integer"),
+    ({"lora": "big"}, "lora = 'big' must be a table"),
+    ({"lora": {"rank": 4}}, "unknown LoRA setting(s) ['rank']"),
+    ({"lora": {"r": "8"}}, "r = '8' must be an integer"),
+    ({"stage": 2}, "stage = 2 must be a string"),
+    ({"stores": [1]}, "must be a list of strings"),
+    ({"adapter_options": {"k": "8"}}, "k = '8' must be an integer"),
+])
+def test_settings_of_the_wrong_type_are_refused(settings, problem, tmp_path, stores, tiny_llama_dir):
+    """Recipe values are checked against the dataclass annotations: "false" is not false, 2 is not "2"."""
+    with pytest.raises(UavError) as e:
+        TrainConfig.from_dict({"stores": [stores["a"]], "out": str(tmp_path / "run"), **settings})
+    assert problem in e.value.problem
+
+
+@pytest.mark.parametrize("settings, problem", [
+    ({"stage1_steps": 0, "steps": 0}, "stage1_steps must be ≥ 1, got 0"),
+    ({"stage": "2", "steps": 0}, "steps must be ≥ 1, got 0"),
+    ({"stage": "3"}, 'stage must be "1", "2" or "both"'),
+    ({"batch_size": -1}, "batch_size must be ≥ 1, got -1"),
+    ({"batch_size": 0}, "batch_size must be ≥ 1, got 0"),
+    ({"lr_lora": 0.0}, "lr_lora must be > 0"),
+    ({"eval_every": 0}, "eval_every must be ≥ 1"),
+    ({"lora": LoraSettings(r=0)}, "lora.r must be ≥ 1"),
+    ({"device": "foo"}, "unknown device 'foo'"),
+    ({"device": "cuda:7"}, "device 'cuda:7' is not available on this machine"),
+])
+def test_settings_that_train_nothing_or_crash_are_refused_before_writing(settings, problem, tmp_path, stores,
+                                                                         tiny_llama_dir):
+    """Each would otherwise end "run complete" untrained, or crash mid-run leaving config.json at "training"."""
+    cfg = cfg_for(stores, tiny_llama_dir, tmp_path / "run", **settings)
+    with pytest.raises(UavError) as e:
+        train(cfg)  # built directly: train() checks
+    assert problem in e.value.problem
+    with pytest.raises(UavError):  # and so does from_dict (recipes, the CLI)
+        TrainConfig.from_dict({k: v for k, v in dataclasses.asdict(cfg).items()} | {"lora": dataclasses.asdict(cfg.lora)})
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipe_sections_are_checked(tmp_path, stores, tiny_llama_dir):
+    p = tmp_path / "r.toml"
+    p.write_text(f'[trian]\nsteps = 1\n[train]\nstores = ["{stores["a"]}"]\n')
+    with pytest.raises(UavError, match=r"unknown section\(s\) \['trian'\]"):
+        TrainConfig.from_recipe(p)
+    p.write_text('[train]\nsteps = 3\n[train.lora]\nrank = 4\n')
+    with pytest.raises(UavError, match=r"unknown LoRA setting\(s\) \['rank'\]"):
+        TrainConfig.from_recipe(p)
+    p.write_text('[train]\nsteps = 3\nstage = "2"\n[train.lora]\nr = 4\n')
+    cfg = TrainConfig.from_recipe(p, batch_size=2)
+    assert cfg.steps == 3 and cfg.lora.r == 4 and cfg.batch_size == 2
 
 
 # ---------------------------------------------------------------------------------------------- stores

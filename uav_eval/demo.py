@@ -15,12 +15,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from uav_cache.config import check_types
 from uav_cache.datasets import load_examples
 from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_eval.protocol import EvalConfig, evaluate
 from uav_eval.report import compare, load_results, summary_table
-from uav_train.trainer import TrainConfig, train
+from uav_train.trainer import RECIPE_SECTIONS, TrainConfig, train
 
 
 SECTIONS = {"data": {"recipe"}, "eval": {"limit", "controls", "controls_other", "compare_dir"}}
@@ -47,7 +48,7 @@ def load_recipe(path: Path) -> dict:
         rec = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise UavError(f"recipe {path} is not valid TOML: {e}", "fix the line it names") from e
-    _refuse_unknown(path, "the top level", set(rec), {"data", "donors", "train", "runs", "eval"})
+    _refuse_unknown(path, "the top level", set(rec), set(RECIPE_SECTIONS))
     for key in ("donors", "runs"):
         if not rec.get(key):
             raise UavError(f"recipe {path} has no [[{key}]]", "see pipelines/recipes/demo.toml")
@@ -55,6 +56,7 @@ def load_recipe(path: Path) -> dict:
         _refuse_unknown(path, f"[{section}]", set(rec.get(section, {})), valid)
     for d in rec["donors"]:
         _refuse_unknown(path, f"[[donors]] {d.get('name', '?')}", set(d), DONOR_KEYS)
+        check_types(HarvestConfig, d, f"recipe {path} [[donors]] {d.get('name', '?')}")
         if not {"name", "store"} <= set(d):
             raise UavError(f"recipe {path}: a [[donors]] entry lacks name or store", "give each donor both")
     for r in rec["runs"]:  # training keys are checked by TrainConfig.from_dict before anything runs

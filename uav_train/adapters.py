@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from uav_cache.config import check_types
 from uav_cache.errors import UavError
 
 
@@ -78,6 +79,7 @@ def adapter_config(kind: str, **options) -> MLPConfig | QFormerConfig | AffineCo
     bad = set(options) - valid
     if bad:
         raise UavError(f"adapter {kind} has no option(s) {sorted(bad)}", f"valid options: {sorted(valid)}")
+    check_types(cls, options, f"adapter {kind} options")
     return cls(**options)
 
 

@@ -31,8 +31,6 @@ def train_command(
     """Train an adapter (+ LoRA) that lets the decoder answer questions about a donor's activations."""
     from uav_train.trainer import TrainConfig, train
 
-    if stage is not None and stage not in ("1", "2", "both"):
-        raise UavError(f"--stage must be 1, 2 or both, got {stage!r}", "e.g. --stage both")
     stores = store.split(",") if store else ([f"stores/{donor}"] if donor else None)
     over = dict(stores=stores, decoder=decoder, out=out, adapter=adapter, stage=stage, steps=steps,
                 stage1_steps=stage1_steps, batch_size=batch_size, frozen_decoder=frozen_decoder, seed=seed, device=device,

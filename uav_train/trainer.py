@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from uav_cache.config import check_types
 from uav_cache.errors import UavError
 from uav_cache.models import embedding_norm, load, pick_device, resolve, weights_fingerprint
 from uav_cache.store import Store, check_compatible
@@ -29,6 +30,9 @@ from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
 from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, adapter_description, decoder_fingerprint, load_adapter,
                            load_checkpoint, plot_losses, read_json, save_adapter, save_checkpoint, write_json)
 from uav_train.stream import Item, ItemStream, stack_x
+
+
+RECIPE_SECTIONS = ("data", "donors", "train", "runs", "eval")  # the tables a recipe may have (see demo.toml)
 
 
 @dataclass
@@ -83,23 +87,62 @@ class TrainConfig:
         if not p.exists():
             raise UavError(f"recipe {p} not found", "pass a file from pipelines/recipes/")
         try:
-            data = tomllib.loads(p.read_text()).get(section, {})
+            rec = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as e:
             raise UavError(f"recipe {p} is not valid TOML: {e}", "fix the file") from e
-        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}})
+        if bad := sorted(set(rec) - set(RECIPE_SECTIONS)):  # a misspelt [trian] would train the defaults
+            raise UavError(f"recipe {p}: unknown section(s) {bad}", f"valid sections: {', '.join(RECIPE_SECTIONS)}")
+        data = rec.get(section, {})
+        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}}, where=f"recipe {p} [{section}]")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict, where: str = "training settings") -> "TrainConfig":
+        """Build and check a config: unknown keys, values of the wrong type and settings that would train nothing
+        are refused with one line naming them."""
         known = {f.name for f in fields(cls)}
         bad = set(d) - known
         if bad:
             raise UavError(f"unknown training setting(s) {sorted(bad)}", f"valid: {sorted(known)}")
         d = dict(d)
-        if isinstance(d.get("lora"), dict):
-            d["lora"] = LoraSettings(**d["lora"])
         if isinstance(d.get("stores"), str):
             d["stores"] = [s for s in d["stores"].split(",") if s]
-        return cls(**d)
+        check_types(cls, d, where)
+        if isinstance(d.get("lora"), dict):
+            valid = {f.name for f in fields(LoraSettings)}
+            if bad := sorted(set(d["lora"]) - valid):
+                raise UavError(f"unknown LoRA setting(s) {bad} in {where}", f"valid: {sorted(valid)}")
+            check_types(LoraSettings, d["lora"], f"{where} lora")
+            d["lora"] = LoraSettings(**d["lora"])
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Refuse settings that would crash mid-run or finish having trained nothing, before anything is written."""
+        stages = {"1": ("stage1_steps",), "2": ("steps",), "both": ("stage1_steps", "steps")}
+        if self.stage not in stages:
+            raise UavError(f"stage must be \"1\", \"2\" or \"both\", got {self.stage!r}",
+                           'e.g. --stage both (in a recipe, a string: stage = "2")')
+
+        def at_least(name: str, value, low, strict: bool = False) -> None:
+            if not (value > low if strict else value >= low) or value != value:
+                raise UavError(f"{name} must be {'>' if strict else '≥'} {low}, got {value}",
+                               f"set {name} (--{name.replace('_', '-')}, or in a recipe) to a valid value")
+
+        for name in stages[self.stage]:
+            at_least(name, getattr(self, name), 1)
+        for name in ("batch_size", "eval_every", "val_items", "checkpoint_every", "patience", "max_target_tokens"):
+            at_least(name, getattr(self, name), 1)
+        for name in ("warmup", "shuffle_buffer", "seed", "weight_decay", "max_bad_fraction"):
+            at_least(name, getattr(self, name), 0)
+        for name in ("lr_stage1", "lr_adapter", "lr_lora", "grad_clip"):
+            at_least(name, getattr(self, name), 0, strict=True)
+        if self.max_bad_fraction > 1 or not 0 <= self.lora.dropout < 1:
+            raise UavError("max_bad_fraction and lora.dropout are fractions", "give values in [0, 1)")
+        at_least("lora.r", self.lora.r, 1)
+        at_least("lora.alpha", self.lora.alpha, 0, strict=True)
+        adapter_config(self.adapter, **self.adapter_options)  # unknown adapter kind, option or option type
+        pick_device(self.device)  # unknown or absent device
 
     def identity(self) -> dict:
         """Settings that change the weights: a resume must match these exactly."""
@@ -437,6 +480,7 @@ def check_same_stores(run: Path, old: dict, stores: list[Store]) -> None:
 def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = None) -> Path:
     """Train (or resume, or no-op if finished) the run at ``cfg.out``; returns the run directory. A finished run
     is a no-op only when its settings *and* its stores' contents are unchanged (a path can be re-harvested)."""
+    cfg.validate()
     done = Path(cfg.out) / CONFIG
     if done.exists():
         old = read_json(done)
