@@ -370,6 +370,27 @@ def test_trainer_refuses_a_corrupt_chunk_then_trains_with_skip_corrupt(corrupt_s
     assert all(np.isfinite(r["loss"]) for r in rows)
 
 
+def test_a_missing_shard_file_is_refused_or_skipped_not_trained_as_zeros(train_store, tiny_llama_dir, tmp_path):
+    """A deleted data file of a committed shard reads back as zeros in zarr; the trainer must not learn from them."""
+    import shutil
+    store = tmp_path / "missing"
+    shutil.copytree(train_store, store)
+    (store / "acts" / "model.layers.1" / "last" / "c" / "1" / "0").unlink()
+    with pytest.raises(UavError) as e:
+        list(ItemStream([Store(store)], "train", epochs=1))
+    assert "shard 1" in e.value.problem and str(store) in e.value.problem and "--skip-corrupt" in e.value.fix
+    stream = ItemStream([Store(store)], "train", epochs=1, skip_corrupt=True)
+    with pytest.warns(UserWarning, match="shard 1"):
+        rows = sorted(it.row for it in stream)
+    assert rows == [r for r in range(24) if r % 4 and not 8 <= r < 16] and len(stream.corrupt) == 2
+    run = tmp_path / "run"
+    with pytest.raises(UavError, match="shard 1"):
+        train(_tcfg(store, tiny_llama_dir, run))
+    with pytest.warns(UserWarning, match="skipping unreadable rows .*shard 1"):
+        train(_tcfg(store, tiny_llama_dir, run, skip_corrupt=True))
+    assert json.loads((run / "config.json").read_text())["status"] == "complete"
+
+
 # ---------------------------------------------------------------------------------------------- training kills
 
 def test_sigkill_training_at_random_steps_then_resume_equals_uninterrupted(server, train_store, tiny_llama_dir,

@@ -333,6 +333,47 @@ def test_verify_names_missing_chunk_file(tmp_path):
     assert len(problems) == 1 and problems[0].startswith("shard 1:") and "c/1/0" in problems[0], problems
 
 
+def test_reads_refuse_a_committed_shard_whose_file_is_missing(tmp_path):
+    """Zarr reads a missing shard file back as the fill value: training would see all-zero rows without a word."""
+    path = tmp_path / "store"
+    full = _fill(_open(path, _meta(n=40, shard_rows=8)))
+    _shard_file(path, LAYERS[0], 1).unlink()
+    s = Store(path)
+    for read in (lambda: s.read_last(LAYERS[0], 4, 12), lambda: s.read_rows(LAYERS[0], np.array([2, 9]))):
+        with pytest.raises(st.UnreadableChunk) as e:
+            read()
+        assert "shard 1" in e.value.problem and "rows 8-15" in e.value.problem and "verify" in e.value.fix
+    assert np.array_equal(_bits(s.read_last(LAYERS[0], 0, 8)), _bits(full[LAYERS[0]][:8]))  # other shards read
+    assert np.array_equal(_bits(s.read_last(LAYERS[1], 8, 16)), _bits(full[LAYERS[1]][8:16]))  # and other layers
+
+
+def test_an_all_zero_shard_without_a_file_and_an_uncommitted_shard_still_read(tmp_path):
+    """Zarr writes no file for chunks that are all fill value: the commit checksum vouches for them."""
+    path = tmp_path / "store"
+    w = _open(path, _meta(n=24, shard_rows=8, layers=["L0"]))
+    zeros = np.zeros((8, D), np.uint16)
+    w.write_shard(0, {"L0": zeros})
+    assert not (path / "acts" / "L0" / "last" / "c" / "0" / "0").exists()
+    s = Store(path)
+    assert np.array_equal(s.read_last("L0", 0, 24).numpy().view(np.uint16), np.zeros((24, D), np.uint16))
+
+
+def test_read_tokens_refuses_a_missing_chunk(tmp_path):
+    path = tmp_path / "store"
+    meta = _meta(n=12, shard_rows=6, chunk_rows=6, positions="all", layers=["L0"])
+    w = _open(path, meta)
+    tok = [torch.randn(len(t), D).half() for t in _token_ids(12)]
+    for s in range(2):
+        a, b = w.shard_range(s)
+        w.write_shard(s, {"L0": to_bits(torch.stack([t[-1] for t in tok[a:b]]), "fp16")},
+                      {"L0": to_bits(torch.cat(tok[a:b]), "fp16")})
+    (path / "acts" / "L0" / "all" / "s00001" / "c" / "0" / "0").unlink()
+    s = Store(path)
+    assert np.array_equal(_bits(s.read_tokens("L0", 2)), _bits(tok[2]))
+    with pytest.raises(st.UnreadableChunk, match="shard 1"):
+        s.read_tokens("L0", 7)
+
+
 def test_verify_names_missing_commit(tmp_path):
     path = tmp_path / "store"
     s = _good_store(path)

@@ -293,6 +293,11 @@ def _read_commit(path: str | Path, s: int) -> dict:
         return json.load(f)
 
 
+class UnreadableChunk(UavError):
+    """A shard's data file is gone. Zarr would read it back as the fill value (zeros) without a word, so reads
+    refuse it instead; a trainer with --skip-corrupt skips it like a garbled chunk."""
+
+
 class Store:
     """Read side of a store, local path or fsspec URL. Only committed shards are visible."""
 
@@ -308,6 +313,7 @@ class Store:
         self.meta = meta
         self.group = zarr.open_group(self.path, mode="r")
         self._examples: list[dict] | None = None
+        self._present: set[str] = set()  # data files seen to exist (or proven empty by their commit)
 
     # ---- plan
     @property
@@ -364,14 +370,44 @@ class Store:
             raise UavError(f"layer {layer!r} is not in store {self.path} (it has {self.meta['layers']})",
                            "pick one of the stored layers")
 
+    def _require_files(self, name: str, rows: np.ndarray) -> None:
+        """Refuse to read rows of a committed shard whose data file is missing, unless the commit's checksum says
+        those rows really are all fill value (zarr writes no file for an all-zero chunk). Rows of uncommitted
+        shards are not visible anyway (readers never use them)."""
+        arr = self.group[name]
+        size = (arr.shards or arr.chunks)[0]
+        for i in np.unique(np.asarray(rows) // size).tolist():
+            key = f"{name}/c/{i}/0"
+            if key in self._present:
+                continue
+            fs, root = _fs(self.path)
+            if not fs.exists(f"{root}/{key}"):
+                s = i if name.endswith("/last") else int(name.rsplit("/s", 1)[1])
+                a, b = self.shard_range(s)
+                try:
+                    want = _read_commit(self.path, s)["sha256"].get(name)
+                except FileNotFoundError:
+                    continue  # not committed: not visible, nothing to vouch for
+                except json.JSONDecodeError:
+                    want = None
+                if want is None or _sha256(arr[a:b] if name.endswith("/last") else arr[:]) != want:
+                    raise UnreadableChunk(f"{key} of store {self.path} is missing (rows {a}-{b - 1}, shard {s})",
+                                          f"run `uav store verify {self.path}`; re-harvest the shard (delete "
+                                          f"_commits/s{s:05d}.json, re-run the harvest) or pass --skip-corrupt")
+            self._present.add(key)
+
     def read_last(self, layer: str, start: int, stop: int) -> torch.Tensor:
         """Read-out vectors of rows [start, stop) for one layer, as the stored logical dtype."""
         self._check_layer(layer)
-        return from_bits(self.group[f"{_layer_key(layer)}/last"][start:stop], self.meta["dtype"])
+        name = f"{_layer_key(layer)}/last"
+        self._require_files(name, np.arange(start, min(stop, self.n_rows)))
+        return from_bits(self.group[name][start:stop], self.meta["dtype"])
 
     def read_rows(self, layer: str, rows: np.ndarray) -> torch.Tensor:
         self._check_layer(layer)
-        bits = self.group[f"{_layer_key(layer)}/last"].get_orthogonal_selection((np.asarray(rows), slice(None)))
+        name = f"{_layer_key(layer)}/last"
+        self._require_files(name, np.asarray(rows))
+        bits = self.group[name].get_orthogonal_selection((np.asarray(rows), slice(None)))
         return from_bits(bits, self.meta["dtype"])
 
     def read_tokens(self, layer: str, row: int) -> torch.Tensor:
@@ -385,7 +421,9 @@ class Store:
         off = self.group["tokens/offsets"]
         base = int(off[a])
         lo, hi = int(off[row]) - base, int(off[row + 1]) - base
-        return from_bits(self.group[f"{_layer_key(layer)}/all/s{s:05d}"][lo:hi], self.meta["dtype"])
+        name = f"{_layer_key(layer)}/all/s{s:05d}"
+        self._require_files(name, np.arange(lo, hi))
+        return from_bits(self.group[name][lo:hi], self.meta["dtype"])
 
     def stats(self, layer: str) -> dict:
         """Per-layer mean/std/norm stats; merged from the commits when the store is not finalized yet."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from uav_cache.errors import UavError
-from uav_cache.store import Store
+from uav_cache.store import Store, UnreadableChunk
 from uav_train.prompt import STAGE1_QUESTION
 
 
@@ -102,9 +102,9 @@ class ItemStream:
                     recs = st.records(lo, int(rows.max()) + 1)  # this chunk's records only: memory stays flat
                     try:
                         xs = read_x(st, self.layers, rows, self.tokens)
-                    except UavError:
-                        raise
                     except Exception as e:  # a garbled/truncated chunk surfaces as a codec, key or OS error
+                        if isinstance(e, UavError) and not isinstance(e, UnreadableChunk):  # a missing file: ours
+                            raise
                         self._unreadable(int(ci), st, rows, e)
                         continue
                     for r, x in zip(rows, xs):
