@@ -168,6 +168,30 @@ def test_own_task_names_get_the_default_answer_length(run, monkeypatch):
     assert agg["uav/fact_retrieval"]["f1"]["n"] == 3
 
 
+def test_explain_finds_a_local_donor_from_any_folder_or_by_donor(run, tmp_path, monkeypatch, tiny_llama_dir,
+                                                                tiny_gemma_dir):
+    """A store harvested from a local folder used to record only the folder's basename: `uav explain` worked only
+    from its parent. Stores now record the path; for older runs (or a moved folder) --donor says where it is."""
+    import shutil
+    from uav_eval.explain import explain
+
+    monkeypatch.chdir(tmp_path)
+    answers = explain(str(run), "The cat is red.", ["What colour is it?"], max_new_tokens=3, device="cpu")
+    assert [q for q, _ in answers] == ["What colour is it?"]
+    old = tmp_path / "old_run"
+    shutil.copytree(run, old)
+    cfg = json.loads((old / "config.json").read_text())
+    cfg["stores"][0].pop("donor_path")  # as runs on older stores recorded it: the basename only
+    (old / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UavError, match="cannot find the run's donor") as e:
+        explain(str(old), "The cat is red.", ["What colour?"], device="cpu")
+    assert "--donor" in e.value.fix
+    assert explain(str(old), "The cat is red.", ["What colour is it?"], max_new_tokens=3, device="cpu",
+                   donor=str(tiny_llama_dir)) == answers
+    with pytest.raises(UavError, match="other weights"):
+        explain(str(old), "The cat is red.", ["What colour?"], device="cpu", donor=str(tiny_gemma_dir))
+
+
 def test_selfie_needs_the_same_weights(run):
     lr = load_run(run)
     assert selfie_applicable(lr) and "selfie" in check_methods(["uav", "selfie"], lr)

@@ -122,6 +122,7 @@ def plan_meta(cfg: HarvestConfig, spec: ModelSpec, model, tok, ex: ExampleSet, n
         "donor_hub_id": spec.hub_id,
         "donor_revision": spec.revision,
         "donor_kind": spec.kind,
+        "donor_path": spec.path,  # a local folder's absolute path (the name is only its basename); None otherwise
         "family": spec.family,
         "weights_fingerprint": weights_fingerprint(spec),
         "n_layers": len(block_modules(model)),

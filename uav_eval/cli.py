@@ -69,11 +69,13 @@ def explain_command(
     question: Annotated[list[str], typer.Option(help="Question(s) to ask about the activation (repeatable).")] = ["What does this representation encode?"],  # noqa: B006
     max_new_tokens: Annotated[int, typer.Option(help="Answer length cap.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda …")] = "auto",
+    donor: Annotated[Optional[str], typer.Option(help="The donor model (registry name or folder), when the run's "
+                                                      "is not found: e.g. a local folder harvested elsewhere.")] = None,
 ) -> None:
     """Run the donor on TEXT (loaded, read, freed), then the decoder: print its explanation."""
     from uav_eval.explain import explain
 
-    for q, a in explain(run, text, question, max_new_tokens=max_new_tokens, device=device):
+    for q, a in explain(run, text, question, max_new_tokens=max_new_tokens, device=device, donor=donor):
         typer.echo(f"Q: {q}\nA: {a}")
 
 

@@ -4,28 +4,46 @@ the decoder answers questions about the activation, with the run's adapter and L
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 import torch
 
 from uav_cache.errors import UavError
 from uav_cache.harvest import read_out
-from uav_cache.models import load, pick_device, resolve, weights_fingerprint
+from uav_cache.models import ModelSpec, load, pick_device, resolve, weights_fingerprint
 from uav_eval.generate import generate
 from uav_train.run import RunInfo, load_run
 
 
-def explain(run: str, text: str, questions: list[str], *, max_new_tokens: int = 32,
-            device: str = "auto") -> list[tuple[str, str]]:
+def donor_spec(cfg: dict, donor: str | None = None) -> ModelSpec:
+    """The run's donor: ``donor`` if given, else the local folder the store recorded, else the donor's name (a
+    registry name; for a local folder only its basename was recorded by older stores)."""
+    if donor:
+        return resolve(donor)
+    path = cfg["stores"][0].get("donor_path")
+    for name in ([path] if path and Path(path).is_dir() else []) + [cfg["donor"]]:
+        try:
+            return resolve(name)
+        except UavError:
+            continue
+    raise UavError(f"cannot find the run's donor {cfg['donor']!r} (not a registry name, nor a folder here)",
+                   "pass --donor PATH: the model folder the store was harvested from")
+
+
+def explain(run: str, text: str, questions: list[str], *, max_new_tokens: int = 32, device: str = "auto",
+            donor: str | None = None) -> list[tuple[str, str]]:
     """Answers to ``questions`` about the donor's activation on ``text``."""
     if not text.strip():
         raise UavError("--text is empty", "give the donor some text to read")
+    if max_new_tokens < 1:
+        raise UavError(f"--max-new-tokens must be ≥ 1, got {max_new_tokens}", "e.g. --max-new-tokens 32")
     device = str(pick_device(device))
     cfg = RunInfo.open(run).config
     src = cfg["stores"][0]
-    spec = resolve(cfg["donor"])
+    spec = donor_spec(cfg, donor)
     if weights_fingerprint(spec) != src["weights_fingerprint"]:
-        raise UavError(f"donor {cfg['donor']} here has other weights than the one the run was trained on",
-                       "install the same donor weights (see the store's weights_fingerprint)")
+        raise UavError(f"donor {spec.path or spec.name} here has other weights than the one the run was trained on",
+                       "install the same donor weights or pass --donor PATH to them (see the store's weights_fingerprint)")
     donor, tok = load(spec, device=device)
     x = read_out(donor, tok, [text], cfg["layers"], dtype=src["dtype"], max_length=src.get("max_length", spec.max_length),
                  donor_input=src.get("donor_input", "raw"))

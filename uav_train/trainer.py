@@ -452,7 +452,7 @@ def store_record(s: Store) -> dict:
     """What config.json records of a training store: where it is (as typed and absolute) and what it holds."""
     m = s.meta
     return {"path": s.path, "abspath": s.path if "://" in s.path else str(Path(s.path).resolve()),
-            "donor": m["donor"], "layers": m["layers"], "d_model": m["d_model"], "dtype": m["dtype"],
+            "donor": m["donor"], "donor_path": m.get("donor_path"), "layers": m["layers"], "d_model": m["d_model"], "dtype": m["dtype"],
             "dataset": m["dataset"]["name"], "positions": m["positions"], "donor_input": m["donor_input"],
             "max_length": m["max_length"], "dataset_fingerprint": m["dataset_fingerprint"],
             "weights_fingerprint": m["weights_fingerprint"], "n_rows": m["n_rows"]}
