@@ -290,6 +290,41 @@ def test_layer_out_of_range_names_valid_range(tiny_llama_dir, data, tmp_path, la
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("layers", [[1, 1], [2, -1]])
+def test_a_block_named_twice_is_refused_leaving_nothing(tiny_llama_dir, data, tmp_path, layers):
+    with pytest.raises(UavError, match="names a block twice"):
+        harvest(_cfg(tiny_llama_dir, data, tmp_path / "s", layers=layers))
+    assert list(tmp_path.iterdir()) == []  # no store, no .creating folder
+
+
+@pytest.mark.parametrize("max_length", [-3, 0])
+def test_max_length_below_one_is_refused(tiny_llama_dir, data, tmp_path, max_length):
+    """-3 used to cut 3 tokens off every text and 0 to mean the registry's default, both silently."""
+    with pytest.raises(UavError, match=f"--max-length must be ≥ 1, got {max_length}"):
+        harvest(_cfg(tiny_llama_dir, data, tmp_path / "s", max_length=max_length))
+    assert not (tmp_path / "s").exists()
+
+
+def test_pickle_and_remote_code_donors_are_refused_in_one_line(tiny_llama_dir, data, tmp_path):
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_llama_dir, pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    with pytest.raises(UavError, match="holds only pickle weights"):
+        harvest(_cfg(pickled, data, tmp_path / "s1"))
+    remote = tmp_path / "remote"
+    shutil.copytree(tiny_llama_dir, remote)
+    cfg = json.loads((remote / "config.json").read_text())
+    cfg.update(model_type="xmodel", auto_map={"AutoConfig": "configuration_x.XConfig",
+                                              "AutoModelForCausalLM": "modeling_x.XForCausalLM"})
+    (remote / "config.json").write_text(json.dumps(cfg))
+    for name in ("configuration_x.py", "modeling_x.py"):
+        (remote / name).write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(UavError, match="needs its own modelling code") as e:
+        harvest(_cfg(remote, data, tmp_path / "s2"))
+    assert "--trust-remote-code" in e.value.fix
+    assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
+
+
 def test_empty_jsonl_is_refused(tiny_llama_dir, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")

@@ -374,6 +374,27 @@ def test_read_tokens_refuses_a_missing_chunk(tmp_path):
         s.read_tokens("L0", 7)
 
 
+def test_a_stray_file_in_commits_is_ignored_by_readers_and_named_by_verify(tmp_path):
+    path = tmp_path / "store"
+    s = _good_store(path)
+    (path / "_commits" / "s00000 (copy).json").write_bytes((path / "_commits" / "s00000.json").read_bytes())
+    (path / "_commits" / ".s00001.json.deadbeef.tmp").write_text("{")  # an interrupted commit: not stray
+    s = Store(path)
+    assert s.committed() == list(range(5)) and "committed 5/5" in s.info()
+    assert s.verify() == ["_commits/s00000 (copy).json is not a commit file (a copy?): remove it"]
+
+
+def test_a_failed_layout_leaves_no_creating_folder(tmp_path, monkeypatch):
+    def broken(tmp, *a):
+        tmp.mkdir()
+        raise ValueError("a bug while building the layout")
+
+    monkeypatch.setattr(st, "_create_layout", broken)
+    with pytest.raises(ValueError):
+        _open(tmp_path / "store", _meta())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_verify_names_missing_commit(tmp_path):
     path = tmp_path / "store"
     s = _good_store(path)

@@ -156,6 +156,8 @@ def harvest(cfg: HarvestConfig) -> Path:
         raise UavError("--batch-size, shard_rows and chunk_rows must be positive", "pass a number ≥ 1")
     if not 0 <= cfg.rank < cfg.world:
         raise UavError(f"rank {cfg.rank} is outside world size {cfg.world}", "check RANK / WORLD_SIZE")
+    if cfg.max_length is not None and cfg.max_length < 1:  # -3 would cut 3 tokens off every text, 0 mean the default
+        raise UavError(f"--max-length must be ≥ 1, got {cfg.max_length}", "e.g. --max-length 512, or leave it out")
     spec = resolve(cfg.donor)
     dtype = cfg.dtype or spec.dtype
     if dtype not in STORAGE_DTYPES:
@@ -170,7 +172,10 @@ def harvest(cfg: HarvestConfig) -> Path:
     names = [layer_name(model, i) for i in indices]
     n_blocks = len(block_modules(model))
     indices = [i % n_blocks for i in indices]
-    max_length = cfg.max_length or spec.max_length
+    if len(set(names)) < len(names):
+        raise UavError(f"--layers {','.join(map(str, cfg.layers or []))} names a block twice "
+                       f"({', '.join(sorted({n for n in names if names.count(n) > 1}))})", "list each block once")
+    max_length = cfg.max_length if cfg.max_length is not None else spec.max_length
     ids, cut = tokenize(tok, [e["text"] for e in ex.examples], max_length, cfg.donor_input)
     if any(len(t) == 0 for t in ids):
         bad = next(e["id"] for e, t in zip(ex.examples, ids) if not t)

