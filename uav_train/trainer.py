@@ -18,17 +18,18 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from uav_cache.config import check_types
 from uav_cache.errors import UavError
 from uav_cache.models import embedding_norm, load, pick_device, resolve, weights_fingerprint
-from uav_cache.store import Store, check_compatible
+from uav_cache.store import Store, check_compatible, share_mode
 from uav_train.adapters import Adapter, adapter_config, build_adapter
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
 from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, adapter_description, decoder_fingerprint, load_adapter,
-                           load_checkpoint, plot_losses, read_json, save_adapter, save_checkpoint, write_json)
+                           load_checkpoint, plot_losses, read_json, replace_dir, save_adapter, save_checkpoint,
+                           save_tensors, temp_dir_for, write_json)
 from uav_train.stream import Item, ItemStream, stack_x
 
 
@@ -353,7 +354,7 @@ class Trainer:
                 if st["best_val"] is None or v < st["best_val"] - 1e-4:
                     st["best_val"], st["bad_evals"] = v, 0
                     tmp = best_path.with_suffix(".tmp")
-                    save_file({k: t.detach().contiguous().cpu() for k, t in self._trainables().items()}, str(tmp))
+                    save_tensors(self._trainables(), tmp)
                     tmp.replace(best_path)
                 else:
                     st["bad_evals"] += 1
@@ -442,7 +443,10 @@ class Trainer:
     def _save_final(self, summary: list) -> None:
         save_adapter(self.run, self.adapter, {"stage": 2 if self.cfg.stage != "1" else 1, "donor": self.meta["donor"]})
         if self.peft:
-            self.model.save_pretrained(str(self.run / LORA))
+            with temp_dir_for(self.run / LORA) as tmp:
+                self.model.save_pretrained(str(tmp))
+                share_mode(tmp)
+                replace_dir(tmp, self.run / LORA)
         write_json(self.run / CONFIG, self._config_doc("complete", summary))
         plot_losses(self.run)
         shutil.rmtree(self.run / CHECKPOINT, ignore_errors=True)
