@@ -121,10 +121,25 @@ def test_evaluate_runs_every_method_on_the_test_split(run):
     agg = res["aggregates"]["by_source"]
     assert all(agg[f"uav/{s}"]["f1"]["n"] == 3 for s in ("colour", "mood", "noun"))
     assert agg["uav/overall"]["f1"]["n"] == 9
-    for name in ("results.json", "report.md", "eval_tasks.png"):
+    for name in ("results-limit3.json", "report-limit3.md", "eval_tasks-limit3.png"):
         assert (run / name).stat().st_size > 0
-    md = (run / "report.md").read_text()
+    md = (run / "report-limit3.md").read_text()
+    assert "(eval_tasks-limit3.png)" in md
     assert "answer mentioned" in md and "selfie" in md
+
+
+def test_a_limited_evaluation_never_replaces_the_full_one(run):
+    """`uav eval RUN --limit 1` is a quick check: it goes to results-limit1.json / report-limit1.md."""
+    quick = dict(run=str(run), methods=["uav"], similarity=False, n_boot=10, progress=False)
+    full = evaluate(EvalConfig(**quick))
+    before = {n: (run / n).read_bytes() for n in ("results.json", "report.md", "eval_tasks.png")}
+    assert json.loads(before["results.json"])["n_items"] == full["n_items"] == 20
+    assert evaluate(EvalConfig(**quick, limit=1))["n_items"] == 3
+    assert {n: (run / n).read_bytes() for n in before} == before
+    assert json.loads((run / "results-limit1.json").read_text())["n_items"] == 3
+    for bad, problem in (({"limit": 0}, "--limit must be ≥ 1, got 0"), ({"batch_size": 0}, "--batch-size must be ≥ 1")):
+        with pytest.raises(UavError, match=problem):
+            evaluate(EvalConfig(**{**quick, **bad}))
 
 
 def test_batched_generation_matches_one_at_a_time(run):
@@ -257,9 +272,9 @@ def test_demo_runs_the_recipe_and_a_second_run_is_a_no_op(tmp_path, tiny_llama_d
     assert "mlp-lora" in table and "affine-frozen" in table
     assert "| affine | none | " in table  # the frozen-decoder run is shown as such, with its parameter count
     assert (tmp_path / "cmp" / "compare.md").exists() and (tmp_path / "cmp" / "compare.png").exists()
-    first = json.loads((runs / "mlp-lora" / "results.json").read_text())
+    first = json.loads((runs / "mlp-lora" / "results-limit2.json").read_text())
     assert first["methods"] == ["uav", "no_soft", "selfie"]
-    assert json.loads((runs / "affine-frozen" / "results.json").read_text())["trainable_params"] == \
+    assert json.loads((runs / "affine-frozen" / "results-limit2.json").read_text())["trainable_params"] == \
         {"adapter": 32 + 1, "lora": 0}  # tiny llama: d_model 32
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
     assert run_demo(recipe, console=Console(file=io.StringIO())) == table

@@ -45,8 +45,9 @@ def eval_command(
     no_similarity: Annotated[bool, typer.Option("--no-similarity", help="Skip the MiniLM similarity metric.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda …")] = "auto",
 ) -> None:
-    """Evaluate a run on the held-out test split against controls; write results.json, report.md, plots."""
-    from uav_eval.report import compare as compare_runs, summary_table
+    """Evaluate a run on the held-out test split against controls; write results.json, report.md, plots
+    (with --limit N: results-limitN.json, report-limitN.md …, beside a full evaluation, never over it)."""
+    from uav_eval.report import compare as compare_runs, suffix, summary_table
 
     if compare:
         typer.echo(compare_runs(runs, out))
@@ -59,7 +60,7 @@ def eval_command(
     res = evaluate(EvalConfig(run=runs[0], store=store, limit=limit, methods=methods, batch_size=batch_size,
                               similarity=not no_similarity, device=device))
     typer.echo(summary_table(res))
-    typer.echo(f"report → {Path(runs[0]) / 'report.md'}")
+    typer.echo(f"report → {Path(runs[0]) / f'report{suffix(limit)}.md'}")
 
 
 @app.command("explain")

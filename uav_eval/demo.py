@@ -20,7 +20,7 @@ from uav_cache.datasets import load_examples
 from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_eval.protocol import EvalConfig, evaluate
-from uav_eval.report import compare, load_results, summary_table
+from uav_eval.report import compare, load_results, suffix, summary_table
 from uav_train.trainer import RECIPE_SECTIONS, TrainConfig, train
 
 
@@ -72,10 +72,10 @@ def load_recipe(path: Path) -> dict:
 def _current_results(cfg: EvalConfig) -> dict | None:
     """The run's results.json when it was made with these settings after the run's weights were last written."""
     run = Path(cfg.run)
-    p, weights = run / "results.json", run / "adapter.safetensors"
+    p, weights = run / f"results{suffix(cfg.limit)}.json", run / "adapter.safetensors"
     if not p.exists() or not weights.exists() or p.stat().st_mtime < weights.stat().st_mtime:
         return None
-    res = load_results(run)
+    res = load_results(p)
     same = {k: res.get("config", {}).get(k) == getattr(cfg, k) for k in ("limit", "methods", "split", "store")}
     return res if all(same.values()) else None
 
@@ -114,9 +114,10 @@ def run_demo(recipe: Path, console: Console | None = None) -> str:
         con.print(summary_table(res), markup=False, soft_wrap=True)
 
     out = Path(ev.get("compare_dir", "runs"))
-    table = compare([r["out"] for r in rec["runs"]], out)
+    sx = suffix(ev.get("limit"))
+    table = compare([Path(r["out"]) / f"results{sx}.json" for r in rec["runs"]], out)
     con.rule("[bold]comparison")
     con.print(table, markup=False, soft_wrap=True)
-    con.print(f"reports: {', '.join(str(Path(r['out']) / 'report.md') for r in rec['runs'])}; "
+    con.print(f"reports: {', '.join(str(Path(r['out']) / f'report{sx}.md') for r in rec['runs'])}; "
               f"comparison: {out / 'compare.md'} and {out / 'compare.png'}  ({(time.perf_counter() - t0) / 60:.1f} min)")
     return table

@@ -149,9 +149,14 @@ def eval_store(explicit: str | None, rc: dict) -> Store:
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Run the protocol on one run; writes results.json, report.md and plots into the run directory."""
+    """Run the protocol on one run; writes results.json, report.md and plots into the run directory
+    (results-limitN.json, report-limitN.md … for an evaluation limited to N items per source)."""
     from uav_eval.report import write_report
 
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UavError(f"--limit must be ≥ 1, got {cfg.limit}", "leave --limit out to evaluate every test item")
+    if cfg.batch_size < 1:
+        raise UavError(f"--batch-size must be ≥ 1, got {cfg.batch_size}", "e.g. --batch-size 16")
     t0 = time.perf_counter()
     rc = RunInfo.open(cfg.run).config  # the store is checked before the decoder is loaded
     store = eval_store(cfg.store, rc)

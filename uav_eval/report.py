@@ -343,21 +343,30 @@ def plot_compare(runs: list[tuple[str, dict]], path: Path) -> None:
 # --- entry points ----------------------------------------------------------------------------------------
 
 
+def suffix(limit: int | None) -> str:
+    """"" for a full evaluation, "-limitN" for one limited to N items per source: a quick `--limit 1` check is
+    written beside the full results.json/report.md (as results-limit1.json/report-limit1.md), never over them."""
+    return "" if limit is None else f"-limit{limit}"
+
+
 def write_report(results: dict, run_dir: Path) -> None:
-    """Write results.json (strict JSON), report.md and eval_tasks.png into the run directory."""
+    """Write results.json (strict JSON), report.md and eval_tasks.png into the run directory (each name with
+    the suffix of a limited evaluation)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "results.json").write_text(json.dumps(_json_safe(results), indent=1, ensure_ascii=False))
-    (run_dir / "report.md").write_text(_report_md(results, "eval_tasks.png"))
-    plot_tasks(results, run_dir / "eval_tasks.png")
+    sx = suffix(results.get("config", {}).get("limit"))
+    (run_dir / f"results{sx}.json").write_text(json.dumps(_json_safe(results), indent=1, ensure_ascii=False))
+    (run_dir / f"report{sx}.md").write_text(_report_md(results, f"eval_tasks{sx}.png"))
+    plot_tasks(results, run_dir / f"eval_tasks{sx}.png")
 
 
-def load_results(run: str | Path) -> dict:
-    """A run directory's results.json (or that file itself)."""
+def load_results(run: str | Path, limit: int | None = None) -> dict:
+    """A run directory's results.json (results-limitN.json with ``limit``), or that file itself."""
     p = Path(run)
-    p = p if p.is_file() else p / "results.json"
+    p = p if p.is_file() else p / f"results{suffix(limit)}.json"
     if not p.is_file():
-        raise UavError(f"no results.json at {p}", "evaluate the run first (uav eval RUN)")
+        raise UavError(f"no {p.name} at {p.parent}", "evaluate the run first (uav eval RUN"
+                       + (f" --limit {limit})" if limit is not None else ")"))
     return json.loads(p.read_text())
 
 
