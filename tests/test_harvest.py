@@ -275,6 +275,35 @@ def test_refuses_a_store_of_another_harvest(ref_store, tiny_llama_dir, tiny_gemm
     assert _mtimes(ref_store) == before
 
 
+def _set_meta(store: Path, **changes) -> None:
+    doc = json.loads((store / "zarr.json").read_text())
+    meta = doc["attributes"]["uav_store"]
+    for k, v in changes.items():
+        if v is None:
+            meta.pop(k)
+        else:
+            meta[k] = v
+    (store / "zarr.json").write_text(json.dumps(doc))
+
+
+def test_compute_dtype_is_identity_but_old_stores_without_it_still_resume(ref_store, tiny_llama_dir, data, tmp_path):
+    """A harvest started on a GPU (bf16 compute) and resumed on a CPU (fp32) would mix rows of two precisions."""
+    assert Store(ref_store).meta["compute_dtype"] == "fp32"
+    gpu = tmp_path / "gpu"
+    shutil.copytree(ref_store, gpu)
+    (gpu / "_commits" / "s00005.json").unlink()
+    _set_meta(gpu, compute_dtype="bf16", complete=False)
+    with pytest.raises(UavError, match="compute_dtype: store has 'bf16', this run has 'fp32'"):
+        harvest(_cfg(tiny_llama_dir, data, gpu))
+    old = tmp_path / "old"
+    shutil.copytree(ref_store, old)
+    (old / "_commits" / "s00005.json").unlink()
+    _set_meta(old, compute_dtype=None, complete=False)
+    assert "computed in ?" in Store(old).info()  # still opens for reading
+    harvest(_cfg(tiny_llama_dir, data, old))  # and resumes: unknown is not different
+    assert Store(old).verify() == [] and Store(old).committed() == list(range(6))
+
+
 def test_unknown_donor_lists_known_names(data, tmp_path):
     with pytest.raises(UavError) as e:
         harvest(HarvestConfig(donor="no-such-donor", data=data, out=str(tmp_path / "s"), progress=False))

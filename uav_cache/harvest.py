@@ -110,7 +110,7 @@ def _validate(ex: ExampleSet) -> None:
 
 
 def plan_meta(cfg: HarvestConfig, spec: ModelSpec, model, tok, ex: ExampleSet, names: list[str],
-              indices: list[int], dtype: str, max_length: int, n_tokens: int) -> dict:
+              indices: list[int], dtype: str, max_length: int, n_tokens: int, compute_dtype: str = "fp32") -> dict:
     """The store's root metadata: everything a reader needs to trust and use the rows without uav."""
     n = len(ex.examples)
     return {
@@ -131,6 +131,7 @@ def plan_meta(cfg: HarvestConfig, spec: ModelSpec, model, tok, ex: ExampleSet, n
         "positions": cfg.positions,
         "readout": "residual output of each named block at the last non-pad token",
         "dtype": dtype,
+        "compute_dtype": compute_dtype,  # bf16 (CUDA) and fp32 (CPU) rows must not mix in one store
         "d_model": int(model.config.hidden_size),
         "tokenizer": tokenizer_fingerprint(tok),
         "donor_input": cfg.donor_input,
@@ -166,7 +167,8 @@ def harvest(cfg: HarvestConfig) -> Path:
     _validate(ex)
 
     device = pick_device(cfg.device)
-    model, tok = load(spec, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+    compute = "bf16" if device.type == "cuda" else "fp32"
+    model, tok = load(spec, dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[compute],
                       device=str(device), trust_remote_code=cfg.trust_remote_code)
     indices = list(cfg.layers) if cfg.layers else list(spec.layers)
     names = [layer_name(model, i) for i in indices]
@@ -180,7 +182,7 @@ def harvest(cfg: HarvestConfig) -> Path:
     if any(len(t) == 0 for t in ids):
         bad = next(e["id"] for e, t in zip(ex.examples, ids) if not t)
         raise UavError(f"example {bad!r} tokenizes to nothing", "drop it or give it text")
-    meta = plan_meta(cfg, spec, model, tok, ex, names, indices, dtype, max_length, sum(map(len, ids)))
+    meta = plan_meta(cfg, spec, model, tok, ex, names, indices, dtype, max_length, sum(map(len, ids)), compute)
     writer = StoreWriter.create_or_open(cfg.out, meta, ex.examples, ids, cut)
     todo = writer.pending_shards(cfg.rank, cfg.world)
     if not todo:

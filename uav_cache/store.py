@@ -34,8 +34,10 @@ FP16_MAX = 65504.0
 # Keys that say what the rows *are*: two runs that differ in any of them must never share a store.
 IDENTITY_KEYS = (
     "format_version", "donor", "weights_fingerprint", "layers", "positions", "dtype", "d_model",
-    "tokenizer", "donor_input", "max_length", "dataset_fingerprint", "n_rows", "shard_rows",
+    "tokenizer", "donor_input", "max_length", "dataset_fingerprint", "n_rows", "shard_rows", "compute_dtype",
 )
+# identity keys added after format 1 shipped: a store that lacks one still opens and resumes (unknown, not different)
+LATER_IDENTITY_KEYS = ("compute_dtype",)
 SPLITS = ("train", "val", "test")
 
 
@@ -121,7 +123,7 @@ def _layer_key(layer: str) -> str:
 
 def _diff_identity(have: dict, want: dict) -> list[str]:
     return [f"{k}: store has {have.get(k)!r}, this run has {want.get(k)!r}" for k in IDENTITY_KEYS
-            if have.get(k) != want.get(k)]
+            if have.get(k) != want.get(k) and (k in have or k not in LATER_IDENTITY_KEYS)]
 
 
 def _short(v: Any) -> str:
@@ -513,7 +515,8 @@ class Store:
         lines = [
             f"store      {self.path}",
             f"donor      {m['donor']} ({m.get('family')}, d_model {m['d_model']}, weights {m['weights_fingerprint'][:16]})",
-            f"layers     {', '.join(m['layers'])}   positions {m['positions']}   dtype {m['dtype']}",
+            f"layers     {', '.join(m['layers'])}   positions {m['positions']}   dtype {m['dtype']}"
+            f" (computed in {m.get('compute_dtype', '?')})",
             f"tokenizer  {m['tokenizer'].get('name')} vocab {m['tokenizer'].get('vocab_sha256', '')[:12]}   "
             f"input {m['donor_input']}   max_length {m['max_length']}",
             f"dataset    {m['dataset']['name']} {m['dataset_fingerprint'][:12]}   "

@@ -459,12 +459,12 @@ def store_record(s: Store) -> dict:
             "donor": m["donor"], "donor_path": m.get("donor_path"), "layers": m["layers"], "d_model": m["d_model"], "dtype": m["dtype"],
             "dataset": m["dataset"]["name"], "positions": m["positions"], "donor_input": m["donor_input"],
             "max_length": m["max_length"], "dataset_fingerprint": m["dataset_fingerprint"],
-            "weights_fingerprint": m["weights_fingerprint"], "n_rows": m["n_rows"]}
+            "weights_fingerprint": m["weights_fingerprint"], "n_rows": m["n_rows"], "compute_dtype": m.get("compute_dtype")}
 
 
 # what a store holds: the same path re-harvested with other data or another donor is another store
 STORE_CONTENT = ("donor", "weights_fingerprint", "dataset_fingerprint", "layers", "d_model", "dtype", "positions",
-                 "donor_input", "max_length", "n_rows")
+                 "donor_input", "max_length", "n_rows", "compute_dtype")
 
 
 def check_same_stores(run: Path, old: dict, stores: list[Store]) -> None:
