@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from uav_cache.errors import UavError
 from uav_cache.models import pick_device
 from uav_cache.store import FORMAT, FORMAT_VERSION, STORAGE_DTYPES, Store, StoreWriter, to_bits
 
@@ -405,6 +406,8 @@ def run_bench(out: Path, scale: float = 1.0, donor: str = "smollm2-135m") -> dic
     from uav_cache.datasets import load_examples
     from uav_cache.models import load, resolve
 
+    if not scale > 0:
+        raise UavError(f"--scale must be > 0, got {scale}", "e.g. --scale 1 (2-core CPU) or --scale 10 (GPU)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sz = lambda n, lo=1: max(lo, int(round(n * scale)))  # noqa: E731

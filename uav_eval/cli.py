@@ -7,6 +7,7 @@ arguments, missing files) print one line and exit 2; anything else is a bug and 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -104,7 +105,12 @@ def bench_command(
 
 
 def main() -> None:
-    """Console entry point: one-line errors for user mistakes, tracebacks only for bugs."""
+    """Console entry point: one-line errors for user mistakes, tracebacks only for bugs; exit 0 only on success,
+    1 when a check found something broken, 2 for usage errors and refused inputs, 130 when interrupted."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # a shell without job control starts `uav … &` with SIGINT ignored; `kill -INT` must still stop a long
+        # harvest or training (exit 130: a re-run resumes where it stopped)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     cmd = typer.main.get_command(app)
     try:
         # standalone_mode=False *returns* the code of a typer.Exit (and typer turns Ctrl-C into Exit(130))
