@@ -293,6 +293,9 @@ def test_shipped_recipes_load():
     ("\n[[runs]]\nname = 'x'", "lacks name or out"),
     ("\n[[donors]]\nname = 'd'\nstore = 's'\nmax_lenght = 3", "unknown key(s) ['max_lenght'] in [[donors]] d"),
     ("= broken", "not valid TOML"),
+    ("\n[[runs]]\nname = 'x'\nout = 'y'\nno_lora = 'false'", "no_lora = 'false' must be true or false"),
+    ("\n[[runs]]\nname = 'x'\nout = 'y'\nstage = 2", "stage = 2 must be a string"),
+    ("\n[[donors]]\nname = 'd'\nstore = 's'\nbatch_size = '8'", "batch_size = '8' must be an integer"),
 ])
 def test_recipe_mistakes_are_named_before_anything_runs(tmp_path, tiny_llama_dir, data, extra, problem):
     recipe = _recipe(tmp_path, tiny_llama_dir, data, extra)

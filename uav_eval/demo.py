@@ -19,6 +19,7 @@ from uav_cache.config import check_types
 from uav_cache.datasets import load_examples
 from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
+from uav_eval.controls import CONTROLS
 from uav_eval.protocol import EvalConfig, evaluate
 from uav_eval.report import compare, load_results, suffix, summary_table
 from uav_train.trainer import RECIPE_SECTIONS, TrainConfig, train
@@ -66,6 +67,14 @@ def load_recipe(path: Path) -> dict:
     outs = [r["out"] for r in rec["runs"]]
     if len(set(outs)) != len(outs):
         raise UavError(f"recipe {path}: two runs share an out folder", "give each run its own out")
+    ev = rec.get("eval", {})
+    check_types(EvalConfig, {"limit": ev.get("limit")}, f"recipe {path} [eval]")
+    if ev.get("limit") is not None and ev["limit"] < 1:
+        raise UavError(f"recipe {path} [eval]: limit must be ≥ 1, got {ev['limit']}", "leave it out to evaluate every item")
+    for key in ("controls", "controls_other"):
+        if not isinstance(ev.get(key, []), list) or set(ev.get(key, [])) - set(CONTROLS):
+            raise UavError(f"recipe {path} [eval]: {key} = {ev[key]!r} is not a list of controls",
+                           f"use any of {', '.join(CONTROLS)}")
     return rec
 
 
