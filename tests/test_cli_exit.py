@@ -197,7 +197,8 @@ controls = []
 compare_dir = "demo/cmp"
 """)
     ok(r := uav("demo", "--recipe", "demo.toml", cwd=work))
-    assert (work / "demo" / "runs" / "tiny" / "report-limit1.md").is_file() and (work / "demo" / "cmp" / "compare.md").is_file()
+    assert (work / "demo" / "runs" / "tiny" / "report-limit1.md").is_file()
+    assert (work / "demo" / "cmp" / "compare.md").is_file()
 
 
 # ---------------------------------------------------------------------------------------------- interrupts

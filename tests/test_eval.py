@@ -137,7 +137,8 @@ def test_a_limited_evaluation_never_replaces_the_full_one(run):
     assert evaluate(EvalConfig(**quick, limit=1))["n_items"] == 3
     assert {n: (run / n).read_bytes() for n in before} == before
     assert json.loads((run / "results-limit1.json").read_text())["n_items"] == 3
-    for bad, problem in (({"limit": 0}, "--limit must be ≥ 1, got 0"), ({"batch_size": 0}, "--batch-size must be ≥ 1")):
+    for bad, problem in (({"limit": 0}, "--limit must be ≥ 1, got 0"),
+                         ({"batch_size": 0}, "--batch-size must be ≥ 1")):
         with pytest.raises(UavError, match=problem):
             evaluate(EvalConfig(**{**quick, **bad}))
 
@@ -177,7 +178,7 @@ def test_own_task_names_get_the_default_answer_length(run, monkeypatch):
     monkeypatch.setattr(protocol, "generate", spy)
     cfg = EvalConfig(run=str(run), methods=["uav"], progress=False)
     preds = protocol.run_methods(lr, items, ["uav"], cfg)
-    assert sorted(set(calls)) == sorted({protocol.DEFAULT_TASK_TOKENS} | {protocol.TASK_TOKENS[it.task] for it in items[3:]})
+    assert set(calls) == {protocol.DEFAULT_TASK_TOKENS} | {protocol.TASK_TOKENS[it.task] for it in items[3:]}
     rows = protocol.score(items, preds, protocol.label_sets(Store(lr.info.config["stores"][0]["path"])), False)
     agg = protocol.metrics.aggregate(rows, protocol.metrics.METRIC_KEYS, ["method", "task"], n_boot=10)
     assert agg["uav/fact_retrieval"]["f1"]["n"] == 3

@@ -416,7 +416,8 @@ def load(spec: ModelSpec, *, dtype: torch.dtype = torch.float32, device: str = "
         if "trust_remote_code" not in str(e):
             raise
         raise UavError(f"model {spec.name!r} needs its own modelling code, which uav does not run by default",
-                       "pass --trust-remote-code if you trust the code in it, or use a model transformers supports") from e
+                       "pass --trust-remote-code if you trust the code in it, or use a model transformers supports"
+                       ) from e
     except OSError as e:
         if spec.source_kind == "hub" and not spec.path:
             raise UavError(f"cannot download {spec.hub_id} from the Hugging Face hub (offline, or no access)",

@@ -70,7 +70,8 @@ def load_recipe(path: Path) -> dict:
     ev = rec.get("eval", {})
     check_types(EvalConfig, {"limit": ev.get("limit")}, f"recipe {path} [eval]")
     if ev.get("limit") is not None and ev["limit"] < 1:
-        raise UavError(f"recipe {path} [eval]: limit must be ≥ 1, got {ev['limit']}", "leave it out to evaluate every item")
+        raise UavError(f"recipe {path} [eval]: limit must be ≥ 1, got {ev['limit']}",
+                       "leave it out to evaluate every item")
     for key in ("controls", "controls_other"):
         if not isinstance(ev.get(key, []), list) or set(ev.get(key, [])) - set(CONTROLS):
             raise UavError(f"recipe {path} [eval]: {key} = {ev[key]!r} is not a list of controls",

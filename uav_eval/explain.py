@@ -43,7 +43,8 @@ def explain(run: str, text: str, questions: list[str], *, max_new_tokens: int = 
     spec = donor_spec(cfg, donor)
     if weights_fingerprint(spec) != src["weights_fingerprint"]:
         raise UavError(f"donor {spec.path or spec.name} here has other weights than the one the run was trained on",
-                       "install the same donor weights or pass --donor PATH to them (see the store's weights_fingerprint)")
+                       "install the same donor weights, or pass --donor PATH to them (see the store's "
+                       "weights_fingerprint)")
     donor, tok = load(spec, device=device)
     x = read_out(donor, tok, [text], cfg["layers"], dtype=src["dtype"], max_length=src.get("max_length", spec.max_length),
                  donor_input=src.get("donor_input", "raw"))

@@ -33,7 +33,7 @@ from uav_train.adapters import Adapter, adapter_from_description
 
 CONFIG = "config.json"
 ADAPTER = "adapter.safetensors"
-ADAPTER_CONFIG = "uav_adapter.json"  # not PEFT's adapter_config.json: PeftModel.from_pretrained(RUN) must not mistake it
+ADAPTER_CONFIG = "uav_adapter.json"  # not PEFT's adapter_config.json, which PeftModel.from_pretrained(RUN) would read
 LEGACY_ADAPTER_CONFIG = "adapter_config.json"  # the name runs written before had; still read
 LORA = "lora"
 CHECKPOINT = "checkpoint"
@@ -67,7 +67,8 @@ def _contig(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def disk_error(what: Path, e: Exception) -> UavError:
     return UavError(f"cannot write {what}: {getattr(e, 'strerror', None) or e}",
-                    "free disk space or fix permissions, then re-run the same command: it resumes from the last checkpoint")
+                    "free disk space or fix permissions, then re-run the same command: it resumes from the last "
+                    "checkpoint")
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -124,7 +125,8 @@ def load_adapter(folder: Path) -> tuple[Adapter, dict]:
     folder = Path(folder)
     desc_path = adapter_description(folder)
     if not (folder / ADAPTER).exists() or desc_path is None:
-        raise UavError(f"no adapter in {folder}", f"pass a finished run directory (it holds {ADAPTER} and {ADAPTER_CONFIG})")
+        raise UavError(f"no adapter in {folder}",
+                       f"pass a finished run directory (it holds {ADAPTER} and {ADAPTER_CONFIG})")
     desc = read_json(desc_path)
     adapter = adapter_from_description(desc)
     adapter.load_state_dict(load_file(str(folder / ADAPTER)))

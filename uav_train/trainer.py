@@ -94,7 +94,8 @@ class TrainConfig:
         if bad := sorted(set(rec) - set(RECIPE_SECTIONS)):  # a misspelt [trian] would train the defaults
             raise UavError(f"recipe {p}: unknown section(s) {bad}", f"valid sections: {', '.join(RECIPE_SECTIONS)}")
         data = rec.get(section, {})
-        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}}, where=f"recipe {p} [{section}]")
+        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}},
+                             where=f"recipe {p} [{section}]")
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "training settings") -> "TrainConfig":
@@ -126,7 +127,7 @@ class TrainConfig:
                            'e.g. --stage both (in a recipe, a string: stage = "2")')
 
         def at_least(name: str, value, low, strict: bool = False) -> None:
-            if not (value > low if strict else value >= low) or value != value:
+            if not (value > low if strict else value >= low):  # (NaN fails both)
                 raise UavError(f"{name} must be {'>' if strict else '≥'} {low}, got {value}",
                                f"set {name} (--{name.replace('_', '-')}, or in a recipe) to a valid value")
 
@@ -456,10 +457,11 @@ def store_record(s: Store) -> dict:
     """What config.json records of a training store: where it is (as typed and absolute) and what it holds."""
     m = s.meta
     return {"path": s.path, "abspath": s.path if "://" in s.path else str(Path(s.path).resolve()),
-            "donor": m["donor"], "donor_path": m.get("donor_path"), "layers": m["layers"], "d_model": m["d_model"], "dtype": m["dtype"],
-            "dataset": m["dataset"]["name"], "positions": m["positions"], "donor_input": m["donor_input"],
-            "max_length": m["max_length"], "dataset_fingerprint": m["dataset_fingerprint"],
-            "weights_fingerprint": m["weights_fingerprint"], "n_rows": m["n_rows"], "compute_dtype": m.get("compute_dtype")}
+            "donor": m["donor"], "donor_path": m.get("donor_path"), "layers": m["layers"], "d_model": m["d_model"],
+            "dtype": m["dtype"], "compute_dtype": m.get("compute_dtype"), "dataset": m["dataset"]["name"],
+            "positions": m["positions"], "donor_input": m["donor_input"], "max_length": m["max_length"],
+            "dataset_fingerprint": m["dataset_fingerprint"], "weights_fingerprint": m["weights_fingerprint"],
+            "n_rows": m["n_rows"]}
 
 
 # what a store holds: the same path re-harvested with other data or another donor is another store
