@@ -184,13 +184,13 @@ def test_inprocess_kill_then_rerun_equals_uninterrupted(seed, ref_store, tiny_ll
     out = tmp_path / "store"
     real_write, real_commit = StoreWriter.write_shard, st.write_json_atomic
 
-    def dying_write(self, s, last, all_tokens=None):
+    def dying_write(self, s, *args):
         if s == kill_shard and mode in ("before_arrays", "torn_arrays"):
             if mode == "torn_arrays":
                 a, b = self.shard_range(s)
                 self.group["acts/model.layers.1/last"][a:b] = np.full((b - a, self.meta["d_model"]), 0x3C00, np.uint16)
             raise RuntimeError("simulated kill")
-        return real_write(self, s, last, all_tokens)
+        return real_write(self, s, *args)
 
     def dying_commit(path, obj):
         if path.parent.name == "_commits" and path.name == f"s{kill_shard:05d}.json":
@@ -252,11 +252,11 @@ def test_reader_during_harvest_sees_only_whole_committed_shards(ref_store, tiny_
     out = tmp_path / "store"
     real_write = StoreWriter.write_shard
 
-    def slow_torn_write(self, s, last, all_tokens=None):
+    def slow_torn_write(self, s, *args):
         a, b = self.shard_range(s)
         self.group["acts/model.layers.1/last"][a:b] = np.full((b - a, self.meta["d_model"]), 0x7BFF, np.uint16)
         time.sleep(0.1)
-        return real_write(self, s, last, all_tokens)
+        return real_write(self, s, *args)
 
     monkeypatch.setattr(StoreWriter, "write_shard", slow_torn_write)
     errors: list[BaseException] = []

@@ -166,7 +166,7 @@ def test_resume_after_kills_at_random_points_equals_uninterrupted(ref_store, tin
         torn = k % 2 == 1  # odd runs die mid-shard: garbage arrays on disk, no commit file
         calls = {"n": 0}
 
-        def dying_write(self, s, last, all_tokens=None):
+        def dying_write(self, s, *args):
             if calls["n"] == kill_after:
                 if torn:
                     a, b = self.shard_range(s)
@@ -175,7 +175,7 @@ def test_resume_after_kills_at_random_points_equals_uninterrupted(ref_store, tin
                                                                         np.uint16)
                 raise RuntimeError("simulated kill")
             calls["n"] += 1
-            return real_write(self, s, last, all_tokens)
+            return real_write(self, s, *args)
 
         monkeypatch.setattr(StoreWriter, "write_shard", dying_write)
         with pytest.raises(RuntimeError, match="simulated kill"):

@@ -514,10 +514,10 @@ def test_stream_buffer_is_bounded(stores, monkeypatch):
     orig = stream_mod.read_x
     s = ItemStream([st], "train", seed=0, epochs=1, shuffle_buffer=buffer, prefetch=prefetch)
 
-    def counting(store, layers, rows, tokens):
+    def counting(store, layers, rows, tokens, *readout):
         log.append((read["rows"], s.seen))
         read["rows"] += len(rows)
-        return orig(store, layers, rows, tokens)
+        return orig(store, layers, rows, tokens, *readout)
 
     monkeypatch.setattr(stream_mod, "read_x", counting)
     chunk = max(len(rows) for _, rows in s.chunks)

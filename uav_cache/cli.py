@@ -47,7 +47,9 @@ def harvest_command(
     data: Annotated[str, typer.Option(help="Recipe name (demo/full), a `uav data build` folder, a JSONL file or a hub dataset.")] = "demo",
     out: Annotated[Optional[str], typer.Option(help="Store folder (default stores/DONOR).")] = None,
     layers: Annotated[Optional[str], typer.Option(help="Block indices to read, e.g. 15,20 (default: the registry's).")] = None,
-    positions: Annotated[str, typer.Option(help="last: last non-pad token; all: also every token.")] = "last",
+    positions: Annotated[str, typer.Option(help="last: one vector per read-out; all: also every token.")] = "last",
+    readouts: Annotated[str, typer.Option(help="Stored read-outs, comma-separated: last (last token), mean (mean over "
+                                               "the tokens after the attention-sink position 0).")] = "last,mean",
     dtype: Annotated[Optional[str], typer.Option(help="fp16 or bf16 (default: the registry's).")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 8,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N examples.")] = None,
@@ -62,7 +64,7 @@ def harvest_command(
     from uav_cache.store import Store
 
     cfg = HarvestConfig(donor=donor, data=data, out=out or f"stores/{Path(donor).name}", layers=int_list(layers, "--layers"),
-                        positions=positions, dtype=dtype, batch_size=batch_size, limit=limit, max_length=max_length,
+                        positions=positions, readouts=[r.strip() for r in readouts.split(",") if r.strip()], dtype=dtype, batch_size=batch_size, limit=limit, max_length=max_length,
                         donor_input=donor_input, shard_rows=shard_rows, device=device, trust_remote_code=trust_remote_code)
     path = harvest(cfg)
     typer.echo(Store(path).info())
@@ -88,6 +90,30 @@ def store_verify(path: Annotated[str, typer.Argument(help="Store folder or fsspe
     if problems:
         raise typer.Exit(1)
     typer.echo(f"ok: {st.meta['n_shards']} shards, {st.n_rows} rows, {len(st.layers)} layer(s) verified")
+
+
+@store_app.command("probe")
+def store_probe(
+    path: Annotated[str, typer.Argument(help="Store folder or fsspec URL.")],
+    layers: Annotated[Optional[str], typer.Option(help="Stored layers (module paths), comma-separated (default: all).")] = None,
+    readouts: Annotated[Optional[str], typer.Option(help="Read-outs, comma-separated (default: all stored).")] = None,
+    sources: Annotated[Optional[str], typer.Option(help="Classification sources (default: all).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Linear-probe ceiling: per classification source, layer and read-out, a logistic regression fitted on
+    train, chosen on val, scored on test. Says which layer/read-out carries the label, and how far a
+    verbalizer is from what the activation holds."""
+    import json
+
+    from uav_cache.probe import probe, table
+    from uav_cache.store import Store
+
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    res = probe(Store(path), layers=split(layers), readouts=split(readouts), sources=split(sources))
+    typer.echo(table(res))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps([r.as_dict() for r in res], indent=1))
 
 
 def models_command() -> None:

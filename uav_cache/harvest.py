@@ -23,7 +23,8 @@ from uav_cache.datasets import ExampleSet, load_examples
 from uav_cache.errors import UavError
 from uav_cache.models import (ModelSpec, block_modules, layer_name, load, pick_device, resolve,
                               tokenizer_fingerprint, weights_fingerprint)
-from uav_cache.store import FORMAT, FORMAT_VERSION, FP16_MAX, STORAGE_DTYPES, StoreWriter, to_bits
+from uav_cache.store import (DEFAULT_READOUTS, FORMAT, FORMAT_VERSION, FP16_MAX, READOUTS, STORAGE_DTYPES, StoreWriter,
+                             to_bits)
 
 
 @dataclass
@@ -34,7 +35,8 @@ class HarvestConfig:
     data: str = "demo"  # built-in recipe name, a folder from `uav data build`, a JSONL file, or a hub dataset
     out: str = "stores/smollm2-135m"
     layers: list[int] | None = None  # block indices; None = the registry's default read-out layer(s)
-    positions: str = "last"  # "last": the last non-pad token per text; "all": also every token (ragged)
+    positions: str = "last"  # "last": one vector per read-out and text; "all": also every token (ragged)
+    readouts: list[str] = field(default_factory=lambda: list(DEFAULT_READOUTS))  # store.READOUTS: last, mean
     dtype: str | None = None  # "fp16" | "bf16"; None = the registry's choice for this donor
     batch_size: int = 8
     limit: int | None = None  # first N examples only
@@ -129,7 +131,8 @@ def plan_meta(cfg: HarvestConfig, spec: ModelSpec, model, tok, ex: ExampleSet, n
         "layers": names,
         "layer_indices": indices,
         "positions": cfg.positions,
-        "readout": "residual output of each named block at the last non-pad token",
+        "readouts": list(cfg.readouts),
+        "readout": {r: READOUTS[r] for r in cfg.readouts},
         "dtype": dtype,
         "compute_dtype": compute_dtype,  # bf16 (CUDA) and fp32 (CPU) rows must not mix in one store
         "d_model": int(model.config.hidden_size),
@@ -151,6 +154,10 @@ def harvest(cfg: HarvestConfig) -> Path:
     store is a no-op. Returns the store path."""
     if cfg.positions not in ("last", "all"):
         raise UavError(f"unknown --positions {cfg.positions!r}", "use last or all")
+    if not cfg.readouts or any(r not in READOUTS for r in cfg.readouts) or "last" not in cfg.readouts \
+            or len(set(cfg.readouts)) != len(cfg.readouts):
+        raise UavError(f"--readouts {','.join(cfg.readouts)} is not a list of distinct read-outs that includes last",
+                       f"use last plus any of: {', '.join(READOUTS)} (e.g. last,mean)")
     if cfg.donor_input not in ("raw", "chat"):
         raise UavError(f"unknown --donor-input {cfg.donor_input!r}", "use raw or chat")
     if cfg.batch_size < 1 or cfg.shard_rows < 1 or cfg.chunk_rows < 1:
@@ -184,6 +191,10 @@ def harvest(cfg: HarvestConfig) -> Path:
         raise UavError(f"example {bad!r} tokenizes to nothing", "drop it or give it text")
     meta = plan_meta(cfg, spec, model, tok, ex, names, indices, dtype, max_length, sum(map(len, ids)), compute)
     writer = StoreWriter.create_or_open(cfg.out, meta, ex.examples, ids, cut)
+    n_sink = sum(len(t) == 1 for t in ids)
+    if n_sink and cfg.progress:
+        tqdm.write(f"note: {n_sink} text(s) are a single token: every read-out of them is position 0, the attention "
+                   "sink (flagged in examples/sink_only; a longer text, or --donor-input chat, avoids it)")
     todo = writer.pending_shards(cfg.rank, cfg.world)
     if not todo:
         writer.finalize()
@@ -198,11 +209,12 @@ def harvest(cfg: HarvestConfig) -> Path:
     try:
         for s in todo:
             a, b = writer.shard_range(s)
-            last, all_tok = _run_shard(model, capture, ids[a:b], names, pad, cfg.batch_size, dtype,
+            vecs, all_tok = _run_shard(model, capture, ids[a:b], names, pad, cfg.batch_size, dtype,
                                        cfg.positions == "all", device, [e["id"] for e in ex.examples[a:b]], bar)
             if pending is not None:
                 pending.result()  # at most one shard in flight: bounded memory, errors surface promptly
-            pending = pool.submit(writer.write_shard, s, last, all_tok)
+            pooled = {r: vecs[r] for r in cfg.readouts if r != "last"}
+            pending = pool.submit(writer.write_shard, s, vecs["last"], all_tok, pooled)
         if pending is not None:
             pending.result()
     finally:
@@ -216,10 +228,11 @@ def harvest(cfg: HarvestConfig) -> Path:
 @torch.inference_mode()
 def _run_shard(model, capture: Capture, ids: list[list[int]], names: list[str], pad: int, batch_size: int,
                dtype: str, keep_all: bool, device: torch.device, ex_ids: list[str], bar) -> tuple[dict, dict | None]:
-    """Forward one shard in length-sorted batches (less padding); rows come back in their original order."""
+    """Forward one shard in length-sorted batches (less padding); rows come back in their original order.
+    Returns ``{readout: {layer: (rows, d) bits}}`` for every read-out in store.READOUTS, and the all-token bits."""
     n = len(ids)
     d = None
-    last: dict[str, np.ndarray] = {}
+    vecs: dict[str, dict[str, np.ndarray]] = {r: {} for r in READOUTS}
     per_row: dict[str, list[np.ndarray | None]] = {k: [None] * n for k in names} if keep_all else {}
     order = sorted(range(n), key=lambda i: (len(ids[i]), i))
     for k in range(0, n, batch_size):
@@ -244,21 +257,28 @@ def _run_shard(model, capture: Capture, ids: list[list[int]], names: list[str], 
             if dtype == "fp16" and peak > FP16_MAX:
                 raise UavError(f"activations at {name} reach {peak:.3g}, beyond fp16's {FP16_MAX:.0f}",
                                "re-run with --dtype bf16 (use a new --out: the store's dtype is fixed)")
-            if name not in last:
-                last[name] = np.zeros((n, d), dtype=np.uint16)
-            vec = h[torch.arange(len(rows)), lens.to(h.device) - 1]
-            last[name][rows] = to_bits(vec, dtype)
+            if name not in vecs["last"]:
+                for r in vecs:
+                    vecs[r][name] = np.zeros((n, d), dtype=np.uint16)
+            lens_d = lens.to(h.device)
+            vecs["last"][name][rows] = to_bits(h[torch.arange(len(rows)), lens_d - 1], dtype)
+            # mean over positions 1..len-1 (the first is the attention sink); one-token texts keep position 0
+            pos = torch.arange(h.shape[1], device=h.device)
+            body = (pos[None, :] >= 1) & (pos[None, :] < lens_d[:, None])
+            body[lens_d == 1, 0] = True
+            w = body.to(h.dtype)
+            vecs["mean"][name][rows] = to_bits((h * w[..., None]).sum(1) / w.sum(1, keepdim=True), dtype)
             if keep_all:
                 for j, i in enumerate(rows):
                     per_row[name][i] = to_bits(h[j, :len(ids[i])], dtype)
         bar.update(len(rows))
     all_tok = {k: np.concatenate(v) for k, v in per_row.items()} if keep_all else None
-    return last, all_tok
+    return vecs, all_tok
 
 
 
 def read_out(model, tok, texts: list[str], names: list[str], *, dtype: str, max_length: int, donor_input: str = "raw",
-             batch_size: int = 8) -> dict[str, torch.Tensor]:
+             batch_size: int = 8, readout: str = "last") -> dict[str, torch.Tensor]:
     """Activations for a few texts through exactly the harvest path (same cut, same rounding), in memory.
     Used by `uav explain`: the decoder must see what it saw in training."""
     from uav_cache.store import from_bits
@@ -268,8 +288,8 @@ def read_out(model, tok, texts: list[str], names: list[str], *, dtype: str, max_
     device = next(model.parameters()).device
     try:
         with tqdm(total=len(texts), disable=True) as bar:
-            last, _ = _run_shard(model, capture, ids, names, tok.pad_token_id or 0, batch_size, dtype, False, device,
+            vecs, _ = _run_shard(model, capture, ids, names, tok.pad_token_id or 0, batch_size, dtype, False, device,
                                  [str(i) for i in range(len(texts))], bar)
     finally:
         capture.close()
-    return {n: from_bits(last[n], dtype) for n in names}
+    return {n: from_bits(vecs[readout][n], dtype) for n in names}

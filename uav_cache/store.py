@@ -35,10 +35,20 @@ FP16_MAX = 65504.0
 IDENTITY_KEYS = (
     "format_version", "donor", "weights_fingerprint", "layers", "positions", "dtype", "d_model",
     "tokenizer", "donor_input", "max_length", "dataset_fingerprint", "n_rows", "shard_rows", "compute_dtype",
+    "readouts",
 )
 # identity keys added after format 1 shipped: a store that lacks one still opens and resumes (unknown, not different)
 LATER_IDENTITY_KEYS = ("compute_dtype",)
 SPLITS = ("train", "val", "test")
+# Read-outs: which token positions one stored vector per (row, layer) summarises. Each is its own (n, d) array,
+# so a pooled store costs what a last-token store costs, and readers choose by name, never by array path.
+READOUTS = {
+    "last": "the block's residual output at the last token of the text",
+    "mean": "the mean of the block's residual output over every token but the first: position 0 carries the "
+            "attention sink (norm ~26,000 in SmolLM2, the BOS in BOS-prefixed tokenizers) and would dominate a plain "
+            "mean; a one-token text has only position 0, so its mean is that vector (flagged in examples/sink_only)",
+}
+DEFAULT_READOUTS = ("last", "mean")
 
 
 def _compressor() -> BloscCodec:
@@ -121,9 +131,27 @@ def _layer_key(layer: str) -> str:
     return f"acts/{layer}"
 
 
+def readouts_of(meta: dict) -> list[str]:
+    """The read-outs a store holds (stores written before read-outs existed hold only ``last``)."""
+    return list(meta.get("readouts") or ["last"])
+
+
+def _identity(meta: dict, k: str) -> Any:
+    return readouts_of(meta) if k == "readouts" else meta.get(k)
+
+
 def _diff_identity(have: dict, want: dict) -> list[str]:
-    return [f"{k}: store has {have.get(k)!r}, this run has {want.get(k)!r}" for k in IDENTITY_KEYS
-            if have.get(k) != want.get(k) and (k in have or k not in LATER_IDENTITY_KEYS)]
+    return [f"{k}: store has {_identity(have, k)!r}, this run has {_identity(want, k)!r}" for k in IDENTITY_KEYS
+            if _identity(have, k) != _identity(want, k) and (k in have or k not in LATER_IDENTITY_KEYS)]
+
+
+def _array(layer: str, readout: str) -> str:
+    return f"{_layer_key(layer)}/{readout}"
+
+
+def _stats_key(layer: str, readout: str) -> str:
+    """Commit/metadata stats are keyed by layer for ``last`` (format 1 as first written), ``layer@readout`` else."""
+    return layer if readout == "last" else f"{layer}@{readout}"
 
 
 def _short(v: Any) -> str:
@@ -197,21 +225,28 @@ class StoreWriter:
         done = self.committed()
         return [s for s in range(self.meta["n_shards"]) if s % world == rank and s not in done]
 
-    def write_shard(self, s: int, last: dict[str, np.ndarray], all_tokens: dict[str, np.ndarray] | None = None) -> None:
+    def write_shard(self, s: int, last: dict[str, np.ndarray], all_tokens: dict[str, np.ndarray] | None = None,
+                    pooled: dict[str, dict[str, np.ndarray]] | None = None) -> None:
         """Write every array of shard ``s`` then commit it. ``last[layer]`` is (rows, d) uint16 bits;
-        ``all_tokens[layer]`` (positions=all) is (tokens of these rows, d) uint16 bits."""
+        ``pooled[readout][layer]`` the same for each other read-out the store holds; ``all_tokens[layer]``
+        (positions=all) is (tokens of these rows, d) uint16 bits."""
         a, b = self.shard_range(s)
         meta = self.meta
         commit: dict[str, Any] = {"shard": s, "rows": [a, b], "sha256": {}, "stats": {}, "uav_version": __version__}
+        vectors = {"last": last, **(pooled or {})}
+        missing = [r for r in readouts_of(meta) if r not in vectors]
+        if missing:
+            raise ValueError(f"shard {s}: no vectors for read-out(s) {missing} of this store")
         try:
             for layer in meta["layers"]:
-                bits = last[layer]
-                if bits.shape != (b - a, meta["d_model"]) or bits.dtype != np.uint16:
-                    raise ValueError(f"shard {s} layer {layer}: got {bits.shape} {bits.dtype}, "
-                                     f"want {(b - a, meta['d_model'])} uint16")
-                self.group[f"{_layer_key(layer)}/last"][a:b] = bits
-                commit["sha256"][f"{_layer_key(layer)}/last"] = _sha256(bits)
-                commit["stats"][layer] = _moments(bits, meta["dtype"])
+                for readout in readouts_of(meta):
+                    bits = vectors[readout][layer]
+                    if bits.shape != (b - a, meta["d_model"]) or bits.dtype != np.uint16:
+                        raise ValueError(f"shard {s} layer {layer} {readout}: got {bits.shape} {bits.dtype}, "
+                                         f"want {(b - a, meta['d_model'])} uint16")
+                    self.group[_array(layer, readout)][a:b] = bits
+                    commit["sha256"][_array(layer, readout)] = _sha256(bits)
+                    commit["stats"][_stats_key(layer, readout)] = _moments(bits, meta["dtype"])
                 if meta["positions"] == "all":
                     tok = all_tokens[layer]
                     name = f"{_layer_key(layer)}/all/s{s:05d}"
@@ -231,7 +266,7 @@ class StoreWriter:
         if not set(range(self.meta["n_shards"])) <= self.committed():
             return False
         commits = [_read_commit(self.path, s) for s in range(self.meta["n_shards"])]
-        stats = {layer: _merge_moments([c["stats"][layer] for c in commits]) for layer in self.meta["layers"]}
+        stats = {key: _merge_moments([c["stats"][key] for c in commits]) for key in commits[0]["stats"]}
         root = self.path / "zarr.json"
         doc = json.loads(root.read_text())
         doc["attributes"]["uav_store"] = {**self.meta, "complete": True, "stats": stats}
@@ -265,9 +300,11 @@ def _create_layout(tmp: Path, meta: dict, examples: list[dict], token_ids: list[
     table("tokens/offsets", offsets)
     table("tokens/ids", np.concatenate([np.asarray(t, dtype=np.int32) for t in token_ids]) if n else np.zeros(0, np.int32),
           chunk=1 << 16)
+    table("examples/sink_only", np.array([len(t) == 1 for t in token_ids], dtype=bool))
     for layer in meta["layers"]:
-        g.create_array(f"{_layer_key(layer)}/last", shape=(n, d), dtype="uint16", chunks=(min(meta["chunk_rows"], R), d),
-                       shards=(R, d), compressors=_compressor(), fill_value=0)
+        for readout in readouts_of(meta):
+            g.create_array(_array(layer, readout), shape=(n, d), dtype="uint16", chunks=(min(meta["chunk_rows"], R), d),
+                           shards=(R, d), compressors=_compressor(), fill_value=0)
     (tmp / "_commits").mkdir()
 
 
@@ -380,9 +417,18 @@ class Store:
             return self._examples[start:stop]
         return [json.loads(r) for r in self.group["examples/record"][start:stop]]
 
+    COLUMNS = ("id", "split", "task", "source", "n_tokens", "truncated")
+
+    def column(self, name: str) -> np.ndarray:
+        """One per-row field of the examples table for every row (``id``, ``split``, ``task``, ``source``,
+        ``n_tokens``, ``truncated``): readers ask by field, never by array path."""
+        if name not in self.COLUMNS:
+            raise UavError(f"no per-row column {name!r}", f"use one of {', '.join(self.COLUMNS)}")
+        return self.group[f"examples/{name}"][:]
+
     def split_rows(self, split: str) -> np.ndarray:
         """Committed rows of one split, in row order."""
-        splits = self.group["examples/split"][:]
+        splits = self.column("split")
         rows = self.committed_rows()
         return rows[splits[rows] == split]
 
@@ -392,6 +438,15 @@ class Store:
         return self.group["tokens/ids"][a:b]
 
     # ---- activations
+    def resolve_layer(self, layer: str | int) -> str:
+        """A stored layer's module path from its path or its block index ("23", 23 → "model.layers.23")."""
+        if str(layer).lstrip("-").isdigit():
+            idx = dict(zip(self.meta.get("layer_indices", []), self.meta["layers"]))
+            if int(layer) in idx:
+                return idx[int(layer)]
+        self._check_layer(str(layer))
+        return str(layer)
+
     def _check_layer(self, layer: str) -> None:
         if layer not in self.meta["layers"]:
             raise UavError(f"layer {layer!r} is not in store {self.path} (it has {self.meta['layers']})",
@@ -409,7 +464,7 @@ class Store:
                 continue
             fs, root = _fs(self.path)
             if not fs.exists(f"{root}/{key}"):
-                s = i if name.endswith("/last") else int(name.rsplit("/s", 1)[1])
+                s = i if "/all/" not in name else int(name.rsplit("/s", 1)[1])
                 a, b = self.shard_range(s)
                 try:
                     want = _read_commit(self.path, s)["sha256"].get(name)
@@ -417,25 +472,47 @@ class Store:
                     continue  # not committed: not visible, nothing to vouch for
                 except json.JSONDecodeError:
                     want = None
-                if want is None or _sha256(arr[a:b] if name.endswith("/last") else arr[:]) != want:
+                if want is None or _sha256(arr[a:b] if "/all/" not in name else arr[:]) != want:
                     raise UnreadableChunk(f"{key} of store {self.path} is missing (rows {a}-{b - 1}, shard {s})",
                                           f"run `uav store verify {self.path}`; re-harvest the shard (delete "
                                           f"_commits/s{s:05d}.json, re-run the harvest) or pass --skip-corrupt")
             self._present.add(key)
 
-    def read_last(self, layer: str, start: int, stop: int) -> torch.Tensor:
-        """Read-out vectors of rows [start, stop) for one layer, as the stored logical dtype."""
+    @property
+    def readouts(self) -> list[str]:
+        return readouts_of(self.meta)
+
+    def check_readout(self, readout: str) -> None:
+        if readout not in self.readouts:
+            have = ", ".join(self.readouts)
+            raise UavError(f"store {self.path} has no {readout!r} read-out (it has {have})",
+                           f"pick one of {have}, or re-harvest with --readouts {readout}")
+
+    def read(self, layer: str, start: int, stop: int, readout: str = "last") -> torch.Tensor:
+        """One read-out's vectors of rows [start, stop) for one layer, as the stored logical dtype."""
         self._check_layer(layer)
-        name = f"{_layer_key(layer)}/last"
+        self.check_readout(readout)
+        name = _array(layer, readout)
         self._require_files(name, np.arange(start, min(stop, self.n_rows)))
         return from_bits(self.group[name][start:stop], self.meta["dtype"])
 
-    def read_rows(self, layer: str, rows: np.ndarray) -> torch.Tensor:
+    def read_last(self, layer: str, start: int, stop: int) -> torch.Tensor:
+        """Last-token read-out of rows [start, stop) (``read(..., readout="last")``)."""
+        return self.read(layer, start, stop, "last")
+
+    def read_rows(self, layer: str, rows: np.ndarray, readout: str = "last") -> torch.Tensor:
         self._check_layer(layer)
-        name = f"{_layer_key(layer)}/last"
+        self.check_readout(readout)
+        name = _array(layer, readout)
         self._require_files(name, np.asarray(rows))
         bits = self.group[name].get_orthogonal_selection((np.asarray(rows), slice(None)))
         return from_bits(bits, self.meta["dtype"])
+
+    def sink_only(self) -> np.ndarray:
+        """Per row: the text is one token, so every read-out of it is position 0 (the attention sink)."""
+        if "sink_only" in self.group["examples"]:
+            return self.group["examples/sink_only"][:]
+        return self.group["examples/n_tokens"][:] == 1
 
     def read_tokens(self, layer: str, row: int) -> torch.Tensor:
         """Every token's vector for one row (stores harvested with positions=all)."""
@@ -452,15 +529,18 @@ class Store:
         self._require_files(name, np.arange(lo, hi))
         return from_bits(self.group[name][lo:hi], self.meta["dtype"])
 
-    def stats(self, layer: str) -> dict:
-        """Per-layer mean/std/norm stats; merged from the commits when the store is not finalized yet."""
+    def stats(self, layer: str, readout: str = "last") -> dict:
+        """Per-layer mean/std/norm stats of one read-out over all rows; merged from the commits when the store
+        is not finalized yet."""
         self._check_layer(layer)
+        self.check_readout(readout)
+        key = _stats_key(layer, readout)
         if "stats" in self.meta:
-            return self.meta["stats"][layer]
+            return self.meta["stats"][key]
         commits = [_read_commit(self.path, s) for s in self.committed()]
         if not commits:
             raise UavError(f"{self.path} has no committed shards yet", "wait for the harvest, or run it")
-        return _merge_moments([c["stats"][layer] for c in commits])
+        return _merge_moments([c["stats"][key] for c in commits])
 
     # ---- checks
     def verify(self) -> list[str]:
@@ -479,10 +559,11 @@ class Store:
                 problems.append(f"shard {s}: commit file _commits/s{s:05d}.json is not valid JSON")
                 continue
             for name, want in c["sha256"].items():
-                where = f"{name}/c/{s}/0" if name.endswith("/last") else f"{name}/c/0/0"
+                per_row = "/all/" not in name  # read-out arrays are sharded by row; all-token arrays are per shard
+                where = f"{name}/c/{s}/0" if per_row else f"{name}/c/0/0"
                 try:
                     arr = self.group[name]
-                    bits = arr[a:b] if name.endswith("/last") else arr[:]
+                    bits = arr[a:b] if per_row else arr[:]
                 except Exception as e:  # a truncated or garbled chunk surfaces as a codec/key error
                     problems.append(f"shard {s}: {where} unreadable ({type(e).__name__}: {e})")
                     continue
@@ -523,14 +604,18 @@ class Store:
             + "  ".join(f"{k} {v}" for k, v in splits.items()),
             f"rows       {m['n_rows']} in {m['n_shards']} shards of {m['shard_rows']}; committed {done}/{m['n_shards']}"
             + ("  (complete)" if m.get("complete") else ""),
-            f"truncated  {int(self.group['examples/truncated'][:].sum())} texts cut at {m['max_length']} tokens",
+            f"truncated  {int(self.group['examples/truncated'][:].sum())} texts cut at {m['max_length']} tokens; "
+            f"{int(self.sink_only().sum())} one-token texts (their read-outs are the attention-sink position)",
             f"created    {m['created']} by uav {m['uav_version']}",
         ]
+        for r in self.readouts:
+            lines.append(f"read-out   {r}: {READOUTS.get(r, '(unknown to this uav version)')}")
         if done:
             for layer in m["layers"]:
-                st = self.stats(layer)
-                lines.append(f"stats      {layer}: |x| {st['norm_mean']:.2f} ± {st['norm_std']:.2f}   "
-                             f"max|x_i| {st['max_abs']:.4g}   rms {st['rms']:.4g}")
+                for r in self.readouts:
+                    st = self.stats(layer, r)
+                    lines.append(f"stats      {layer} {r}: |x| {st['norm_mean']:.2f} ± {st['norm_std']:.2f}   "
+                                 f"max|x_i| {st['max_abs']:.4g}   rms {st['rms']:.4g}")
         return "\n".join(lines)
 
 

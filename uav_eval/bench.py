@@ -3,7 +3,8 @@ in the same run (never against an absolute target), on the real embedded SmolLM2
 
 1. harvest overhead   harvest tokens/s ÷ bare truncated forward tokens/s (same Capture hooks, no writes)
 2. store formats      our Zarr store vs safetensors shards vs a `datasets` Arrow dataset vs raw .npy
-3. streaming          training step time from the store through ItemStream ÷ from items preloaded in RAM
+3. streaming          training step time from the store through ItemStream ÷ from items preloaded in RAM;
+                      a full training step ÷ the bare decoder's forward + backward on the same batch
 4. memory             peak RSS of a streaming reader over a 10× store ÷ over the 1× store (subprocesses)
 5. generation         batched (8) generation tokens/s ÷ batch-1 tokens/s
 
@@ -280,6 +281,45 @@ def streaming_ratio(store: Path, decoder: str, steps: int, work: Path, batch_siz
             "streaming_step_ratio": t_stream / t_ram, "proxy": "adapter-only step on the real decoder"}
 
 
+def train_step_ratio(store: Path, decoder: str, steps: int, work: Path, batch_size: int = 8) -> dict:
+    """A full stage-2 training step (adapter + all-linear LoRA r 8: splice, loss on the answer, backward, clip,
+    AdamW) ÷ the bare decoder's forward + backward on the same batch (same embeddings and labels, LoRA bypassed,
+    no adapter, no optimizer). What is above 1 is uav's overhead plus the LoRA's own cost. Steps alternate."""
+    from uav_train.prompt import collate
+    from uav_train.stream import ItemStream
+    from uav_train.trainer import TrainConfig, Trainer, answer_loss
+
+    cfg = TrainConfig(stores=[str(store)], out=str(work / "bench-step"), decoder=decoder, adapter="mlp",
+                      adapter_options={"k": 4, "center": True}, stage="2", batch_size=batch_size, progress=False)
+    tr = Trainer(cfg)
+    tr._add_lora()
+    params = list(tr.adapter.parameters()) + list(tr.lora_params().values())
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    batches = [b for _, b in zip(range(steps + 1), ItemStream([Store(store)], "train", seed=0).batches(batch_size))]
+
+    def full(batch):
+        loss = tr.loss(batch, "qa")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def bare(batch):
+        encs = [tr.template.encode(it.question, it.answer, tr.adapter.k) for it in batch]
+        b = collate(encs, tr.tok.pad_token_id)
+        with tr.model.disable_adapter():
+            emb = tr.model.get_input_embeddings()(b["input_ids"]).detach().requires_grad_(True)
+            answer_loss(tr.model, emb, b["attention_mask"], b["labels"]).backward()
+
+    full(batches[0]), bare(batches[0])  # warm-up
+    t_full = t_bare = 0.0
+    for b in batches[1:]:
+        t_full += timed(lambda: full(b))[0]
+        t_bare += timed(lambda: bare(b))[0]
+    return {"steps": steps, "step_s": t_full / steps, "bare_s": t_bare / steps, "train_step_ratio": t_full / t_bare,
+            "tokens_per_batch": sum(len(tr.template.encode(it.question, it.answer, 4).input_ids) for it in batches[1])}
+
+
 # ---------------------------------------------------------------------------------------------- 4. memory
 
 _READER = textwrap.dedent("""
@@ -368,6 +408,9 @@ def _table(results: dict):
               f"{h['harvest_tok_s']:.0f} vs {h['bare_tok_s']:.0f} tok/s, {h['tokens']} tokens")
     t.add_row("stream ÷ RAM step time", f"{s['streaming_step_ratio']:.3f}", tgt("streaming_step_ratio"),
               f"{s['step_s_stream']:.3f} vs {s['step_s_ram']:.3f} s/step, {s['steps']} steps ({s['proxy']})")
+    ts = results["train_step"]
+    t.add_row("train step ÷ bare decoder fwd+bwd", f"{ts['train_step_ratio']:.2f}", "",
+              f"({ts['step_s']:.2f} s vs {ts['bare_s']:.2f} s, {ts['tokens_per_batch']} tokens, LoRA + adapter + AdamW)")
     t.add_row("peak RSS 10× ÷ 1× store", f"{m['memory_ratio_10x']:.3f}", tgt("memory_ratio_10x"),
               f"{m['1x']['peak_kb'] / 1024:.0f} → {m['10x']['peak_kb'] / 1024:.0f} MiB "
               f"({m['1x']['rows']} → {m['10x']['rows']} rows; above imports ×{m['above_import_ratio']:.2f})")
@@ -389,6 +432,8 @@ def _markdown(results: dict) -> str:
              "| measurement | ratio | target |", "|---|---|---|",
              f"| harvest ÷ bare forward tokens/s | {h['harvest_overhead']:.3f} | ≥ 0.95 |",
              f"| streaming ÷ RAM step time | {s['streaming_step_ratio']:.3f} | ≤ 1.05 |",
+             f"| train step ÷ bare decoder forward+backward (same batch; LoRA + adapter + AdamW) | "
+             f"{results['train_step']['train_step_ratio']:.2f} | |",
              f"| peak RSS, 10× ÷ 1× store | {m['memory_ratio_10x']:.3f} | ≤ 1.10 |",
              f"| batch-8 ÷ batch-1 generation tokens/s | {g['generation_ratio']:.2f} | |", "",
              "## Store formats (same rows; MB/s of raw bytes; reads are page-cache hot)", "",
@@ -428,6 +473,7 @@ def run_bench(out: Path, scale: float = 1.0, donor: str = "smollm2-135m") -> dic
             results["formats"] = compare_formats(synthetic_rows(real, sz(20_000, 512)), work)
             bar.update(task, advance=1, description="3/5 streaming vs RAM")
             results["streaming"] = streaming_ratio(store, donor, sz(10, 3), work)
+            results["train_step"] = train_step_ratio(store, donor, sz(6, 3), work)
             bar.update(task, advance=1, description="4/5 memory 1× vs 10×")
             examples = load_examples("demo").examples
             results["memory"] = memory_ratio(real, examples, sz(8192, 256), work)
@@ -446,5 +492,5 @@ def run_bench(out: Path, scale: float = 1.0, donor: str = "smollm2-135m") -> dic
     return results
 
 
-__all__ = ["run_bench", "compare_formats", "harvest_overhead", "streaming_ratio", "memory_ratio", "generation_ratio",
+__all__ = ["run_bench", "compare_formats", "harvest_overhead", "streaming_ratio", "train_step_ratio", "memory_ratio", "generation_ratio",
            "synthetic_rows", "write_synthetic_store", "dir_bytes"]

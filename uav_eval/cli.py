@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover
 from uav_cache.cli import data_app, harvest_command, models_command, store_app
 from uav_cache.errors import UavError
 from uav_train.cli import train_command
+from uav_eval.methods import CONTROLS
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -39,7 +40,9 @@ def eval_command(
     runs: Annotated[list[str], typer.Argument(help="Run directory (several with --compare).")],
     store: Annotated[Optional[str], typer.Option(help="Store to evaluate on (default: the run's training store).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="At most N test items per source.")] = None,
-    controls: Annotated[str, typer.Option(help="Comma-separated controls: no_soft,random_adapter,base_only,input_text,selfie (or none).")] = "no_soft,random_adapter,base_only,input_text,selfie",
+    controls: Annotated[str, typer.Option(help="Comma-separated controls: shuffled,no_soft,random_adapter,base_only,input_text,selfie "
+                                                   "(or none). shuffled (another item's activation, same prompt) "
+                                                   "is what says whether the decoder reads.")] = ",".join(CONTROLS),
     compare: Annotated[bool, typer.Option("--compare", help="Only tabulate finished evaluations of several runs side by side.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="With --compare: folder for compare.md/compare.png.")] = None,
     batch_size: Annotated[int, typer.Option(help="Generation batch size.")] = 16,

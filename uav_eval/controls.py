@@ -1,13 +1,6 @@
-"""What each method shows the decoder: the trained UAV path and the controls that explain its score.
-
-- ``uav``: the run's adapter turns the stored activation into soft tokens; the run's LoRA decoder answers.
-- ``no_soft``: the same decoder, question only: what decoder tuning alone gives (answer priors).
-- ``random_adapter``: the trained LoRA with a freshly initialised adapter: is it the activation or the slot?
-- ``base_only``: the untuned decoder, question only.
-- ``input_text``: the trained decoder shown the donor's raw text where the soft tokens go: the inversion
-  ceiling (everything the activation could say if it encoded the text perfectly).
-- ``selfie``: training-free self-explanation (SelfIE / Patchscope): the untuned decoder, one placeholder
-  whose hidden state at the donor's layer is overwritten by the activation. Only when donor == decoder.
+"""What each method shows the decoder (the names and meanings are in methods.py): soft tokens from the run's
+adapter (``uav``, and ``shuffled`` with another item's activation), none (``no_soft``, ``base_only``), a fresh
+adapter, the raw text, or a SelfIE hidden-state patch; with the run's LoRA on or bypassed.
 """
 
 from __future__ import annotations
@@ -20,10 +13,8 @@ import torch
 from uav_cache.errors import UavError
 from uav_eval.generate import Patch
 from uav_train.adapters import adapter_from_description
+from uav_eval.methods import CONTROLS, METHODS
 from uav_train.run import LoadedRun, decoder_fingerprint
-
-METHODS = ("uav", "no_soft", "random_adapter", "base_only", "input_text", "selfie")
-CONTROLS = METHODS[1:]
 
 
 @dataclass
@@ -60,9 +51,11 @@ class MethodRunner:
         self.random_adapter = adapter_from_description(lr.adapter.describe()).to(next(lr.adapter.parameters()).device).eval()
 
     def setup(self, method: str, items, x: torch.Tensor, mask: torch.Tensor) -> Setup:
+        """``x``/``mask`` are the items' own activations, except for ``shuffled``, where the caller passes the
+        deranged items' activations (the prompts stay the items' own)."""
         t, lr = self.lr.template, self.lr
         k = lr.adapter.k
-        if method in ("uav", "random_adapter"):
+        if method in ("uav", "shuffled", "random_adapter"):
             adapter = lr.adapter if method == "uav" else self.random_adapter
             with torch.no_grad():
                 soft = adapter(x, mask)

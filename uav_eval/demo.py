@@ -19,7 +19,7 @@ from uav_cache.config import check_types
 from uav_cache.datasets import load_examples
 from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
-from uav_eval.controls import CONTROLS
+from uav_eval.methods import CONTROLS
 from uav_eval.protocol import EvalConfig, evaluate
 from uav_eval.report import compare, load_results, suffix, summary_table
 from uav_train.trainer import RECIPE_SECTIONS, TrainConfig, train

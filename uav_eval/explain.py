@@ -47,7 +47,7 @@ def explain(run: str, text: str, questions: list[str], *, max_new_tokens: int = 
                        "weights_fingerprint)")
     donor, tok = load(spec, device=device)
     x = read_out(donor, tok, [text], cfg["layers"], dtype=src["dtype"], max_length=src.get("max_length", spec.max_length),
-                 donor_input=src.get("donor_input", "raw"))
+                 donor_input=src.get("donor_input", "raw"), readout=cfg["train"].get("readout", "last"))
     del donor, tok  # donor and decoder are never in memory together
     gc.collect()
     xs = torch.stack([x[layer] for layer in cfg["layers"]], 1).float().unsqueeze(1).to(device)  # (1, 1, L, d)

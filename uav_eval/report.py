@@ -13,24 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from uav_cache.errors import UavError
+from uav_eval.methods import METHODS
 
 TASK_ORDER = ("classification", "fact", "gist")
-METHOD_ORDER = ("uav", "no_soft", "random_adapter", "base_only", "input_text", "selfie")
 F1_BAR = 0.8  # classification token F1 the uav path must reach
 TEXT_MAX = 120  # characters per sample cell
 DPI = 110
 
-# Meanings copied from uav_eval/controls.py (importing it would import torch).
-LEGEND = {
-    "uav": "the run's adapter turns the stored activation into soft tokens; the run's LoRA decoder answers.",
-    "no_soft": "the same decoder, question only: what decoder tuning alone gives (answer priors).",
-    "random_adapter": "the trained LoRA with a freshly initialised adapter: is it the activation or the slot?",
-    "base_only": "the untuned decoder, question only.",
-    "input_text": "the trained decoder shown the donor's raw text where the soft tokens go: the inversion ceiling "
-                  "(everything the activation could say if it encoded the text perfectly).",
-    "selfie": "training-free self-explanation (SelfIE / Patchscope): the untuned decoder, one placeholder whose "
-              "hidden state at the donor's layer is overwritten by the activation. Only when donor == decoder.",
-}
 
 Stat = dict[str, float]
 
@@ -103,7 +92,7 @@ def _methods(results: dict) -> list[str]:
     keys = results.get("aggregates", {}).get("by_task", {})
     present = {k.split("/", 1)[0] for k in keys}
     listed = [m for m in results.get("methods", []) if m in present]
-    return listed + _ordered(present - set(listed), METHOD_ORDER)
+    return listed + _ordered(present - set(listed), tuple(METHODS))
 
 
 def _name(results: dict) -> str:
@@ -152,6 +141,42 @@ def bar_check(results: dict) -> list[dict]:
     return out
 
 
+# --- does the decoder read? ------------------------------------------------------------------------------
+
+
+def _diff(d: dict | None) -> str:
+    if not d or d.get("mean") is None or math.isnan(_num(d.get("mean"))):
+        return "–"
+    return f"{_num(d['mean']):+.2f} [{_num(d['lo']):+.2f}, {_num(d['hi']):+.2f}]"
+
+
+def _probe_cell(p: dict | None) -> str:
+    if not p:
+        return "–"
+    return f"{p['test_acc']:.2f} [{p['test_lo']:.2f}, {p['test_hi']:.2f}]"
+
+
+def reading_table(results: dict) -> str:
+    """Per task group and per source: uav and shuffled on the same items, their paired difference with a 95%
+    interval, the verdict, no_soft, and (classification) the linear probe's accuracy on the same test split."""
+    rd, probe = results.get("reading") or {}, results.get("probe") or {}
+    if not rd:
+        return "_shuffled was not run, so whether the decoder reads the activation is not measured._"
+    ns_metric = lambda g, by: _stat(results, "no_soft", g, rd[by][g]["metric"], by=by)  # noqa: E731
+    rows = []
+    for by in ("by_task", "by_source"):
+        for g in (_ordered(set(rd[by]), TASK_ORDER) if by == "by_task" else sorted(rd[by])):
+            d = rd[by][g]
+            ns = ns_metric(g, by)
+            p = probe.get(g) if by == "by_source" else None
+            rows.append([("" if by == "by_task" else "↳ ") + _cell(g or "(none)"), d["metric"], str(d["n"]),
+                         f"{d['uav']:.2f}", f"{d[rd.get('reference', 'shuffled')]:.2f}", _diff(d),
+                         "**yes**" if d["reads"] else "no", "–" if math.isnan(ns["mean"]) else f"{ns['mean']:.2f}",
+                         _probe_cell((p or {}).get("run")), _probe_cell((p or {}).get("best"))])
+    return _md_table(["group / source", "metric", "n", "uav", "shuffled", "uav − shuffled [95% CI]", "reads",
+                      "no_soft", "probe (run's layer)", "probe (best on val)"], rows)
+
+
 # --- tables ----------------------------------------------------------------------------------------------
 
 
@@ -162,7 +187,13 @@ def summary_table(results: dict) -> str:
     header = ["token F1"] + cols
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+    lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+    rd = results.get("reading") or {}
+    for g in _ordered(set(rd.get("by_task", {})), TASK_ORDER):
+        d = rd["by_task"][g]
+        lines.append(f"reads the activation? {g}: uav − shuffled {d['metric']} {_diff(d)} → "
+                     + ("yes" if d["reads"] else "no"))
+    return "\n".join(lines)
 
 
 def _f1_table(results: dict) -> str:
@@ -230,7 +261,17 @@ def _report_md(results: dict, plot_name: str) -> str:
         f"- items: {results.get('n_items')}; methods: {', '.join(methods)}",
         f"- time: {secs if secs is not None else '?'} s",
         "",
-        "## The bar",
+        "## Does the decoder read the activation?",
+        "",
+        "Each item answered with its own activation (uav) and with another item's from the same source "
+        "(shuffled), same prompt. `reads` = the paired 95% interval of uav − shuffled is above 0. The probe "
+        "columns: a logistic regression on the store's train split (chosen on val), scored on the same test "
+        f"rows: what the activation holds. Layer(s) {', '.join(results.get('layers') or []) or '?'}, read-out "
+        f"`{results.get('readout', 'last')}`.",
+        "",
+        reading_table(results),
+        "",
+        "## Beyond decoder priors",
         "",
         "uav must beat no_soft on token F1 with non-overlapping 95% CIs in every task group, "
         f"and reach classification F1 ≥ {F1_BAR}.",
@@ -265,7 +306,7 @@ def _report_md(results: dict, plot_name: str) -> str:
         "", "## Sample uav answers (3 best, 3 worst per task group)", "", _samples(results),
         "", "## Methods", "",
     ]
-    lines += [f"- **{m}**: {LEGEND.get(m, '(no description)')}" for m in methods]
+    lines += [f"- **{m}**: {METHODS.get(m, '(no description)')}" for m in methods]
     return "\n".join(lines) + "\n"
 
 
@@ -319,22 +360,27 @@ def plot_compare(runs: list[tuple[str, dict]], path: Path) -> None:
     ax = fig.add_subplot()
     slot = 0.8 / max(1, len(runs))
     colors = [f"C{i % 10}" for i in range(len(runs))]
+    metric = lambda g: "acc" if g == "classification" else "f1"  # noqa: E731  (as protocol.READING_METRIC)
     for i, (name, res) in enumerate(runs):
         base = [j + (i - (len(runs) - 1) / 2) * slot for j in range(len(groups))]
-        u = [_stat(res, "uav", g) for g in groups]
-        ns = [_stat(res, "no_soft", g) for g in groups]
-        ax.bar([x - slot * 0.18 for x in base], [s["mean"] for s in u], slot * 0.6, yerr=_err(u), capsize=2,
+        u = [_stat(res, "uav", g, metric(g)) for g in groups]
+        sh = [_stat(res, "shuffled", g, metric(g)) for g in groups]
+        ns = [_stat(res, "no_soft", g, metric(g)) for g in groups]
+        ax.bar([x - slot * 0.25 for x in base], [s["mean"] for s in u], slot * 0.45, yerr=_err(u), capsize=2,
                color=colors[i], edgecolor="black", linewidth=0.4, label=_run_label(res, name))
-        ax.bar([x + slot * 0.3 for x in base], [s["mean"] for s in ns], slot * 0.3, yerr=_err(ns), capsize=1,
+        ax.bar([x + slot * 0.1 for x in base], [s["mean"] for s in sh], slot * 0.25, yerr=_err(sh), capsize=1,
+               color=colors[i], alpha=0.35, edgecolor="0.3", linewidth=0.4,
+               label="shuffled (same run, another item's activation)" if i == 0 else None)
+        ax.bar([x + slot * 0.35 for x in base], [s["mean"] for s in ns], slot * 0.2, yerr=_err(ns), capsize=1,
                color="0.85", hatch="//", edgecolor="0.4", linewidth=0.4,
                label="no_soft (each run's decoder, question only)" if i == 0 else None)
-    ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylabel("uav token F1 (mean, 95% CI)")
+    ax.set_xticks(range(len(groups)), [f"{g}\n({metric(g) if g != 'overall' else 'f1'})" for g in groups])
+    ax.set_ylabel("mean, 95% CI")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"uav token F1 across {len(runs)} runs, each beside its own no_soft control (hatched)")
+    ax.set_title(f"{len(runs)} runs: uav (solid) vs its shuffled control (pale) and no_soft (hatched)")
     ax.grid(axis="y", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("no_soft"))  # reference entry last
+    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith(("shuffled", "no_soft")))  # references last
     ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, loc="upper left",
               bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
@@ -370,6 +416,28 @@ def load_results(run: str | Path, limit: int | None = None) -> dict:
     return json.loads(p.read_text())
 
 
+def reading_compare(loaded: list[tuple[str, dict]]) -> str:
+    """Rows = (run, task group): uav, shuffled and no_soft on the group's reading metric (mean [95% CI]), the
+    paired uav − shuffled difference, the verdict, and the probe ceiling (classification: the mean over the
+    group's sources of the probe at the run's layer/read-out, and of the best probe)."""
+    rows = []
+    for name, res in loaded:
+        rd = res.get("reading") or {}
+        for g in _ordered(set(rd.get("by_task", {})), TASK_ORDER):
+            d = rd["by_task"][g]
+            m = d["metric"]
+            srcs = [s for s, v in rd.get("by_source", {}).items() if v["metric"] == m and s in (res.get("probe") or {})]
+            probes = [(res["probe"][s].get("run") or {}, res["probe"][s].get("best") or {}) for s in srcs] if g == "classification" else []
+            pr = lambda k: "–" if not probes or any(not p[k] for p in probes) else \
+                f"{sum(p[k]['test_acc'] for p in probes) / len(probes):.2f}"  # noqa: E731
+            rows.append([_cell(name), _cell(_short(res.get("donor"))), g, m, str(d["n"]),
+                         _ci(_stat(res, "uav", g, m)), _ci(_stat(res, "shuffled", g, m)), _diff(d),
+                         "**yes**" if d["reads"] else "no", _ci(_stat(res, "no_soft", g, m)),
+                         pr(0) if probes else "–", pr(1) if probes else "–"])
+    return _md_table(["run", "donor", "task group", "metric", "n", "uav", "shuffled", "uav − shuffled", "reads",
+                      "no_soft", "probe (run's layer)", "probe (best)"], rows)
+
+
 def compare(runs: list[str | Path], out: Path | None = None) -> str:
     """Markdown table of several runs' uav F1 per task group (rows = runs); with `out`, also compare.md/png."""
     if not runs:
@@ -386,11 +454,17 @@ def compare(runs: list[str | Path], out: Path | None = None) -> str:
     table = _md_table(["run", "donor", "decoder", "adapter", "LoRA", "params (adapter / LoRA)"]
                       + [f"uav {g}" for g in groups] + ["uav overall", "no_soft overall", "uav mentioned",
                                                         "no_soft mentioned"], rows)
+    reads = reading_compare(loaded) if any(r.get("reading") for _, r in loaded) else ""
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.md").write_text(
-            "# UAV run comparison\n\nToken F1, mean [95% CI]; the last two columns: share of answers that "
-            "mention the gold answer (overall).\n\n" + table + "\n\n![uav F1 across runs](compare.png)\n")
+            "# UAV run comparison\n\n"
+            + ("## Does the decoder read the activation?\n\nAccuracy for classification, token F1 otherwise; "
+               "mean [95% CI]. `uav − shuffled`: paired difference on the same items, `reads` when its interval "
+               "is above 0. Probe: logistic regression on the store's train split, scored on the same test rows "
+               "(mean over the group's sources).\n\n" + reads + "\n\n" if reads else "")
+            + "## Token F1\n\nMean [95% CI]; the last two columns: share of answers that "
+            "mention the gold answer (overall).\n\n" + table + "\n\n![uav across runs](compare.png)\n")
         plot_compare(loaded, out / "compare.png")
-    return table
+    return (reads + "\n\n" + table) if reads else table

@@ -33,6 +33,8 @@ class MLPConfig:
     hidden: int = 1024
     bottleneck: int | None = None  # an extra GELU layer of this width, if set
     dropout: float = 0.0
+    center: bool = False  # subtract the train split's mean activation first (set by the trainer, saved)
+    skip: bool = False  # a linear path from the input to every soft token (the trainer can warm-start it in closed form)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class QFormerConfig:
     heads: int = 8
     width: int | None = None  # internal width; None = the decoder's
     dropout: float = 0.1
+    center: bool = False  # subtract the train split's mean activation first (set by the trainer, saved)
 
 
 @dataclass
@@ -57,6 +60,7 @@ class AffineConfig:
     kind: str = "affine"
     projection: str = "fixed"
     seed: int = 0
+    center: bool = False  # subtract the train split's mean activation first (set by the trainer, saved)
 
 
 @dataclass
@@ -103,6 +107,14 @@ class Adapter(nn.Module):
         super().__init__()
         self.config, self.d_in, self.n_layers, self.d_out = config, d_in, n_layers, d_out
         self.register_buffer("out_norm", torch.tensor(float(out_norm)))
+        if getattr(config, "center", False):
+            # Activations share a large common direction (the mean); what tells items apart is the rest. The
+            # trainer fills this with the train split's mean per layer; it is saved with the weights.
+            self.register_buffer("shift", torch.zeros(n_layers, d_in))
+
+    def _centered(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, L, d) minus the per-layer shift, when the adapter centres its input."""
+        return x - self.shift.to(x.dtype) if hasattr(self, "shift") else x
 
     @property
     def k(self) -> int:
@@ -128,12 +140,39 @@ class MLPAdapter(Adapter):
         last_in = config.bottleneck or config.hidden
         self.net = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, config.hidden), nn.GELU(), nn.Dropout(config.dropout),
                                  *mid, nn.Linear(last_in, config.k * d_out))
+        self.skip = nn.Linear(d, d_out) if config.skip else None
         self.log_gain = nn.Parameter(torch.zeros(()))
+
+    def features(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, layers·d_in): the pooled, centred, unit-RMS input every path of the adapter starts from."""
+        return _unit_rms(_masked_mean(self._centered(x).flatten(2), mask))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        v = _unit_rms(_masked_mean(x.flatten(2), mask))  # (B, layers·d_in)
-        return self._to_scale(self.net(v).view(b, self.config.k, self.d_out), self.log_gain)
+        v = self.features(x, mask)
+        y = self.net(v).view(b, self.config.k, self.d_out)
+        if self.skip is not None:
+            y = y + self.skip(v).unsqueeze(1)
+        return self._to_scale(y, self.log_gain)
+
+    @torch.no_grad()
+    def warm_start(self, v: torch.Tensor, target: torch.Tensor, ridge: float = 0.1) -> float:
+        """Set the skip path to the ridge regression ``v → target`` (closed form) and damp the MLP, so training
+        starts from soft tokens that already point where the answers' own embeddings point: the decoder can
+        copy them from the first step instead of learning to ignore noise. Returns the fit's R² on (v, target)."""
+        if self.skip is None:
+            raise UavError("warm start needs an mlp adapter with skip = true", "set adapter_options.skip = true")
+        v, target = v.double(), target.double()
+        mu_v, mu_t = v.mean(0), target.mean(0)
+        vc, tc = v - mu_v, target - mu_t
+        gram = vc.T @ vc
+        lam = ridge * gram.diagonal().mean()
+        w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), vc.T @ tc)  # (d, d_out)
+        self.skip.weight.copy_(w.T.to(self.skip.weight.dtype))
+        self.skip.bias.copy_((mu_t - mu_v @ w).to(self.skip.bias.dtype))
+        self.net[-1].weight.mul_(0.1), self.net[-1].bias.mul_(0.1)
+        pred = v @ w + (mu_t - mu_v @ w)
+        return float(1 - (pred - target).pow(2).sum() / tc.pow(2).sum())
 
 
 class _CrossBlock(nn.Module):
@@ -171,7 +210,7 @@ class QFormerAdapter(Adapter):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, s, l, _ = x.shape
         n_ctx = self.config.n_ctx
-        ctx = self.ctx_norm(self.to_ctx(self.in_norm(_unit_rms(x))).view(b, s, l, n_ctx, -1) + self.layer_emb)
+        ctx = self.ctx_norm(self.to_ctx(self.in_norm(_unit_rms(self._centered(x)))).view(b, s, l, n_ctx, -1) + self.layer_emb)
         ctx = ctx.reshape(b, s * l * n_ctx, -1)
         pad = (~mask.bool()).repeat_interleave(l * n_ctx, dim=1) if s > 1 else None
         q = self.queries.unsqueeze(0).expand(b, -1, -1)
@@ -197,7 +236,7 @@ class AffineAdapter(Adapter):
         self.bias = nn.Parameter(torch.zeros(d_out))
 
     def _direction(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        v = _masked_mean(x, mask)  # (B, layers, d_in)
+        v = _masked_mean(self._centered(x), mask)  # (B, layers, d_in)
         if self.proj is not None:
             v = self.proj(v)
         elif hasattr(self, "fixed_proj"):

@@ -23,6 +23,11 @@ def train_command(
     donor: Annotated[Optional[str], typer.Option(help="Donor whose store to use (stores/DONOR) when --store is not given.")] = None,
     frozen_decoder: Annotated[Optional[str], typer.Option(help="RUN_A: keep its LoRA frozen, train only a new adapter.")] = None,
     no_lora: Annotated[bool, typer.Option("--no-lora", help="Frozen decoder: train the adapter only.")] = False,
+    layers: Annotated[Optional[str], typer.Option(help="Stored layers to read, comma-separated module paths or block "
+                                                       "indices (default: every stored layer); see `uav store info`.")] = None,
+    readout: Annotated[Optional[str], typer.Option(help="Stored read-out: last (last token) or mean (mean over tokens "
+                                                        "after the sink); `uav store probe` shows which carries more.")] = None,
+    sources: Annotated[Optional[str], typer.Option(help="Train on these sources only, comma-separated (default: all).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda …")] = None,
     grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help="Trade compute for memory.")] = False,
@@ -32,8 +37,10 @@ def train_command(
     from uav_train.trainer import TrainConfig, train
 
     stores = store.split(",") if store else ([f"stores/{donor}"] if donor else None)
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    layer_names = split(layers)  # module paths or block indices; the store resolves indices to its paths
     over = dict(stores=stores, decoder=decoder, out=out, adapter=adapter, stage=stage, steps=steps,
-                stage1_steps=stage1_steps, batch_size=batch_size, frozen_decoder=frozen_decoder, seed=seed, device=device,
+                stage1_steps=stage1_steps, batch_size=batch_size, layers=layer_names, readout=readout, sources=split(sources), frozen_decoder=frozen_decoder, seed=seed, device=device,
                 no_lora=no_lora or None, grad_checkpointing=grad_checkpointing or None, skip_corrupt=skip_corrupt or None)
     cfg = TrainConfig.from_recipe(recipe, **over) if recipe else TrainConfig.from_dict({k: v for k, v in over.items() if v is not None})
     if donor and store:

@@ -210,6 +210,13 @@ def plot_losses(run: Path) -> Path | None:
         if va:
             s, v = zip(*va)
             ax.plot(s, v, "o-", color="tab:orange", lw=2, label="validation")
+        sh = [(r["step"], r["val_loss_shuffled"]) for r in rows if r["stage"] == stage and "val_loss_shuffled" in r]
+        if sh:  # the reading gap: the same validation items with another item's activation
+            s, v = zip(*sh)
+            ax.plot(s, v, "s--", color="tab:red", lw=1.5, label="validation, shuffled activations")
+            last = next(r for r in reversed(rows) if r["stage"] == stage and "reading_gap" in r)
+            ax.annotate(f"reading gap {last['reading_gap']:+.3f}", xy=(0.98, 0.6), xycoords="axes fraction",
+                        ha="right", color="tab:red")
         ax.set_title({1: "stage 1: alignment (adapter only)", 2: "stage 2: QA tuning"}.get(stage, f"stage {stage}"))
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy")

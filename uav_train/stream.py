@@ -41,14 +41,15 @@ def item_pairs(example: dict, mode: str) -> list[tuple[str, str]]:
     return [(q["question"], q["answer"]) for q in example.get("qa", [])]
 
 
-def read_x(store: Store, layers: list[str], rows: np.ndarray, tokens: bool) -> list[torch.Tensor]:
-    """Activations of ``rows`` as float32 (tokens, layers, d) tensors, reading contiguous runs at once."""
+def read_x(store: Store, layers: list[str], rows: np.ndarray, tokens: bool, readout: str = "last") -> list[torch.Tensor]:
+    """Activations of ``rows`` as float32 (tokens, layers, d) tensors, reading contiguous runs at once: every
+    token (``tokens``) or one stored read-out per layer (store.READOUTS)."""
     if tokens:
         return [torch.stack([store.read_tokens(layer, int(r)) for layer in layers], 1).float() for r in rows]
     if len(rows) == 0:
         return []
     lo, hi = int(rows.min()), int(rows.max()) + 1
-    block = torch.stack([store.read_last(layer, lo, hi) for layer in layers], 1).float()  # (hi-lo, L, d)
+    block = torch.stack([store.read(layer, lo, hi, readout) for layer in layers], 1).float()  # (hi-lo, L, d)
     # clone: a view would keep the whole chunk alive while any one of its rows sits in the shuffle buffer
     return [block[int(r) - lo].unsqueeze(0).clone() for r in rows]
 
@@ -58,8 +59,15 @@ class ItemStream:
 
     def __init__(self, stores: list[Store], split: str, *, layers: list[str] | None = None, mode: str = "qa",
                  seed: int = 0, shuffle_buffer: int = 1024, tokens: bool = False, rank: int = 0, world: int = 1,
-                 prefetch: int = 512, epochs: int | None = None, skip_corrupt: bool = False):
-        self.stores, self.split, self.mode = stores, split, mode
+                 prefetch: int = 512, epochs: int | None = None, skip_corrupt: bool = False, readout: str = "last",
+                 sources: list[str] | None = None, weights: dict[str, int] | None = None):
+        self.stores, self.split, self.mode, self.readout = stores, split, mode, readout
+        self.sources = set(sources) if sources else None  # only rows of these sources (None: every source)
+        # source → expected copies of each of its items per epoch (default 1): 3 = three times, 0.5 = half of them
+        self.weights = dict(weights or {})
+        bad = {k: v for k, v in self.weights.items() if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0}
+        if bad:
+            raise UavError(f"source weights must be numbers > 0, got {bad}", "e.g. source_weights = {bbc_topic = 3}")
         self.layers = layers or stores[0].layers
         self.seed, self.buffer, self.tokens = seed, shuffle_buffer, tokens
         self.rank, self.world, self.prefetch, self.epochs = rank, world, prefetch, epochs
@@ -69,19 +77,23 @@ class ItemStream:
         self.seen = 0
         self.chunks = self._chunks()
         if not self.chunks:
-            raise UavError(f"split {split!r} has no committed rows with {mode} items in "
-                           f"{', '.join(s.path for s in stores)}", "harvest a dataset that has this split")
+            only = f" of sources {sorted(self.sources)}" if self.sources else ""
+            raise UavError(f"split {split!r} has no committed rows{only} with {mode} items in "
+                           f"{', '.join(s.path for s in stores)}",
+                           "check the sources setting" if only else "harvest a dataset that has this split")
 
     def _chunks(self) -> list[tuple[int, np.ndarray]]:
         out = []
         for si, st in enumerate(self.stores):
-            splits = st.group["examples/split"][:]
+            keep = st.column("split") == self.split
+            if self.sources is not None:
+                keep &= np.isin(st.column("source"), list(self.sources))
             c = st.meta["chunk_rows"]
             for s in st.committed():
                 a, b = st.shard_range(s)
                 for lo in range(a, b, c):
                     rows = np.arange(lo, min(lo + c, b))
-                    rows = rows[splits[rows] == self.split]
+                    rows = rows[keep[rows]]
                     if self.mode != "text" and len(rows):  # stage 2 needs qa pairs; records are read per chunk
                         recs = st.records(lo, min(lo + c, b))
                         rows = rows[[bool(item_pairs(recs[r - lo], self.mode)) for r in rows]]
@@ -101,7 +113,7 @@ class ItemStream:
                     lo = int(rows.min())
                     recs = st.records(lo, int(rows.max()) + 1)  # this chunk's records only: memory stays flat
                     try:
-                        xs = read_x(st, self.layers, rows, self.tokens)
+                        xs = read_x(st, self.layers, rows, self.tokens, self.readout)
                     except Exception as e:  # a garbled/truncated chunk surfaces as a codec, key or OS error
                         if isinstance(e, UavError) and not isinstance(e, UnreadableChunk):  # a missing file: ours
                             raise
@@ -110,7 +122,9 @@ class ItemStream:
                     for r, x in zip(rows, xs):
                         e = recs[r - lo]
                         for q, a in item_pairs(e, self.mode):
-                            buf.append(Item(x, q, a, int(r), si, e.get("task") or "", e.get("source") or "", e["text"]))
+                            it = Item(x, q, a, int(r), si, e.get("task") or "", e.get("source") or "", e["text"])
+                            w = self.weights.get(it.source, 1)
+                            buf.extend([it] * (int(w) + bool(w % 1 and rng.random() < w % 1)))
                     while len(buf) > self.buffer:
                         item = buf.pop(int(rng.integers(len(buf))))
                         if not self._put(out, item, stop):
@@ -179,6 +193,30 @@ class ItemStream:
             if not batch:
                 return
             yield batch
+
+
+def derangement(items: list[Item], seed: int = 0) -> list[int]:
+    """For each item, the index of another item of the same source whose activation it will be shown: the
+    *shuffled* reference (same prompt, someone else's activation). Fixed by ``seed``; never the item's own row
+    where the source has two rows or more (a one-row source keeps its own: there is nothing to swap with)."""
+    rng = np.random.default_rng(seed)
+    by_source: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        by_source.setdefault(it.source, []).append(i)
+    out = list(range(len(items)))
+    for idx in by_source.values():
+        rows = sorted({items[i].row for i in idx})
+        if len(rows) < 2:
+            continue
+        # a cyclic shift of a shuffled row order moves every row to another row: a derangement of rows
+        order = [rows[j] for j in rng.permutation(len(rows))]
+        to = {order[j]: order[(j + 1) % len(order)] for j in range(len(order))}
+        first_of = {}
+        for i in idx:
+            first_of.setdefault(items[i].row, i)
+        for i in idx:
+            out[i] = first_of[to[items[i].row]]
+    return out
 
 
 def stack_x(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ import math
 import shutil
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 from uav_cache.config import check_types
 from uav_cache.errors import UavError
 from uav_cache.models import embedding_norm, load, pick_device, resolve, weights_fingerprint
-from uav_cache.store import Store, check_compatible, share_mode
+from uav_cache.store import READOUTS, Store, check_compatible, share_mode
 from uav_train.adapters import Adapter, adapter_config, build_adapter
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
 from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, adapter_description, decoder_fingerprint, load_adapter,
                            load_checkpoint, plot_losses, read_json, replace_dir, save_adapter, save_checkpoint,
                            save_tensors, temp_dir_for, write_json)
-from uav_train.stream import Item, ItemStream, stack_x
+from uav_train.stream import Item, ItemStream, derangement, read_x, stack_x
 
 
 RECIPE_SECTIONS = ("data", "donors", "train", "runs", "eval")  # the tables a recipe may have (see demo.toml)
@@ -66,7 +66,12 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     no_lora: bool = False  # frozen decoder: only the adapter trains, in both stages
     frozen_decoder: str | None = None  # RUN_A: reuse its LoRA frozen, train only a new adapter (transfer)
-    layers: list[str] | None = None  # stored layers to use (module paths); None = all in the store
+    layers: list[str | int] | None = None  # stored layers to use (module paths or block indices); None = all in the store
+    readout: str = "last"  # which stored read-out feeds the adapter (store.READOUTS: last, mean)
+    sources: list[str] | None = None  # train (and validate) on these sources only; None = every source
+    source_weights: dict[str, float] = field(default_factory=dict)  # source → times each of its items is seen per epoch
+    max_answer_tokens: int | None = None  # stage-2 targets cut to N tokens (long gist answers cost the most per step)
+    warm_start: bool = False  # stage 2 from a fresh adapter: fit its skip path in closed form first (mlp, skip = true)
     tokens: bool = False  # feed every donor token (stores harvested with --positions all)
     max_target_tokens: int = 48  # stage-1 targets: the first N tokens of the donor's text
     eval_every: int = 25
@@ -143,7 +148,16 @@ class TrainConfig:
             raise UavError("max_bad_fraction and lora.dropout are fractions", "give values in [0, 1)")
         at_least("lora.r", self.lora.r, 1)
         at_least("lora.alpha", self.lora.alpha, 0, strict=True)
-        adapter_config(self.adapter, **self.adapter_options)  # unknown adapter kind, option or option type
+        if self.readout not in READOUTS:
+            raise UavError(f"unknown read-out {self.readout!r}", f"use one of {', '.join(READOUTS)}")
+        if self.max_answer_tokens is not None:
+            at_least("max_answer_tokens", self.max_answer_tokens, 1)
+        for src, w in self.source_weights.items():
+            at_least(f"source_weights.{src}", w, 0, strict=True)
+        ac = adapter_config(self.adapter, **self.adapter_options)  # unknown adapter kind, option or option type
+        if self.warm_start and not (self.adapter == "mlp" and ac.skip and self.stage == "2"):
+            raise UavError("warm_start fits the skip path of a fresh mlp adapter before stage 2",
+                           'use adapter = "mlp", adapter_options.skip = true and stage = "2", or drop warm_start')
         pick_device(self.device)  # unknown or absent device
 
     def identity(self) -> dict:
@@ -178,7 +192,7 @@ def answer_loss(model, embeds: torch.Tensor, attention_mask: torch.Tensor, label
     return torch.nn.functional.cross_entropy(logits, target[keep])
 
 
-def open_stores(paths: list[str], layers: list[str] | None = None) -> list[Store]:
+def open_stores(paths: list[str], layers: list[str] | None = None, readout: str = "last") -> list[Store]:
     """Open the stores and refuse a mix of donors/layers/widths: they must describe the same space."""
     if not paths:
         raise UavError("no --store given", "pass --store PATH (a `uav harvest` output)")
@@ -187,6 +201,8 @@ def open_stores(paths: list[str], layers: list[str] | None = None) -> list[Store
         if "://" not in p and not Path(p).exists():
             raise UavError(f"store {p} not found", "run `make harvest` (or `uav harvest`) first, or fix --store")
         stores.append(Store(p))
+    if layers:
+        layers[:] = [stores[0].resolve_layer(x) for x in layers]  # block indices → the store's module paths
     first = stores[0].meta
     for st in stores[1:]:
         check_compatible(st, donor=first["donor"], weights_fingerprint=first["weights_fingerprint"],
@@ -194,6 +210,8 @@ def open_stores(paths: list[str], layers: list[str] | None = None) -> list[Store
     for layer in layers or stores[0].layers:  # every store must hold the layers the run reads
         for st in stores:
             st._check_layer(layer)
+    for st in stores:
+        st.check_readout(readout)
     return stores
 
 
@@ -204,7 +222,7 @@ class Trainer:
         self.cfg, self.on_step = cfg, on_step
         self.run = Path(cfg.out)
         self.device = pick_device(cfg.device)
-        self.stores = open_stores(cfg.stores, cfg.layers)
+        self.stores = open_stores(cfg.stores, cfg.layers, cfg.readout)
         self.layers = cfg.layers or self.stores[0].layers
         if cfg.tokens and any(st.meta["positions"] != "all" for st in self.stores):
             raise UavError("--tokens needs a store harvested with --positions all", "re-harvest or drop --tokens")
@@ -237,13 +255,28 @@ class Trainer:
         self.peft = False
 
     def _new_adapter(self) -> Adapter:
-        return build_adapter(self.adapter_cfg, self.meta["d_model"], len(self.layers), self.model.config.hidden_size,
-                             self.out_norm).to(self.device)
+        adapter = build_adapter(self.adapter_cfg, self.meta["d_model"], len(self.layers), self.model.config.hidden_size,
+                                self.out_norm)
+        if hasattr(adapter, "shift"):
+            adapter.shift.copy_(self.train_mean())
+        return adapter.to(self.device)
+
+    def train_mean(self, max_rows: int = 8192) -> torch.Tensor:
+        """(layers, d) mean of the run's read-out over the train split (at most ``max_rows`` rows, in row order):
+        the centre a centring adapter subtracts. Train rows only, so nothing of val/test leaks into the weights."""
+        total, n = torch.zeros(len(self.layers), self.meta["d_model"], dtype=torch.float64), 0
+        for st in self.stores:
+            rows = st.split_rows("train")[: max_rows - n]
+            for a in range(0, len(rows), 4096):
+                xs = read_x(st, self.layers, rows[a:a + 4096], False, self.cfg.readout)
+                total += torch.cat(xs).double().sum(0)
+                n += len(xs)
+        return (total / max(n, 1)).float()
 
     # ---- the one loss
     def loss(self, items: list[Item], mode: str) -> torch.Tensor:
         k = self.adapter.k
-        max_ans = self.cfg.max_target_tokens if mode == "text" else None
+        max_ans = self.cfg.max_target_tokens if mode == "text" else self.cfg.max_answer_tokens
         encs = [self.template.encode(it.question, it.answer, k, max_answer_tokens=max_ans) for it in items]
         batch = {n: t.to(self.device) for n, t in collate(encs, self.tok.pad_token_id).items()}
         x, mask = stack_x(items)
@@ -252,6 +285,16 @@ class Trainer:
             emb = self.model.get_input_embeddings()(batch["input_ids"])
             emb = splice(emb, soft, batch["soft_positions"])
             return answer_loss(self.model, emb, batch["attention_mask"], batch["labels"])
+
+    @torch.no_grad()
+    def val_losses(self, items: list[Item], shuffled: list[Item] | None, mode: str) -> dict:
+        """Validation loss, and (stage 2) the same items with another item's activation: the reading gap.
+        A run whose gap stays at 0 answers from the question alone, whatever its loss does."""
+        row = {"val_loss": self.val_loss(items, mode)}
+        if shuffled is not None:
+            row["val_loss_shuffled"] = self.val_loss(shuffled, mode)
+            row["reading_gap"] = row["val_loss_shuffled"] - row["val_loss"]
+        return row
 
     @torch.no_grad()
     def val_loss(self, items: list[Item], mode: str) -> float:
@@ -263,6 +306,28 @@ class Trainer:
             n += len(chunk)
         self.model.train(), self.adapter.train()
         return total / max(n, 1)
+
+    @torch.no_grad()
+    def warm_start(self, max_items: int = 4096) -> dict:
+        """Closed-form warm start of a fresh adapter's skip path: ridge regression from the adapter's input
+        features to the mean input embedding of each training answer (its first ``max_answer_tokens`` tokens).
+        For a label the target *is* the label word's embedding, so the first soft tokens already say "sport" in
+        the decoder's own vocabulary. Train split only; one pass over at most ``max_items`` items."""
+        cfg = self.cfg
+        stream = ItemStream(self.stores, "train", layers=self.layers, mode="qa", seed=cfg.seed, epochs=1,
+                            shuffle_buffer=cfg.shuffle_buffer, tokens=cfg.tokens, readout=cfg.readout, sources=cfg.sources)
+        emb = self.model.get_input_embeddings()
+        vs, ts = [], []
+        for batch in stream.batches(256):
+            x, mask = stack_x(batch)
+            vs.append(self.adapter.features(x.to(self.device), mask.to(self.device)))
+            for it in batch:
+                ids = self.template._ids(it.answer)[: cfg.max_answer_tokens or None] or [self.template.placeholder_id]
+                ts.append(emb(torch.tensor(ids, device=self.device)).float().mean(0))
+            if sum(len(v) for v in vs) >= max_items:
+                break
+        r2 = self.adapter.warm_start(torch.cat(vs), torch.stack(ts))
+        return {"warm_start_items": len(ts), "warm_start_r2": r2}
 
     # ---- stages
     def _add_lora(self) -> None:
@@ -303,11 +368,13 @@ class Trainer:
             groups.append({"params": lora, "lr": cfg.lr_lora})
         base_lrs = [g["lr"] for g in groups]
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-        train = ItemStream(self.stores, "train", layers=self.layers, mode=mode, seed=cfg.seed * 1000 + stage,
-                           shuffle_buffer=cfg.shuffle_buffer, tokens=cfg.tokens, skip_corrupt=cfg.skip_corrupt)
-        val_stream = ItemStream(self.stores, "val", layers=self.layers, mode=mode, seed=cfg.seed, epochs=1,
-                                shuffle_buffer=cfg.shuffle_buffer, tokens=cfg.tokens, skip_corrupt=cfg.skip_corrupt)
+        common = dict(layers=self.layers, mode=mode, shuffle_buffer=cfg.shuffle_buffer, tokens=cfg.tokens,
+                      skip_corrupt=cfg.skip_corrupt, readout=cfg.readout, sources=cfg.sources)
+        train = ItemStream(self.stores, "train", seed=cfg.seed * 1000 + stage, weights=cfg.source_weights, **common)
+        val_stream = ItemStream(self.stores, "val", seed=cfg.seed, epochs=1, **common)
         val = [it for _, it in zip(range(cfg.val_items), val_stream)]
+        perm = derangement(val, seed=cfg.seed)
+        val_shuffled = [replace(it, x=val[j].x) for it, j in zip(val, perm)] if mode == "qa" else None
         st = {"stage": stage, "step": 0, "consumed": 0, "best_val": None, "bad_evals": 0, "stopped": False}
         best_path = self.run / f"best_stage{stage}.safetensors"
         ck = self.run / CHECKPOINT
@@ -320,7 +387,7 @@ class Trainer:
         if st["step"] >= steps or st["stopped"]:
             return self._finish_stage(stage, st, best_path)
         if st["step"] == 0:  # the baseline the curve falls from (not a candidate for early stopping)
-            self._log({"stage": stage, "step": 0, "val_loss": self.val_loss(val, mode)})
+            self._log({"stage": stage, "step": 0, **self.val_losses(val, val_shuffled, mode)})
         self.model.train(), self.adapter.train()
         names = {0: "adapter", 1: "lora"}
         bar = tqdm(total=steps, initial=st["step"], desc=f"stage {stage} ({'align' if stage == 1 else 'QA'})",
@@ -350,8 +417,8 @@ class Trainer:
                 raise UavError(f"{train.bad} of {train.seen + train.bad} items had NaN/inf activations",
                                "run `uav store verify` on the store and re-harvest the broken shards")
             if st["step"] % cfg.eval_every == 0 or st["step"] == steps:
-                v = self.val_loss(val, mode)
-                row["val_loss"] = v
+                row.update(self.val_losses(val, val_shuffled, mode))
+                v = row["val_loss"]
                 if st["best_val"] is None or v < st["best_val"] - 1e-4:
                     st["best_val"], st["bad_evals"] = v, 0
                     tmp = best_path.with_suffix(".tmp")
@@ -362,7 +429,8 @@ class Trainer:
                     st["stopped"] = st["bad_evals"] >= cfg.patience
             self._log(row)
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}", **({"val": f"{row['val_loss']:.3f}"} if "val_loss" in row else {}))
+            bar.set_postfix(loss=f"{float(loss):.3f}", **({"val": f"{row['val_loss']:.3f}"} if "val_loss" in row else {}),
+                            **({"gap": f"{row['reading_gap']:+.3f}"} if "reading_gap" in row else {}))
             if self.on_step is not None:
                 self.on_step(stage, st["step"], float(loss))
             done = st["step"] >= steps or st["stopped"]
@@ -408,6 +476,8 @@ class Trainer:
         if cfg.stage in ("2", "both"):
             # the LoRA init must not depend on whether stage 1 ran in this process or was loaded from disk
             torch.manual_seed(cfg.seed + 1)
+            if cfg.warm_start:  # deterministic and cheap: redone on resume, then the checkpoint's weights win
+                summary.append(self.warm_start())
             self._add_lora()
             summary.append(self._stage(2, cfg.steps))
         self._save_final(summary)
@@ -487,11 +557,12 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
     """Train (or resume, or no-op if finished) the run at ``cfg.out``; returns the run directory. A finished run
     is a no-op only when its settings *and* its stores' contents are unchanged (a path can be re-harvested)."""
     cfg.validate()
+    stores = open_stores(cfg.stores, cfg.layers, cfg.readout)  # refuse bad stores first; block indices → paths
     done = Path(cfg.out) / CONFIG
     if done.exists():
         old = read_json(done)
         if old.get("identity") == cfg.identity():
-            check_same_stores(Path(cfg.out), old, open_stores(cfg.stores, cfg.layers))
+            check_same_stores(Path(cfg.out), old, stores)
             if old.get("status") == "complete":
                 return Path(cfg.out)
     return Trainer(cfg, on_step).fit()
