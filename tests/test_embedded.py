@@ -38,6 +38,7 @@ def test_plain_zarr_equals_an_independent_forward_pass(store):
     meta = g.attrs["uav_store"]
     assert meta["donor"] == "smollm2-135m" and meta["layers"] == ["model.layers.23"] and meta["dtype"] == "fp16"
     stored = g["acts/model.layers.23/last"][:].view(np.float16)
+    means = g["acts/model.layers.23/mean"][:].view(np.float16)
     offsets, ids = g["tokens/offsets"][:], g["tokens/ids"][:]
 
     model, tok = load(resolve("smollm2-135m"))
@@ -50,6 +51,12 @@ def test_plain_zarr_equals_an_independent_forward_pass(store):
         got = stored[i].astype(np.float32)
         np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
         assert not np.allclose(got, hs[23][0, -1].half().float().numpy(), atol=1e-2), "must be block 23, not 22"
+        # the mean read-out leaves out position 0, where SmolLM2 parks its attention sink (norm ~26k)
+        body = hs[24][0, 1:] if len(want_ids) > 1 else hs[24][0, :1]
+        ref_mean = body.mean(0).half().float().numpy()
+        np.testing.assert_allclose(means[i].astype(np.float32), ref_mean, rtol=2e-3, atol=2e-3 * np.abs(ref_mean).max())
+        if len(want_ids) > 1:
+            assert float(hs[24][0, 0].norm()) > 20 * float(hs[24][0, 1:].norm(dim=-1).max())  # the sink it avoids
 
 
 def test_store_verifies_and_describes_itself(store):

@@ -233,3 +233,16 @@ def test_source_weights_repeat_or_thin_a_source_per_epoch(store):
     assert half["colour"] == base["colour"] and 0 < half["city"] < base["city"]
     with pytest.raises(UavError, match="source weights"):
         ItemStream([st], "train", weights={"city": 0})
+
+
+def test_compare_puts_reading_and_probe_beside_each_run(run, tmp_path):
+    from uav_eval.report import compare
+
+    evaluate(EvalConfig(run=str(run), methods=["uav", "shuffled", "no_soft"], similarity=False, n_boot=50, progress=False))
+    table = compare([run], tmp_path / "cmp")
+    header = table.splitlines()[0]
+    assert "uav − shuffled" in header and "probe (run's layer)" in header and "reads" in header
+    rows = [r for r in table.splitlines() if r.startswith(f"| {run.name} |") and "| classification |" in r]
+    assert len(rows) == 1 and rows[0].count("[") >= 4  # uav, shuffled, difference, no_soft: all with intervals
+    assert "Does the decoder read the activation?" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"

@@ -197,7 +197,7 @@ def plot_losses(run: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     stages = sorted({r["stage"] for r in rows})
-    fig, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(stages), figsize=(6.5 * len(stages), 3.8), squeeze=False)
     for ax, stage in zip(axes[0], stages):
         tr = [(r["step"], r["loss"]) for r in rows if r["stage"] == stage and "loss" in r]
         va = [(r["step"], r["val_loss"]) for r in rows if r["stage"] == stage and "val_loss" in r]
@@ -214,9 +214,12 @@ def plot_losses(run: Path) -> Path | None:
         if sh:  # the reading gap: the same validation items with another item's activation
             s, v = zip(*sh)
             ax.plot(s, v, "s--", color="tab:red", lw=1.5, label="validation, shuffled activations")
-            last = next(r for r in reversed(rows) if r["stage"] == stage and "reading_gap" in r)
-            ax.annotate(f"reading gap {last['reading_gap']:+.3f}", xy=(0.98, 0.6), xycoords="axes fraction",
-                        ha="right", color="tab:red")
+            gaps = [(r["step"], r["reading_gap"]) for r in rows if r["stage"] == stage and "reading_gap" in r]
+            g = ax.twinx()  # the gap itself on its own scale: a few hundredths of a nat would vanish on the loss axis
+            g.plot(*zip(*gaps), "^-", color="tab:purple", lw=1.5, label="reading gap (right axis)")
+            g.axhline(0, color="tab:purple", lw=0.8, ls=":")
+            g.set_ylabel("reading gap = shuffled − true (nats)", color="tab:purple")
+            g.legend(loc="center right", fontsize=8)
         ax.set_title({1: "stage 1: alignment (adapter only)", 2: "stage 2: QA tuning"}.get(stage, f"stage {stage}"))
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy")
