@@ -81,6 +81,8 @@ def test_layers_resolve_from_block_indices(store):
     assert st.resolve_layer(2) == st.resolve_layer("2") == st.layers[1]
     with pytest.raises(UavError, match="not in store"):
         st.resolve_layer("7")
+    with pytest.raises(UavError, match="not in store"):
+        st.resolve_layer("model.layers.7")
 
 
 def _planted_store(path: Path, n: int = 300, d: int = 8, signal: float = 3.0) -> Path:
@@ -246,3 +248,11 @@ def test_compare_puts_reading_and_probe_beside_each_run(run, tmp_path):
     assert len(rows) == 1 and rows[0].count("[") >= 4  # uav, shuffled, difference, no_soft: all with intervals
     assert "Does the decoder read the activation?" in (tmp_path / "cmp" / "compare.md").read_text()
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_misspelt_control_is_refused_before_the_decoder_loads(run, monkeypatch):
+    import uav_eval.protocol as protocol
+
+    monkeypatch.setattr(protocol, "load_run", lambda *a, **k: pytest.fail("loaded the decoder for a bad control"))
+    with pytest.raises(UavError, match=r"unknown control\(s\) \['shufled'\].*shuffled"):
+        evaluate(EvalConfig(run=str(run), methods=["uav", "shufled"], progress=False))

@@ -444,6 +444,8 @@ class Store:
             idx = dict(zip(self.meta.get("layer_indices", []), self.meta["layers"]))
             if int(layer) in idx:
                 return idx[int(layer)]
+            raise UavError(f"block {layer} is not in store {self.path} (it has blocks {sorted(idx)}: "
+                           f"{', '.join(self.meta['layers'])})", "pick one of the stored blocks, or re-harvest with it")
         self._check_layer(str(layer))
         return str(layer)
 

@@ -22,7 +22,7 @@ from uav_cache.models import pick_device
 from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods
-from uav_eval.methods import METHODS
+from uav_eval.methods import CONTROLS, METHODS
 from uav_eval.generate import generate
 from uav_train.run import LoadedRun, RunInfo, load_run
 from uav_train.stream import Item, derangement, item_pairs, read_x, stack_x
@@ -200,6 +200,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise UavError(f"--limit must be ≥ 1, got {cfg.limit}", "leave --limit out to evaluate every test item")
     if cfg.batch_size < 1:
         raise UavError(f"--batch-size must be ≥ 1, got {cfg.batch_size}", "e.g. --batch-size 16")
+    if bad := [m for m in cfg.methods if m not in METHODS]:  # before the decoder is loaded
+        raise UavError(f"unknown control(s) {bad}", f"use any of {', '.join(CONTROLS)}")
     t0 = time.perf_counter()
     rc = RunInfo.open(cfg.run).config  # the store is checked before the decoder is loaded
     store = eval_store(cfg.store, rc)
