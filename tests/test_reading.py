@@ -256,3 +256,33 @@ def test_a_misspelt_control_is_refused_before_the_decoder_loads(run, monkeypatch
     monkeypatch.setattr(protocol, "load_run", lambda *a, **k: pytest.fail("loaded the decoder for a bad control"))
     with pytest.raises(UavError, match=r"unknown control\(s\) \['shufled'\].*shuffled"):
         evaluate(EvalConfig(run=str(run), methods=["uav", "shufled"], progress=False))
+
+
+@pytest.mark.parametrize("every", [1, 100], ids=["from-checkpoint", "before-first-checkpoint"])
+def test_demo_settings_resume_bit_identical(every, store, tiny_llama_dir, tmp_path):
+    """The demo's recipe shape (mean read-out, centring, warm start, source weights, stage 2 only): a killed run
+    re-run with the same command ends exactly like an uninterrupted one."""
+    from helpers import assert_same_tensors
+
+    def cfg(out, **kw):
+        return TrainConfig(stores=[str(store)], out=str(out), decoder=str(tiny_llama_dir), adapter="mlp", stage="2",
+                           adapter_options={"k": 2, "hidden": 16, "center": True, "skip": True}, warm_start=True,
+                           readout="mean", layers=[2], source_weights={"colour": 2, "city": 0.5}, steps=4,
+                           batch_size=4, eval_every=2, val_items=6, progress=False, **kw)
+
+    ref = train(cfg(tmp_path / "ref"))
+    summary = json.loads((ref / "config.json").read_text())["summary"]
+    assert summary[0]["warm_start_items"] > 0 and -1 <= summary[0]["warm_start_r2"] <= 1
+
+    def stop_at_3(stage, step, _loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path / "run", checkpoint_every=every), on_step=stop_at_3)
+    run = train(cfg(tmp_path / "run", checkpoint_every=every))
+    for f in ("adapter.safetensors", "lora/adapter_model.safetensors"):
+        assert_same_tensors(ref / f, run / f)
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "items_per_s"}  # noqa: E731
+                       for x in (p / "metrics.jsonl").read_text().splitlines()]
+    assert strip(run) == strip(ref)
