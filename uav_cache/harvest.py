@@ -194,7 +194,7 @@ def harvest(cfg: HarvestConfig) -> Path:
     n_sink = sum(len(t) == 1 for t in ids)
     if n_sink and cfg.progress:
         tqdm.write(f"note: {n_sink} text(s) are a single token: every read-out of them is position 0, the attention "
-                   "sink (flagged in examples/sink_only; a longer text, or --donor-input chat, avoids it)")
+                   "sink (`uav store info` counts them; a longer text, or --donor-input chat, avoids it)")
     todo = writer.pending_shards(cfg.rank, cfg.world)
     if not todo:
         writer.finalize()

@@ -46,7 +46,7 @@ READOUTS = {
     "last": "the block's residual output at the last token of the text",
     "mean": "the mean of the block's residual output over every token but the first: position 0 carries the "
             "attention sink (norm ~26,000 in SmolLM2, the BOS in BOS-prefixed tokenizers) and would dominate a plain "
-            "mean; a one-token text has only position 0, so its mean is that vector (flagged in examples/sink_only)",
+            "mean; a one-token text has only position 0, so its mean is that vector (examples/n_tokens = 1)",
 }
 DEFAULT_READOUTS = ("last", "mean")
 
@@ -300,7 +300,6 @@ def _create_layout(tmp: Path, meta: dict, examples: list[dict], token_ids: list[
     table("tokens/offsets", offsets)
     table("tokens/ids", np.concatenate([np.asarray(t, dtype=np.int32) for t in token_ids]) if n else np.zeros(0, np.int32),
           chunk=1 << 16)
-    table("examples/sink_only", np.array([len(t) == 1 for t in token_ids], dtype=bool))
     for layer in meta["layers"]:
         for readout in readouts_of(meta):
             g.create_array(_array(layer, readout), shape=(n, d), dtype="uint16", chunks=(min(meta["chunk_rows"], R), d),
@@ -512,9 +511,7 @@ class Store:
 
     def sink_only(self) -> np.ndarray:
         """Per row: the text is one token, so every read-out of it is position 0 (the attention sink)."""
-        if "sink_only" in self.group["examples"]:
-            return self.group["examples/sink_only"][:]
-        return self.group["examples/n_tokens"][:] == 1
+        return self.column("n_tokens") == 1
 
     def read_tokens(self, layer: str, row: int) -> torch.Tensor:
         """Every token's vector for one row (stores harvested with positions=all)."""

@@ -34,12 +34,13 @@ def selfie_applicable(lr: LoadedRun) -> bool:
     return same and cfg["adapter"]["d_in"] == lr.model.config.hidden_size
 
 
-def check_methods(methods: list[str], lr: LoadedRun) -> list[str]:
+def check_methods(methods: list[str], lr: LoadedRun | None = None) -> list[str]:
+    """Refuse unknown names; with a loaded run, also drop what cannot apply to it (selfie needs donor == decoder:
+    there is no layer to patch into otherwise)."""
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise UavError(f"unknown control(s) {bad}", f"use any of {', '.join(CONTROLS)}")
-    # selfie needs donor == decoder: there is no layer to patch into otherwise
-    return [m for m in methods if m != "selfie" or selfie_applicable(lr)]
+    return [m for m in methods if lr is None or m != "selfie" or selfie_applicable(lr)]
 
 
 class MethodRunner:

@@ -16,3 +16,5 @@ METHODS = {
               "hidden state at the donor's layer is overwritten by the activation. Only when donor == decoder.",
 }
 CONTROLS = tuple(m for m in METHODS if m != "uav")
+# uav − shuffled is measured on this metric per task group; token F1 for every other group
+READING_METRIC = {"classification": "acc"}

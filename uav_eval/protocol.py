@@ -22,14 +22,13 @@ from uav_cache.models import pick_device
 from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods
-from uav_eval.methods import CONTROLS, METHODS
+from uav_eval.methods import METHODS, READING_METRIC
 from uav_eval.generate import generate
 from uav_train.run import LoadedRun, RunInfo, load_run
 from uav_train.stream import Item, derangement, item_pairs, read_x, stack_x
 
 TASK_TOKENS = {"classification": 8, "fact": 16, "gist": 32}  # max new tokens by task group
 DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own tasks)
-READING_METRIC = {"classification": "acc"}  # uav − shuffled is measured on this metric; token F1 elsewhere
 
 
 @dataclass
@@ -180,11 +179,9 @@ def probe_ceiling(store: Store, layers: list[str], readout: str) -> dict:
     read-out, and the best any stored layer/read-out reaches (chosen on val). Empty without classification."""
     from uav_cache.probe import ceiling, probe
 
-    if not (store.column("task") == "classification").any():
-        return {}
     try:
         res = probe(store)
-    except UavError:  # e.g. a source without val rows: the report simply has no ceiling
+    except UavError:  # no classification rows, or a source without val rows: the report has no ceiling
         return {}
     own = ceiling(res, layers[0], readout) if readout in store.readouts else {}
     best = ceiling(res)
@@ -200,8 +197,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise UavError(f"--limit must be ≥ 1, got {cfg.limit}", "leave --limit out to evaluate every test item")
     if cfg.batch_size < 1:
         raise UavError(f"--batch-size must be ≥ 1, got {cfg.batch_size}", "e.g. --batch-size 16")
-    if bad := [m for m in cfg.methods if m not in METHODS]:  # before the decoder is loaded
-        raise UavError(f"unknown control(s) {bad}", f"use any of {', '.join(CONTROLS)}")
+    check_methods(cfg.methods)  # names, before the decoder is loaded
     t0 = time.perf_counter()
     rc = RunInfo.open(cfg.run).config  # the store is checked before the decoder is loaded
     store = eval_store(cfg.store, rc)
@@ -211,15 +207,14 @@ def evaluate(cfg: EvalConfig) -> dict:
         store._check_layer(layer)
     lr = load_run(cfg.run, device=str(pick_device(cfg.device)))
     methods = check_methods(cfg.methods, lr)
-    items = eval_items(store, cfg.split, cfg.limit, rc["layers"], rc["train"].get("tokens", False),
-                       rc["train"].get("readout", "last"))
+    readout = rc["train"].get("readout", "last")
+    items = eval_items(store, cfg.split, cfg.limit, rc["layers"], rc["train"].get("tokens", False), readout)
     preds = run_methods(lr, items, methods, cfg)
     rows = score(items, preds, label_sets(store), cfg.similarity)
     agg = {
         "by_task": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "task"], n_boot=cfg.n_boot, seed=cfg.seed),
         "by_source": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "source"], n_boot=cfg.n_boot, seed=cfg.seed),
     }
-    readout = rc["train"].get("readout", "last")
     results = {
         "run": str(lr.info.path), "store": store.path, "dataset_fingerprint": store.meta["dataset_fingerprint"],
         "split": cfg.split, "donor": rc["donor"], "decoder": rc["decoder"],

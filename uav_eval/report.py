@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from uav_cache.errors import UavError
-from uav_eval.methods import METHODS
+from uav_eval.methods import METHODS, READING_METRIC
 
 TASK_ORDER = ("classification", "fact", "gist")
 F1_BAR = 0.8  # classification token F1 the uav path must reach
@@ -360,7 +360,7 @@ def plot_compare(runs: list[tuple[str, dict]], path: Path) -> None:
     ax = fig.add_subplot()
     slot = 0.8 / max(1, len(runs))
     colors = [f"C{i % 10}" for i in range(len(runs))]
-    metric = lambda g: "acc" if g == "classification" else "f1"  # noqa: E731  (as protocol.READING_METRIC)
+    metric = lambda g: READING_METRIC.get(g, "f1")  # noqa: E731
     for i, (name, res) in enumerate(runs):
         base = [j + (i - (len(runs) - 1) / 2) * slot for j in range(len(groups))]
         u = [_stat(res, "uav", g, metric(g)) for g in groups]

@@ -90,12 +90,13 @@ class PromptTemplate:
         head = self._ids(pre)
         return head + [self.placeholder_id] * k + self._ids(post), list(range(len(head), len(head) + k))
 
+    def answer_tokens(self, answer: str, max_tokens: int | None = None) -> list[int]:
+        """The answer as the decoder writes it (first ``max_tokens``), without the end of turn."""
+        ids = self._ids(("" if self.use_chat else " ") + answer)
+        return ids[:max_tokens] if max_tokens is not None else ids
+
     def answer_ids(self, answer: str, max_tokens: int | None = None) -> list[int]:
-        sep = "" if self.use_chat else " "
-        ids = self._ids(sep + answer)
-        if max_tokens is not None:
-            ids = ids[:max_tokens]
-        return ids + self._ids(self.end_text)
+        return self.answer_tokens(answer, max_tokens) + self._ids(self.end_text)
 
     def encode(self, question: str, answer: str, k: int, max_answer_tokens: int | None = None) -> Encoded:
         ids, pos = self.prompt(question, k)

@@ -60,7 +60,7 @@ class ItemStream:
     def __init__(self, stores: list[Store], split: str, *, layers: list[str] | None = None, mode: str = "qa",
                  seed: int = 0, shuffle_buffer: int = 1024, tokens: bool = False, rank: int = 0, world: int = 1,
                  prefetch: int = 512, epochs: int | None = None, skip_corrupt: bool = False, readout: str = "last",
-                 sources: list[str] | None = None, weights: dict[str, int] | None = None):
+                 sources: list[str] | None = None, weights: dict[str, float] | None = None):
         self.stores, self.split, self.mode, self.readout = stores, split, mode, readout
         self.sources = set(sources) if sources else None  # only rows of these sources (None: every source)
         # source → expected copies of each of its items per epoch (default 1): 3 = three times, 0.5 = half of them

@@ -201,18 +201,21 @@ def open_stores(paths: list[str], layers: list[str] | None = None, readout: str 
         if "://" not in p and not Path(p).exists():
             raise UavError(f"store {p} not found", "run `make harvest` (or `uav harvest`) first, or fix --store")
         stores.append(Store(p))
-    if layers:
-        layers[:] = [stores[0].resolve_layer(x) for x in layers]  # block indices → the store's module paths
     first = stores[0].meta
     for st in stores[1:]:
         check_compatible(st, donor=first["donor"], weights_fingerprint=first["weights_fingerprint"],
                          d_model=first["d_model"], dtype=first["dtype"])
-    for layer in layers or stores[0].layers:  # every store must hold the layers the run reads
+    for layer in layers or stores[0].layers:  # every store must hold the layers the run reads (path or block index)
         for st in stores:
-            st._check_layer(layer)
+            st.resolve_layer(layer)
     for st in stores:
         st.check_readout(readout)
     return stores
+
+
+def with_layer_paths(cfg: TrainConfig, store: Store) -> TrainConfig:
+    """``cfg`` with block indices ("23") replaced by the store's module paths ("model.layers.23")."""
+    return replace(cfg, layers=[store.resolve_layer(x) for x in cfg.layers]) if cfg.layers else cfg
 
 
 class Trainer:
@@ -223,6 +226,7 @@ class Trainer:
         self.run = Path(cfg.out)
         self.device = pick_device(cfg.device)
         self.stores = open_stores(cfg.stores, cfg.layers, cfg.readout)
+        cfg = self.cfg = with_layer_paths(cfg, self.stores[0])
         self.layers = cfg.layers or self.stores[0].layers
         if cfg.tokens and any(st.meta["positions"] != "all" for st in self.stores):
             raise UavError("--tokens needs a store harvested with --positions all", "re-harvest or drop --tokens")
@@ -322,7 +326,7 @@ class Trainer:
             x, mask = stack_x(batch)
             vs.append(self.adapter.features(x.to(self.device), mask.to(self.device)))
             for it in batch:
-                ids = self.template._ids(it.answer)[: cfg.max_answer_tokens or None] or [self.template.placeholder_id]
+                ids = self.template.answer_tokens(it.answer, cfg.max_answer_tokens) or [self.template.placeholder_id]
                 ts.append(emb(torch.tensor(ids, device=self.device)).float().mean(0))
             if sum(len(v) for v in vs) >= max_items:
                 break
@@ -557,7 +561,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
     """Train (or resume, or no-op if finished) the run at ``cfg.out``; returns the run directory. A finished run
     is a no-op only when its settings *and* its stores' contents are unchanged (a path can be re-harvested)."""
     cfg.validate()
-    stores = open_stores(cfg.stores, cfg.layers, cfg.readout)  # refuse bad stores first; block indices → paths
+    stores = open_stores(cfg.stores, cfg.layers, cfg.readout)  # refuse bad stores before anything is written
+    cfg = with_layer_paths(cfg, stores[0])  # a run names its layers as the store does, however they were typed
     done = Path(cfg.out) / CONFIG
     if done.exists():
         old = read_json(done)
