@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uav_cache.store import Store, from_bits
-from uav_eval import bench
+from pipelines import bench
 
 
 def _real(n: int = 50, d: int = 32) -> np.ndarray:

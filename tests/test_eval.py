@@ -15,7 +15,7 @@ from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_cache.store import Store
 from uav_eval.controls import METHODS, MethodRunner, check_methods, selfie_applicable
-from uav_eval.demo import load_recipe, run_demo
+from pipelines.demo import load_recipe, run_demo
 from uav_eval.generate import generate
 from uav_eval.protocol import EvalConfig, eval_items, evaluate
 from uav_train.run import load_run

@@ -430,7 +430,7 @@ def _lines(err: str) -> list[str]:
 
 
 def _uav(argv: list[str], capsys) -> tuple[int, str, str]:
-    from uav_eval.cli import main
+    from pipelines.cli import main
     old = sys.argv
     sys.argv = ["uav", *argv]
     try:
