@@ -197,7 +197,7 @@ def test_rerunning_a_finished_harvest_is_a_no_op(ref_store, tiny_llama_dir, data
 
     def no_compute(*a, **k):
         raise AssertionError("a finished store must not be recomputed")
-    monkeypatch.setattr(hv, "_run_shard", no_compute)
+    monkeypatch.setattr(hv, "forward_shard", no_compute)
     assert harvest(_cfg(tiny_llama_dir, data, out)) == out
     after = _mtimes(out)
     assert {k: v for k, v in after.items() if k.startswith("_commits")} == \

@@ -494,12 +494,16 @@ def test_stream_order_is_deterministic_per_seed(stores):
     assert text.answer == st.examples()[text.row]["text"] and split_of(text.row) == "val"
 
 
-def test_stream_ranks_partition_the_items(stores):
+def test_stream_ranks_split_each_global_batch(stores):
+    """Two ranks see, step by step, exactly the global batch one process sees, split between them."""
     st = Store(stores["a"])
-    r0 = rows_of(ItemStream([st], "train", seed=1, epochs=1, rank=0, world=2))
-    r1 = rows_of(ItemStream([st], "train", seed=1, epochs=1, rank=1, world=2))
-    assert r0 and r1 and not set(r0) & set(r1)
-    assert sorted(r0 + r1) == sorted(int(r) for r in st.split_rows("train"))
+    one = [[it.row for it in b] for b in ItemStream([st], "train", seed=1, epochs=1).batches(4)]
+    r0, r1 = ([[it.row for it in b] for b in ItemStream([st], "train", seed=1, epochs=1, rank=r, world=2).batches(4)]
+              for r in (0, 1))
+    assert len(one) == len(r0) == len(r1) > 1
+    for g, a, b in zip(one, r0, r1):
+        assert a == g[0::2] and b == g[1::2] and not set(a) & set(b)
+    assert sorted(sum(r0 + r1, [])) == sorted(int(r) for r in st.split_rows("train"))
     # two stores: items from both, tagged with their store
     both = list(ItemStream([st, Store(stores["seq"])], "test", epochs=1))
     assert {it.store for it in both} == {0, 1} and len(both) == 2 * 8

@@ -1,4 +1,5 @@
-"""Donor-side commands: `uav data build`, `uav harvest`, `uav store info|verify`, `uav models`.
+"""Donor-side commands: `uav data build`, `uav harvest`, `uav store info|verify|probe`, `uav models`, and the
+way every uav entry point runs (:func:`run_cli`).
 
 Thin typed wrappers over the Python API (datasets.build, harvest.harvest, store.Store): a notebook calls
 the same functions.
@@ -6,15 +7,64 @@ the same functions.
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
+
+try:  # typer ≥ 0.20 vendors click as typer._click; older typer uses click itself
+    from typer._click import exceptions as cx
+except ImportError:  # pragma: no cover
+    from click import exceptions as cx
 
 from uav_cache.errors import UavError
 
 data_app = typer.Typer(help="Build the project's examples from data shipped in PyPI packages.", no_args_is_help=True)
 store_app = typer.Typer(help="Inspect and check activation stores.", no_args_is_help=True)
+
+
+def run_cli(app: typer.Typer | Callable, prog_name: str) -> None:
+    """Run a typer app (or one command function, as `python -m uav_cache.harvest` does) the way every uav entry
+    point runs: one-line errors for user mistakes, tracebacks only for bugs; exit 0 only on success, 1 when a
+    check found something broken, 2 for usage errors and refused inputs, 130 when interrupted."""
+    if not isinstance(app, typer.Typer):
+        fn, app = app, typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        app.command()(fn)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # a shell without job control starts `uav … &` with SIGINT ignored; `kill -INT` must still stop a long
+        # harvest or training (exit 130: a re-run resumes where it stopped)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    cmd = typer.main.get_command(app)
+    try:
+        # standalone_mode=False *returns* the code of a typer.Exit (and typer turns Ctrl-C into Exit(130))
+        # instead of raising it: it must reach sys.exit, or `uav store verify` on a broken store exits 0
+        code = cmd.main(standalone_mode=False, prog_name=prog_name)
+    except UavError as e:
+        typer.echo(f"uav: error: {e.problem}" + (f" (fix: {e.fix})" if e.fix else ""), err=True)
+        sys.exit(2)
+    except cx.NoArgsIsHelpError:  # typer has already printed the help
+        sys.exit(0)
+    except cx.UsageError as e:
+        where = e.ctx.command_path if e.ctx else prog_name
+        typer.echo(f"uav: error: {e.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        code = e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
+    except FileNotFoundError as e:
+        typer.echo(f"uav: error: file not found: {e.filename or e} (fix: check the path)", err=True)
+        sys.exit(2)
+    except OSError as e:
+        typer.echo(f"uav: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''} "
+                   "(fix: check permissions and free disk space)", err=True)
+        sys.exit(2)
+    if code == 130:
+        typer.echo("uav: interrupted (a re-run resumes where it stopped)", err=True)
+    if isinstance(code, int) and code:  # a command's own return value is None: only Exit codes are ints
+        sys.exit(code)
 
 
 def int_list(value: Optional[str], what: str) -> list[int] | None:
@@ -56,6 +106,8 @@ def harvest_command(
     max_length: Annotated[Optional[int], typer.Option(help="Token cap (default: the registry's); longer texts are cut and flagged.")] = None,
     donor_input: Annotated[str, typer.Option(help="raw text, or chat (wrapped in the donor's chat template).")] = "raw",
     shard_rows: Annotated[int, typer.Option(help="Rows per shard: the unit of commit and resume.")] = 4096,
+    codec: Annotated[str, typer.Option(help="Activation encoding: raw (fastest writes and random reads) or zstd "
+                                            "(7-22% smaller, for stores shipped over a network).")] = "raw",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 …")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Allow the donor's own modelling code (off by default).")] = False,
 ) -> None:
@@ -65,9 +117,11 @@ def harvest_command(
 
     cfg = HarvestConfig(donor=donor, data=data, out=out or f"stores/{Path(donor).name}", layers=int_list(layers, "--layers"),
                         positions=positions, readouts=[r.strip() for r in readouts.split(",") if r.strip()], dtype=dtype, batch_size=batch_size, limit=limit, max_length=max_length,
-                        donor_input=donor_input, shard_rows=shard_rows, device=device, trust_remote_code=trust_remote_code)
+                        donor_input=donor_input, shard_rows=shard_rows, codec=codec, device=device,
+                        trust_remote_code=trust_remote_code)
     path = harvest(cfg)
-    typer.echo(Store(path).info())
+    if cfg.rank == 0:  # under torchrun every rank runs this; one summary is enough
+        typer.echo(Store(path).info())
 
 
 @store_app.command("info")

@@ -4,27 +4,31 @@ Hook points are explicit (TransformerLens style): a forward hook on each request
 module path, e.g. ``model.layers.23``) captures that block's residual output, and the deepest hook stops
 the forward pass, so layers above it and the LM head never run. Shards are written by a background
 thread while the donor computes the next one, and committed one at a time (see store.py).
+
+Under torchrun (``torchrun --nproc-per-node N -m uav_cache.harvest …``) each process runs the donor on its own
+GPU over the shards it owns (shard s → rank s % N) and commits them on its own: a rank that dies costs only
+its unfinished shard, and a re-run with any N finishes what is missing. Shard contents do not depend on N (each
+shard is batched the same way), so the store is bit-identical to a one-process harvest.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from uav_cache import __version__
+from uav_cache import distributed
 from uav_cache.datasets import ExampleSet, load_examples
 from uav_cache.errors import UavError
-from uav_cache.models import (ModelSpec, block_modules, layer_name, load, pick_device, resolve,
-                              tokenizer_fingerprint, weights_fingerprint)
-from uav_cache.store import (DEFAULT_READOUTS, FORMAT, FORMAT_VERSION, FP16_MAX, READOUTS, STORAGE_DTYPES, StoreWriter,
-                             to_bits)
+from uav_cache.models import ModelSpec, block_modules, layer_name, load, resolve, tokenizer_fingerprint, weights_fingerprint
+from uav_cache.store import (CODECS, DEFAULT_CODEC, DEFAULT_READOUTS, FP16_MAX, READOUTS, STORAGE_DTYPES, StoreWriter,
+                             new_meta, to_bits)
 
 
 @dataclass
@@ -43,7 +47,8 @@ class HarvestConfig:
     max_length: int | None = None  # token cap; None = the registry's max_length; longer texts are cut and flagged
     donor_input: str = "raw"  # "raw": the text as is; "chat": wrapped as a user turn of the donor's chat template
     shard_rows: int = 4096  # rows per commit unit (and Zarr shard): a kill loses at most one shard of work
-    chunk_rows: int = 512  # rows per compressed inner chunk: the unit a streaming reader fetches
+    chunk_rows: int = 512  # rows per inner chunk: the unit a streaming reader fetches
+    codec: str = DEFAULT_CODEC  # store.CODECS: raw (fastest writes and reads) or zstd (smaller, for shipping)
     device: str = "auto"
     trust_remote_code: bool = False
     rank: int = field(default_factory=lambda: int(os.environ.get("RANK", 0)))  # torchrun sets these:
@@ -115,49 +120,112 @@ def plan_meta(cfg: HarvestConfig, spec: ModelSpec, model, tok, ex: ExampleSet, n
               indices: list[int], dtype: str, max_length: int, n_tokens: int, compute_dtype: str = "fp32") -> dict:
     """The store's root metadata: everything a reader needs to trust and use the rows without uav."""
     n = len(ex.examples)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "uav_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "donor": spec.name,
-        "donor_hub_id": spec.hub_id,
-        "donor_revision": spec.revision,
-        "donor_kind": spec.kind,
-        "donor_path": spec.path,  # a local folder's absolute path (the name is only its basename); None otherwise
-        "family": spec.family,
-        "weights_fingerprint": weights_fingerprint(spec),
-        "n_layers": len(block_modules(model)),
-        "layers": names,
-        "layer_indices": indices,
-        "positions": cfg.positions,
-        "readouts": list(cfg.readouts),
-        "readout": {r: READOUTS[r] for r in cfg.readouts},
-        "dtype": dtype,
-        "compute_dtype": compute_dtype,  # bf16 (CUDA) and fp32 (CPU) rows must not mix in one store
-        "d_model": int(model.config.hidden_size),
-        "tokenizer": tokenizer_fingerprint(tok),
-        "donor_input": cfg.donor_input,
-        "max_length": max_length,
-        "dataset": {"name": ex.name, "fingerprint": ex.fingerprint, "split_sizes": ex.split_sizes(), "n_examples": n},
-        "dataset_fingerprint": ex.fingerprint,
-        "n_rows": n,
-        "shard_rows": cfg.shard_rows,
-        "chunk_rows": cfg.chunk_rows,
-        "n_shards": (n + cfg.shard_rows - 1) // cfg.shard_rows,
-        "n_tokens": n_tokens,
-    }
+    return new_meta(
+        donor=spec.name,
+        donor_hub_id=spec.hub_id,
+        donor_revision=spec.revision,
+        donor_kind=spec.kind,
+        donor_path=spec.path,  # a local folder's absolute path (the name is only its basename); None otherwise
+        family=spec.family,
+        weights_fingerprint=weights_fingerprint(spec),
+        n_layers=len(block_modules(model)),
+        layers=names,
+        layer_indices=indices,
+        positions=cfg.positions,
+        readouts=list(cfg.readouts),
+        readout={r: READOUTS[r] for r in cfg.readouts},
+        dtype=dtype,
+        compute_dtype=compute_dtype,  # bf16 (CUDA) and fp32 (CPU) rows must not mix in one store
+        d_model=int(model.config.hidden_size),
+        tokenizer=tokenizer_fingerprint(tok),
+        donor_input=cfg.donor_input,
+        max_length=max_length,
+        dataset={"name": ex.name, "fingerprint": ex.fingerprint, "split_sizes": ex.split_sizes(), "n_examples": n},
+        dataset_fingerprint=ex.fingerprint,
+        n_rows=n,
+        shard_rows=cfg.shard_rows,
+        chunk_rows=cfg.chunk_rows,
+        codec=cfg.codec,  # how the activation arrays are encoded; rows are the same either way, so not identity
+        n_tokens=n_tokens,
+    )
 
 
 def harvest(cfg: HarvestConfig) -> Path:
     """Run ``cfg.donor`` over ``cfg.data`` and fill the store at ``cfg.out``. Re-running resumes; a finished
     store is a no-op. Returns the store path."""
+    job = plan(cfg)
+    # torchrun: a group only to wait for every rank before the store is finalized (ranks own disjoint shards and
+    # need nothing else from each other); ranks that finish early may wait long, hence the week-long timeout
+    group = "MASTER_ADDR" in os.environ and distributed.init(job.ranks, job.device, timeout_s=7 * 24 * 3600)
+    try:
+        job.run()
+        distributed.barrier()
+        if job.ranks.main or not group:
+            job.writer.finalize()
+    finally:
+        distributed.finish(group)
+    return Path(cfg.out)
+
+
+@dataclass
+class Job:
+    """A planned harvest: the donor on this rank's device, every text tokenized, the store created or re-opened.
+    :meth:`run` fills this rank's missing shards."""
+
+    cfg: HarvestConfig
+    writer: StoreWriter
+    model: torch.nn.Module
+    tok: Any
+    ids: list[list[int]]  # token ids per row
+    row_ids: list[str]  # example id per row (named in errors)
+    names: list[str]  # hooked blocks' module paths
+    dtype: str
+    device: torch.device
+    ranks: distributed.Ranks
+
+    def run(self) -> None:
+        """Run the donor over this rank's uncommitted shards, each written by a background thread while the next
+        one computes (at most one in flight: bounded memory, errors surface promptly)."""
+        cfg, writer = self.cfg, self.writer
+        todo = writer.pending_shards(cfg.rank, cfg.world)
+        if not todo:
+            return
+        capture = Capture(self.model, self.names)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        rank = f" [rank {cfg.rank}/{cfg.world}]" if cfg.world > 1 else ""
+        bar = tqdm(total=sum(writer.shard_range(s)[1] - writer.shard_range(s)[0] for s in todo),
+                   desc=f"harvest {writer.meta['donor']} → {cfg.out}{rank}", unit="text",
+                   disable=not (cfg.progress and self.ranks.main))
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uav-writer")
+        pending: Future | None = None
+        try:
+            for s in todo:
+                a, b = writer.shard_range(s)
+                vecs, all_tok = forward_shard(self.model, capture, self.ids[a:b], self.names, pad, cfg.batch_size,
+                                              self.dtype, cfg.positions == "all", self.device, self.row_ids[a:b], bar)
+                if pending is not None:
+                    pending.result()
+                pooled = {r: vecs[r] for r in cfg.readouts if r != "last"}
+                pending = pool.submit(writer.write_shard, s, vecs["last"], all_tok, pooled)
+            if pending is not None:
+                pending.result()
+        finally:
+            pool.shutdown(wait=True)
+            capture.close()
+            bar.close()
+
+
+def plan(cfg: HarvestConfig, loaded: tuple[torch.nn.Module, Any] | None = None) -> Job:
+    """Check ``cfg``, load the donor (or use ``loaded``: a model and tokenizer already in memory, as a notebook or
+    the bench has them), tokenize, and create or re-open the store (refusing one with another identity)."""
     if cfg.positions not in ("last", "all"):
         raise UavError(f"unknown --positions {cfg.positions!r}", "use last or all")
     if not cfg.readouts or any(r not in READOUTS for r in cfg.readouts) or "last" not in cfg.readouts \
             or len(set(cfg.readouts)) != len(cfg.readouts):
         raise UavError(f"--readouts {','.join(cfg.readouts)} is not a list of distinct read-outs that includes last",
                        f"use last plus any of: {', '.join(READOUTS)} (e.g. last,mean)")
+    if cfg.codec not in CODECS:
+        raise UavError(f"unknown --codec {cfg.codec!r}", f"use one of: {', '.join(CODECS)}")
     if cfg.donor_input not in ("raw", "chat"):
         raise UavError(f"unknown --donor-input {cfg.donor_input!r}", "use raw or chat")
     if cfg.batch_size < 1 or cfg.shard_rows < 1 or cfg.chunk_rows < 1:
@@ -173,10 +241,15 @@ def harvest(cfg: HarvestConfig) -> Path:
     ex = load_examples(cfg.data, limit=cfg.limit)
     _validate(ex)
 
-    device = pick_device(cfg.device)
-    compute = "bf16" if device.type == "cuda" else "fp32"
-    model, tok = load(spec, dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[compute],
-                      device=str(device), trust_remote_code=cfg.trust_remote_code)
+    ranks = distributed.Ranks(cfg.rank, cfg.world, distributed.Ranks.from_env().local_rank)
+    if loaded is None:
+        device = distributed.rank_device(cfg.device, ranks)
+        compute = "bf16" if device.type == "cuda" else "fp32"
+        model, tok = load(spec, dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[compute],
+                          device=str(device), trust_remote_code=cfg.trust_remote_code)
+    else:
+        (model, tok), p = loaded, next(loaded[0].parameters())
+        device, compute = p.device, {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(p.dtype, "fp32")
     indices = list(cfg.layers) if cfg.layers else list(spec.layers)
     names = [layer_name(model, i) for i in indices]
     n_blocks = len(block_modules(model))
@@ -192,41 +265,14 @@ def harvest(cfg: HarvestConfig) -> Path:
     meta = plan_meta(cfg, spec, model, tok, ex, names, indices, dtype, max_length, sum(map(len, ids)), compute)
     writer = StoreWriter.create_or_open(cfg.out, meta, ex.examples, ids, cut)
     n_sink = sum(len(t) == 1 for t in ids)
-    if n_sink and cfg.progress:
+    if n_sink and cfg.progress and ranks.main:
         tqdm.write(f"note: {n_sink} text(s) are a single token: every read-out of them is position 0, the attention "
                    "sink (`uav store info` counts them; a longer text, or --donor-input chat, avoids it)")
-    todo = writer.pending_shards(cfg.rank, cfg.world)
-    if not todo:
-        writer.finalize()
-        return Path(cfg.out)
-
-    capture = Capture(model, names)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    bar = tqdm(total=sum(writer.shard_range(s)[1] - writer.shard_range(s)[0] for s in todo),
-               desc=f"harvest {spec.name} → {cfg.out}", unit="text", disable=not cfg.progress)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uav-writer")
-    pending: Future | None = None
-    try:
-        for s in todo:
-            a, b = writer.shard_range(s)
-            vecs, all_tok = _run_shard(model, capture, ids[a:b], names, pad, cfg.batch_size, dtype,
-                                       cfg.positions == "all", device, [e["id"] for e in ex.examples[a:b]], bar)
-            if pending is not None:
-                pending.result()  # at most one shard in flight: bounded memory, errors surface promptly
-            pooled = {r: vecs[r] for r in cfg.readouts if r != "last"}
-            pending = pool.submit(writer.write_shard, s, vecs["last"], all_tok, pooled)
-        if pending is not None:
-            pending.result()
-    finally:
-        pool.shutdown(wait=True)
-        capture.close()
-        bar.close()
-    writer.finalize()
-    return Path(cfg.out)
+    return Job(cfg, writer, model, tok, ids, [e["id"] for e in ex.examples], names, dtype, device, ranks)
 
 
 @torch.inference_mode()
-def _run_shard(model, capture: Capture, ids: list[list[int]], names: list[str], pad: int, batch_size: int,
+def forward_shard(model, capture: Capture, ids: list[list[int]], names: list[str], pad: int, batch_size: int,
                dtype: str, keep_all: bool, device: torch.device, ex_ids: list[str], bar) -> tuple[dict, dict | None]:
     """Forward one shard in length-sorted batches (less padding); rows come back in their original order.
     Returns ``{readout: {layer: (rows, d) bits}}`` for every read-out in store.READOUTS, and the all-token bits."""
@@ -288,8 +334,20 @@ def read_out(model, tok, texts: list[str], names: list[str], *, dtype: str, max_
     device = next(model.parameters()).device
     try:
         with tqdm(total=len(texts), disable=True) as bar:
-            vecs, _ = _run_shard(model, capture, ids, names, tok.pad_token_id or 0, batch_size, dtype, False, device,
+            vecs, _ = forward_shard(model, capture, ids, names, tok.pad_token_id or 0, batch_size, dtype, False, device,
                                  [str(i) for i in range(len(texts))], bar)
     finally:
         capture.close()
     return {n: from_bits(vecs[readout][n], dtype) for n in names}
+
+
+def main() -> None:
+    """``python -m uav_cache.harvest`` (and ``torchrun --nproc-per-node N -m uav_cache.harvest``): the options of
+    `uav harvest`."""
+    from uav_cache.cli import harvest_command, run_cli
+
+    run_cli(harvest_command, "python -m uav_cache.harvest")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,13 @@
 """Store → training items, streamed: memory stays flat however large the store is.
 
-Reads whole inner chunks (the store's ``chunk_rows``) sequentially from committed shards, in an order
-shuffled per epoch, through a bounded shuffle buffer, produced by a background thread. The order depends
-only on (seed, epoch, rank, world), so a resumed run skips exactly the items it has consumed. Chunks are
-dealt to ranks round-robin (chunk i → rank i % world): data parallelism needs no redesign.
+Reads whole inner chunks of committed shards (``Store.chunk_spans``), in an order shuffled per epoch, through a
+bounded shuffle buffer, produced by a background thread. The order depends only on (seed, epoch), so a resumed
+run skips exactly the items it has consumed.
+
+Data parallelism: every rank draws the same global order and keeps its own slice of each global batch (rank r
+of N takes items r, r+N, …). N processes thus see exactly the batches one process would, which is what lets a
+DDP run reproduce a one-process run; the price is that each rank reads every chunk, one vector per item (small
+next to a decoder step).
 """
 
 from __future__ import annotations
@@ -88,24 +92,21 @@ class ItemStream:
             keep = st.column("split") == self.split
             if self.sources is not None:
                 keep &= np.isin(st.column("source"), list(self.sources))
-            c = st.meta["chunk_rows"]
-            for s in st.committed():
-                a, b = st.shard_range(s)
-                for lo in range(a, b, c):
-                    rows = np.arange(lo, min(lo + c, b))
-                    rows = rows[keep[rows]]
-                    if self.mode != "text" and len(rows):  # stage 2 needs qa pairs; records are read per chunk
-                        recs = st.records(lo, min(lo + c, b))
-                        rows = rows[[bool(item_pairs(recs[r - lo], self.mode)) for r in rows]]
-                    if len(rows):
-                        out.append((si, rows))
-        return [ch for i, ch in enumerate(out) if i % self.world == self.rank]
+            for lo, hi in st.chunk_spans():
+                rows = np.arange(lo, hi)
+                rows = rows[keep[rows]]
+                if self.mode != "text" and len(rows):  # stage 2 needs qa pairs; records are read per chunk
+                    recs = st.records(lo, hi)
+                    rows = rows[[bool(item_pairs(recs[r - lo], self.mode)) for r in rows]]
+                if len(rows):
+                    out.append((si, rows))
+        return out
 
     def _produce(self, out: queue.Queue, stop: threading.Event) -> None:
         try:
             epoch = 0
             while self.epochs is None or epoch < self.epochs:
-                rng = np.random.default_rng([self.seed, epoch, self.rank])
+                rng = np.random.default_rng([self.seed, epoch])
                 buf: list[Item] = []
                 for ci in rng.permutation(len(self.chunks)):
                     si, rows = self.chunks[ci]
@@ -142,7 +143,7 @@ class ItemStream:
 
     def _unreadable(self, ci: int, st: Store, rows: np.ndarray, err: Exception) -> None:
         """Refuse with the store and shard named, or (skip_corrupt) count the chunk and warn once."""
-        s = int(rows[0]) // st.meta["shard_rows"]
+        s = st.shard_of(int(rows[0]))
         where = f"rows {int(rows.min())}-{int(rows.max())} (shard {s}) of store {st.path}"
         if not self.skip_corrupt:
             raise UavError(f"cannot read {where}: {type(err).__name__}: {err}",
@@ -184,7 +185,8 @@ class ItemStream:
             stop.set()
 
     def batches(self, batch_size: int, skip: int = 0) -> Iterator[list[Item]]:
-        """Batches of items; the first ``skip`` items are dropped (resuming a run mid-stream)."""
+        """This rank's part of each global batch of ``batch_size`` items (all of it for one process); the first
+        ``skip`` items of the global stream are dropped (resuming a run mid-stream)."""
         it = iter(self)
         for _ in range(skip):
             next(it)
@@ -192,7 +194,7 @@ class ItemStream:
             batch = [item for _, item in zip(range(batch_size), it)]
             if not batch:
                 return
-            yield batch
+            yield batch[self.rank::self.world]
 
 
 def derangement(items: list[Item], seed: int = 0) -> list[int]:
