@@ -12,6 +12,7 @@ STORE   ?= stores/$(DONOR)
 RECIPE  ?= pipelines/recipes/demo.toml
 RUN     ?= runs/self
 DECODER ?= smollm2-135m
+NPROC   ?= 1
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
@@ -35,11 +36,14 @@ test: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
+# NPROC=N: N processes under torchrun (one per GPU; gloo on CPU). Same store / same run as one process.
+LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc-per-node $(NPROC) -m)
+
 harvest: setup
-	$(UAV) harvest --donor $(DONOR) --data $(DATA) --out $(STORE) $(if $(LAYERS),--layers $(LAYERS))
+	$(if $(LAUNCH),$(LAUNCH) uav_cache.harvest,$(UAV) harvest) --donor $(DONOR) --data $(DATA) --out $(STORE) $(if $(LAYERS),--layers $(LAYERS))
 
 train: setup
-	$(UAV) train --recipe $(RECIPE) --store $(STORE) --decoder $(DECODER) --out $(RUN)
+	$(if $(LAUNCH),$(LAUNCH) uav_train.trainer,$(UAV) train) --recipe $(RECIPE) --store $(STORE) --decoder $(DECODER) --out $(RUN)
 
 eval: setup
 	$(UAV) eval $(RUN)

@@ -34,6 +34,7 @@ def train_command(
     skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable store chunks (counted, warned) instead of stopping.")] = False,
 ) -> None:
     """Train an adapter (+ LoRA) that lets the decoder answer questions about a donor's activations."""
+    from uav_cache.distributed import Ranks
     from uav_train.trainer import TrainConfig, train
 
     stores = store.split(",") if store else ([f"stores/{donor}"] if donor else None)
@@ -50,4 +51,5 @@ def train_command(
                 raise UavError(f"--store {s} was harvested from {Store(s).meta['donor']}, not --donor {donor}",
                                "drop --donor or point --store at that donor's store")
     run = train(cfg)
-    typer.echo(f"run complete → {run} (adapter, lora/, metrics.jsonl, loss.png)")
+    if Ranks.from_env().main:  # under torchrun every rank runs this; one line is enough
+        typer.echo(f"run complete → {run} (adapter, lora/, metrics.jsonl, loss.png)")

@@ -4,6 +4,11 @@ Stage 1 trains the adapter alone against a frozen decoder to reproduce the donor
 soft tokens. Stage 2 warm-starts from that adapter and adds a peft LoRA on the decoder; the loss is on the
 answer only. Adapter-only transfer (``frozen_decoder``) loads another run's LoRA frozen and trains a new
 adapter for a new donor. The donor is never loaded here: everything comes from activation stores.
+
+Data-parallel under torchrun (``torchrun --nproc-per-node N -m uav_train.trainer …``): each process takes its
+slice of every global batch (``batch_size`` stays the global batch), DDP (gloo on CPU, nccl on GPU) averages the
+gradients, and the loss is normalised by the global count of answer tokens, so N processes take the step one
+process would. Only rank 0 writes: metrics, checkpoints, the best weights and the run record.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from uav_cache import distributed
 from uav_cache.config import check_types
 from uav_cache.errors import UavError
 from uav_cache.models import embedding_norm, load, pick_device, resolve, weights_fingerprint
@@ -177,10 +183,12 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def answer_loss(model, embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def answer_loss(model, embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy on the labelled (answer) positions only, the same value as HF's
     ``labels=`` loss, but the LM head runs only where there is a label: the head is ~20% of SmolLM2's
-    forward and more than the whole body for Gemma-3-270M's 262k vocabulary."""
+    forward and more than the whole body for Gemma-3-270M's 262k vocabulary. ``reduction="sum"`` gives the
+    sum over answer tokens (data-parallel steps divide by the global count)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
     target = labels[:, 1:]
@@ -189,7 +197,7 @@ def answer_loss(model, embeds: torch.Tensor, attention_mask: torch.Tensor, label
     cap = getattr(base.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return torch.nn.functional.cross_entropy(logits, target[keep])
+    return torch.nn.functional.cross_entropy(logits, target[keep], reduction=reduction)
 
 
 def open_stores(paths: list[str], layers: list[str] | None = None, readout: str = "last") -> list[Store]:
@@ -224,7 +232,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = None):
         self.cfg, self.on_step = cfg, on_step
         self.run = Path(cfg.out)
-        self.device = pick_device(cfg.device)
+        self.ranks = distributed.Ranks.from_env()
+        if cfg.batch_size % self.ranks.world:
+            raise UavError(f"batch_size {cfg.batch_size} (the global batch) does not split over {self.ranks.world} "
+                           "processes", f"use a multiple of {self.ranks.world}, or another --nproc-per-node")
+        self.device = distributed.rank_device(cfg.device, self.ranks)
         self.stores = open_stores(cfg.stores, cfg.layers, cfg.readout)
         cfg = self.cfg = with_layer_paths(cfg, self.stores[0])
         self.layers = cfg.layers or self.stores[0].layers
@@ -279,6 +291,12 @@ class Trainer:
 
     # ---- the one loss
     def loss(self, items: list[Item], mode: str) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens of ``items``."""
+        total, n = self.loss_terms(items, mode)
+        return total / n
+
+    def loss_terms(self, items: list[Item], mode: str) -> tuple[torch.Tensor, int]:
+        """(sum of the answer tokens' cross-entropy, their count): the parts a data-parallel step adds up."""
         k = self.adapter.k
         max_ans = self.cfg.max_target_tokens if mode == "text" else self.cfg.max_answer_tokens
         encs = [self.template.encode(it.question, it.answer, k, max_answer_tokens=max_ans) for it in items]
@@ -288,7 +306,8 @@ class Trainer:
             soft = self.adapter(x.to(self.device), mask.to(self.device))
             emb = self.model.get_input_embeddings()(batch["input_ids"])
             emb = splice(emb, soft, batch["soft_positions"])
-            return answer_loss(self.model, emb, batch["attention_mask"], batch["labels"])
+            total = answer_loss(self.model, emb, batch["attention_mask"], batch["labels"], reduction="sum")
+        return total, int((batch["labels"][:, 1:] != IGNORE).sum())
 
     @torch.no_grad()
     def val_losses(self, items: list[Item], shuffled: list[Item] | None, mode: str) -> dict:
@@ -374,7 +393,8 @@ class Trainer:
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         common = dict(layers=self.layers, mode=mode, shuffle_buffer=cfg.shuffle_buffer, tokens=cfg.tokens,
                       skip_corrupt=cfg.skip_corrupt, readout=cfg.readout, sources=cfg.sources)
-        train = ItemStream(self.stores, "train", seed=cfg.seed * 1000 + stage, weights=cfg.source_weights, **common)
+        train = ItemStream(self.stores, "train", seed=cfg.seed * 1000 + stage, weights=cfg.source_weights,
+                           rank=self.ranks.rank, world=self.ranks.world, **common)
         val_stream = ItemStream(self.stores, "val", seed=cfg.seed, epochs=1, **common)
         val = [it for _, it in zip(range(cfg.val_items), val_stream)]
         perm = derangement(val, seed=cfg.seed)
@@ -382,6 +402,7 @@ class Trainer:
         st = {"stage": stage, "step": 0, "consumed": 0, "best_val": None, "bad_evals": 0, "stopped": False}
         best_path = self.run / f"best_stage{stage}.safetensors"
         ck = self.run / CHECKPOINT
+        distributed.barrier()  # no rank looks for a checkpoint while rank 0 may still be clearing the last stage's
         if ck.exists() and read_json(ck / "state.json")["stage"] == stage:
             st, w = load_checkpoint(self.run, opt)
             self._load_trainables(w)
@@ -394,24 +415,31 @@ class Trainer:
             self._log({"stage": stage, "step": 0, **self.val_losses(val, val_shuffled, mode)})
         self.model.train(), self.adapter.train()
         names = {0: "adapter", 1: "lora"}
-        bar = tqdm(total=steps, initial=st["step"], desc=f"stage {stage} ({'align' if stage == 1 else 'QA'})",
-                   unit="step", disable=not cfg.progress)
+        world = self.ranks.world
+        step_terms = self._ddp() if world > 1 else self.loss_terms
+        bar = tqdm(total=steps, initial=st["step"], desc=f"stage {stage} ({'align' if stage == 1 else 'QA'})"
+                   + (f" ×{world} processes" if world > 1 else ""), unit="step", disable=not (cfg.progress and self.ranks.main))
         t0 = time.perf_counter()
         for batch in train.batches(cfg.batch_size, skip=st["consumed"]):
             step = st["step"]
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * _lr_factor(step, steps, cfg.warmup)
-            loss = self.loss(batch, mode)
+            total, n = step_terms(batch, mode)
+            # the global token count and batch size: each rank's sum over the global count, times world because
+            # DDP averages gradients, makes the step the one-process step on the whole global batch
+            counts = distributed.all_sum(torch.tensor([n, len(batch)], dtype=torch.float64))
+            n_all, items = float(counts[0]), int(counts[1])
+            loss_scaled = total * (world / n_all)
+            loss = distributed.all_sum(total.detach()) / n_all  # what is logged: the global batch's mean
             if not torch.isfinite(loss):
                 raise UavError(f"loss became {float(loss)} at stage {stage} step {step}",
                                "lower the learning rates (lr_adapter / lr_lora) or check the store with `uav store verify`")
-            loss.backward()
+            loss_scaled.backward()
             gnorm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             st["step"] += 1
-            st["consumed"] += len(batch)
-            loss = loss.detach()
+            st["consumed"] += items
             row = {"stage": stage, "step": st["step"], "loss": float(loss), "grad_norm": float(gnorm),
                    **{f"lr_{names[i]}": g["lr"] for i, g in enumerate(opt.param_groups)},
                    "items_per_s": st["consumed"] / max(time.perf_counter() - t0, 1e-9)}
@@ -425,9 +453,10 @@ class Trainer:
                 v = row["val_loss"]
                 if st["best_val"] is None or v < st["best_val"] - 1e-4:
                     st["best_val"], st["bad_evals"] = v, 0
-                    tmp = best_path.with_suffix(".tmp")
-                    save_tensors(self._trainables(), tmp)
-                    tmp.replace(best_path)
+                    if self.ranks.main:
+                        tmp = best_path.with_suffix(".tmp")
+                        save_tensors(self._trainables(), tmp)
+                        tmp.replace(best_path)
                 else:
                     st["bad_evals"] += 1
                     st["stopped"] = st["bad_evals"] >= cfg.patience
@@ -438,27 +467,41 @@ class Trainer:
             if self.on_step is not None:
                 self.on_step(stage, st["step"], float(loss))
             done = st["step"] >= steps or st["stopped"]
-            if done or st["step"] % cfg.checkpoint_every == 0:
+            if (done or st["step"] % cfg.checkpoint_every == 0) and self.ranks.main:
                 save_checkpoint(self.run, state=st, weights=self._trainables(), opt=opt)
             if done:
                 break
         bar.close()
         return self._finish_stage(stage, st, best_path)
 
+    def _ddp(self) -> Callable[[list[Item], str], tuple[torch.Tensor, int]]:
+        """:meth:`loss_terms` through DistributedDataParallel over the adapter and the decoder (built per stage:
+        stage 2 adds the LoRA). Only parameters that train are DDP's: a frozen LoRA (adapter-only transfer) and
+        the frozen decoder weights take no part in the gradient all-reduce."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        # init_sync off: every rank built the same weights from the same seed and files; broadcasting the whole
+        # frozen decoder from rank 0 would only cost time
+        ddp = DistributedDataParallel(_Joint(self), device_ids=None, broadcast_buffers=False, init_sync=False)
+        return lambda items, mode: ddp(items, mode)
+
     def _finish_stage(self, stage: int, st: dict, best_path: Path) -> dict:
         """Restore the best-validation weights of the stage (early stopping keeps the best, not the last)."""
+        distributed.barrier()  # rank 0 has written the best weights
         if best_path.exists():
             self._load_trainables(load_file(str(best_path)))
         return {"stage": stage, "steps": st["step"], "best_val": st["best_val"], "early_stopped": st["stopped"]}
 
     def _log(self, row: dict) -> None:
+        if not self.ranks.main:
+            return
         with open(self.run / METRICS, "a") as f:
             f.write(json.dumps(row) + "\n")
 
     def _trim_metrics(self, stage: int, step: int) -> None:
         """Drop log lines written after the checkpoint we resume from (they will be written again)."""
         p = self.run / METRICS
-        if p.exists():
+        if p.exists() and self.ranks.main:
             keep = [ln for ln in p.read_text().splitlines()
                     if ln.strip() and not (json.loads(ln)["stage"] == stage and json.loads(ln)["step"] > step)]
             p.write_text("".join(ln + "\n" for ln in keep))
@@ -475,8 +518,9 @@ class Trainer:
                 self.adapter.to(self.device)
             else:
                 summary.append(self._stage(1, cfg.stage1_steps))
-                save_adapter(self.run / "stage1", self.adapter, {"stage": 1})
-                shutil.rmtree(self.run / CHECKPOINT, ignore_errors=True)
+                if self.ranks.main:
+                    save_adapter(self.run / "stage1", self.adapter, {"stage": 1})
+                    shutil.rmtree(self.run / CHECKPOINT, ignore_errors=True)
         if cfg.stage in ("2", "both"):
             # the LoRA init must not depend on whether stage 1 ran in this process or was loaded from disk
             torch.manual_seed(cfg.seed + 1)
@@ -513,9 +557,13 @@ class Trainer:
                 raise UavError(f"{self.run} holds a run with different settings ({', '.join(diff)})",
                                "resume with the same settings, or choose a new --out")
             check_same_stores(self.run, old, self.stores)
-        write_json(p, self._config_doc("training"))
+        distributed.barrier()  # every rank has read the old record before rank 0 replaces it
+        if self.ranks.main:
+            write_json(p, self._config_doc("training"))
 
     def _save_final(self, summary: list) -> None:
+        if not self.ranks.main:
+            return
         save_adapter(self.run, self.adapter, {"stage": 2 if self.cfg.stage != "1" else 1, "donor": self.meta["donor"]})
         if self.peft:
             with temp_dir_for(self.run / LORA) as tmp:
@@ -525,6 +573,18 @@ class Trainer:
         write_json(self.run / CONFIG, self._config_doc("complete", summary))
         plot_losses(self.run)
         shutil.rmtree(self.run / CHECKPOINT, ignore_errors=True)
+
+
+class _Joint(torch.nn.Module):
+    """The adapter and the decoder as one module, so DDP sees every trainable parameter in one forward."""
+
+    def __init__(self, trainer: Trainer):
+        super().__init__()
+        self.adapter, self.decoder = trainer.adapter, trainer.model
+        self.terms = trainer.loss_terms
+
+    def forward(self, items: list[Item], mode: str) -> tuple[torch.Tensor, int]:
+        return self.terms(items, mode)
 
 
 def store_record(s: Store) -> dict:
@@ -570,4 +630,22 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
             check_same_stores(Path(cfg.out), old, stores)
             if old.get("status") == "complete":
                 return Path(cfg.out)
-    return Trainer(cfg, on_step).fit()
+    ranks = distributed.Ranks.from_env()
+    group = distributed.init(ranks, distributed.rank_device(cfg.device, ranks)) if ranks.world > 1 else False
+    try:
+        return Trainer(cfg, on_step).fit()
+    finally:
+        distributed.finish(group)
+
+
+def main() -> None:
+    """``python -m uav_train.trainer`` (and ``torchrun --nproc-per-node N -m uav_train.trainer``): the options of
+    `uav train`."""
+    from uav_cache.cli import run_cli
+    from uav_train.cli import train_command
+
+    run_cli(train_command, "python -m uav_train.trainer")
+
+
+if __name__ == "__main__":
+    main()
