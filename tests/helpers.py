@@ -27,3 +27,80 @@ def assert_same_run(ref: Path, run: Path) -> None:
                 for x in (p / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
     assert rows(run) == rows(ref)  # no duplicated or missing log lines either
+
+
+def serve(root: Path, ranges: bool = True):
+    """A static web server over ``root`` on loopback, in a thread: ``ranges`` honours HTTP Range requests (as nginx,
+    Caddy or object storage do); without, it is Python's http.server, which answers every request with the whole
+    file. A context manager yielding the base URL; the server stops at its end."""
+    import contextlib
+    import functools
+    import http.server
+    import os
+    import re
+    import threading
+
+    class Ranged(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # quiet tests
+            pass
+
+        def send_head(self):
+            spec = self.headers.get("Range")
+            path = self.translate_path(self.path)
+            if not spec or os.path.isdir(path):
+                return super().send_head()
+            try:
+                f = open(path, "rb")
+            except OSError:
+                self.send_error(404)
+                return None
+            size = os.fstat(f.fileno()).st_size
+            m = re.fullmatch(r"bytes=(\d*)-(\d*)", spec.strip())
+            if not m or (m[1] == "" and m[2] == ""):
+                f.close()
+                self.send_error(416)
+                return None
+            if m[1] == "":  # a suffix: the last N bytes (how zarr reads a shard's index)
+                start, end = max(size - int(m[2]), 0), size - 1
+            else:
+                start, end = int(m[1]), min(int(m[2]) if m[2] else size - 1, size - 1)
+            if start >= size or start > end:
+                f.close()
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.end_headers()
+                return None
+            self.send_response(206)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            f.seek(start)
+            self.range_left = end - start + 1
+            return f
+
+        def copyfile(self, source, outputfile):
+            left = getattr(self, "range_left", None)
+            if left is None:
+                return super().copyfile(source, outputfile)
+            outputfile.write(source.read(left))
+
+    class Plain(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    @contextlib.contextmanager
+    def running():
+        handler = functools.partial(Ranged if ranges else Plain, directory=str(root))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        t = threading.Thread(target=server.serve_forever, daemon=True)
+        t.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+            t.join()
+
+    return running()

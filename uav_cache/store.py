@@ -383,6 +383,32 @@ def _fs(path: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, root.rstrip("/")
 
 
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in _protocols(fs)
+
+
+def check_range_requests(path: str) -> None:
+    """Refuse a web server that ignores HTTP Range requests. Sharded Zarr reads a shard's index and chunks as byte
+    ranges of one file; a server that answers every request with the whole file (Python's http.server does) makes
+    those reads return wrong bytes, which would surface later as a false "checksum mismatch" or a codec error."""
+    fs, root = _fs(path)
+    if not {"http", "https"} & set(_protocols(fs)):
+        return
+    try:
+        got = fs.cat_file(f"{root}/zarr.json", start=0, end=16)
+    except FileNotFoundError:
+        return  # not a store: the caller says so
+    if len(got) != 16:
+        raise UavError(f"the web server at {path} ignores HTTP Range requests (asked for 16 bytes of zarr.json, "
+                       f"got {len(got)}: the whole file); sharded Zarr stores are read as byte ranges",
+                       "serve the store with a server that honours Range (nginx, Caddy, Apache, S3/GCS/Azure object "
+                       "storage; not `python -m http.server`), or copy the store and read it locally")
+
+
 def _read_meta_or_none(path: str | Path) -> dict | None:
     fs, root = _fs(path)
     try:
@@ -394,14 +420,17 @@ def _read_meta_or_none(path: str | Path) -> dict | None:
     return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
-def _commit_listing(path: str | Path) -> tuple[set[int], list[str]]:
+def _commit_listing(path: str | Path, n_shards: int | None = None) -> tuple[set[int], list[str]]:
     """Committed shard numbers, and stray files in _commits/ (a "s00000 (copy).json" is not a commit; temp files
-    of an interrupted commit start with a dot and are neither)."""
+    of an interrupted commit start with a dot and are neither). A web server need not list folders: with
+    ``n_shards`` given, a remote store that lists nothing is asked for each commit file instead."""
     fs, root = _fs(path)
     try:
         names = fs.ls(f"{root}/_commits", detail=False)
     except FileNotFoundError:
-        return set(), []
+        names = []
+    if not names and n_shards and not _is_local(fs):
+        return {s for s in range(n_shards) if fs.exists(f"{root}/_commits/s{s:05d}.json")}, []
     out, stray = set(), []
     for n in names:
         base = n.rstrip("/").rsplit("/", 1)[-1]
@@ -445,7 +474,7 @@ class _MappedArray:
     @classmethod
     def of(cls, path: str, name: str, arr: zarr.Array) -> "_MappedArray | None":
         fs, root = _fs(path)
-        if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) or arr.shards is None:
+        if not _is_local(fs) or arr.shards is None:
             return None
         want = {"name": "sharding_indexed", "configuration": {
             "chunk_shape": list(arr.chunks), "codecs": [BytesCodec().to_dict(), Crc32cCodec().to_dict()],
@@ -519,11 +548,13 @@ class Store:
         if meta.get("format_version") != FORMAT_VERSION:
             raise UavError(f"{path} uses store format {meta.get('format_version')}, this uav reads {FORMAT_VERSION}",
                            "re-harvest, or install the uav version that wrote it")
+        check_range_requests(self.path)
         self.meta = meta
         self.group = zarr.open_group(self.path, mode="r")
         self._examples: list[dict] | None = None
         self._present: set[str] = set()  # data files seen to exist (or proven empty by their commit)
         self._mapped: dict[str, _MappedArray | None] = {}
+        self._complete_remote: list[int] | None = None
 
     # ---- plan
     @property
@@ -540,7 +571,12 @@ class Store:
             self.meta = fresh
 
     def committed(self) -> list[int]:
-        return sorted(_committed(self.path))
+        if self._complete_remote is not None:
+            return self._complete_remote
+        shards = sorted(_commit_listing(self.path, self.meta["n_shards"])[0])
+        if self.meta.get("complete") and not _is_local(_fs(self.path)[0]):
+            self._complete_remote = shards  # a finished store gains no shards: one listing over the network is enough
+        return shards
 
     def shard_range(self, s: int) -> tuple[int, int]:
         r = self.meta["shard_rows"]
@@ -748,7 +784,7 @@ class Store:
                 self.group[name][:]
             except Exception as e:
                 problems.append(f"table {name} unreadable ({type(e).__name__}: {e})")
-        committed, stray = _commit_listing(self.path)
+        committed, stray = _commit_listing(self.path, m["n_shards"])
         problems += [f"_commits/{n} is not a commit file (a copy?): remove it" for n in stray]
         problems += [f"_commits/s{s:05d}.json commits shard {s}, but the store has {m['n_shards']} shards"
                      for s in sorted(committed) if s >= m["n_shards"]]
