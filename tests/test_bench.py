@@ -23,11 +23,13 @@ def test_synthetic_rows_are_perturbed_copies_of_real_rows():
     assert np.median(nearest) < 0.1
 
 
+@pytest.mark.parametrize("codec", ["raw", "zstd"])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_write_synthetic_store_round_trips(tmp_path, dtype):
+def test_write_synthetic_store_round_trips(tmp_path, dtype, codec):
     bits = bench.bits_of(bench.synthetic_rows(_real(), 100), dtype)
-    bench.write_synthetic_store(tmp_path / "s", bits, dtype, shard_rows=32, chunk_rows=16)
+    bench.write_synthetic_store(tmp_path / "s", bits, dtype, shard_rows=32, chunk_rows=16, codec=codec)
     s = Store(tmp_path / "s")
+    assert s.meta["codec"] == codec
     assert s.meta["complete"] and s.verify() == [] and s.meta["n_shards"] == 4
     assert torch.equal(s.read_last("bench", 0, 100), from_bits(bits, dtype))
 
@@ -52,3 +54,12 @@ def test_dir_bytes_counts_files(tmp_path):
     (tmp_path / "a" / "x").write_bytes(b"1234")
     (tmp_path / "y").write_bytes(b"12")
     assert bench.dir_bytes(tmp_path) == 6 and bench.dir_bytes(tmp_path / "y") == 2
+
+
+def test_store_claims_take_the_default_codec_and_the_worse_dtype():
+    row = lambda f, d, w, b: {"format": f, "dtype": d, "write_mb_s": w, "batches_per_s": b, "rows": 10, "create_s": 0.1}  # noqa: E731
+    res = [row(bench.DEFAULT_FORMAT, "fp16", 500, 900), row(bench.DEFAULT_FORMAT, "bf16", 400, 700),
+           row("zarr (uav, zstd)", "fp16", 100, 30), row("arrow (datasets)", "fp16", 800, 600),
+           row("arrow (datasets)", "bf16", 800, 800)]
+    c = bench.store_claims(res)
+    assert c["writer_mb_s"] == 400 and c["batches_vs_arrow"] == pytest.approx(700 / 800)
