@@ -19,9 +19,9 @@ def eval_command(
     runs: Annotated[list[str], typer.Argument(help="Run directory (several with --compare).")],
     store: Annotated[Optional[str], typer.Option(help="Store to evaluate on (default: the run's training store).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="At most N test items per source.")] = None,
-    controls: Annotated[str, typer.Option(help="Comma-separated controls: shuffled,no_soft,random_adapter,base_only,input_text,selfie "
-                                                   "(or none). shuffled (another item's activation, same prompt) "
-                                                   "is what says whether the decoder reads.")] = ",".join(CONTROLS),
+    controls: Annotated[str, typer.Option(help=f"Comma-separated controls: {','.join(CONTROLS)} (or none). shuffled "
+                                                   "(another item's activation, same prompt) is what says whether the "
+                                                   "decoder reads.")] = ",".join(CONTROLS),
     compare: Annotated[bool, typer.Option("--compare", help="Only tabulate finished evaluations of several runs side by side.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="With --compare: folder for compare.md/compare.png.")] = None,
     batch_size: Annotated[int, typer.Option(help="Generation batch size.")] = 16,

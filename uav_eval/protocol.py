@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from uav_cache.datasets import TASKS
 from uav_cache.errors import UavError
 from uav_cache.models import pick_device
 from uav_cache.store import Store, check_compatible
@@ -27,7 +28,7 @@ from uav_eval.generate import generate
 from uav_train.run import LoadedRun, RunInfo, load_run
 from uav_train.stream import Item, derangement, item_pairs, read_x, stack_x
 
-TASK_TOKENS = {"classification": 8, "fact": 16, "gist": 32}  # max new tokens by task group
+TASK_TOKENS = dict(zip(TASKS, (8, 16, 32), strict=True))  # max new tokens by task group (classification, fact, gist)
 DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own tasks)
 
 

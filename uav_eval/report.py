@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from uav_cache.datasets import TASKS
 from uav_cache.errors import UavError
 from uav_eval.methods import METHODS, READING_METRIC
 
-TASK_ORDER = ("classification", "fact", "gist")
 F1_BAR = 0.8  # classification token F1 the uav path must reach
 TEXT_MAX = 120  # characters per sample cell
 DPI = 110
@@ -84,7 +84,7 @@ def _groups(results: dict, by: str = "by_task") -> list[str]:
     """Groups present in the aggregates (known task order first), without "overall"."""
     keys = results.get("aggregates", {}).get(by, {})
     names = {k.split("/", 1)[1] for k in keys if "/" in k} - {"overall"}
-    return _ordered(names, TASK_ORDER)
+    return _ordered(names, TASKS)
 
 
 def _methods(results: dict) -> list[str]:
@@ -165,7 +165,7 @@ def reading_table(results: dict) -> str:
     ns_metric = lambda g, by: _stat(results, "no_soft", g, rd[by][g]["metric"], by=by)  # noqa: E731
     rows = []
     for by in ("by_task", "by_source"):
-        for g in (_ordered(set(rd[by]), TASK_ORDER) if by == "by_task" else sorted(rd[by])):
+        for g in (_ordered(set(rd[by]), TASKS) if by == "by_task" else sorted(rd[by])):
             d = rd[by][g]
             ns = ns_metric(g, by)
             p = probe.get(g) if by == "by_source" else None
@@ -189,7 +189,7 @@ def summary_table(results: dict) -> str:
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
     rd = results.get("reading") or {}
-    for g in _ordered(set(rd.get("by_task", {})), TASK_ORDER):
+    for g in _ordered(set(rd.get("by_task", {})), TASKS):
         d = rd["by_task"][g]
         lines.append(f"reads the activation? {g}: uav − shuffled {d['metric']} {_diff(d)} → "
                      + ("yes" if d["reads"] else "no"))
@@ -235,7 +235,7 @@ def _samples(results: dict) -> str:
     """The 3 best and 3 worst uav answers per task group, so the numbers can be sanity-checked by eye."""
     items = [r for r in results.get("items", []) if r.get("method") == "uav"]
     parts = []
-    for task in _ordered({r.get("task") or "" for r in items}, TASK_ORDER):
+    for task in _ordered({r.get("task") or "" for r in items}, TASKS):
         mine = sorted((r for r in items if (r.get("task") or "") == task), key=lambda r: -_num(r.get("f1")))
         best = mine[:3]
         worst = list(reversed(mine[3:]))[:3]  # never repeat a best item when there are few
@@ -355,7 +355,7 @@ def _run_label(results: dict, name: str) -> str:
 
 def plot_compare(runs: list[tuple[str, dict]], path: Path) -> None:
     """Per task group, each run's uav F1 (coloured) next to its own no_soft (grey, hatched) for reference."""
-    groups = _ordered({g for _, r in runs for g in _groups(r)}, TASK_ORDER) + ["overall"]
+    groups = _ordered({g for _, r in runs for g in _groups(r)}, TASKS) + ["overall"]
     fig = _figure(max(7.0, 1.6 * len(groups) * max(1, len(runs)) * 0.5 + 3), 4.6)
     ax = fig.add_subplot()
     slot = 0.8 / max(1, len(runs))
@@ -423,7 +423,7 @@ def reading_compare(loaded: list[tuple[str, dict]]) -> str:
     rows = []
     for name, res in loaded:
         rd = res.get("reading") or {}
-        for g in _ordered(set(rd.get("by_task", {})), TASK_ORDER):
+        for g in _ordered(set(rd.get("by_task", {})), TASKS):
             d = rd["by_task"][g]
             m = d["metric"]
             srcs = [s for s, v in rd.get("by_source", {}).items() if v["metric"] == m and s in (res.get("probe") or {})]
@@ -443,7 +443,7 @@ def compare(runs: list[str | Path], out: Path | None = None) -> str:
     if not runs:
         raise UavError("compare needs at least one run", "pass one or more run directories")
     loaded = [(Path(r).name if Path(r).is_dir() else Path(r).parent.name, load_results(r)) for r in runs]
-    groups = _ordered({g for _, r in loaded for g in _groups(r)}, TASK_ORDER)
+    groups = _ordered({g for _, r in loaded for g in _groups(r)}, TASKS)
     rows = []
     for name, res in loaded:
         rows.append([_cell(name), _cell(_short(res.get("donor"))), _cell(_short(res.get("decoder"))),

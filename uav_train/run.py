@@ -27,8 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from uav_cache.errors import UavError
-from uav_cache.store import share_mode
-from uav_cache.store import write_json_atomic as write_json
+from uav_cache.files import share_mode, write_json_atomic
 from uav_train.adapters import Adapter, adapter_from_description
 
 CONFIG = "config.json"
@@ -103,7 +102,7 @@ def save_adapter(folder: Path, adapter: Adapter, extra: dict | None = None) -> N
     folder.parent.mkdir(parents=True, exist_ok=True)
     with temp_dir_for(folder) as tmp:
         save_tensors(adapter.state_dict(), tmp / ADAPTER)
-        write_json(tmp / ADAPTER_CONFIG, {**adapter.describe(), "n_trainable": adapter.n_trainable(), **(extra or {})})
+        write_json_atomic(tmp / ADAPTER_CONFIG, {**adapter.describe(), "n_trainable": adapter.n_trainable(), **(extra or {})})
         if folder.exists():  # keep anything else already in the folder (a run dir holds more than the adapter)
             for name in (ADAPTER, ADAPTER_CONFIG):
                 os.replace(tmp / name, folder / name)
@@ -170,7 +169,7 @@ def save_checkpoint(run: Path, *, state: dict, weights: dict[str, torch.Tensor],
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
         save_tensors(rng, tmp / "rng.safetensors")
-        write_json(tmp / "state.json", {**state, "optimizer": opt_meta})
+        write_json_atomic(tmp / "state.json", {**state, "optimizer": opt_meta})
         replace_dir(tmp, final)
 
 

@@ -29,13 +29,14 @@ from tqdm.auto import tqdm
 from uav_cache import distributed
 from uav_cache.config import check_types
 from uav_cache.errors import UavError
+from uav_cache.files import share_mode, write_json_atomic
 from uav_cache.models import embedding_norm, load, pick_device, resolve, weights_fingerprint
-from uav_cache.store import READOUTS, Store, check_compatible, share_mode
+from uav_cache.store import READOUTS, Store, check_compatible
 from uav_train.adapters import Adapter, adapter_config, build_adapter
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
 from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, adapter_description, decoder_fingerprint, load_adapter,
                            load_checkpoint, plot_losses, read_json, replace_dir, save_adapter, save_checkpoint,
-                           save_tensors, temp_dir_for, write_json)
+                           save_tensors, temp_dir_for)
 from uav_train.stream import Item, ItemStream, derangement, read_x, stack_x
 
 
@@ -559,7 +560,7 @@ class Trainer:
             check_same_stores(self.run, old, self.stores)
         distributed.barrier()  # every rank has read the old record before rank 0 replaces it
         if self.ranks.main:
-            write_json(p, self._config_doc("training"))
+            write_json_atomic(p, self._config_doc("training"))
 
     def _save_final(self, summary: list) -> None:
         if not self.ranks.main:
@@ -570,7 +571,7 @@ class Trainer:
                 self.model.save_pretrained(str(tmp))
                 share_mode(tmp)
                 replace_dir(tmp, self.run / LORA)
-        write_json(self.run / CONFIG, self._config_doc("complete", summary))
+        write_json_atomic(self.run / CONFIG, self._config_doc("complete", summary))
         plot_losses(self.run)
         shutil.rmtree(self.run / CHECKPOINT, ignore_errors=True)
 
