@@ -146,7 +146,7 @@ def test_a_limited_evaluation_never_replaces_the_full_one(run):
 def test_batched_generation_matches_one_at_a_time(run):
     """Left padding, the splice and the selfie patch must not depend on who else is in the batch."""
     lr = load_run(run)
-    items = eval_items(Store(lr.info.config["stores"][0]["path"]), "test", None, lr.info.config["layers"], False)
+    items = eval_items(Store(lr.info.record.stores[0].path), "test", None, lr.info.record.layers, False)
     items = [it for src in ("noun", "colour", "mood") for it in [i for i in items if i.source == src][:2]]
     assert len({len(lr.tok(it.question).input_ids) for it in items}) > 1  # rows of different lengths get padded
     runner, stop = MethodRunner(lr), lr.template.stop_ids()
@@ -166,7 +166,7 @@ def test_own_task_names_get_the_default_answer_length(run, monkeypatch):
     from uav_eval import protocol
 
     lr = load_run(run)
-    items = eval_items(Store(lr.info.config["stores"][0]["path"]), "test", 2, lr.info.config["layers"], False)
+    items = eval_items(Store(lr.info.record.stores[0].path), "test", 2, lr.info.record.layers, False)
     for it in items[:3]:
         it.task = "fact_retrieval"
     calls = []
@@ -179,7 +179,7 @@ def test_own_task_names_get_the_default_answer_length(run, monkeypatch):
     cfg = EvalConfig(run=str(run), methods=["uav"], progress=False)
     preds = protocol.run_methods(lr, items, ["uav"], cfg)
     assert set(calls) == {protocol.DEFAULT_TASK_TOKENS} | {protocol.TASK_TOKENS[it.task] for it in items[3:]}
-    rows = protocol.score(items, preds, protocol.label_sets(Store(lr.info.config["stores"][0]["path"])), False)
+    rows = protocol.score(items, preds, protocol.label_sets(Store(lr.info.record.stores[0].path)), False)
     agg = protocol.metrics.aggregate(rows, protocol.metrics.METRIC_KEYS, ["method", "task"], n_boot=10)
     assert agg["uav/fact_retrieval"]["f1"]["n"] == 3
 
@@ -211,8 +211,8 @@ def test_explain_finds_a_local_donor_from_any_folder_or_by_donor(run, tmp_path, 
 def test_selfie_needs_the_same_weights(run):
     lr = load_run(run)
     assert selfie_applicable(lr) and "selfie" in check_methods(["uav", "selfie"], lr)
-    lr.info.config = copy.deepcopy(lr.info.config)
-    lr.info.config["stores"][0]["weights_fingerprint"] = "another donor"
+    lr.info.record = copy.deepcopy(lr.info.record)
+    lr.info.record.stores[0].weights_fingerprint = "another donor"
     assert not selfie_applicable(lr) and check_methods(["uav", "selfie"], lr) == ["uav"]
     with pytest.raises(UavError, match="unknown control"):
         check_methods(["uav", "selfy"], lr)

@@ -25,7 +25,7 @@ from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods
 from uav_eval.methods import METHODS, READING_METRIC
 from uav_eval.generate import generate
-from uav_train.run import LoadedRun, RunInfo, load_run
+from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
 from uav_train.stream import Item, derangement, item_pairs, read_x, stack_x
 
 TASK_TOKENS = dict(zip(TASKS, (8, 16, 32), strict=True))  # max new tokens by task group (classification, fact, gist)
@@ -130,27 +130,29 @@ def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[
     return rows
 
 
-def eval_store(explicit: str | None, rc: dict) -> Store:
+def eval_store(explicit: str | None, rec: RunRecord) -> Store:
     """The store to evaluate on. By default the run's own training store, found by the absolute path recorded at
     training (the typed path may be relative to another folder) and refused unless it still holds the dataset the
     run recorded. An explicit store may hold another dataset (that is what was asked for): a one-line note says so."""
-    first = rc["stores"][0]
+    first = rec.stores[0]
     if explicit is not None:
         store = Store(explicit)
-        if store.meta["dataset_fingerprint"] != first.get("dataset_fingerprint"):
+        if store.meta["dataset_fingerprint"] != first.dataset_fingerprint:
             print(f"uav: note: evaluating on {explicit} (dataset {store.meta['dataset']['name']} "
                   f"{store.meta['dataset_fingerprint'][:12]}), not the run's training dataset "
-                  f"({first.get('dataset')} {str(first.get('dataset_fingerprint'))[:12]})", file=sys.stderr)
+                  f"({first.dataset} {str(first.dataset_fingerprint)[:12]})", file=sys.stderr)
         return store
-    where = [p for p in (first.get("abspath"), first["path"]) if p]
+    where = [p for p in (first.abspath, first.path) if p]
     path = next((p for p in where if "://" in p or Path(p).exists()), where[0])
     store = Store(path)
-    if first.get("dataset_fingerprint") not in (None, store.meta["dataset_fingerprint"]):
+    if first.dataset_fingerprint not in (None, store.meta["dataset_fingerprint"]):
         raise UavError(f"store {path} now holds dataset {store.meta['dataset']['name']} "
-                       f"{store.meta['dataset_fingerprint'][:12]}, not the {first.get('dataset')} "
-                       f"{first['dataset_fingerprint'][:12]} the run was trained on",
+                       f"{store.meta['dataset_fingerprint'][:12]}, not the {first.dataset} "
+                       f"{first.dataset_fingerprint[:12]} the run was trained on",
                        "restore the run's store, or pass --store explicitly to evaluate on this data")
     return store
+
+
 def reading(rows: list[dict], *, n_boot: int = 1000, seed: int = 0, reference: str = "shuffled") -> dict:
     """Does the answer depend on the activation? Per task group, per source and overall: uav − ``reference``
     on the same items (accuracy for classification, token F1 otherwise) with a paired bootstrap 95% interval;
@@ -200,16 +202,15 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise UavError(f"--batch-size must be ≥ 1, got {cfg.batch_size}", "e.g. --batch-size 16")
     check_methods(cfg.methods)  # names, before the decoder is loaded
     t0 = time.perf_counter()
-    rc = RunInfo.open(cfg.run).config  # the store is checked before the decoder is loaded
-    store = eval_store(cfg.store, rc)
-    first = rc["stores"][0]
-    check_compatible(store, donor=rc["donor"], d_model=first["d_model"], weights_fingerprint=first["weights_fingerprint"])
-    for layer in rc["layers"]:
+    rec = RunInfo.open(cfg.run).record  # the store is checked before the decoder is loaded
+    store = eval_store(cfg.store, rec)
+    first = rec.stores[0]
+    check_compatible(store, donor=rec.donor, d_model=first.d_model, weights_fingerprint=first.weights_fingerprint)
+    for layer in rec.layers:
         store._check_layer(layer)
     lr = load_run(cfg.run, device=str(pick_device(cfg.device)))
     methods = check_methods(cfg.methods, lr)
-    readout = rc["train"].get("readout", "last")
-    items = eval_items(store, cfg.split, cfg.limit, rc["layers"], rc["train"].get("tokens", False), readout)
+    items = eval_items(store, cfg.split, cfg.limit, rec.layers, rec.tokens, rec.readout)
     preds = run_methods(lr, items, methods, cfg)
     rows = score(items, preds, label_sets(store), cfg.similarity)
     agg = {
@@ -218,12 +219,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     }
     results = {
         "run": str(lr.info.path), "store": store.path, "dataset_fingerprint": store.meta["dataset_fingerprint"],
-        "split": cfg.split, "donor": rc["donor"], "decoder": rc["decoder"],
-        "adapter": rc["adapter"]["config"]["kind"], "lora": rc.get("lora"), "trainable_params": rc["trainable_params"],
-        "layers": rc["layers"], "readout": readout,
+        "split": cfg.split, "donor": rec.donor, "decoder": rec.decoder,
+        "adapter": rec.adapter["config"]["kind"], "lora": rec.lora, "trainable_params": rec.trainable_params,
+        "layers": rec.layers, "readout": rec.readout,
         "n_items": len(items), "methods": methods, "config": asdict(cfg), "aggregates": agg,
         "reading": reading(rows, n_boot=cfg.n_boot, seed=cfg.seed),
-        "probe": probe_ceiling(store, rc["layers"], readout) if cfg.probe else {}, "items": rows,
+        "probe": probe_ceiling(store, rec.layers, rec.readout) if cfg.probe else {}, "items": rows,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_report(results, Path(lr.info.path))

@@ -29,14 +29,14 @@ from tqdm.auto import tqdm
 from uav_cache import distributed
 from uav_cache.config import check_types
 from uav_cache.errors import UavError
-from uav_cache.files import share_mode, write_json_atomic
+from uav_cache.files import share_mode
 from uav_cache.models import embedding_norm, load, pick_device, resolve, weights_fingerprint
 from uav_cache.store import READOUTS, Store, check_compatible
 from uav_train.adapters import Adapter, adapter_config, build_adapter
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
-from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, adapter_description, decoder_fingerprint, load_adapter,
-                           load_checkpoint, plot_losses, read_json, replace_dir, save_adapter, save_checkpoint,
-                           save_tensors, temp_dir_for)
+from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, RunRecord, StoreRecord, adapter_description,
+                           decoder_fingerprint, load_adapter, load_checkpoint, plot_losses, read_json, replace_dir,
+                           save_adapter, save_checkpoint, save_tensors, temp_dir_for)
 from uav_train.stream import Item, ItemStream, derangement, read_x, stack_x
 
 
@@ -532,35 +532,29 @@ class Trainer:
         self._save_final(summary)
         return self.run
 
-    def _config_doc(self, status: str, summary: list | None = None) -> dict:
+    def _record(self, status: str, summary: list | None = None) -> RunRecord:
         lora_n = sum(p.numel() for p in self.lora_params().values()) if self.peft else 0
-        return {
-            "status": status,
-            "train": asdict(self.cfg),
-            "identity": self.cfg.identity(),
-            "stores": [store_record(s) for s in self.stores],
-            "donor": self.meta["donor"],
-            "layers": self.layers,
-            "decoder": self.cfg.decoder,
-            "decoder_fingerprint": self.decoder_fingerprint,
-            "adapter": self.adapter.describe(),
-            "trainable_params": {"adapter": self.adapter.n_trainable(), "lora": lora_n if not self.cfg.frozen_decoder else 0},
-            "lora": "frozen from " + self.cfg.frozen_decoder if self.cfg.frozen_decoder else (None if not self.peft else "trained"),
-            "summary": summary or [],
-        }
+        return RunRecord(
+            status=status, train=asdict(self.cfg), identity=self.cfg.identity(),
+            stores=[StoreRecord.of(s) for s in self.stores], donor=self.meta["donor"], layers=self.layers,
+            decoder=self.cfg.decoder, decoder_fingerprint=self.decoder_fingerprint, adapter=self.adapter.describe(),
+            trainable_params={"adapter": self.adapter.n_trainable(), "lora": lora_n if not self.cfg.frozen_decoder else 0},
+            lora="frozen from " + self.cfg.frozen_decoder if self.cfg.frozen_decoder else (None if not self.peft else "trained"),
+            summary=summary or [],
+        )
 
     def _check_resume(self) -> None:
         p = self.run / CONFIG
         if p.exists():
-            old = read_json(p)
-            if old.get("identity") != self.cfg.identity():
-                diff = [k for k in self.cfg.identity() if old.get("identity", {}).get(k) != self.cfg.identity()[k]]
+            old = RunRecord.load(p)
+            if old.identity != self.cfg.identity():
+                diff = [k for k in self.cfg.identity() if (old.identity or {}).get(k) != self.cfg.identity()[k]]
                 raise UavError(f"{self.run} holds a run with different settings ({', '.join(diff)})",
                                "resume with the same settings, or choose a new --out")
-            check_same_stores(self.run, old, self.stores)
+            old.check_same_stores(self.run, self.stores)
         distributed.barrier()  # every rank has read the old record before rank 0 replaces it
         if self.ranks.main:
-            write_json_atomic(p, self._config_doc("training"))
+            self._record("training").save(p)
 
     def _save_final(self, summary: list) -> None:
         if not self.ranks.main:
@@ -571,7 +565,7 @@ class Trainer:
                 self.model.save_pretrained(str(tmp))
                 share_mode(tmp)
                 replace_dir(tmp, self.run / LORA)
-        write_json_atomic(self.run / CONFIG, self._config_doc("complete", summary))
+        self._record("complete", summary).save(self.run / CONFIG)
         plot_losses(self.run)
         shutil.rmtree(self.run / CHECKPOINT, ignore_errors=True)
 
@@ -588,36 +582,6 @@ class _Joint(torch.nn.Module):
         return self.terms(items, mode)
 
 
-def store_record(s: Store) -> dict:
-    """What config.json records of a training store: where it is (as typed and absolute) and what it holds."""
-    m = s.meta
-    return {"path": s.path, "abspath": s.path if "://" in s.path else str(Path(s.path).resolve()),
-            "donor": m["donor"], "donor_path": m.get("donor_path"), "layers": m["layers"], "d_model": m["d_model"],
-            "dtype": m["dtype"], "compute_dtype": m.get("compute_dtype"), "dataset": m["dataset"]["name"],
-            "positions": m["positions"], "donor_input": m["donor_input"], "max_length": m["max_length"],
-            "dataset_fingerprint": m["dataset_fingerprint"], "weights_fingerprint": m["weights_fingerprint"],
-            "n_rows": m["n_rows"]}
-
-
-# what a store holds: the same path re-harvested with other data or another donor is another store
-STORE_CONTENT = ("donor", "weights_fingerprint", "dataset_fingerprint", "layers", "d_model", "dtype", "positions",
-                 "donor_input", "max_length", "n_rows", "compute_dtype")
-
-
-def check_same_stores(run: Path, old: dict, stores: list[Store]) -> None:
-    """Refuse to resume (or call finished) a run whose stores now hold other rows than it recorded in config.json
-    (keys an older run lacks are not compared)."""
-    recs = old.get("stores") or []
-    changed = [f"{len(recs)} store(s) recorded, {len(stores)} given"] if len(recs) != len(stores) else []
-    for rec, st in zip(recs, stores):
-        new = store_record(st)
-        changed += [f"{st.path} {k}: run has {str(rec[k])[:16]}, store has {str(new[k])[:16]}" for k in STORE_CONTENT
-                    if rec.get(k) is not None and rec[k] != new[k]]
-    if changed:
-        raise UavError(f"{run} holds a run trained on other data than the store(s) now hold ({'; '.join(changed)})",
-                       "choose a new --out, or delete the run folder to retrain")
-
-
 def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = None) -> Path:
     """Train (or resume, or no-op if finished) the run at ``cfg.out``; returns the run directory. A finished run
     is a no-op only when its settings *and* its stores' contents are unchanged (a path can be re-harvested)."""
@@ -626,10 +590,10 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
     cfg = with_layer_paths(cfg, stores[0])  # a run names its layers as the store does, however they were typed
     done = Path(cfg.out) / CONFIG
     if done.exists():
-        old = read_json(done)
-        if old.get("identity") == cfg.identity():
-            check_same_stores(Path(cfg.out), old, stores)
-            if old.get("status") == "complete":
+        old = RunRecord.load(done)
+        if old.identity == cfg.identity():
+            old.check_same_stores(Path(cfg.out), stores)
+            if old.status == "complete":
                 return Path(cfg.out)
     ranks = distributed.Ranks.from_env()
     group = distributed.init(ranks, distributed.rank_device(cfg.device, ranks)) if ranks.world > 1 else False
