@@ -21,7 +21,8 @@ from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_eval.methods import CONTROLS
 from uav_eval.protocol import EvalConfig, evaluate
-from uav_eval.report import compare, load_results, suffix, summary_table
+from uav_eval.report import compare, summary_table
+from uav_eval.results import Results, suffix
 from uav_train.trainer import RECIPE_SECTIONS, TrainConfig, train
 
 
@@ -79,14 +80,14 @@ def load_recipe(path: Path) -> dict:
     return rec
 
 
-def _current_results(cfg: EvalConfig) -> dict | None:
+def _current_results(cfg: EvalConfig) -> Results | None:
     """The run's results.json when it was made with these settings after the run's weights were last written."""
     run = Path(cfg.run)
     p, weights = run / f"results{suffix(cfg.limit)}.json", run / "adapter.safetensors"
     if not p.exists() or not weights.exists() or p.stat().st_mtime < weights.stat().st_mtime:
         return None
-    res = load_results(p)
-    same = {k: res.get("config", {}).get(k) == getattr(cfg, k) for k in ("limit", "methods", "split", "store")}
+    res = Results.load(p)
+    same = {k: res.config.get(k) == getattr(cfg, k) for k in ("limit", "methods", "split", "store")}
     return res if all(same.values()) else None
 
 
@@ -120,7 +121,7 @@ def run_demo(recipe: Path, console: Console | None = None) -> str:
         controls = ev.get("controls", []) if i == 0 else ev.get("controls_other", ev.get("controls", []))
         cfg = EvalConfig(run=r["out"], limit=ev.get("limit"), methods=["uav", *controls])
         res = _current_results(cfg) or evaluate(cfg)
-        con.print(f"[bold]{r['name']}[/bold]  ({res['donor']} → {res['decoder']}, {res['adapter']}, LoRA {res['lora'] or 'none'})")
+        con.print(f"[bold]{r['name']}[/bold]  ({res.donor} → {res.decoder}, {res.adapter}, LoRA {res.lora or 'none'})")
         con.print(summary_table(res), markup=False, soft_wrap=True)
 
     out = Path(ev.get("compare_dir", "runs"))

@@ -86,10 +86,10 @@ def test_eval_scores_the_runs_own_dataset_from_any_folder(relative_run, monkeypa
     monkeypatch.chdir(relative_run / "b")
     quick = dict(run=str(run), limit=1, methods=["uav"], similarity=False, n_boot=10, progress=False)
     res = evaluate(EvalConfig(**quick))
-    assert Path(res["store"]) == a.resolve() and res["dataset_fingerprint"] == Store(a).meta["dataset_fingerprint"]
+    assert Path(res.store) == a.resolve() and res.dataset_fingerprint == Store(a).meta["dataset_fingerprint"]
     assert "note" not in capsys.readouterr().err
     res = evaluate(EvalConfig(**quick, store="store"))
-    assert res["dataset_fingerprint"] == Store(b).meta["dataset_fingerprint"]
+    assert res.dataset_fingerprint == Store(b).meta["dataset_fingerprint"]
     err = capsys.readouterr().err
     assert "uav: note: evaluating on store" in err and "not the run's training dataset" in err
     import shutil
@@ -101,12 +101,12 @@ def test_eval_scores_the_runs_own_dataset_from_any_folder(relative_run, monkeypa
 
 def test_evaluate_runs_every_method_on_the_test_split(run):
     res = evaluate(EvalConfig(run=str(run), limit=3, similarity=False, n_boot=50, progress=False))
-    assert res["methods"] == list(METHODS)  # selfie included: donor and decoder are the same weights
-    store = Store(res["store"])
+    assert res.methods == list(METHODS)  # selfie included: donor and decoder are the same weights
+    store = Store(res.store)
     test_rows = set(store.split_rows("test").tolist())
-    per_method = {m: [r for r in res["items"] if r["method"] == m] for m in METHODS}
+    per_method = {m: [r for r in res.items if r["method"] == m] for m in METHODS}
     for m, rows in per_method.items():
-        assert len(rows) == res["n_items"] == 9, m  # 3 sources × limit 3
+        assert len(rows) == res.n_items == 9, m  # 3 sources × limit 3
         assert {r["row"] for r in rows} <= test_rows
         assert {r["source"] for r in rows} == {"colour", "mood", "noun"}
         for r in rows:
@@ -118,7 +118,7 @@ def test_evaluate_runs_every_method_on_the_test_split(run):
         for r in per_method[m]:
             by_q.setdefault(r["question"], set()).add(r["raw"])
         assert all(len(answers) == 1 for answers in by_q.values()), (m, by_q)
-    agg = res["aggregates"]["by_source"]
+    agg = res.aggregates["by_source"]
     assert all(agg[f"uav/{s}"]["f1"]["n"] == 3 for s in ("colour", "mood", "noun"))
     assert agg["uav/overall"]["f1"]["n"] == 9
     for name in ("results-limit3.json", "report-limit3.md", "eval_tasks-limit3.png"):
@@ -133,8 +133,8 @@ def test_a_limited_evaluation_never_replaces_the_full_one(run):
     quick = dict(run=str(run), methods=["uav"], similarity=False, n_boot=10, progress=False)
     full = evaluate(EvalConfig(**quick))
     before = {n: (run / n).read_bytes() for n in ("results.json", "report.md", "eval_tasks.png")}
-    assert json.loads(before["results.json"])["n_items"] == full["n_items"] == 20
-    assert evaluate(EvalConfig(**quick, limit=1))["n_items"] == 3
+    assert json.loads(before["results.json"])["n_items"] == full.n_items == 20
+    assert evaluate(EvalConfig(**quick, limit=1)).n_items == 3
     assert {n: (run / n).read_bytes() for n in before} == before
     assert json.loads((run / "results-limit1.json").read_text())["n_items"] == 3
     for bad, problem in (({"limit": 0}, "--limit must be ≥ 1, got 0"),

@@ -30,7 +30,8 @@ def eval_command(
 ) -> None:
     """Evaluate a run on the held-out test split against controls; write results.json, report.md, plots
     (with --limit N: results-limitN.json, report-limitN.md …, beside a full evaluation, never over it)."""
-    from uav_eval.report import compare as compare_runs, suffix, summary_table
+    from uav_eval.report import compare as compare_runs, summary_table
+    from uav_eval.results import suffix
 
     if compare:
         typer.echo(compare_runs(runs, out))

@@ -24,6 +24,7 @@ from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods
 from uav_eval.methods import METHODS, READING_METRIC
+from uav_eval.results import Results
 from uav_eval.generate import generate
 from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
 from uav_train.stream import Item, derangement, item_pairs, read_x, stack_x
@@ -191,7 +192,7 @@ def probe_ceiling(store: Store, layers: list[str], readout: str) -> dict:
     return {src: {"run": own[src].as_dict() if src in own else None, "best": best[src].as_dict()} for src in best}
 
 
-def evaluate(cfg: EvalConfig) -> dict:
+def evaluate(cfg: EvalConfig) -> Results:
     """Run the protocol on one run; writes results.json, report.md and plots into the run directory
     (results-limitN.json, report-limitN.md … for an evaluation limited to N items per source)."""
     from uav_eval.report import write_report
@@ -217,15 +218,15 @@ def evaluate(cfg: EvalConfig) -> dict:
         "by_task": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "task"], n_boot=cfg.n_boot, seed=cfg.seed),
         "by_source": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "source"], n_boot=cfg.n_boot, seed=cfg.seed),
     }
-    results = {
-        "run": str(lr.info.path), "store": store.path, "dataset_fingerprint": store.meta["dataset_fingerprint"],
-        "split": cfg.split, "donor": rec.donor, "decoder": rec.decoder,
-        "adapter": rec.adapter["config"]["kind"], "lora": rec.lora, "trainable_params": rec.trainable_params,
-        "layers": rec.layers, "readout": rec.readout,
-        "n_items": len(items), "methods": methods, "config": asdict(cfg), "aggregates": agg,
-        "reading": reading(rows, n_boot=cfg.n_boot, seed=cfg.seed),
-        "probe": probe_ceiling(store, rec.layers, rec.readout) if cfg.probe else {}, "items": rows,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
+    results = Results(
+        run=str(lr.info.path), store=store.path, dataset_fingerprint=store.meta["dataset_fingerprint"],
+        split=cfg.split, donor=rec.donor, decoder=rec.decoder,
+        adapter=rec.adapter["config"]["kind"], lora=rec.lora, trainable_params=rec.trainable_params,
+        layers=rec.layers, readout=rec.readout,
+        n_items=len(items), methods=methods, config=asdict(cfg), aggregates=agg,
+        reading=reading(rows, n_boot=cfg.n_boot, seed=cfg.seed),
+        probe=probe_ceiling(store, rec.layers, rec.readout) if cfg.probe else {}, items=rows,
+        seconds=round(time.perf_counter() - t0, 1),
+    )
     write_report(results, Path(lr.info.path))
     return results
