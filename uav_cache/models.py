@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from uav_cache.errors import UavError
+from uav_cache.device import pick_device  # noqa: F401 (harvest.py imports it from here)
 from uav_cache.files import package_dir, replaced_atomically, share_mode
 
 if TYPE_CHECKING:
@@ -70,27 +71,6 @@ def models_dir() -> Path:
     """Registry folder; ``UAV_MODELS_DIR`` lets a user add donors without editing the package."""
     env = os.environ.get("UAV_MODELS_DIR")
     return Path(env) if env else Path(__file__).resolve().parent.parent / "pipelines" / "models"
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """"auto" → CUDA when present, else CPU; anything else as torch names it ("cpu", "cuda:1"), refused with one
-    line when torch does not know it or this machine does not have it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UavError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type in ("cuda", "xpu"):
-        backend = getattr(torch, dev.type)
-        present = backend.is_available() and (dev.index or 0) < backend.device_count()
-    else:
-        present = dev.type == "mps" and torch.backends.mps.is_available()
-    if not present:
-        raise UavError(f"device {name!r} is not available on this machine", "use --device auto or cpu")
-    return dev
 
 
 def cache_dir() -> Path:

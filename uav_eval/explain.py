@@ -10,7 +10,8 @@ import torch
 
 from uav_cache.errors import UavError
 from uav_cache.harvest import read_out
-from uav_cache.models import ModelSpec, load, pick_device, resolve, weights_fingerprint
+from uav_cache.device import pick_device
+from uav_cache.models import ModelSpec, load, resolve, weights_fingerprint
 from uav_eval.generate import generate
 from uav_train.run import RunInfo, RunRecord, load_run
 

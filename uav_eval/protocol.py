@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from uav_cache.datasets import TASKS
 from uav_cache.errors import UavError
-from uav_cache.models import pick_device
+from uav_cache.device import pick_device
 from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods

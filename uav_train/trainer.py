@@ -30,7 +30,8 @@ from uav_cache import distributed
 from uav_cache.config import check_types
 from uav_cache.errors import UavError
 from uav_cache.files import share_mode
-from uav_cache.models import embedding_norm, load, pick_device, resolve, weights_fingerprint
+from uav_cache.device import pick_device
+from uav_cache.models import embedding_norm, load, resolve, weights_fingerprint
 from uav_cache.store import READOUTS, Store, check_compatible
 from uav_train.adapters import Adapter, adapter_config, build_adapter
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
