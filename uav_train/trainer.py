@@ -17,8 +17,7 @@ import json
 import math
 import shutil
 import time
-import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +26,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from uav_cache import distributed
-from uav_cache.config import check_types
+from uav_cache.config import from_table, read_recipe, refuse_unknown
 from uav_cache.errors import UavError
 from uav_cache.files import share_mode
 from uav_cache.device import pick_device
@@ -56,15 +55,15 @@ class LoraSettings:
 class TrainConfig:
     """One training run. Recipes (pipelines/recipes/*.toml) set these fields; the CLI overrides them."""
 
-    stores: list[str] = field(default_factory=list)  # local paths or fsspec URLs, same donor/layers
-    out: str = "runs/self"
-    decoder: str = "smollm2-135m"  # registry name or local folder of the decoder LLM
+    stores: list[str] = field(default_factory=list)  # store paths or fsspec URLs (same donor and layers)
+    out: str = "runs/self"  # run directory (resumes if it holds an unfinished run)
+    decoder: str = "smollm2-135m"  # decoder LLM: registry name or local folder
     adapter: str = "mlp"  # mlp | qformer | affine | lowrank
     adapter_options: dict = field(default_factory=dict)  # fields of that adapter's config (k, hidden, …)
     stage: str = "both"  # "1" alignment only, "2" QA only (fresh adapter), "both" = 1 then 2
-    stage1_steps: int = 100
+    stage1_steps: int = 100  # stage-1 steps
     steps: int = 200  # stage-2 steps
-    batch_size: int = 8
+    batch_size: int = 8  # items per step
     lr_stage1: float = 1e-3  # adapter, stage 1
     lr_adapter: float = 5e-4  # adapter, stage 2
     lr_lora: float = 2e-4
@@ -74,9 +73,12 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     no_lora: bool = False  # frozen decoder: only the adapter trains, in both stages
     frozen_decoder: str | None = None  # RUN_A: reuse its LoRA frozen, train only a new adapter (transfer)
-    layers: list[str | int] | None = None  # stored layers to use (module paths or block indices); None = all in the store
-    readout: str = "last"  # which stored read-out feeds the adapter (store.READOUTS: last, mean)
-    sources: list[str] | None = None  # train (and validate) on these sources only; None = every source
+    # stored layers to read, module paths or block indices (default: every stored layer); see `uav store info`
+    layers: list[str | int] | None = None
+    # stored read-out that feeds the adapter (store.READOUTS): last (last token) or mean (mean over the tokens after
+    # the sink); `uav store probe` shows which carries more
+    readout: str = "last"
+    sources: list[str] | None = None  # train (and validate) on these sources only (default: all)
     source_weights: dict[str, float] = field(default_factory=dict)  # source → times each of its items is seen per epoch
     max_answer_tokens: int | None = None  # stage-2 targets cut to N tokens (long gist answers cost the most per step)
     warm_start: bool = False  # stage 2 from a fresh adapter: fit its skip path in closed form first (mlp, skip = true)
@@ -89,46 +91,30 @@ class TrainConfig:
     shuffle_buffer: int = 512
     max_bad_fraction: float = 0.01  # items with NaN/inf activations are skipped up to this fraction
     skip_corrupt: bool = False  # unreadable store chunks: skip them (counted, warned) instead of refusing
-    seed: int = 0
-    device: str = "auto"
-    grad_checkpointing: bool = False
+    seed: int = 0  # random seed
+    device: str = "auto"  # auto, cpu, cuda …
+    grad_checkpointing: bool = False  # trade compute for memory
     progress: bool = True
 
     @classmethod
     def from_recipe(cls, path: str | Path, section: str = "train", **overrides) -> "TrainConfig":
         """Fields from a TOML recipe's ``[train]`` table (and ``[train.lora]``), then ``overrides``."""
-        p = Path(path)
-        if not p.exists():
-            raise UavError(f"recipe {p} not found", "pass a file from pipelines/recipes/")
-        try:
-            rec = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise UavError(f"recipe {p} is not valid TOML: {e}", "fix the file") from e
-        if bad := sorted(set(rec) - set(RECIPE_SECTIONS)):  # a misspelt [trian] would train the defaults
-            raise UavError(f"recipe {p}: unknown section(s) {bad}", f"valid sections: {', '.join(RECIPE_SECTIONS)}")
+        rec = read_recipe(path)
+        refuse_unknown(rec, RECIPE_SECTIONS, "section", f"recipe {path}")  # a misspelt [trian] would train the defaults
         data = rec.get(section, {})
         return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}},
-                             where=f"recipe {p} [{section}]")
+                             where=f"recipe {path} [{section}]")
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "training settings") -> "TrainConfig":
-        """Build and check a config: unknown keys, values of the wrong type and settings that would train nothing
-        are refused with one line naming them."""
-        known = {f.name for f in fields(cls)}
-        bad = set(d) - known
-        if bad:
-            raise UavError(f"unknown training setting(s) {sorted(bad)}", f"valid: {sorted(known)}")
+        """Build and check a config (uav_cache.config.from_table): unknown keys, values of the wrong type and
+        settings that would train nothing are refused with one line naming them."""
         d = dict(d)
         if isinstance(d.get("stores"), str):
             d["stores"] = [s for s in d["stores"].split(",") if s]
-        check_types(cls, d, where)
         if isinstance(d.get("lora"), dict):
-            valid = {f.name for f in fields(LoraSettings)}
-            if bad := sorted(set(d["lora"]) - valid):
-                raise UavError(f"unknown LoRA setting(s) {bad} in {where}", f"valid: {sorted(valid)}")
-            check_types(LoraSettings, d["lora"], f"{where} lora")
-            d["lora"] = LoraSettings(**d["lora"])
-        cfg = cls(**d)
+            d["lora"] = from_table(LoraSettings, d["lora"], f"{where} lora", noun="LoRA setting")
+        cfg = from_table(cls, d, where, noun="training setting")
         cfg.validate()
         return cfg
 
