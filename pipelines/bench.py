@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from uav_cache.errors import UavError
-from uav_cache.models import pick_device
+from uav_cache.device import pick_device
 from uav_cache.store import DEFAULT_CODEC, STORAGE_DTYPES, Store, StoreWriter, new_meta, to_bits
 
 D_SYN = 576  # SmolLM2-135M's width: the synthetic rows are shaped like its activations

@@ -9,30 +9,31 @@ only re-prints the results.
 from __future__ import annotations
 
 import time
-import tomllib
-from dataclasses import fields
 from pathlib import Path
 
 from rich.console import Console
 
-from uav_cache.config import check_types
+from uav_cache.config import from_table, read_recipe, refuse_unknown
 from uav_cache.datasets import load_examples
 from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_eval.methods import CONTROLS
 from uav_eval.protocol import EvalConfig, evaluate
-from uav_eval.report import compare, load_results, suffix, summary_table
+from uav_eval.report import compare, summary_table
+from uav_eval.results import Results, suffix
 from uav_train.trainer import RECIPE_SECTIONS, TrainConfig, train
 
 
 SECTIONS = {"data": {"recipe"}, "eval": {"limit", "controls", "controls_other", "compare_dir"}}
-DONOR_KEYS = {"name", "store"} | {f.name for f in fields(HarvestConfig)} - {"donor", "data", "out"}
 
 
-def _refuse_unknown(path: Path, where: str, keys: set[str], valid: set[str]) -> None:
-    """A misspelt key would otherwise be ignored silently and the recipe would run with a default."""
-    if bad := sorted(keys - valid):
-        raise UavError(f"recipe {path}: unknown key(s) {bad} in {where}", f"valid keys there: {sorted(valid)}")
+def donor_config(rec: dict, donor: dict, path: Path) -> HarvestConfig:
+    """One [[donors]] entry: its name and store, and any HarvestConfig field but donor, data and out."""
+    if not {"name", "store"} <= set(donor):
+        raise UavError(f"recipe {path}: a [[donors]] entry lacks name or store", "give each donor both")
+    table = {k: v for k, v in donor.items() if k not in ("name", "store")}
+    return from_table(HarvestConfig, table, f"[[donors]] {donor['name']} of recipe {path}", donor=donor["name"],
+                      data=rec.get("data", {}).get("recipe", "demo"), out=donor["store"])
 
 
 def run_config(rec: dict, run: dict) -> TrainConfig:
@@ -40,26 +41,26 @@ def run_config(rec: dict, run: dict) -> TrainConfig:
     return TrainConfig.from_dict({**rec.get("train", {}), **{k: v for k, v in run.items() if k != "name"}})
 
 
+def eval_config(rec: dict, i: int, path: Path) -> EvalConfig:
+    """The evaluation of the i-th run: the [eval] limit, and its controls (the first run's, or the others')."""
+    ev, out = rec.get("eval", {}), rec["runs"][i]["out"]
+    controls = ev.get("controls", []) if i == 0 else ev.get("controls_other", ev.get("controls", []))
+    return from_table(EvalConfig, {"limit": ev.get("limit"), "methods": ["uav", *controls]},
+                      f"[eval] of recipe {path}", run=out)
+
+
 def load_recipe(path: Path) -> dict:
     """Read and check a recipe: every section and key is known, and there are donors and runs."""
     path = Path(path)
-    if not path.exists():
-        raise UavError(f"recipe {path} not found", "pass a file from pipelines/recipes/")
-    try:
-        rec = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UavError(f"recipe {path} is not valid TOML: {e}", "fix the line it names") from e
-    _refuse_unknown(path, "the top level", set(rec), set(RECIPE_SECTIONS))
+    rec = read_recipe(path)
+    refuse_unknown(rec, RECIPE_SECTIONS, "key", f"the top level of recipe {path}")
     for key in ("donors", "runs"):
         if not rec.get(key):
             raise UavError(f"recipe {path} has no [[{key}]]", "see pipelines/recipes/demo.toml")
     for section, valid in SECTIONS.items():
-        _refuse_unknown(path, f"[{section}]", set(rec.get(section, {})), valid)
+        refuse_unknown(rec.get(section, {}), valid, "key", f"[{section}] of recipe {path}")
     for d in rec["donors"]:
-        _refuse_unknown(path, f"[[donors]] {d.get('name', '?')}", set(d), DONOR_KEYS)
-        check_types(HarvestConfig, d, f"recipe {path} [[donors]] {d.get('name', '?')}")
-        if not {"name", "store"} <= set(d):
-            raise UavError(f"recipe {path}: a [[donors]] entry lacks name or store", "give each donor both")
+        donor_config(rec, d, path)
     for r in rec["runs"]:  # training keys are checked by TrainConfig.from_dict before anything runs
         if not {"name", "out"} <= set(r):
             raise UavError(f"recipe {path}: a [[runs]] entry lacks name or out", "give each run both")
@@ -68,25 +69,26 @@ def load_recipe(path: Path) -> dict:
     if len(set(outs)) != len(outs):
         raise UavError(f"recipe {path}: two runs share an out folder", "give each run its own out")
     ev = rec.get("eval", {})
-    check_types(EvalConfig, {"limit": ev.get("limit")}, f"recipe {path} [eval]")
-    if ev.get("limit") is not None and ev["limit"] < 1:
-        raise UavError(f"recipe {path} [eval]: limit must be ≥ 1, got {ev['limit']}",
-                       "leave it out to evaluate every item")
     for key in ("controls", "controls_other"):
         if not isinstance(ev.get(key, []), list) or set(ev.get(key, [])) - set(CONTROLS):
             raise UavError(f"recipe {path} [eval]: {key} = {ev[key]!r} is not a list of controls",
                            f"use any of {', '.join(CONTROLS)}")
+    for i in range(len(rec["runs"])):  # the limit's type
+        eval_config(rec, i, path)
+    if ev.get("limit") is not None and ev["limit"] < 1:
+        raise UavError(f"recipe {path} [eval]: limit must be ≥ 1, got {ev['limit']}",
+                       "leave it out to evaluate every item")
     return rec
 
 
-def _current_results(cfg: EvalConfig) -> dict | None:
+def _current_results(cfg: EvalConfig) -> Results | None:
     """The run's results.json when it was made with these settings after the run's weights were last written."""
     run = Path(cfg.run)
     p, weights = run / f"results{suffix(cfg.limit)}.json", run / "adapter.safetensors"
     if not p.exists() or not weights.exists() or p.stat().st_mtime < weights.stat().st_mtime:
         return None
-    res = load_results(p)
-    same = {k: res.get("config", {}).get(k) == getattr(cfg, k) for k in ("limit", "methods", "split", "store")}
+    res = Results.load(p)
+    same = {k: res.config.get(k) == getattr(cfg, k) for k in ("limit", "methods", "split", "store")}
     return res if all(same.values()) else None
 
 
@@ -104,7 +106,7 @@ def run_demo(recipe: Path, console: Console | None = None) -> str:
     con.rule("[bold]2/4 harvest")
     for d in rec["donors"]:
         t = time.perf_counter()
-        harvest(HarvestConfig(donor=d["name"], data=data, out=d["store"], **{k: v for k, v in d.items() if k not in ("name", "store")}))
+        harvest(donor_config(rec, d, recipe))
         con.print(f"{d['name']} → {d['store']} ({time.perf_counter() - t:.0f} s)")
 
     con.rule("[bold]3/4 train")
@@ -117,10 +119,9 @@ def run_demo(recipe: Path, console: Console | None = None) -> str:
     con.rule("[bold]4/4 eval")
     ev = rec.get("eval", {})
     for i, r in enumerate(rec["runs"]):
-        controls = ev.get("controls", []) if i == 0 else ev.get("controls_other", ev.get("controls", []))
-        cfg = EvalConfig(run=r["out"], limit=ev.get("limit"), methods=["uav", *controls])
+        cfg = eval_config(rec, i, recipe)
         res = _current_results(cfg) or evaluate(cfg)
-        con.print(f"[bold]{r['name']}[/bold]  ({res['donor']} → {res['decoder']}, {res['adapter']}, LoRA {res['lora'] or 'none'})")
+        con.print(f"[bold]{r['name']}[/bold]  ({res.donor} → {res.decoder}, {res.adapter}, LoRA {res.lora or 'none'})")
         con.print(summary_table(res), markup=False, soft_wrap=True)
 
     out = Path(ev.get("compare_dir", "runs"))

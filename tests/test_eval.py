@@ -86,10 +86,10 @@ def test_eval_scores_the_runs_own_dataset_from_any_folder(relative_run, monkeypa
     monkeypatch.chdir(relative_run / "b")
     quick = dict(run=str(run), limit=1, methods=["uav"], similarity=False, n_boot=10, progress=False)
     res = evaluate(EvalConfig(**quick))
-    assert Path(res["store"]) == a.resolve() and res["dataset_fingerprint"] == Store(a).meta["dataset_fingerprint"]
+    assert Path(res.store) == a.resolve() and res.dataset_fingerprint == Store(a).meta["dataset_fingerprint"]
     assert "note" not in capsys.readouterr().err
     res = evaluate(EvalConfig(**quick, store="store"))
-    assert res["dataset_fingerprint"] == Store(b).meta["dataset_fingerprint"]
+    assert res.dataset_fingerprint == Store(b).meta["dataset_fingerprint"]
     err = capsys.readouterr().err
     assert "uav: note: evaluating on store" in err and "not the run's training dataset" in err
     import shutil
@@ -101,12 +101,12 @@ def test_eval_scores_the_runs_own_dataset_from_any_folder(relative_run, monkeypa
 
 def test_evaluate_runs_every_method_on_the_test_split(run):
     res = evaluate(EvalConfig(run=str(run), limit=3, similarity=False, n_boot=50, progress=False))
-    assert res["methods"] == list(METHODS)  # selfie included: donor and decoder are the same weights
-    store = Store(res["store"])
+    assert res.methods == list(METHODS)  # selfie included: donor and decoder are the same weights
+    store = Store(res.store)
     test_rows = set(store.split_rows("test").tolist())
-    per_method = {m: [r for r in res["items"] if r["method"] == m] for m in METHODS}
+    per_method = {m: [r for r in res.items if r["method"] == m] for m in METHODS}
     for m, rows in per_method.items():
-        assert len(rows) == res["n_items"] == 9, m  # 3 sources × limit 3
+        assert len(rows) == res.n_items == 9, m  # 3 sources × limit 3
         assert {r["row"] for r in rows} <= test_rows
         assert {r["source"] for r in rows} == {"colour", "mood", "noun"}
         for r in rows:
@@ -118,7 +118,7 @@ def test_evaluate_runs_every_method_on_the_test_split(run):
         for r in per_method[m]:
             by_q.setdefault(r["question"], set()).add(r["raw"])
         assert all(len(answers) == 1 for answers in by_q.values()), (m, by_q)
-    agg = res["aggregates"]["by_source"]
+    agg = res.aggregates["by_source"]
     assert all(agg[f"uav/{s}"]["f1"]["n"] == 3 for s in ("colour", "mood", "noun"))
     assert agg["uav/overall"]["f1"]["n"] == 9
     for name in ("results-limit3.json", "report-limit3.md", "eval_tasks-limit3.png"):
@@ -133,8 +133,8 @@ def test_a_limited_evaluation_never_replaces_the_full_one(run):
     quick = dict(run=str(run), methods=["uav"], similarity=False, n_boot=10, progress=False)
     full = evaluate(EvalConfig(**quick))
     before = {n: (run / n).read_bytes() for n in ("results.json", "report.md", "eval_tasks.png")}
-    assert json.loads(before["results.json"])["n_items"] == full["n_items"] == 20
-    assert evaluate(EvalConfig(**quick, limit=1))["n_items"] == 3
+    assert json.loads(before["results.json"])["n_items"] == full.n_items == 20
+    assert evaluate(EvalConfig(**quick, limit=1)).n_items == 3
     assert {n: (run / n).read_bytes() for n in before} == before
     assert json.loads((run / "results-limit1.json").read_text())["n_items"] == 3
     for bad, problem in (({"limit": 0}, "--limit must be ≥ 1, got 0"),
@@ -146,7 +146,7 @@ def test_a_limited_evaluation_never_replaces_the_full_one(run):
 def test_batched_generation_matches_one_at_a_time(run):
     """Left padding, the splice and the selfie patch must not depend on who else is in the batch."""
     lr = load_run(run)
-    items = eval_items(Store(lr.info.config["stores"][0]["path"]), "test", None, lr.info.config["layers"], False)
+    items = eval_items(Store(lr.info.record.stores[0].path), "test", None, lr.info.record.layers, False)
     items = [it for src in ("noun", "colour", "mood") for it in [i for i in items if i.source == src][:2]]
     assert len({len(lr.tok(it.question).input_ids) for it in items}) > 1  # rows of different lengths get padded
     runner, stop = MethodRunner(lr), lr.template.stop_ids()
@@ -166,7 +166,7 @@ def test_own_task_names_get_the_default_answer_length(run, monkeypatch):
     from uav_eval import protocol
 
     lr = load_run(run)
-    items = eval_items(Store(lr.info.config["stores"][0]["path"]), "test", 2, lr.info.config["layers"], False)
+    items = eval_items(Store(lr.info.record.stores[0].path), "test", 2, lr.info.record.layers, False)
     for it in items[:3]:
         it.task = "fact_retrieval"
     calls = []
@@ -179,7 +179,7 @@ def test_own_task_names_get_the_default_answer_length(run, monkeypatch):
     cfg = EvalConfig(run=str(run), methods=["uav"], progress=False)
     preds = protocol.run_methods(lr, items, ["uav"], cfg)
     assert set(calls) == {protocol.DEFAULT_TASK_TOKENS} | {protocol.TASK_TOKENS[it.task] for it in items[3:]}
-    rows = protocol.score(items, preds, protocol.label_sets(Store(lr.info.config["stores"][0]["path"])), False)
+    rows = protocol.score(items, preds, protocol.label_sets(Store(lr.info.record.stores[0].path)), False)
     agg = protocol.metrics.aggregate(rows, protocol.metrics.METRIC_KEYS, ["method", "task"], n_boot=10)
     assert agg["uav/fact_retrieval"]["f1"]["n"] == 3
 
@@ -211,8 +211,8 @@ def test_explain_finds_a_local_donor_from_any_folder_or_by_donor(run, tmp_path, 
 def test_selfie_needs_the_same_weights(run):
     lr = load_run(run)
     assert selfie_applicable(lr) and "selfie" in check_methods(["uav", "selfie"], lr)
-    lr.info.config = copy.deepcopy(lr.info.config)
-    lr.info.config["stores"][0]["weights_fingerprint"] = "another donor"
+    lr.info.record = copy.deepcopy(lr.info.record)
+    lr.info.record.stores[0].weights_fingerprint = "another donor"
     assert not selfie_applicable(lr) and check_methods(["uav", "selfie"], lr) == ["uav"]
     with pytest.raises(UavError, match="unknown control"):
         check_methods(["uav", "selfy"], lr)

@@ -183,8 +183,8 @@ def test_centring_adapter_subtracts_the_train_mean(run, store):
 
 def test_shuffled_control_shows_each_item_another_items_activation(run):
     res = evaluate(EvalConfig(run=str(run), methods=["uav", "shuffled"], similarity=False, n_boot=50, progress=False))
-    items = {(r["method"], r["row"], r["question"]): r for r in res["items"]}
-    uav = [r for r in res["items"] if r["method"] == "uav"]
+    items = {(r["method"], r["row"], r["question"]): r for r in res.items}
+    uav = [r for r in res.items if r["method"] == "uav"]
     for r in uav:
         assert items[("shuffled", r["row"], r["question"])]["gold"] == r["gold"]  # same prompt: only x differs
     for src in {r["source"] for r in uav}:
@@ -192,8 +192,8 @@ def test_shuffled_control_shows_each_item_another_items_activation(run):
         # answers of the other rows, so within a source the two are the same answers, permuted
         mine = [r for r in uav if r["source"] == src]
         assert sorted(items[("shuffled", r["row"], r["question"])]["raw"] for r in mine) == sorted(r["raw"] for r in mine)
-    assert res["reading"]["by_task"].keys() == {r["task"] for r in uav}
-    assert res["probe"]["colour"]["run"]["readout"] == "mean"
+    assert res.reading["by_task"].keys() == {r["task"] for r in uav}
+    assert res.probe["colour"]["run"]["readout"] == "mean"
     md = (run / "report.md").read_text()
     assert "Does the decoder read the activation?" in md and "uav − shuffled" in md
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from uav_eval import metrics
 from uav_eval import report
 from uav_eval.report import bar_check, compare, fmt_params, summary_table, write_report
+from uav_eval.results import Results
 
 SOURCES = {"classification": "sst2", "fact": "trivia", "gist": "wiki"}
 
@@ -31,18 +32,19 @@ LOW = [0.1, 0.0, 0.05, 0.15, 0.1, 0.0]
 MID = [0.4, 0.6, 0.5, 0.45, 0.55, 0.5]
 
 
-def _results(f1: dict[str, dict[str, list[float]]], run: str = "/runs/demo", **kw) -> dict:
+def _results(f1: dict[str, dict[str, list[float]]], run: str = "/runs/demo", **kw) -> Results:
     """results as protocol.evaluate builds them; `f1` maps method -> task -> per-item F1s."""
     rows = [r for m, tasks in f1.items() for t, vs in tasks.items() for r in _rows(m, t, vs)]
     agg = {"by_task": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "task"], n_boot=200),
            "by_source": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "source"], n_boot=200)}
-    return {"run": run, "store": "/stores/s", "split": "test", "donor": "org/donor-1b", "decoder": "org/dec-0.5b",
-            "adapter": kw.get("adapter", "mlp"), "lora": kw.get("lora", "trained"),
-            "trainable_params": {"adapter": 5_300_000, "lora": 577}, "n_items": len(rows) // len(f1),
-            "methods": list(f1), "config": {}, "aggregates": agg, "items": rows, "seconds": 12.3}
+    return Results.from_dict({
+        "run": run, "store": "/stores/s", "split": "test", "donor": "org/donor-1b", "decoder": "org/dec-0.5b",
+        "adapter": kw.get("adapter", "mlp"), "lora": kw.get("lora", "trained"),
+        "trainable_params": {"adapter": 5_300_000, "lora": 577}, "n_items": len(rows) // len(f1),
+        "methods": list(f1), "config": {}, "aggregates": agg, "items": rows, "seconds": 12.3})
 
 
-def _passing() -> dict:
+def _passing() -> Results:
     return _results({"uav": {t: HIGH for t in SOURCES}, "no_soft": {t: LOW for t in SOURCES},
                      "input_text": {t: MID for t in SOURCES}})
 
@@ -56,7 +58,7 @@ def test_write_report_files_and_numbers(tmp_path: Path) -> None:
     back = json.loads((tmp_path / "results.json").read_text())  # strict JSON: NaN similarity became null
     assert back["items"][0]["sim"] is None
     md = (tmp_path / "report.md").read_text()
-    s = res["aggregates"]["by_task"]["uav/classification"]["f1"]
+    s = res.aggregates["by_task"]["uav/classification"]["f1"]
     assert round(s["mean"], 2) == 0.93  # hand mean of HIGH
     cell = f"{s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]"
     uav_row = next(line for line in md.splitlines() if line.startswith("| uav | ") and "[" in line)
@@ -64,12 +66,23 @@ def test_write_report_files_and_numbers(tmp_path: Path) -> None:
     assert "5.3M / 577" in md and "org/donor-1b` → `org/dec-0.5b" in md
     assert "**Overall: PASS**" in md and "**FAIL**" not in md
     assert "ROUGE-L" in md and "accuracy" in md and "trivia" in md
-    m = res["aggregates"]["by_task"]["uav/overall"]["mention"]
+    m = res.aggregates["by_task"]["uav/overall"]["mention"]
     assert m["mean"] == 1.0 and "| uav | answer mentioned | 1.00 [1.00, 1.00]" in md  # every HIGH F1 is > 0.5
     assert "pred 0 \\| piped" in md and "…" in md  # escaped pipe, truncated long prediction
     assert "inversion ceiling" in md  # legend
     table = summary_table(res)
     assert "classification" in table and cell in table
+
+
+def test_results_round_trip_results_json_and_load_older_files(tmp_path: Path) -> None:
+    res = _passing()
+    res.save(tmp_path / "results.json")
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert list(doc) == list(res.to_dict()) and Results.load(tmp_path).to_dict() == doc
+    old = {k: v for k, v in doc.items() if k not in ("readout", "layers", "probe", "dataset_fingerprint")}
+    back = Results.from_dict({**old, "reading": None, "gone": 1})  # results from before these keys existed
+    assert back.readout == "last" and back.layers == [] and back.reading == {} and back.probe == {}
+    assert summary_table(back) == summary_table(res)
 
 
 def test_bar_check_pass_and_overlap() -> None:
@@ -95,7 +108,7 @@ def test_classification_threshold() -> None:
 
 def test_missing_methods_tolerated(tmp_path: Path) -> None:
     res = _results({"uav": {t: HIGH for t in SOURCES}})  # no no_soft, no input_text, no selfie
-    res["methods"] = ["uav", "no_soft", "selfie"]  # listed but never aggregated
+    res.methods = ["uav", "no_soft", "selfie"]  # listed but never aggregated
     write_report(res, tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "no_soft was not run" in md and "FAIL" in md
@@ -108,7 +121,7 @@ def test_compare_two_runs(tmp_path: Path) -> None:
                                        run=str(b), adapter="linear", lora="frozen from self_mlp")}
     for d, res in runs.items():  # results.json as write_report leaves it, without paying for its plot
         d.mkdir()
-        (d / "results.json").write_text(json.dumps(report._json_safe(res)))
+        res.save(d / "results.json")
     out = tmp_path / "cmp"
     table = compare([a, b], out)
     lines = table.splitlines()

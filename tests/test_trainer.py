@@ -167,6 +167,27 @@ def test_run_dir_has_no_file_peft_would_mistake_and_old_runs_still_load(run_a, t
     assert load_run(old).has_lora
 
 
+def test_run_record_round_trips_config_json_and_loads_older_runs(run_a):
+    """config.json is a RunRecord: it loads and writes back key for key; a run recorded before most keys existed
+    loads with the documented fallbacks (None: unknown, never compared)."""
+    from uav_train.run import RunRecord, StoreRecord
+
+    run, _ = run_a
+    doc = json.loads((run / "config.json").read_text())
+    rec = RunRecord.load(run / "config.json")
+    assert rec.to_dict() == doc and list(rec.to_dict()) == list(doc)
+    assert list(rec.stores[0].to_dict()) == list(doc["stores"][0])
+    assert rec.status == "complete" and rec.readout == doc["train"]["readout"]
+    old = {"status": "complete", "train": {"decoder": doc["train"]["decoder"]}, "layers": doc["layers"],
+           "stores": [{k: doc["stores"][0][k] for k in ("path", "donor", "layers", "d_model", "weights_fingerprint")}]}
+    rec = RunRecord.from_dict({**old, "no_longer_known": 1})
+    assert rec.readout == "last" and rec.tokens is False and rec.lora is None and rec.identity is None
+    assert rec.decoder_weights() == doc["decoder_fingerprint"]  # computed from the decoder for an older run
+    st = rec.stores[0]
+    assert st.abspath is None and st.donor_reading(77) == {"dtype": None, "donor_input": "raw", "max_length": 77}
+    assert st.changes(StoreRecord.from_dict({**doc["stores"][0], "donor_input": "chat", "n_rows": 1})) == []
+
+
 def test_run_files_are_as_readable_as_the_umask_allows(run_a):
     """safetensors writes 0600; run weights are meant to be shared (and the umask says how far)."""
     import os

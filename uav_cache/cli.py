@@ -19,7 +19,10 @@ try:  # typer ≥ 0.20 vendors click as typer._click; older typer uses click its
 except ImportError:  # pragma: no cover
     from click import exceptions as cx
 
+from uav_cache.config import field_help
 from uav_cache.errors import UavError
+
+H = field_help("uav_cache.harvest", "HarvestConfig")  # `uav harvest` options: help from the fields' comments
 
 data_app = typer.Typer(help="Build the project's examples from data shipped in PyPI packages.", no_args_is_help=True)
 store_app = typer.Typer(help="Inspect and check activation stores.", no_args_is_help=True)
@@ -93,23 +96,21 @@ def data_build(
 
 
 def harvest_command(
-    donor: Annotated[str, typer.Option(help="Registry name (see `uav models`) or a local model folder.")] = "smollm2-135m",
-    data: Annotated[str, typer.Option(help="Recipe name (demo/full), a `uav data build` folder, a JSONL file or a hub dataset.")] = "demo",
-    out: Annotated[Optional[str], typer.Option(help="Store folder (default stores/DONOR).")] = None,
-    layers: Annotated[Optional[str], typer.Option(help="Block indices to read, e.g. 15,20 (default: the registry's).")] = None,
-    positions: Annotated[str, typer.Option(help="last: one vector per read-out; all: also every token.")] = "last",
-    readouts: Annotated[str, typer.Option(help="Stored read-outs, comma-separated: last (last token), mean (mean over "
-                                               "the tokens after the attention-sink position 0).")] = "last,mean",
-    dtype: Annotated[Optional[str], typer.Option(help="fp16 or bf16 (default: the registry's).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 8,
-    limit: Annotated[Optional[int], typer.Option(help="Use only the first N examples.")] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Token cap (default: the registry's); longer texts are cut and flagged.")] = None,
-    donor_input: Annotated[str, typer.Option(help="raw text, or chat (wrapped in the donor's chat template).")] = "raw",
-    shard_rows: Annotated[int, typer.Option(help="Rows per shard: the unit of commit and resume.")] = 4096,
-    codec: Annotated[str, typer.Option(help="Activation encoding: raw (fastest writes and random reads) or zstd "
-                                            "(7-22% smaller, for stores shipped over a network).")] = "raw",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 …")] = "auto",
-    trust_remote_code: Annotated[bool, typer.Option(help="Allow the donor's own modelling code (off by default).")] = False,
+    donor: Annotated[str, typer.Option(help=H["donor"])] = "smollm2-135m",
+    data: Annotated[str, typer.Option(help=H["data"])] = "demo",
+    out: Annotated[Optional[str], typer.Option(help=H["out"])] = None,
+    layers: Annotated[Optional[str], typer.Option(help=H["layers"])] = None,
+    positions: Annotated[str, typer.Option(help=H["positions"])] = "last",
+    readouts: Annotated[str, typer.Option(help="comma-separated: " + H["readouts"])] = "last,mean",
+    dtype: Annotated[Optional[str], typer.Option(help=H["dtype"])] = None,
+    batch_size: Annotated[int, typer.Option(help=H["batch_size"])] = 8,
+    limit: Annotated[Optional[int], typer.Option(help=H["limit"])] = None,
+    max_length: Annotated[Optional[int], typer.Option(help=H["max_length"])] = None,
+    donor_input: Annotated[str, typer.Option(help=H["donor_input"])] = "raw",
+    shard_rows: Annotated[int, typer.Option(help=H["shard_rows"])] = 4096,
+    codec: Annotated[str, typer.Option(help=H["codec"])] = "raw",
+    device: Annotated[str, typer.Option(help=H["device"])] = "auto",
+    trust_remote_code: Annotated[bool, typer.Option(help=H["trust_remote_code"])] = False,
 ) -> None:
     """Run a donor once over a dataset and write (or resume) a Zarr activation store."""
     from uav_cache.harvest import HarvestConfig, harvest

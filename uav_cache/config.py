@@ -1,4 +1,6 @@
-"""Type-checking config dataclasses filled from TOML or JSON (recipes, adapter options).
+"""Config dataclasses filled from TOML or JSON (recipes, adapter options): the one recipe reader, the one
+table → dataclass loader with its type checks, and the fields' help text (litgpt's way: a setting is documented
+once, by the trailing comment where its field is declared; the CLI options show that comment).
 
 A recipe value of the wrong type is otherwise accepted and misread later: ``no_lora = "false"`` is a true
 string, ``stage = 2`` never equals "2", ``steps = "ten"`` fails deep inside training. Each field is checked
@@ -7,10 +9,17 @@ against its dataclass annotation, before anything runs.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import importlib.util
+import io
+import tokenize
+import tomllib
 import types
 import typing
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from uav_cache.errors import UavError
 
@@ -58,3 +67,65 @@ def check_types(cls: type, data: dict, where: str) -> None:
         if key in hints and not _fits(value, hints[key]):
             raise UavError(f"{where}: {key} = {value!r} must be {_describe(hints[key])}",
                            f"give {key} {_describe(hints[key])} (TOML: quote strings, not numbers or true/false)")
+
+
+T = TypeVar("T")
+
+
+def read_recipe(path: str | Path) -> dict:
+    """The one recipe reader: a TOML file, or one line naming why not (missing, not valid TOML)."""
+    p = Path(path)
+    if not p.exists():
+        raise UavError(f"recipe {p} not found", "pass a file from pipelines/recipes/")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UavError(f"recipe {p} is not valid TOML: {e}", "fix the line it names") from e
+
+
+def refuse_unknown(keys: Any, valid: Any, noun: str, where: str = "") -> None:
+    """A misspelt key would otherwise be ignored silently and the defaults used: refuse it, naming the valid ones."""
+    if bad := sorted(set(keys) - set(valid)):
+        raise UavError(f"unknown {noun}(s) {bad}" + (f" in {where}" if where else ""), f"valid: {sorted(valid)}")
+
+
+def from_table(cls: type[T], table: dict, where: str, noun: str = "key", **fixed: Any) -> T:
+    """A TOML table (or JSON object) → ``cls``: unknown keys refused, each value checked against its field's
+    annotation, a nested dataclass field built from its own table the same way. ``fixed`` are fields the caller
+    sets (a recipe's table may not)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    refuse_unknown(table, set(fields) - set(fixed), noun, where)
+    check_types(cls, table, where)
+    hints = typing.get_type_hints(cls)
+    d = dict(table)
+    for key, value in table.items():
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            d[key] = from_table(hints[key], value, f"{where} {key}".strip(), noun)
+    return cls(**d, **fixed)
+
+
+@functools.cache
+def field_help(module: str, name: str) -> dict[str, str]:
+    """The comment of each field of dataclass ``name`` in ``module``: the trailing one on its line, else the comment
+    lines right above it (a field without either has no entry). That is the help of the CLI option that sets the
+    field. Read from the source without importing the module, so `uav --help` stays torch-free."""
+    spec = importlib.util.find_spec(module)
+    src = Path(spec.origin).read_text(encoding="utf-8")
+    lines = src.splitlines()
+    trailing = {t.start[0]: t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(src).readline)
+                if t.type == tokenize.COMMENT and not lines[t.start[0] - 1].lstrip().startswith("#")}
+    cls = next(n for n in ast.parse(src).body if isinstance(n, ast.ClassDef) and n.name == name)
+    out = {}
+    for node in cls.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        if node.end_lineno in trailing:
+            out[node.target.id] = trailing[node.end_lineno]
+            continue
+        above, i = [], node.lineno - 2  # index of the line above
+        while i >= 0 and lines[i].lstrip().startswith("#"):
+            above.insert(0, lines[i].strip().lstrip("#").strip())
+            i -= 1
+        if above:
+            out[node.target.id] = " ".join(above)
+    return out

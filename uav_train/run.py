@@ -1,6 +1,6 @@
 """The run directory: what a training run leaves behind, and how to load or resume it.
 
-    RUN/config.json            resolved TrainConfig + what it was trained on (stores, decoder, parameter counts)
+    RUN/config.json            the RunRecord: resolved TrainConfig + what it was trained on (stores, decoder …)
     RUN/adapter.safetensors    adapter weights          RUN/uav_adapter.json     how to rebuild the adapter
     RUN/lora/                  the decoder LoRA in PEFT format (PeftModel.from_pretrained loads it)
     RUN/stage1/                the stage-1 (alignment) adapter, the warm start of stage 2
@@ -18,18 +18,20 @@ import os
 import shutil
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from uav_cache.errors import UavError
-from uav_cache.store import share_mode
-from uav_cache.store import write_json_atomic as write_json
+from uav_cache.files import share_mode, write_json_atomic
 from uav_train.adapters import Adapter, adapter_from_description
+
+if TYPE_CHECKING:
+    from uav_cache.store import Store
 
 CONFIG = "config.json"
 ADAPTER = "adapter.safetensors"
@@ -42,14 +44,6 @@ METRICS = "metrics.jsonl"
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
-
-
-def decoder_fingerprint(config: dict) -> str:
-    """The weights fingerprint of a run's decoder: weights, not names, identify it ("smollm2-135m", its hub id,
-    "dir/" and "dir" agree). Recorded in config.json; computed for runs written before it was recorded."""
-    from uav_cache.models import resolve, weights_fingerprint
-
-    return config.get("decoder_fingerprint") or weights_fingerprint(resolve(config["train"]["decoder"]))
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -103,7 +97,7 @@ def save_adapter(folder: Path, adapter: Adapter, extra: dict | None = None) -> N
     folder.parent.mkdir(parents=True, exist_ok=True)
     with temp_dir_for(folder) as tmp:
         save_tensors(adapter.state_dict(), tmp / ADAPTER)
-        write_json(tmp / ADAPTER_CONFIG, {**adapter.describe(), "n_trainable": adapter.n_trainable(), **(extra or {})})
+        write_json_atomic(tmp / ADAPTER_CONFIG, {**adapter.describe(), "n_trainable": adapter.n_trainable(), **(extra or {})})
         if folder.exists():  # keep anything else already in the folder (a run dir holds more than the adapter)
             for name in (ADAPTER, ADAPTER_CONFIG):
                 os.replace(tmp / name, folder / name)
@@ -170,7 +164,7 @@ def save_checkpoint(run: Path, *, state: dict, weights: dict[str, torch.Tensor],
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
         save_tensors(rng, tmp / "rng.safetensors")
-        write_json(tmp / "state.json", {**state, "optimizer": opt_meta})
+        write_json_atomic(tmp / "state.json", {**state, "optimizer": opt_meta})
         replace_dir(tmp, final)
 
 
@@ -233,21 +227,159 @@ def plot_losses(run: Path) -> Path | None:
     return out
 
 
+# ---------------------------------------------------------------------------------------------- the run record
+
+# what a store holds: the same path re-harvested with other data or another donor is another store
+STORE_CONTENT = ("donor", "weights_fingerprint", "dataset_fingerprint", "layers", "d_model", "dtype", "positions",
+                 "donor_input", "max_length", "n_rows", "compute_dtype")
+
+
+@dataclass
+class StoreRecord:
+    """What config.json records of one training store: where it is (as typed and absolute) and what it holds.
+
+    Runs written before a key was recorded load it as None: unknown, so never compared (:meth:`changes`). Runs
+    before 743d1c8 recorded only path, donor, layers, d_model and weights_fingerprint; donor_path and
+    compute_dtype came later still."""
+
+    path: str = ""  # as typed at training (may be relative to another folder, or an fsspec URL)
+    abspath: str | None = None  # absolute path (a URL as typed); None in older runs: use path
+    donor: str | None = None
+    donor_path: str | None = None  # the donor's local folder; older stores recorded only its name (donor)
+    layers: list[str] = field(default_factory=list)
+    d_model: int | None = None
+    dtype: str | None = None
+    compute_dtype: str | None = None
+    dataset: str | None = None  # the dataset's name
+    positions: str | None = None
+    donor_input: str | None = None  # None in older runs: raw text, the only input there was (see donor_reading)
+    max_length: int | None = None  # None in older runs: the donor's registry max_length (see donor_reading)
+    dataset_fingerprint: str | None = None
+    weights_fingerprint: str | None = None
+    n_rows: int | None = None
+
+    @classmethod
+    def of(cls, s: Store) -> "StoreRecord":
+        m = s.meta
+        return cls(path=s.path, abspath=s.path if "://" in s.path else str(Path(s.path).resolve()), donor=m["donor"],
+                   donor_path=m.get("donor_path"), layers=m["layers"], d_model=m["d_model"], dtype=m["dtype"],
+                   compute_dtype=m.get("compute_dtype"), dataset=m["dataset"]["name"], positions=m["positions"],
+                   donor_input=m["donor_input"], max_length=m["max_length"],
+                   dataset_fingerprint=m["dataset_fingerprint"], weights_fingerprint=m["weights_fingerprint"],
+                   n_rows=m["n_rows"])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StoreRecord":
+        return cls(**{k: v for k, v in d.items() if k in _field_names(cls)})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def donor_reading(self, registry_max_length: int) -> dict:
+        """How the donor read the store's texts, as harvest.read_out takes it (dtype, max_length, donor_input)."""
+        return {"dtype": self.dtype, "donor_input": self.donor_input or "raw",
+                "max_length": registry_max_length if self.max_length is None else self.max_length}
+
+    def changes(self, now: "StoreRecord") -> list[str]:
+        """What the store at this path holds now that differs from what was recorded (unrecorded keys skipped)."""
+        return [f"{now.path} {k}: run has {str(getattr(self, k))[:16]}, store has {str(getattr(now, k))[:16]}"
+                for k in STORE_CONTENT if getattr(self, k) is not None and getattr(self, k) != getattr(now, k)]
+
+
+@dataclass
+class RunRecord:
+    """A run's config.json: the resolved training settings and what the run was trained on. Written by the
+    trainer when a run starts ("training") and when it ends ("complete"); read by resume, evaluation and explain.
+
+    ``to_dict``/``save`` write exactly these keys, in this order; ``from_dict``/``load`` accept older runs: a key
+    they lack takes the default given here (None: not recorded), and keys this version does not know are
+    dropped. The fallbacks a reader needs for an older run are here: :attr:`readout`, :attr:`tokens`,
+    :meth:`decoder_weights`, :meth:`StoreRecord.donor_reading`."""
+
+    status: str | None = None  # "training" while it runs, "complete" once the final weights are written
+    # the resolved TrainConfig (asdict) as trained; a dict, not a TrainConfig: an older run's settings must load
+    # even after a field is renamed or gone, and run.py sits below the trainer
+    train: dict = field(default_factory=dict)
+    identity: dict | None = None  # the settings a resume must match exactly (TrainConfig.identity())
+    stores: list[StoreRecord] = field(default_factory=list)
+    donor: str | None = None
+    layers: list[str] = field(default_factory=list)  # module paths, as the store names them
+    decoder: str | None = None  # as typed: a registry name, hub id or folder
+    decoder_fingerprint: str | None = None  # the decoder's weights; None in older runs (see decoder_weights)
+    adapter: dict = field(default_factory=dict)  # Adapter.describe(): kind, config, d_in, …
+    trainable_params: dict = field(default_factory=dict)  # {"adapter": n, "lora": n}
+    lora: str | None = None  # "trained", "frozen from RUN_A", or None (no LoRA)
+    summary: list = field(default_factory=list)  # one dict per stage (and warm start) once complete
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunRecord":
+        known = {k: v for k, v in d.items() if k in _field_names(cls)}
+        known["stores"] = [StoreRecord.from_dict(s) for s in d.get("stores") or []]
+        return cls(**known)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunRecord":
+        return cls.from_dict(read_json(path))
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @property
+    def readout(self) -> str:
+        """The stored read-out the adapter reads; runs from before read-outs read the last token."""
+        return self.train.get("readout", "last")
+
+    @property
+    def tokens(self) -> bool:
+        """Whether the adapter reads every donor token (stores harvested with --positions all)."""
+        return bool(self.train.get("tokens", False))
+
+    def decoder_weights(self) -> str:
+        """The weights fingerprint of the decoder: weights, not names, identify it ("smollm2-135m", its hub id,
+        "dir/" and "dir" agree). Recorded since decoder_fingerprint was; computed for runs written before."""
+        from uav_cache.models import resolve, weights_fingerprint
+
+        return self.decoder_fingerprint or weights_fingerprint(resolve(self.train["decoder"]))
+
+    def check_same_stores(self, run: Path, stores: list[Store]) -> None:
+        """Refuse to resume (or call finished) a run whose stores now hold other rows than it recorded."""
+        recs = self.stores
+        changed = [f"{len(recs)} store(s) recorded, {len(stores)} given"] if len(recs) != len(stores) else []
+        for rec, st in zip(recs, stores):
+            changed += rec.changes(StoreRecord.of(st))
+        if changed:
+            raise UavError(f"{run} holds a run trained on other data than the store(s) now hold ({'; '.join(changed)})",
+                           "choose a new --out, or delete the run folder to retrain")
+
+
+def decoder_fingerprint(config: dict) -> str:
+    """:meth:`RunRecord.decoder_weights` of a config.json read as a plain dict."""
+    return RunRecord.from_dict(config).decoder_weights()
+
+
+def _field_names(cls) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
 @dataclass
 class RunInfo:
     path: Path
-    config: dict
+    record: RunRecord
 
     @classmethod
     def open(cls, run: str | Path) -> "RunInfo":
+        """A finished run's folder and record; refused with one line when it is not a run or not finished."""
         p = Path(run)
         if not (p / CONFIG).exists():
             raise UavError(f"{p} is not a uav run directory (no {CONFIG})", "pass the --out folder of `uav train`")
-        cfg = read_json(p / CONFIG)
-        if cfg.get("status") != "complete":
-            raise UavError(f"run {p} has not finished training (status {cfg.get('status')!r})",
+        rec = RunRecord.load(p / CONFIG)
+        if rec.status != "complete":
+            raise UavError(f"run {p} has not finished training (status {rec.status!r})",
                            "re-run the same `uav train` command to resume it")
-        return cls(p, cfg)
+        return cls(p, rec)
 
 
 @dataclass
@@ -268,7 +400,7 @@ def load_run(run: str | Path, device: str = "cpu") -> LoadedRun:
     from uav_train.prompt import PromptTemplate
 
     info = RunInfo.open(run)
-    model, tok = load(resolve(info.config["decoder"]), device=device)
+    model, tok = load(resolve(info.record.decoder), device=device)
     has_lora = (info.path / LORA).exists()
     if has_lora:
         from peft import PeftModel

@@ -17,8 +17,7 @@ import json
 import math
 import shutil
 import time
-import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,15 +26,17 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from uav_cache import distributed
-from uav_cache.config import check_types
+from uav_cache.config import from_table, read_recipe, refuse_unknown
 from uav_cache.errors import UavError
-from uav_cache.models import embedding_norm, load, pick_device, resolve, weights_fingerprint
-from uav_cache.store import READOUTS, Store, check_compatible, share_mode
+from uav_cache.files import share_mode
+from uav_cache.device import pick_device
+from uav_cache.models import embedding_norm, load, resolve, weights_fingerprint
+from uav_cache.store import READOUTS, Store, check_compatible
 from uav_train.adapters import Adapter, adapter_config, build_adapter
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
-from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, adapter_description, decoder_fingerprint, load_adapter,
-                           load_checkpoint, plot_losses, read_json, replace_dir, save_adapter, save_checkpoint,
-                           save_tensors, temp_dir_for, write_json)
+from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, RunRecord, StoreRecord, adapter_description,
+                           decoder_fingerprint, load_adapter, load_checkpoint, plot_losses, read_json, replace_dir,
+                           save_adapter, save_checkpoint, save_tensors, temp_dir_for)
 from uav_train.stream import Item, ItemStream, derangement, read_x, stack_x
 
 
@@ -54,15 +55,15 @@ class LoraSettings:
 class TrainConfig:
     """One training run. Recipes (pipelines/recipes/*.toml) set these fields; the CLI overrides them."""
 
-    stores: list[str] = field(default_factory=list)  # local paths or fsspec URLs, same donor/layers
-    out: str = "runs/self"
-    decoder: str = "smollm2-135m"  # registry name or local folder of the decoder LLM
+    stores: list[str] = field(default_factory=list)  # store paths or fsspec URLs (same donor and layers)
+    out: str = "runs/self"  # run directory (resumes if it holds an unfinished run)
+    decoder: str = "smollm2-135m"  # decoder LLM: registry name or local folder
     adapter: str = "mlp"  # mlp | qformer | affine | lowrank
     adapter_options: dict = field(default_factory=dict)  # fields of that adapter's config (k, hidden, …)
     stage: str = "both"  # "1" alignment only, "2" QA only (fresh adapter), "both" = 1 then 2
-    stage1_steps: int = 100
+    stage1_steps: int = 100  # stage-1 steps
     steps: int = 200  # stage-2 steps
-    batch_size: int = 8
+    batch_size: int = 8  # items per step
     lr_stage1: float = 1e-3  # adapter, stage 1
     lr_adapter: float = 5e-4  # adapter, stage 2
     lr_lora: float = 2e-4
@@ -72,9 +73,12 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     no_lora: bool = False  # frozen decoder: only the adapter trains, in both stages
     frozen_decoder: str | None = None  # RUN_A: reuse its LoRA frozen, train only a new adapter (transfer)
-    layers: list[str | int] | None = None  # stored layers to use (module paths or block indices); None = all in the store
-    readout: str = "last"  # which stored read-out feeds the adapter (store.READOUTS: last, mean)
-    sources: list[str] | None = None  # train (and validate) on these sources only; None = every source
+    # stored layers to read, module paths or block indices (default: every stored layer); see `uav store info`
+    layers: list[str | int] | None = None
+    # stored read-out that feeds the adapter (store.READOUTS): last (last token) or mean (mean over the tokens after
+    # the sink); `uav store probe` shows which carries more
+    readout: str = "last"
+    sources: list[str] | None = None  # train (and validate) on these sources only (default: all)
     source_weights: dict[str, float] = field(default_factory=dict)  # source → times each of its items is seen per epoch
     max_answer_tokens: int | None = None  # stage-2 targets cut to N tokens (long gist answers cost the most per step)
     warm_start: bool = False  # stage 2 from a fresh adapter: fit its skip path in closed form first (mlp, skip = true)
@@ -87,46 +91,30 @@ class TrainConfig:
     shuffle_buffer: int = 512
     max_bad_fraction: float = 0.01  # items with NaN/inf activations are skipped up to this fraction
     skip_corrupt: bool = False  # unreadable store chunks: skip them (counted, warned) instead of refusing
-    seed: int = 0
-    device: str = "auto"
-    grad_checkpointing: bool = False
+    seed: int = 0  # random seed
+    device: str = "auto"  # auto, cpu, cuda …
+    grad_checkpointing: bool = False  # trade compute for memory
     progress: bool = True
 
     @classmethod
     def from_recipe(cls, path: str | Path, section: str = "train", **overrides) -> "TrainConfig":
         """Fields from a TOML recipe's ``[train]`` table (and ``[train.lora]``), then ``overrides``."""
-        p = Path(path)
-        if not p.exists():
-            raise UavError(f"recipe {p} not found", "pass a file from pipelines/recipes/")
-        try:
-            rec = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise UavError(f"recipe {p} is not valid TOML: {e}", "fix the file") from e
-        if bad := sorted(set(rec) - set(RECIPE_SECTIONS)):  # a misspelt [trian] would train the defaults
-            raise UavError(f"recipe {p}: unknown section(s) {bad}", f"valid sections: {', '.join(RECIPE_SECTIONS)}")
+        rec = read_recipe(path)
+        refuse_unknown(rec, RECIPE_SECTIONS, "section", f"recipe {path}")  # a misspelt [trian] would train the defaults
         data = rec.get(section, {})
         return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}},
-                             where=f"recipe {p} [{section}]")
+                             where=f"recipe {path} [{section}]")
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "training settings") -> "TrainConfig":
-        """Build and check a config: unknown keys, values of the wrong type and settings that would train nothing
-        are refused with one line naming them."""
-        known = {f.name for f in fields(cls)}
-        bad = set(d) - known
-        if bad:
-            raise UavError(f"unknown training setting(s) {sorted(bad)}", f"valid: {sorted(known)}")
+        """Build and check a config (uav_cache.config.from_table): unknown keys, values of the wrong type and
+        settings that would train nothing are refused with one line naming them."""
         d = dict(d)
         if isinstance(d.get("stores"), str):
             d["stores"] = [s for s in d["stores"].split(",") if s]
-        check_types(cls, d, where)
         if isinstance(d.get("lora"), dict):
-            valid = {f.name for f in fields(LoraSettings)}
-            if bad := sorted(set(d["lora"]) - valid):
-                raise UavError(f"unknown LoRA setting(s) {bad} in {where}", f"valid: {sorted(valid)}")
-            check_types(LoraSettings, d["lora"], f"{where} lora")
-            d["lora"] = LoraSettings(**d["lora"])
-        cfg = cls(**d)
+            d["lora"] = from_table(LoraSettings, d["lora"], f"{where} lora", noun="LoRA setting")
+        cfg = from_table(cls, d, where, noun="training setting")
         cfg.validate()
         return cfg
 
@@ -531,35 +519,29 @@ class Trainer:
         self._save_final(summary)
         return self.run
 
-    def _config_doc(self, status: str, summary: list | None = None) -> dict:
+    def _record(self, status: str, summary: list | None = None) -> RunRecord:
         lora_n = sum(p.numel() for p in self.lora_params().values()) if self.peft else 0
-        return {
-            "status": status,
-            "train": asdict(self.cfg),
-            "identity": self.cfg.identity(),
-            "stores": [store_record(s) for s in self.stores],
-            "donor": self.meta["donor"],
-            "layers": self.layers,
-            "decoder": self.cfg.decoder,
-            "decoder_fingerprint": self.decoder_fingerprint,
-            "adapter": self.adapter.describe(),
-            "trainable_params": {"adapter": self.adapter.n_trainable(), "lora": lora_n if not self.cfg.frozen_decoder else 0},
-            "lora": "frozen from " + self.cfg.frozen_decoder if self.cfg.frozen_decoder else (None if not self.peft else "trained"),
-            "summary": summary or [],
-        }
+        return RunRecord(
+            status=status, train=asdict(self.cfg), identity=self.cfg.identity(),
+            stores=[StoreRecord.of(s) for s in self.stores], donor=self.meta["donor"], layers=self.layers,
+            decoder=self.cfg.decoder, decoder_fingerprint=self.decoder_fingerprint, adapter=self.adapter.describe(),
+            trainable_params={"adapter": self.adapter.n_trainable(), "lora": lora_n if not self.cfg.frozen_decoder else 0},
+            lora="frozen from " + self.cfg.frozen_decoder if self.cfg.frozen_decoder else (None if not self.peft else "trained"),
+            summary=summary or [],
+        )
 
     def _check_resume(self) -> None:
         p = self.run / CONFIG
         if p.exists():
-            old = read_json(p)
-            if old.get("identity") != self.cfg.identity():
-                diff = [k for k in self.cfg.identity() if old.get("identity", {}).get(k) != self.cfg.identity()[k]]
+            old = RunRecord.load(p)
+            if old.identity != self.cfg.identity():
+                diff = [k for k in self.cfg.identity() if (old.identity or {}).get(k) != self.cfg.identity()[k]]
                 raise UavError(f"{self.run} holds a run with different settings ({', '.join(diff)})",
                                "resume with the same settings, or choose a new --out")
-            check_same_stores(self.run, old, self.stores)
+            old.check_same_stores(self.run, self.stores)
         distributed.barrier()  # every rank has read the old record before rank 0 replaces it
         if self.ranks.main:
-            write_json(p, self._config_doc("training"))
+            self._record("training").save(p)
 
     def _save_final(self, summary: list) -> None:
         if not self.ranks.main:
@@ -570,7 +552,7 @@ class Trainer:
                 self.model.save_pretrained(str(tmp))
                 share_mode(tmp)
                 replace_dir(tmp, self.run / LORA)
-        write_json(self.run / CONFIG, self._config_doc("complete", summary))
+        self._record("complete", summary).save(self.run / CONFIG)
         plot_losses(self.run)
         shutil.rmtree(self.run / CHECKPOINT, ignore_errors=True)
 
@@ -587,36 +569,6 @@ class _Joint(torch.nn.Module):
         return self.terms(items, mode)
 
 
-def store_record(s: Store) -> dict:
-    """What config.json records of a training store: where it is (as typed and absolute) and what it holds."""
-    m = s.meta
-    return {"path": s.path, "abspath": s.path if "://" in s.path else str(Path(s.path).resolve()),
-            "donor": m["donor"], "donor_path": m.get("donor_path"), "layers": m["layers"], "d_model": m["d_model"],
-            "dtype": m["dtype"], "compute_dtype": m.get("compute_dtype"), "dataset": m["dataset"]["name"],
-            "positions": m["positions"], "donor_input": m["donor_input"], "max_length": m["max_length"],
-            "dataset_fingerprint": m["dataset_fingerprint"], "weights_fingerprint": m["weights_fingerprint"],
-            "n_rows": m["n_rows"]}
-
-
-# what a store holds: the same path re-harvested with other data or another donor is another store
-STORE_CONTENT = ("donor", "weights_fingerprint", "dataset_fingerprint", "layers", "d_model", "dtype", "positions",
-                 "donor_input", "max_length", "n_rows", "compute_dtype")
-
-
-def check_same_stores(run: Path, old: dict, stores: list[Store]) -> None:
-    """Refuse to resume (or call finished) a run whose stores now hold other rows than it recorded in config.json
-    (keys an older run lacks are not compared)."""
-    recs = old.get("stores") or []
-    changed = [f"{len(recs)} store(s) recorded, {len(stores)} given"] if len(recs) != len(stores) else []
-    for rec, st in zip(recs, stores):
-        new = store_record(st)
-        changed += [f"{st.path} {k}: run has {str(rec[k])[:16]}, store has {str(new[k])[:16]}" for k in STORE_CONTENT
-                    if rec.get(k) is not None and rec[k] != new[k]]
-    if changed:
-        raise UavError(f"{run} holds a run trained on other data than the store(s) now hold ({'; '.join(changed)})",
-                       "choose a new --out, or delete the run folder to retrain")
-
-
 def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = None) -> Path:
     """Train (or resume, or no-op if finished) the run at ``cfg.out``; returns the run directory. A finished run
     is a no-op only when its settings *and* its stores' contents are unchanged (a path can be re-harvested)."""
@@ -625,10 +577,10 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
     cfg = with_layer_paths(cfg, stores[0])  # a run names its layers as the store does, however they were typed
     done = Path(cfg.out) / CONFIG
     if done.exists():
-        old = read_json(done)
-        if old.get("identity") == cfg.identity():
-            check_same_stores(Path(cfg.out), old, stores)
-            if old.get("status") == "complete":
+        old = RunRecord.load(done)
+        if old.identity == cfg.identity():
+            old.check_same_stores(Path(cfg.out), stores)
+            if old.status == "complete":
                 return Path(cfg.out)
     ranks = distributed.Ranks.from_env()
     group = distributed.init(ranks, distributed.rank_device(cfg.device, ranks)) if ranks.world > 1 else False

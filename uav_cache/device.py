@@ -1,0 +1,28 @@
+"""Which torch device a command runs on: the one place that turns --device into a torch.device."""
+
+from __future__ import annotations
+
+import torch
+
+from uav_cache.errors import UavError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto" → CUDA when present, else CPU; anything else as torch names it ("cpu", "cuda:1"), refused with one
+    line when torch does not know it or this machine does not have it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UavError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type in ("cuda", "xpu"):
+        backend = getattr(torch, dev.type)
+        present = backend.is_available() and (dev.index or 0) < backend.device_count()
+    else:
+        present = dev.type == "mps" and torch.backends.mps.is_available()
+    if not present:
+        raise UavError(f"device {name!r} is not available on this machine", "use --device auto or cpu")
+    return dev

@@ -1,0 +1,90 @@
+"""results.json: what one evaluation of a run found, as a dataclass that round-trips the JSON (peft style).
+
+protocol.evaluate builds a :class:`Results`; report.py, the CLI and the demo read its fields. ``save`` writes
+strict JSON (NaN → null) with exactly these keys in this order; ``load``/``from_dict`` accept results written
+by older versions: a missing key (or a null list/table) takes the default given here, and keys this version
+does not know are dropped. No torch import here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from uav_cache.errors import UavError
+from uav_cache.files import write_text_atomic
+
+
+@dataclass
+class Results:
+    run: str = ""  # the run directory evaluated
+    store: str | None = None  # the store its items came from
+    dataset_fingerprint: str | None = None  # that store's dataset (None in older results)
+    split: str = "test"
+    donor: str | None = None
+    decoder: str | None = None
+    adapter: str | None = None  # the adapter kind (mlp, qformer …)
+    lora: str | None = None  # "trained", "frozen from RUN_A", or None (no LoRA)
+    trainable_params: dict = field(default_factory=dict)  # {"adapter": n, "lora": n}
+    layers: list[str] = field(default_factory=list)  # the run's layers ([] in older results: unknown)
+    readout: str = "last"  # the stored read-out the run reads; results from before read-outs: the last token
+    n_items: int | None = None  # items per method
+    methods: list[str] = field(default_factory=list)  # in the order they ran (uav first)
+    config: dict = field(default_factory=dict)  # the EvalConfig, as a dict
+    aggregates: dict = field(default_factory=dict)  # {"by_task"|"by_source": {"METHOD/GROUP": {metric: stat}}}
+    reading: dict = field(default_factory=dict)  # uav − shuffled per group (protocol.reading); {} without shuffled
+    probe: dict = field(default_factory=dict)  # the linear-probe ceiling per classification source; {} without
+    items: list[dict] = field(default_factory=list)  # one row per (method, item) with every metric
+    seconds: float | None = None
+
+    @property
+    def limit(self) -> int | None:
+        """At most this many items per source (None: every test item); it names the files (:func:`suffix`)."""
+        return self.config.get("limit")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Results":
+        # a null list or table (older results wrote "reading": null) reads as empty
+        return cls(**{f.name: d[f.name] for f in fields(cls)
+                      if f.name in d and not (d[f.name] is None and f.default_factory is not MISSING)})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, run: str | Path, limit: int | None = None) -> "Results":
+        """A run directory's results.json (results-limitN.json with ``limit``), or that file itself."""
+        p = Path(run)
+        p = p if p.is_file() else p / f"results{suffix(limit)}.json"
+        if not p.is_file():
+            raise UavError(f"no {p.name} at {p.parent}", "evaluate the run first (uav eval RUN"
+                           + (f" --limit {limit})" if limit is not None else ")"))
+        return cls.from_dict(json.loads(p.read_text()))
+
+    def save(self, path: str | Path) -> None:
+        """Strict JSON any tool can read (NaN similarity becomes null), written atomically."""
+        write_text_atomic(path, json.dumps(json_safe(self.to_dict()), indent=1, ensure_ascii=False))
+
+
+def suffix(limit: int | None) -> str:
+    """"" for a full evaluation, "-limitN" for one limited to N items per source: a quick `--limit 1` check is
+    written beside the full results.json/report.md (as results-limit1.json/report-limit1.md), never over them."""
+    return "" if limit is None else f"-limit{limit}"
+
+
+def json_safe(x: Any) -> Any:
+    """NaN/inf -> null and numpy scalars -> Python, so results.json is strict JSON any tool can read."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
