@@ -67,4 +67,4 @@ def test_train_and_eval_from_a_store_served_over_http(site, tiny_llama_dir, tmp_
             assert_same_tensors(local / f, run / f)
         res = evaluate(EvalConfig(run=str(run), split="val", limit=2, methods=["uav"], similarity=False, probe=False, n_boot=10,
                                   progress=False))
-        assert res["store"] == f"{url}/colours" and res["n_items"] > 0
+        assert res.store == f"{url}/colours" and res.n_items > 0

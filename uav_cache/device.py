@@ -7,9 +7,18 @@ import torch
 from uav_cache.errors import UavError
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """"auto" → CUDA when present, else CPU; anything else as torch names it ("cpu", "cuda:1"), refused with one
-    line when torch does not know it or this machine does not have it."""
+    line when torch does not know it or this machine does not have it. ``local_rank`` (one of several torchrun
+    processes on a node) makes "auto" and "cuda" mean that process's own GPU: N processes must not all land on
+    GPU 0."""
+    if local_rank is not None and name in ("auto", "cuda") and torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise UavError(f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} on this node)",
+                           "start at most one process per GPU (torchrun --nproc-per-node)")
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+        return dev
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

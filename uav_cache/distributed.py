@@ -1,5 +1,5 @@
-"""torch.distributed as uav uses it: which process this is, which device it owns, and a process group when there
-is more than one. uav launches nothing itself: `torchrun` (or SLURM's `srun` through torchrun) starts the
+"""torch.distributed as uav uses it: which process this is (its device comes from device.pick_device with its
+local rank), and a process group when there is more than one. uav launches nothing itself: `torchrun` (or SLURM's `srun` through torchrun) starts the
 processes and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; harvest and training read
 them here. One process (no torchrun) is rank 0 of 1 and never touches torch.distributed.
 """
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 from uav_cache.errors import UavError
-from uav_cache.models import pick_device
 
 
 @dataclass(frozen=True)
@@ -40,19 +39,10 @@ class Ranks:
         """The one process that writes logs, checkpoints and the run record, and prints."""
         return self.rank == 0
 
-
-def rank_device(name: str, ranks: Ranks) -> torch.device:
-    """:func:`pick_device`, except that under torchrun "auto" and "cuda" mean this process's own GPU
-    (``cuda:LOCAL_RANK``): N processes on one node must not all land on GPU 0."""
-    dev = pick_device(name)
-    if dev.type == "cuda" and dev.index is None and ranks.world > 1:
-        if ranks.local_rank >= torch.cuda.device_count():
-            raise UavError(f"local rank {ranks.local_rank} has no GPU ({torch.cuda.device_count()} on this node)",
-                           "start at most one process per GPU (torchrun --nproc-per-node)")
-        dev = torch.device("cuda", ranks.local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    return dev
+    @property
+    def device_rank(self) -> int | None:
+        """What device.pick_device needs: the node-local rank when there are several processes."""
+        return self.local_rank if self.world > 1 else None
 
 
 def init(ranks: Ranks, device: torch.device, timeout_s: float = 1800) -> bool:

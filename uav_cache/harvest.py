@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from uav_cache import distributed
 from uav_cache.datasets import ExampleSet, load_examples
+from uav_cache.device import pick_device
 from uav_cache.errors import UavError
 from uav_cache.models import ModelSpec, block_modules, layer_name, load, resolve, tokenizer_fingerprint, weights_fingerprint
 from uav_cache.store import (CODECS, DEFAULT_CODEC, DEFAULT_READOUTS, FP16_MAX, READOUTS, STORAGE_DTYPES, StoreWriter,
@@ -247,7 +248,7 @@ def plan(cfg: HarvestConfig, loaded: tuple[torch.nn.Module, Any] | None = None) 
 
     ranks = distributed.Ranks(cfg.rank, cfg.world, distributed.Ranks.from_env().local_rank)
     if loaded is None:
-        device = distributed.rank_device(cfg.device, ranks)
+        device = pick_device(cfg.device, ranks.device_rank)
         compute = "bf16" if device.type == "cuda" else "fp32"
         model, tok = load(spec, dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[compute],
                           device=str(device), trust_remote_code=cfg.trust_remote_code)

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from uav_cache.errors import UavError
-from uav_cache.device import pick_device  # noqa: F401 (harvest.py imports it from here)
 from uav_cache.files import package_dir, replaced_atomically, share_mode
 
 if TYPE_CHECKING:

@@ -224,7 +224,7 @@ class Trainer:
         if cfg.batch_size % self.ranks.world:
             raise UavError(f"batch_size {cfg.batch_size} (the global batch) does not split over {self.ranks.world} "
                            "processes", f"use a multiple of {self.ranks.world}, or another --nproc-per-node")
-        self.device = distributed.rank_device(cfg.device, self.ranks)
+        self.device = pick_device(cfg.device, self.ranks.device_rank)
         self.stores = open_stores(cfg.stores, cfg.layers, cfg.readout)
         cfg = self.cfg = with_layer_paths(cfg, self.stores[0])
         self.layers = cfg.layers or self.stores[0].layers
@@ -583,7 +583,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
             if old.status == "complete":
                 return Path(cfg.out)
     ranks = distributed.Ranks.from_env()
-    group = distributed.init(ranks, distributed.rank_device(cfg.device, ranks)) if ranks.world > 1 else False
+    group = distributed.init(ranks, pick_device(cfg.device, ranks.device_rank)) if ranks.world > 1 else False
     try:
         return Trainer(cfg, on_step).fit()
     finally:
