@@ -646,10 +646,11 @@ class Store:
                 return idx[int(layer)]
             raise UavError(f"block {layer} is not in store {self.path} (it has blocks {sorted(idx)}: "
                            f"{', '.join(self.meta['layers'])})", "pick one of the stored blocks, or re-harvest with it")
-        self._check_layer(str(layer))
+        self.check_layer(str(layer))
         return str(layer)
 
-    def _check_layer(self, layer: str) -> None:
+    def check_layer(self, layer: str) -> None:
+        """Refuse a layer (module path) the store does not hold, naming the ones it does."""
         if layer not in self.meta["layers"]:
             raise UavError(f"layer {layer!r} is not in store {self.path} (it has {self.meta['layers']})",
                            "pick one of the stored layers")
@@ -703,7 +704,7 @@ class Store:
         return self._read(layer, readout, np.asarray(rows, dtype=np.int64))
 
     def _read(self, layer: str, readout: str, rows: np.ndarray, span: slice | None = None) -> torch.Tensor:
-        self._check_layer(layer)
+        self.check_layer(layer)
         self.check_readout(readout)
         name = _array(layer, readout)
         self._require_files(name, rows)
@@ -723,7 +724,7 @@ class Store:
 
     def read_tokens(self, layer: str, row: int) -> torch.Tensor:
         """Every token's vector for one row (stores harvested with positions=all)."""
-        self._check_layer(layer)
+        self.check_layer(layer)
         if self.meta["positions"] != "all":
             raise UavError(f"{self.path} holds only the last token (positions={self.meta['positions']})",
                            "re-harvest with --positions all")
@@ -739,7 +740,7 @@ class Store:
     def stats(self, layer: str, readout: str = "last") -> dict:
         """Per-layer mean/std/norm stats of one read-out over all rows; merged from the commits when the store
         is not finalized yet."""
-        self._check_layer(layer)
+        self.check_layer(layer)
         self.check_readout(readout)
         key = _stats_key(layer, readout)
         if "stats" in self.meta:

@@ -208,7 +208,7 @@ def evaluate(cfg: EvalConfig) -> Results:
     first = rec.stores[0]
     check_compatible(store, donor=rec.donor, d_model=first.d_model, weights_fingerprint=first.weights_fingerprint)
     for layer in rec.layers:
-        store._check_layer(layer)
+        store.check_layer(layer)
     lr = load_run(cfg.run, device=str(pick_device(cfg.device)))
     methods = check_methods(cfg.methods, lr)
     items = eval_items(store, cfg.split, cfg.limit, rec.layers, rec.tokens, rec.readout)
