@@ -45,9 +45,10 @@ class Ranks:
         return self.local_rank if self.world > 1 else None
 
 
-def init(ranks: Ranks, device: torch.device, timeout_s: float = 1800) -> bool:
-    """Join the job's process group (nccl on CUDA, gloo otherwise) when there is more than one process and
-    torchrun's rendezvous is set. Returns whether this call created the group (its owner destroys it)."""
+def init(ranks: Ranks, device: torch.device, timeout_s: float = 1800, backend: str | None = None) -> bool:
+    """Join the job's process group (``backend``, else nccl on CUDA and gloo otherwise) when there is more than
+    one process and torchrun's rendezvous is set. Returns whether this call created the group (its owner
+    destroys it)."""
     import torch.distributed as dist
 
     if ranks.world == 1 or dist.is_initialized():
@@ -55,9 +56,9 @@ def init(ranks: Ranks, device: torch.device, timeout_s: float = 1800) -> bool:
     if "MASTER_ADDR" not in os.environ:
         raise UavError(f"WORLD_SIZE is {ranks.world} but there is no rendezvous (MASTER_ADDR unset)",
                        "launch with torchrun --nproc-per-node N (or set MASTER_ADDR / MASTER_PORT)")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ranks.rank, world_size=ranks.world,
-                            timeout=_dt.timedelta(seconds=timeout_s),
-                            **({"device_id": device} if device.type == "cuda" else {}))
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world, timeout=_dt.timedelta(seconds=timeout_s),
+                            **({"device_id": device} if backend == "nccl" else {}))
     return True
 
 

@@ -160,8 +160,10 @@ def harvest(cfg: HarvestConfig) -> Path:
     store is a no-op. Returns the store path."""
     job = plan(cfg)
     # torchrun: a group only to wait for every rank before the store is finalized (ranks own disjoint shards and
-    # need nothing else from each other); ranks that finish early may wait long, hence the week-long timeout
-    group = "MASTER_ADDR" in os.environ and distributed.init(job.ranks, job.device, timeout_s=7 * 24 * 3600)
+    # need nothing else from each other): gloo, CPU-side even on GPUs, with a week-long timeout, since ranks that
+    # finish early may wait long
+    group = "MASTER_ADDR" in os.environ and distributed.init(job.ranks, job.device, timeout_s=7 * 24 * 3600,
+                                                             backend="gloo")
     try:
         job.run()
         distributed.barrier()
