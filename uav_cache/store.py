@@ -274,8 +274,16 @@ class StoreWriter:
         parts += [idx, google_crc32c.value(idx).to_bytes(4, "little")]
         folder = self.path / name / "c" / str(s)
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "0", "wb") as f:
-            f.write(b"".join(parts))
+        # a new file renamed over the old one, never rewritten in place: a reader that has the old file memory-mapped
+        # (a shard being re-harvested) keeps reading it instead of faulting on a truncated mapping
+        tmp = folder / f".0.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.writelines(parts)
+            os.replace(tmp, folder / "0")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def committed(self) -> set[int]:
         return _committed(self.path)
