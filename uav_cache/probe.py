@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from uav_cache.datasets import SPLITS
+from uav_cache.examples import SPLITS
 from uav_cache.errors import UavError
 from uav_cache.store import Store
 

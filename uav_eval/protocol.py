@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from uav_cache.datasets import TASKS
+from uav_cache.examples import TASKS
 from uav_cache.errors import UavError
 from uav_cache.device import pick_device
 from uav_cache.store import Store, check_compatible

