@@ -43,7 +43,6 @@ IDENTITY_KEYS = (
 )
 # identity keys added after format 1 shipped: a store that lacks one still opens and resumes (unknown, not different)
 LATER_IDENTITY_KEYS = ("compute_dtype",)
-SPLITS = ("train", "val", "test")
 # Read-outs: which token positions one stored vector per (row, layer) summarises. Each is its own (n, d) array,
 # so a pooled store costs what a last-token store costs, and readers choose by name, never by array path.
 READOUTS = {

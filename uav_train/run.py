@@ -355,11 +355,6 @@ class RunRecord:
                            "choose a new --out, or delete the run folder to retrain")
 
 
-def decoder_fingerprint(config: dict) -> str:
-    """:meth:`RunRecord.decoder_weights` of a config.json read as a plain dict."""
-    return RunRecord.from_dict(config).decoder_weights()
-
-
 def _field_names(cls) -> set[str]:
     return {f.name for f in fields(cls)}
 

@@ -346,15 +346,3 @@ def read_out(model, tok, texts: list[str], names: list[str], *, dtype: str, max_
     finally:
         capture.close()
     return {n: from_bits(vecs[readout][n], dtype) for n in names}
-
-
-def main() -> None:
-    """``python -m uav_cache.harvest`` (and ``torchrun --nproc-per-node N -m uav_cache.harvest``): the options of
-    `uav harvest`."""
-    from uav_cache.cli import harvest_command, run_cli
-
-    run_cli(harvest_command, "python -m uav_cache.harvest")
-
-
-if __name__ == "__main__":
-    main()

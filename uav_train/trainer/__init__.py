@@ -35,7 +35,7 @@ from uav_cache.store import READOUTS, Store, check_compatible
 from uav_train.adapters import Adapter, adapter_config, build_adapter
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
 from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, RunRecord, StoreRecord, adapter_description,
-                           decoder_fingerprint, load_adapter, load_checkpoint, plot_losses, read_json, replace_dir,
+                           load_adapter, load_checkpoint, plot_losses, read_json, replace_dir,
                            save_adapter, save_checkpoint, save_tensors, temp_dir_for)
 from uav_train.stream import Item, ItemStream, derangement, read_x, stack_x
 
@@ -233,16 +233,16 @@ class Trainer:
         if cfg.frozen_decoder and not (Path(cfg.frozen_decoder) / CONFIG).exists():
             raise UavError(f"--frozen-decoder {cfg.frozen_decoder} is not a uav run directory",
                            "point it at a completed stage-2 run trained with LoRA")
-        self.frozen_run = read_json(Path(cfg.frozen_decoder) / CONFIG) if cfg.frozen_decoder else None
+        self.frozen_run = RunRecord.load(Path(cfg.frozen_decoder) / CONFIG) if cfg.frozen_decoder else None
         if self.frozen_run is not None:
-            if self.frozen_run.get("status") != "complete" or not (Path(cfg.frozen_decoder) / LORA).exists():
+            if self.frozen_run.status != "complete" or not (Path(cfg.frozen_decoder) / LORA).exists():
                 raise UavError(f"--frozen-decoder {cfg.frozen_decoder} is not a finished run with a LoRA",
                                "point it at a completed stage-2 run trained with LoRA")
         spec = resolve(cfg.decoder)
         self.decoder_fingerprint = weights_fingerprint(spec)
         if self.frozen_run is not None:
-            if decoder_fingerprint(self.frozen_run) != self.decoder_fingerprint:
-                raise UavError(f"--frozen-decoder run used decoder {self.frozen_run['train']['decoder']} "
+            if self.frozen_run.decoder_weights() != self.decoder_fingerprint:
+                raise UavError(f"--frozen-decoder run used decoder {self.frozen_run.train['decoder']} "
                                f"(other weights than {cfg.decoder})", "use the same --decoder as that run")
         self.model, self.tok = load(spec, device=str(self.device))
         for p in self.model.parameters():
@@ -588,16 +588,3 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
         return Trainer(cfg, on_step).fit()
     finally:
         distributed.finish(group)
-
-
-def main() -> None:
-    """``python -m uav_train.trainer`` (and ``torchrun --nproc-per-node N -m uav_train.trainer``): the options of
-    `uav train`."""
-    from uav_cache.cli import run_cli
-    from uav_train.cli import train_command
-
-    run_cli(train_command, "python -m uav_train.trainer")
-
-
-if __name__ == "__main__":
-    main()
