@@ -175,24 +175,30 @@ DEFAULT_FORMAT = f"zarr (uav, {DEFAULT_CODEC})"
 
 
 def compare_formats(rows: np.ndarray, work: Path, dtypes=("fp16", "bf16"), n_batches: int = 20,
-                    batch: int = 256, formats: dict | None = None) -> list[dict]:
-    """Each format × dtype on the same rows: size ÷ raw size, write/read MB/s (of raw bytes), random batches/s."""
+                    batch: int = 256, formats: dict | None = None, repeats: int = 3) -> list[dict]:
+    """Each format × dtype on the same rows: size ÷ raw size, write/read MB/s (of raw bytes), random batches/s.
+    Each measurement is the median of ``repeats`` rounds, the formats taking turns within a round, so a busy
+    moment of a shared machine does not land on one format alone."""
     out = []
     batches = _random_batches(len(rows), batch, n_batches)
     for dtype in dtypes:
         bits = bits_of(rows, dtype)
         raw = bits.nbytes
-        for name, fn in (formats or FORMATS).items():
-            d = Path(tempfile.mkdtemp(dir=work, prefix="fmt-"))
-            try:
-                m = fn(d, bits, dtype, batches)
-            finally:
-                shutil.rmtree(d, ignore_errors=True)
-            mb = raw / 1e6
-            out.append({"format": name, "dtype": dtype, "rows": len(rows), "raw_bytes": raw, "bytes": m["bytes"],
-                        "size_ratio": m["bytes"] / raw, "write_mb_s": mb / m["write_s"], "read_mb_s": mb / m["read_s"],
-                        "batches_per_s": len(batches) / m["batches_s"],
-                        **({"create_s": m["create_s"]} if "create_s" in m else {})})
+        runs: dict[str, list[dict]] = {}
+        for _ in range(repeats):
+            for name, fn in (formats or FORMATS).items():
+                d = Path(tempfile.mkdtemp(dir=work, prefix="fmt-"))
+                try:
+                    runs.setdefault(name, []).append(fn(d, bits, dtype, batches))
+                finally:
+                    shutil.rmtree(d, ignore_errors=True)
+        mb = raw / 1e6
+        for name, ms in runs.items():
+            med = {k: float(np.median([m[k] for m in ms])) for k in ms[0]}
+            out.append({"format": name, "dtype": dtype, "rows": len(rows), "raw_bytes": raw, "bytes": int(med["bytes"]),
+                        "size_ratio": med["bytes"] / raw, "write_mb_s": mb / med["write_s"], "read_mb_s": mb / med["read_s"],
+                        "batches_per_s": len(batches) / med["batches_s"], "repeats": repeats,
+                        **({"create_s": med["create_s"]} if "create_s" in med else {})})
     return out
 
 

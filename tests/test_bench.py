@@ -36,7 +36,7 @@ def test_write_synthetic_store_round_trips(tmp_path, dtype, codec):
 
 def test_compare_formats_sizes_and_throughputs(tmp_path):
     rows = bench.synthetic_rows(_real(), 600)
-    res = bench.compare_formats(rows, tmp_path, n_batches=3, batch=16)
+    res = bench.compare_formats(rows, tmp_path, n_batches=3, batch=16, repeats=2)
     assert {(r["format"], r["dtype"]) for r in res} == {(f, d) for f in bench.FORMATS for d in ("fp16", "bf16")}
     for r in res:
         assert r["raw_bytes"] == 600 * 32 * 2 and r["bytes"] > 0 and r["size_ratio"] > 0
