@@ -178,18 +178,21 @@ def compare_formats(rows: np.ndarray, work: Path, dtypes=("fp16", "bf16"), n_bat
                     batch: int = 256, formats: dict | None = None, repeats: int = 3) -> list[dict]:
     """Each format × dtype on the same rows: size ÷ raw size, write/read MB/s (of raw bytes), random batches/s.
     Each measurement is the median of ``repeats`` rounds, the formats taking turns within a round, so a busy
-    moment of a shared machine does not land on one format alone."""
+    moment of a shared machine does not land on one format alone; one unmeasured round first warms every format
+    (imports, thread pools, allocator), so none pays it inside the clock."""
     out = []
     batches = _random_batches(len(rows), batch, n_batches)
-    for dtype in dtypes:
+    for di, dtype in enumerate(dtypes):
         bits = bits_of(rows, dtype)
         raw = bits.nbytes
         runs: dict[str, list[dict]] = {}
-        for _ in range(repeats):
+        for r in range(repeats + (di == 0)):
             for name, fn in (formats or FORMATS).items():
                 d = Path(tempfile.mkdtemp(dir=work, prefix="fmt-"))
                 try:
-                    runs.setdefault(name, []).append(fn(d, bits, dtype, batches))
+                    m = fn(d, bits, dtype, batches)
+                    if r or di:  # round 0 of the first dtype is the warm-up
+                        runs.setdefault(name, []).append(m)
                 finally:
                     shutil.rmtree(d, ignore_errors=True)
         mb = raw / 1e6

@@ -525,7 +525,7 @@ def test_shard_rows_must_be_a_multiple_of_chunk_rows(tmp_path):
 
 @pytest.mark.parametrize("codec", ["raw", "zstd"])
 def test_random_rows_equal_zarrs_own_read_for_both_codecs(tmp_path, codec):
-    """Raw local stores read rows from memory-mapped shard files, zstd ones through zarr: both give exactly what
+    """Raw local stores read rows straight from the shard files, zstd ones through zarr: both give exactly what
     plain zarr reads, in the order asked, across shards and the short last shard."""
     path = tmp_path / "store"
     w = _open(path, _meta(n=44, shard_rows=8, codec=codec))  # 6 shards, the last one 4 rows
@@ -537,7 +537,7 @@ def test_random_rows_equal_zarrs_own_read_for_both_codecs(tmp_path, codec):
     plain = zarr.open_group(str(path), mode="r")[name][:]
     assert np.array_equal(_bits(s.read_rows(LAYERS[0], rows)), plain[rows].view(np.int16))
     assert np.array_equal(_bits(s.read(LAYERS[0], 5, 44)), plain[5:44].view(np.int16))
-    assert (s._mapped[name] is not None) == (codec == "raw")  # which reader served them
+    assert (s._raw[name] is not None) == (codec == "raw")  # which reader served them
 
 
 def test_a_flipped_byte_in_a_raw_chunk_is_caught_by_its_crc(tmp_path):

@@ -57,11 +57,11 @@ DEFAULT_READOUTS = ("last", "mean")
 # How the activation arrays' inner chunks are encoded. The choice trades size for speed (`make bench` shows both):
 # activations barely compress (real SmolLM2 fp16 rows: zstd keeps 93% of the bytes; Gemma bf16 rows: 78%), while
 # decoding is what limits a trainer's random reads. "raw" is the default: uncompressed, every inner chunk carrying a
-# CRC32C that zarr checks on read and that uav's memory-mapped reader checks once per chunk, so corruption is still
+# CRC32C that zarr checks on read and that uav's direct reader checks once per chunk, so corruption is still
 # caught. "zstd" (Blosc zstd-3, byte shuffle; what format 1 stores written before codecs existed use) is for stores
 # shipped over a network, where bytes cost more than CPU.
 CODECS = {
-    "raw": "uncompressed, CRC32C per inner chunk: fastest writes and random reads (memory-mapped)",
+    "raw": "uncompressed, CRC32C per inner chunk: fastest writes and random reads (read directly, no decode)",
     "zstd": "Blosc zstd level 3 with byte shuffle: 7% smaller for fp16, 22% for bf16; slower writes and reads",
 }
 DEFAULT_CODEC = "raw"
@@ -114,25 +114,32 @@ def _sha256(a: np.ndarray) -> str:
     return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()  # the bytes, not a copy
 
 
+def _decode_np(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """uint16 bit patterns → float32 values in numpy (exact for fp16 and bf16)."""
+    if dtype == "fp16":
+        return bits.view(np.float16)
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
 def _moments(bits: np.ndarray, dtype: str, block: int = 512) -> dict:
     """Sufficient statistics of one shard's vectors (float64, exact to rounding), merged into per-layer
-    mean/std/norm at the end. Blocks of rows through preallocated buffers: a whole shard at once spends its time
-    faulting in fresh pages, and many small ops spend theirs waiting for the GIL beside the writer's threads."""
+    mean/std/norm at the end. Plain numpy (single-threaded: no OpenMP threads spinning against the writer's
+    other threads on a small machine), in blocks of rows through preallocated buffers (a whole shard at once
+    spends its time faulting in fresh pages)."""
     n, d = bits.shape
     # |x| is monotonic in the bit pattern without its sign bit (fp16 and bf16 alike; the values are finite)
-    peak = float(from_bits(np.array([(bits & 0x7FFF).max(initial=0)], dtype=np.uint16), dtype).float()[0])
-    total, sumsq = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
-    norm_sq = torch.empty(n, dtype=torch.float64)
-    x, sq = torch.empty(min(block, n), d, dtype=torch.float64), torch.empty(min(block, n), d, dtype=torch.float64)
+    peak = float(_decode_np(np.array([(bits & 0x7FFF).max(initial=0)], dtype=np.uint16), dtype)[0])
+    total, sumsq, norm_sq = np.zeros(d), np.zeros(d), np.empty(n)
+    x, sq = np.empty((min(block, n), d)), np.empty((min(block, n), d))
     for a in range(0, n, block):
         m = min(block, n - a)
         xb, sqb = x[:m], sq[:m]
-        xb.copy_(from_bits(bits[a:a + m], dtype))
-        torch.mul(xb, xb, out=sqb)
+        xb[...] = _decode_np(bits[a:a + m], dtype)
+        np.multiply(xb, xb, out=sqb)
         total += xb.sum(0)
         sumsq += sqb.sum(0)
-        torch.sum(sqb, 1, out=norm_sq[a:a + m])
-    return {"count": int(n), "sum": total.tolist(), "sumsq": sumsq.tolist(), "norm_sum": float(norm_sq.sqrt().sum()),
+        sqb.sum(1, out=norm_sq[a:a + m])
+    return {"count": int(n), "sum": total.tolist(), "sumsq": sumsq.tolist(), "norm_sum": float(np.sqrt(norm_sq).sum()),
             "norm_sumsq": float(norm_sq.sum()), "max_abs": peak}
 
 
@@ -275,8 +282,8 @@ class StoreWriter:
         parts += [idx, google_crc32c.value(idx).to_bytes(4, "little")]
         folder = self.path / name / "c" / str(s)
         folder.mkdir(parents=True, exist_ok=True)
-        # a new file renamed over the old one, never rewritten in place: a reader that has the old file memory-mapped
-        # (a shard being re-harvested) keeps reading it instead of faulting on a truncated mapping
+        # a new file renamed over the old one, never rewritten in place: a reader that has the old file open
+        # (a shard being re-harvested) keeps the complete old bytes, never a half-written file
         tmp = folder / f".0.{uuid.uuid4().hex}.tmp"
         try:
             with open(tmp, "wb") as f:
@@ -320,7 +327,7 @@ class StoreWriter:
                 writes.append((f"{_layer_key(layer)}/all/s{s:05d}", all_tokens[layer], None))
         try:
             # The checksums run beside the writes and the moments (hashlib releases the GIL for the whole hash); the
-            # moments stay on this thread: many small torch ops would spend their time waiting for the GIL
+            # moments stay on this thread: their torch ops would spend their time waiting for the GIL (measured)
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="uav-sha256") as pool:
                 digests = {name: pool.submit(_sha256, bits) for name, bits, _ in writes}
                 for name, bits, rows in writes:
@@ -468,24 +475,30 @@ def _read_commit(path: str | Path, s: int) -> dict:
 _NO_CHUNK = 2**64 - 1  # a shard index entry for an inner chunk that was never written (all fill value)
 
 
-class _MappedArray:
-    """Rows of one ``raw``-codec activation array of a local store, gathered straight from memory-mapped shard
-    files (the layout zarr's sharding codec writes: inner chunks, then an index of (offset, nbytes) pairs + CRC32C
-    at the end). Random 256-row batches need no decode and no per-call zarr machinery; each inner chunk's CRC32C
-    is checked the first time it is touched (committed shards never change). Anything else reads through zarr."""
+class _RawArray:
+    """Rows of one ``raw``-codec activation array of a local store, read straight from its shard files (the layout
+    zarr's sharding codec writes: inner chunks, then an index of (offset, nbytes) pairs + CRC32C at the end): no
+    decode and no per-call zarr machinery. Each inner chunk's CRC32C is checked the first time it is read
+    (committed shards never change). Anything else reads through zarr.
 
-    MAX_OPEN = 64  # shard files kept mapped at once
+    Two paths, for the two ways stores are read. A span of rows (a streaming reader's chunk) is one ``pread`` per
+    inner chunk: nothing mapped, so a streaming reader's memory stays flat however large the store. Scattered rows
+    (a random batch) are copied out of the shard files memory-mapped, as Arrow reads its tables: the pages they
+    touch are clean page cache, counted in the reader's RSS but reclaimable."""
+
+    MAX_OPEN = 64  # shard files kept open (descriptor, parsed index, map) at once
 
     def __init__(self, folder: str, arr: zarr.Array):
         self.folder = folder
         self.shard_rows, self.chunk_rows = arr.shards[0], arr.chunks[0]
         self.d = arr.shape[1]
+        self.chunk_bytes = self.chunk_rows * self.d * 2
         self.n_inner = -(-self.shard_rows // self.chunk_rows)
-        self._maps: OrderedDict[int, tuple[np.memmap, np.ndarray] | None] = OrderedDict()
+        self._open: OrderedDict[int, dict | None] = OrderedDict()
         self._checked: set[tuple[int, int]] = set()
 
     @classmethod
-    def of(cls, path: str, name: str, arr: zarr.Array) -> "_MappedArray | None":
+    def of(cls, path: str, name: str, arr: zarr.Array) -> "_RawArray | None":
         fs, root = _fs(path)
         if not _is_local(fs) or arr.shards is None:
             return None
@@ -497,51 +510,103 @@ class _MappedArray:
             return None
         return cls(f"{root}/{name}", arr)
 
-    def _shard(self, i: int) -> tuple[np.memmap, np.ndarray] | None:
-        if i in self._maps:
-            self._maps.move_to_end(i)
-            return self._maps[i]
+    def _shard(self, i: int) -> dict | None:
+        """Shard file ``i``: its descriptor and inner-chunk index (and map, once scattered rows were read);
+        None when the file does not exist (the caller's _require_files has decided those rows are fill value)."""
+        if i in self._open:
+            self._open.move_to_end(i)
+            return self._open[i]
+        path = f"{self.folder}/c/{i}/0"
         try:
-            mm = np.memmap(f"{self.folder}/c/{i}/0", dtype=np.uint8, mode="r")
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            entry = None  # the caller's _require_files already decided these rows are fill value
+            entry = None
         else:
-            tail = bytes(mm[len(mm) - (16 * self.n_inner + 4):])
-            if google_crc32c.value(tail[:-4]) != int.from_bytes(tail[-4:], "little"):
-                raise UnreadableChunk(f"shard file {self.folder}/c/{i}/0 has a corrupt index (CRC32C mismatch)",
+            size = 16 * self.n_inner + 4
+            tail = os.pread(fd, size, max(os.fstat(fd).st_size - size, 0))
+            if len(tail) != size or google_crc32c.value(tail[:-4]) != int.from_bytes(tail[-4:], "little"):
+                os.close(fd)
+                raise UnreadableChunk(f"shard file {path} has a corrupt index (CRC32C mismatch)",
                                       "run `uav store verify` on the store; re-harvest the shard or pass --skip-corrupt")
-            entry = (mm, np.frombuffer(tail[:-4], dtype="<u8").reshape(self.n_inner, 2))
-        self._maps[i] = entry
-        if len(self._maps) > self.MAX_OPEN:
-            self._maps.popitem(last=False)
+            entry = {"fd": fd, "index": np.frombuffer(tail[:-4], dtype="<u8").reshape(self.n_inner, 2), "map": None}
+        self._open[i] = entry
+        if len(self._open) > self.MAX_OPEN:
+            self._close(self._open.popitem(last=False)[1])
         return entry
 
-    def _chunk(self, i: int, j: int) -> np.ndarray | None:
-        entry = self._shard(i)
-        if entry is None or entry[1][j, 0] == _NO_CHUNK:
+    @staticmethod
+    def _close(entry: dict | None) -> None:
+        if entry is not None:
+            entry["map"] = None
+            os.close(entry["fd"])
+
+    def _where(self, entry: dict, i: int, j: int) -> int | None:
+        """Byte offset of inner chunk j of shard i (CRC32C checked on first use); None for a chunk never written."""
+        off, nbytes = (int(v) for v in entry["index"][j])
+        if off == _NO_CHUNK:
             return None
-        mm, index = entry
-        off, nbytes = (int(v) for v in index[j])
-        raw = mm[off:off + nbytes]
         if (i, j) not in self._checked:
-            if nbytes != self.chunk_rows * self.d * 2 + 4 or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+            raw = os.pread(entry["fd"], nbytes, off)
+            if nbytes != self.chunk_bytes + 4 or len(raw) != nbytes \
+                    or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
                 raise UnreadableChunk(f"inner chunk {j} of {self.folder}/c/{i}/0 is corrupt (CRC32C mismatch)",
                                       "run `uav store verify` on the store; re-harvest the shard or pass --skip-corrupt")
             self._checked.add((i, j))
-        return raw[:-4].view("<u2").reshape(self.chunk_rows, self.d)
+        return off
+
+    def span(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop), one read per inner chunk they cover."""
+        out = np.zeros((max(stop - start, 0), self.d), dtype=np.uint16)
+        row = start
+        while row < stop:
+            i, within = divmod(row, self.shard_rows)
+            j, lo = divmod(within, self.chunk_rows)
+            hi = min(self.chunk_rows, lo + stop - row)
+            entry = self._shard(i)
+            off = None if entry is None else self._where(entry, i, j)
+            if off is not None:
+                raw = os.pread(entry["fd"], (hi - lo) * self.d * 2, off + lo * self.d * 2)
+                out[row - start:row - start + hi - lo] = np.frombuffer(raw, dtype="<u2").reshape(-1, self.d)
+            row += hi - lo
+        return out
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
+        """Scattered rows, in the order given: one numpy gather per shard file, through a (chunk, row, d) view of
+        it (inner chunks lie one after another, each followed by its 4-byte CRC32C)."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.zeros((len(rows), self.d), dtype=np.uint16)
         shard, within = np.divmod(rows, self.shard_rows)
-        chunk = shard * self.n_inner + within // self.chunk_rows
-        for c in np.unique(chunk).tolist():
-            i, j = divmod(c, self.n_inner)
-            data = self._chunk(i, j)
-            if data is not None:
-                sel = chunk == c
-                out[sel] = data[within[sel] - j * self.chunk_rows]
+        chunk, local = np.divmod(within, self.chunk_rows)
+        for i in np.unique(shard).tolist():
+            entry = self._shard(i)
+            if entry is None:
+                continue
+            hit = np.flatnonzero(shard == i)
+            written = [j for j in np.unique(chunk[hit]).tolist() if self._where(entry, i, j) is not None]
+            if entry["map"] is None:
+                entry["map"] = self._view(i, entry["index"])
+            keep = hit[np.isin(chunk[hit], written)]
+            out[keep] = entry["map"][chunk[keep], local[keep]]
         return out
+
+    def _view(self, i: int, index: np.ndarray) -> np.ndarray:
+        """Shard file i memory-mapped as (n_inner, chunk_rows, d) uint16: chunk j starts j·(chunk bytes + 4) in."""
+        step = self.chunk_bytes + 4
+        written = index[:, 0] != _NO_CHUNK
+        if not np.array_equal(index[written, 0], np.flatnonzero(written) * step):  # not the layout uav writes
+            raise UnreadableChunk(f"shard file {self.folder}/c/{i}/0 does not lay its chunks out in order",
+                                  "read it through zarr: copy the store with `zarr` or re-harvest the shard")
+        raw = np.memmap(f"{self.folder}/c/{i}/0", dtype=np.uint8, mode="r")
+        n = int(np.flatnonzero(written).max()) + 1 if written.any() else 0  # the view ends at the last written chunk
+        if n * step > len(raw):
+            raise UnreadableChunk(f"shard file {self.folder}/c/{i}/0 is shorter than its index says",
+                                  "run `uav store verify` on the store; re-harvest the shard or pass --skip-corrupt")
+        return np.lib.stride_tricks.as_strided(raw[: n * step].view("<u2"), shape=(n, self.chunk_rows, self.d),
+                                               strides=(step, 2 * self.d, 2), writeable=False)
+
+    def __del__(self) -> None:
+        for entry in self._open.values():
+            self._close(entry)
 
 
 class UnreadableChunk(UavError):
@@ -566,7 +631,7 @@ class Store:
         self.group = zarr.open_group(self.path, mode="r")
         self._examples: list[dict] | None = None
         self._present: set[str] = set()  # data files seen to exist (or proven empty by their commit)
-        self._mapped: dict[str, _MappedArray | None] = {}
+        self._raw: dict[str, _RawArray | None] = {}
         self._complete_remote: list[int] | None = None
 
     # ---- plan
@@ -716,10 +781,11 @@ class Store:
         self.check_readout(readout)
         name = _array(layer, readout)
         self._require_files(name, rows)
-        if name not in self._mapped:
-            self._mapped[name] = _MappedArray.of(self.path, name, self.group[name])
-        if self._mapped[name] is not None:  # a local raw store: straight from the mapped shard files
-            bits = self._mapped[name].rows(rows)
+        if name not in self._raw:
+            self._raw[name] = _RawArray.of(self.path, name, self.group[name])
+        if self._raw[name] is not None:  # a local raw store: straight from the shard files
+            raw = self._raw[name]
+            bits = raw.span(span.start, span.start + len(rows)) if span is not None else raw.rows(rows)
         elif span is not None:
             bits = self.group[name][span]
         else:
