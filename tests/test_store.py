@@ -554,3 +554,15 @@ def test_a_flipped_byte_in_a_raw_chunk_is_caught_by_its_crc(tmp_path):
     with pytest.raises(Exception, match="checksum do not match"):  # zarr's own reader refuses it too
         zarr.open_group(str(path), mode="r")[f"acts/{LAYERS[0]}/last"][8:12]
     assert any("shard 1" in p and "unreadable" in p for p in s.verify())
+
+
+def test_the_direct_reader_reads_a_raw_array_that_zarr_itself_wrote(tmp_path):
+    """A raw-codec shard written by plain zarr (not by uav's one-write encoder) reads the same through uav's reader:
+    the two agree on the layout."""
+    g = zarr.open_group(str(tmp_path / "z"), mode="w")
+    a = g.create_array("x", shape=(44, 8), dtype="uint16", chunks=(4, 8), shards=(16, 8), fill_value=0, **st._codecs("raw"))
+    v = np.random.default_rng(0).integers(0, 65535, (44, 8), dtype=np.uint16)
+    a.with_config({"write_empty_chunks": True})[:] = v
+    r = st._RawArray.of(str(tmp_path / "z"), "x", a)
+    rows = np.array([43, 0, 5, 17, 17, 30])
+    assert r is not None and np.array_equal(r.rows(rows), v[rows]) and np.array_equal(r.span(3, 40), v[3:40])

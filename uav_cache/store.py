@@ -518,27 +518,21 @@ class _RawArray:
             return self._open[i]
         path = f"{self.folder}/c/{i}/0"
         try:
-            fd = os.open(path, os.O_RDONLY)
+            f = open(path, "rb", buffering=0)  # a file object: closed when dropped, no descriptor leaks
         except FileNotFoundError:
             entry = None
         else:
             size = 16 * self.n_inner + 4
-            tail = os.pread(fd, size, max(os.fstat(fd).st_size - size, 0))
+            tail = os.pread(f.fileno(), size, max(os.fstat(f.fileno()).st_size - size, 0))
             if len(tail) != size or google_crc32c.value(tail[:-4]) != int.from_bytes(tail[-4:], "little"):
-                os.close(fd)
+                f.close()
                 raise UnreadableChunk(f"shard file {path} has a corrupt index (CRC32C mismatch)",
                                       "run `uav store verify` on the store; re-harvest the shard or pass --skip-corrupt")
-            entry = {"fd": fd, "index": np.frombuffer(tail[:-4], dtype="<u8").reshape(self.n_inner, 2), "map": None}
+            entry = {"file": f, "index": np.frombuffer(tail[:-4], dtype="<u8").reshape(self.n_inner, 2), "map": None}
         self._open[i] = entry
         if len(self._open) > self.MAX_OPEN:
-            self._close(self._open.popitem(last=False)[1])
+            self._open.popitem(last=False)
         return entry
-
-    @staticmethod
-    def _close(entry: dict | None) -> None:
-        if entry is not None:
-            entry["map"] = None
-            os.close(entry["fd"])
 
     def _where(self, entry: dict, i: int, j: int) -> int | None:
         """Byte offset of inner chunk j of shard i (CRC32C checked on first use); None for a chunk never written."""
@@ -546,7 +540,7 @@ class _RawArray:
         if off == _NO_CHUNK:
             return None
         if (i, j) not in self._checked:
-            raw = os.pread(entry["fd"], nbytes, off)
+            raw = os.pread(entry["file"].fileno(), nbytes, off)
             if nbytes != self.chunk_bytes + 4 or len(raw) != nbytes \
                     or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
                 raise UnreadableChunk(f"inner chunk {j} of {self.folder}/c/{i}/0 is corrupt (CRC32C mismatch)",
@@ -565,7 +559,7 @@ class _RawArray:
             entry = self._shard(i)
             off = None if entry is None else self._where(entry, i, j)
             if off is not None:
-                raw = os.pread(entry["fd"], (hi - lo) * self.d * 2, off + lo * self.d * 2)
+                raw = os.pread(entry["file"].fileno(), (hi - lo) * self.d * 2, off + lo * self.d * 2)
                 out[row - start:row - start + hi - lo] = np.frombuffer(raw, dtype="<u2").reshape(-1, self.d)
             row += hi - lo
         return out
@@ -603,10 +597,6 @@ class _RawArray:
                                   "run `uav store verify` on the store; re-harvest the shard or pass --skip-corrupt")
         return np.lib.stride_tricks.as_strided(raw[: n * step].view("<u2"), shape=(n, self.chunk_rows, self.d),
                                                strides=(step, 2 * self.d, 2), writeable=False)
-
-    def __del__(self) -> None:
-        for entry in self._open.values():
-            self._close(entry)
 
 
 class UnreadableChunk(UavError):
