@@ -578,19 +578,20 @@ class _RawArray:
             hit = np.flatnonzero(shard == i)
             written = [j for j in np.unique(chunk[hit]).tolist() if self._where(entry, i, j) is not None]
             if entry["map"] is None:
-                entry["map"] = self._view(i, entry["index"])
+                entry["map"] = self._view(i, entry)
             keep = hit[np.isin(chunk[hit], written)]
             out[keep] = entry["map"][chunk[keep], local[keep]]
         return out
 
-    def _view(self, i: int, index: np.ndarray) -> np.ndarray:
-        """Shard file i memory-mapped as (n_inner, chunk_rows, d) uint16: chunk j starts j·(chunk bytes + 4) in."""
-        step = self.chunk_bytes + 4
+    def _view(self, i: int, entry: dict) -> np.ndarray:
+        """Shard file i (the file already open, whose index was read) memory-mapped as (chunks, chunk_rows, d)
+        uint16: chunk j starts j·(chunk bytes + 4) in."""
+        index, step = entry["index"], self.chunk_bytes + 4
         written = index[:, 0] != _NO_CHUNK
         if not np.array_equal(index[written, 0], np.flatnonzero(written) * step):  # not the layout uav writes
             raise UnreadableChunk(f"shard file {self.folder}/c/{i}/0 does not lay its chunks out in order",
                                   "read it through zarr: copy the store with `zarr` or re-harvest the shard")
-        raw = np.memmap(f"{self.folder}/c/{i}/0", dtype=np.uint8, mode="r")
+        raw = np.memmap(entry["file"], dtype=np.uint8, mode="r")
         n = int(np.flatnonzero(written).max()) + 1 if written.any() else 0  # the view ends at the last written chunk
         if n * step > len(raw):
             raise UnreadableChunk(f"shard file {self.folder}/c/{i}/0 is shorter than its index says",
