@@ -875,7 +875,8 @@ class Store:
             f"input {m['donor_input']}   max_length {m['max_length']}",
             f"dataset    {m['dataset']['name']} {m['dataset_fingerprint'][:12]}   "
             + "  ".join(f"{k} {v}" for k, v in splits.items()),
-            f"rows       {m['n_rows']} in {m['n_shards']} shards of {m['shard_rows']}; committed {done}/{m['n_shards']}"
+            f"rows       {m['n_rows']} in {m['n_shards']} shards of {m['shard_rows']} ({codec_of(m)} codec); "
+            f"committed {done}/{m['n_shards']}"
             + ("  (complete)" if m.get("complete") else ""),
             f"truncated  {int(self.group['examples/truncated'][:].sum())} texts cut at {m['max_length']} tokens; "
             f"{int(self.sink_only().sum())} one-token texts (their read-outs are the attention-sink position)",
