@@ -446,6 +446,7 @@ def _table(results: dict):
 
 def _markdown(results: dict) -> str:
     h, s, m, g = (results[k] for k in ("harvest", "streaming", "memory", "generation"))
+    c = store_claims(results["formats"])
     lines = [f"# uav bench (scale {results['scale']}, {results['device']}, donor {results['donor']})", "",
              "Ratios measured side by side in one run. On a GPU box use `uav bench --scale 10` or more.", "",
              "| measurement | ratio | target |", "|---|---|---|",
@@ -454,9 +455,9 @@ def _markdown(results: dict) -> str:
              f"| train step ÷ bare decoder forward+backward (same batch; LoRA + adapter + AdamW) | "
              f"{results['train_step']['train_step_ratio']:.2f} | |",
              f"| store writer MB/s ({DEFAULT_CODEC} codec; activation shards + commits, worse dtype) | "
-             f"{store_claims(results['formats'])['writer_mb_s']:.0f} | ≥ 300 |",
+             f"{c['writer_mb_s']:.0f} | ≥ 300 |",
              f"| random 256-row batches/s, {DEFAULT_FORMAT} ÷ arrow (datasets), worse dtype | "
-             f"{store_claims(results['formats'])['batches_vs_arrow']:.2f} | ≥ 1 |",
+             f"{c['batches_vs_arrow']:.2f} | ≥ 1 |",
              f"| peak RSS, 10× ÷ 1× store | {m['memory_ratio_10x']:.3f} | ≤ 1.10 |",
              f"| batch-8 ÷ batch-1 generation tokens/s | {g['generation_ratio']:.2f} | |", "",
              "## Store formats (same rows; MB/s of raw bytes; reads are page-cache hot)", "",
@@ -464,8 +465,8 @@ def _markdown(results: dict) -> str:
     lines += [f"| {r['format']} | {r['dtype']} | {r['size_ratio']:.3f} | {r['write_mb_s']:.0f} | {r['read_mb_s']:.0f} | "
               f"{r['batches_per_s']:.1f} |" for r in results["formats"]]
     lines += ["", f"The store's write MB/s counts its activation shards, commits and finalize; creating its examples and "
-              f"token tables ({store_claims(results['formats'])['rows']} rows) took "
-              f"{store_claims(results['formats'])['create_s']:.2f} s more, once per harvest. `raw` is the default codec: "
+              f"token tables ({c['rows']} rows) took "
+              f"{c['create_s']:.2f} s more, once per harvest. `raw` is the default codec: "
               "activations barely compress (the size column), and random reads then need no decode; `zstd` is for "
               "stores shipped over a network."]
     return "\n".join(lines) + "\n"

@@ -72,6 +72,11 @@ def _compressor() -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
 
+# writers store every chunk, an all-zero one too: no per-chunk emptiness test, and no chunk whose absence a reader
+# must tell apart from a lost file
+_WRITE_ALL = {"write_empty_chunks": True}
+
+
 def _codecs(codec: str) -> dict:
     """create_array keyword arguments for an activation array encoded with ``codec``."""
     if codec == "raw":
@@ -254,10 +259,9 @@ class StoreWriter:
         return s * r, min((s + 1) * r, self.meta["n_rows"])
 
     def _array(self, name: str) -> zarr.Array:
-        # every chunk is written, even an all-zero one: no per-chunk emptiness test, and no chunk whose absence a
-        # reader must tell apart from a lost file. Opened once (each lookup reads the array's zarr.json).
-        if name not in self._arrays or "/all/" in name:
-            self._arrays[name] = self.group[name].with_config({"write_empty_chunks": True})
+        # opened once (each lookup reads the array's zarr.json)
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name].with_config(_WRITE_ALL)
         return self._arrays[name]
 
     def _write_raw_shard(self, name: str, s: int, bits: np.ndarray) -> None:
@@ -327,15 +331,14 @@ class StoreWriter:
                 writes.append((f"{_layer_key(layer)}/all/s{s:05d}", all_tokens[layer], None))
         try:
             # The checksums run beside the writes and the moments (hashlib releases the GIL for the whole hash); the
-            # moments stay on this thread: their torch ops would spend their time waiting for the GIL (measured)
+            # moments stay on this thread: beside a second thread they measured up to 3× slower on 2 cores
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="uav-sha256") as pool:
                 digests = {name: pool.submit(_sha256, bits) for name, bits, _ in writes}
                 for name, bits, rows in writes:
                     if rows is None:  # positions=all: one ragged array per shard
                         self.group.create_array(
                             name, shape=bits.shape, dtype="uint16", chunks=(min(max(len(bits), 1), 4096), bits.shape[1]),
-                            fill_value=0, overwrite=True, **_codecs(codec_of(meta)))
-                        self._array(name)[:] = bits
+                            fill_value=0, overwrite=True, **_codecs(codec_of(meta))).with_config(_WRITE_ALL)[:] = bits
                     elif codec_of(meta) == "raw":
                         self._write_raw_shard(name, s, bits)
                     else:
@@ -534,19 +537,19 @@ class _RawArray:
             self._open.popitem(last=False)
         return entry
 
-    def _where(self, entry: dict, i: int, j: int) -> int | None:
-        """Byte offset of inner chunk j of shard i (CRC32C checked on first use); None for a chunk never written."""
+    def _where(self, entry: dict, i: int, j: int) -> tuple[int | None, bytes | None]:
+        """Byte offset of inner chunk j of shard i (None for a chunk never written) and, the first time the chunk
+        is used, its bytes, read whole to check its CRC32C (a caller that needs rows of it uses them)."""
         off, nbytes = (int(v) for v in entry["index"][j])
-        if off == _NO_CHUNK:
-            return None
-        if (i, j) not in self._checked:
-            raw = os.pread(entry["file"].fileno(), nbytes, off)
-            if nbytes != self.chunk_bytes + 4 or len(raw) != nbytes \
-                    or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
-                raise UnreadableChunk(f"inner chunk {j} of {self.folder}/c/{i}/0 is corrupt (CRC32C mismatch)",
-                                      "run `uav store verify` on the store; re-harvest the shard or pass --skip-corrupt")
-            self._checked.add((i, j))
-        return off
+        if off == _NO_CHUNK or (i, j) in self._checked:
+            return (None if off == _NO_CHUNK else off), None
+        raw = os.pread(entry["file"].fileno(), nbytes, off)
+        if nbytes != self.chunk_bytes + 4 or len(raw) != nbytes \
+                or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+            raise UnreadableChunk(f"inner chunk {j} of {self.folder}/c/{i}/0 is corrupt (CRC32C mismatch)",
+                                  "run `uav store verify` on the store; re-harvest the shard or pass --skip-corrupt")
+        self._checked.add((i, j))
+        return off, raw
 
     def span(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop), one read per inner chunk they cover."""
@@ -557,8 +560,11 @@ class _RawArray:
             j, lo = divmod(within, self.chunk_rows)
             hi = min(self.chunk_rows, lo + stop - row)
             entry = self._shard(i)
-            off = None if entry is None else self._where(entry, i, j)
-            if off is not None:
+            off, whole = (None, None) if entry is None else self._where(entry, i, j)
+            if whole is not None:  # just checked: the rows are in the bytes already read
+                out[row - start:row - start + hi - lo] = np.frombuffer(whole, "<u2", self.chunk_rows * self.d) \
+                    .reshape(-1, self.d)[lo:hi]
+            elif off is not None:
                 raw = os.pread(entry["file"].fileno(), (hi - lo) * self.d * 2, off + lo * self.d * 2)
                 out[row - start:row - start + hi - lo] = np.frombuffer(raw, dtype="<u2").reshape(-1, self.d)
             row += hi - lo
@@ -576,7 +582,7 @@ class _RawArray:
             if entry is None:
                 continue
             hit = np.flatnonzero(shard == i)
-            written = [j for j in np.unique(chunk[hit]).tolist() if self._where(entry, i, j) is not None]
+            written = [j for j in np.unique(chunk[hit]).tolist() if self._where(entry, i, j)[0] is not None]
             if entry["map"] is None:
                 entry["map"] = self._view(i, entry)
             keep = hit[np.isin(chunk[hit], written)]
