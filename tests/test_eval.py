@@ -92,11 +92,41 @@ def test_eval_scores_the_runs_own_dataset_from_any_folder(relative_run, monkeypa
     assert res.dataset_fingerprint == Store(b).meta["dataset_fingerprint"]
     err = capsys.readouterr().err
     assert "uav: note: evaluating on store" in err and "not the run's training dataset" in err
+    assert res.folder() == run / "evals" / f"{res.dataset}-{res.dataset_fingerprint[:12]}"
     import shutil
     shutil.rmtree(a)
     shutil.copytree(b, a)
     with pytest.raises(UavError, match="now holds dataset .* not the .* the run was trained on"):
         evaluate(EvalConfig(**quick))
+
+
+def test_other_data_and_splits_never_overwrite_the_runs_own_results(run, data, tiny_llama_dir, tmp_path):
+    """The run folder's results.json / report.md are only ever its own test split: another store's dataset lands in
+    evals/<dataset>-<fingerprint>/, the val split in its own folder; each is listed by `evaluations`."""
+    import shutil
+
+    from uav_eval.results import evaluations
+
+    run_copy = tmp_path / "run"
+    shutil.copytree(run, run_copy)
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(data.read_text().splitlines(keepends=True)[:30]))
+    harvest(HarvestConfig(donor=str(tiny_llama_dir), data=str(other), out=str(tmp_path / "other"), layers=[1],
+                          shard_rows=16, chunk_rows=8, progress=False))
+    quick = dict(run=str(run_copy), methods=["uav"], similarity=False, n_boot=10, progress=False, probe=False)
+    own = evaluate(EvalConfig(**quick))
+    before = {n: (run_copy / n).read_bytes() for n in ("results.json", "report.md")}
+    other = evaluate(EvalConfig(**quick, store=str(tmp_path / "other")))
+    val = evaluate(EvalConfig(**quick, split="val"))
+    assert {n: (run_copy / n).read_bytes() for n in ("results.json", "report.md")} == before
+    assert own.folder() == run_copy and own.own_dataset
+    assert other.folder() == run_copy / "evals" / f"other-{other.dataset_fingerprint[:12]}" and not other.own_dataset
+    assert val.folder() == run_copy / "evals" / f"toy-{val.dataset_fingerprint[:12]}-val" and val.own_dataset
+    assert "(not the data the run was trained on)" in (other.folder() / "report.md").read_text()
+    for res in (other, val):
+        assert json.loads((res.folder() / "results.json").read_text())["dataset_fingerprint"] == res.dataset_fingerprint
+    assert evaluations(run_copy) == [run_copy / "results.json", *sorted([other.folder() / "results.json",
+                                                                         val.folder() / "results.json"])]
 
 
 def test_evaluate_runs_every_method_on_the_test_split(run):

@@ -22,6 +22,7 @@ def eval_command(
     runs: Annotated[list[str], typer.Argument(help="Run directory (several with --compare).")],
     store: Annotated[Optional[str], typer.Option(help=H["store"])] = None,
     limit: Annotated[Optional[int], typer.Option(help=H["limit"])] = None,
+    split: Annotated[str, typer.Option(help=H["split"])] = "test",
     controls: Annotated[str, typer.Option(help=f"Comma-separated controls: {','.join(CONTROLS)} (or none). shuffled "
                                                    "(another item's activation, same prompt) is what says whether the "
                                                    "decoder reads.")] = ",".join(CONTROLS),
@@ -32,7 +33,8 @@ def eval_command(
     device: Annotated[str, typer.Option(help=H["device"])] = "auto",
 ) -> None:
     """Evaluate a run on the held-out test split against controls; write results.json, report.md, plots
-    (with --limit N: results-limitN.json, report-limitN.md …, beside a full evaluation, never over it)."""
+    (with --limit N: results-limitN.json, report-limitN.md …, beside a full evaluation, never over it). Another
+    dataset (--store) or split lands in RUN/evals/<dataset>-<fingerprint>/, never over the run's own results."""
     from uav_eval.report import compare as compare_runs, summary_table
     from uav_eval.results import suffix
 
@@ -44,10 +46,10 @@ def eval_command(
     from uav_eval.protocol import EvalConfig, evaluate
 
     methods = ["uav"] + [c for c in controls.split(",") if c and c != "none"]
-    res = evaluate(EvalConfig(run=runs[0], store=store, limit=limit, methods=methods, batch_size=batch_size,
+    res = evaluate(EvalConfig(run=runs[0], store=store, split=split, limit=limit, methods=methods, batch_size=batch_size,
                               similarity=not no_similarity, device=device))
     typer.echo(summary_table(res))
-    typer.echo(f"report → {Path(runs[0]) / f'report{suffix(limit)}.md'}")
+    typer.echo(f"report → {res.folder() / f'report{suffix(limit)}.md'}")
 
 
 def explain_command(

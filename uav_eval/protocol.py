@@ -37,7 +37,7 @@ DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own task
 class EvalConfig:
     run: str
     store: str | None = None  # store to evaluate on (default: the run's training store, which must still hold its dataset)
-    split: str = "test"
+    split: str = "test"  # the store split to evaluate (val while choosing settings; test once, for the result)
     limit: int | None = None  # at most N items per source (the first N in store order)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     batch_size: int = 16  # generation batch size
@@ -193,7 +193,8 @@ def probe_ceiling(store: Store, layers: list[str], readout: str) -> dict:
 
 
 def evaluate(cfg: EvalConfig) -> Results:
-    """Run the protocol on one run; writes results.json, report.md and plots into the run directory
+    """Run the protocol on one run; writes results.json, report.md and plots into :meth:`Results.folder`: the run
+    directory for the run's own test split, ``RUN/evals/<dataset>-<fingerprint>/`` for any other data or split
     (results-limitN.json, report-limitN.md … for an evaluation limited to N items per source)."""
     from uav_eval.report import write_report
 
@@ -219,8 +220,9 @@ def evaluate(cfg: EvalConfig) -> Results:
         "by_source": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "source"], n_boot=cfg.n_boot, seed=cfg.seed),
     }
     results = Results(
-        run=str(lr.info.path), store=store.path, dataset_fingerprint=store.meta["dataset_fingerprint"],
-        split=cfg.split, donor=rec.donor, decoder=rec.decoder,
+        run=str(lr.info.path), store=store.path, dataset=store.meta["dataset"]["name"],
+        dataset_fingerprint=store.meta["dataset_fingerprint"],
+        own_dataset=store.meta["dataset_fingerprint"] in {s.dataset_fingerprint for s in rec.stores}, split=cfg.split, donor=rec.donor, decoder=rec.decoder,
         adapter=rec.adapter["config"]["kind"], lora=rec.lora, trainable_params=rec.trainable_params,
         layers=rec.layers, readout=rec.readout,
         n_items=len(items), methods=methods, config=asdict(cfg), aggregates=agg,
@@ -228,5 +230,5 @@ def evaluate(cfg: EvalConfig) -> Results:
         probe=probe_ceiling(store, rec.layers, rec.readout) if cfg.probe else {}, items=rows,
         seconds=round(time.perf_counter() - t0, 1),
     )
-    write_report(results, Path(lr.info.path))
+    write_report(results, results.folder())
     return results

@@ -240,6 +240,8 @@ def _report_md(results: Results, plot_name: str) -> str:
         "",
         f"- run: `{results.run}`",
         f"- store: `{results.store}` (split `{results.split}`)",
+        f"- dataset: {results.dataset or '?'} `{(results.dataset_fingerprint or '?')[:12]}`"
+        + (" (the run's own training dataset)" if results.own_dataset else " (not the data the run was trained on)"),
         f"- donor → decoder: `{results.donor}` → `{results.decoder}`",
         f"- adapter: {results.adapter}; LoRA: {lora}",
         f"- trainable params (adapter / LoRA): {_params(results)}",

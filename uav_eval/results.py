@@ -1,6 +1,9 @@
 """results.json: what one evaluation of a run found, as a dataclass that round-trips the JSON (peft style).
 
-protocol.evaluate builds a :class:`Results`; report.py, the CLI and the demo read its fields. ``save`` writes
+protocol.evaluate builds a :class:`Results`; report.py, the CLI and the demo read its fields. :func:`location` is the
+one rule for where an evaluation lands: the run's own ``results.json``/``report.md`` only ever hold the run's own test
+split; any other dataset (another store, a ``--data`` file) or split goes to ``RUN/evals/<dataset>-<fingerprint>/``,
+so a second dataset never overwrites the first. ``save`` writes
 strict JSON (NaN → null) with exactly these keys in this order; ``load``/``from_dict`` accept results written
 by older versions: a missing key (or a null list/table) takes the default given here, and keys this version
 does not know are dropped. No torch import here.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,9 @@ from uav_cache.files import write_text_atomic
 class Results:
     run: str = ""  # the run directory evaluated
     store: str | None = None  # the store its items came from
+    dataset: str | None = None  # that store's dataset name (None in older results)
     dataset_fingerprint: str | None = None  # that store's dataset (None in older results)
+    own_dataset: bool = True  # the run's own training dataset (its test split is the run's headline evaluation)
     split: str = "test"
     donor: str | None = None
     decoder: str | None = None
@@ -39,6 +45,11 @@ class Results:
     probe: dict = field(default_factory=dict)  # the linear-probe ceiling per classification source; {} without
     items: list[dict] = field(default_factory=list)  # one row per (method, item) with every metric
     seconds: float | None = None
+
+    def folder(self) -> Path:
+        """Where this evaluation's files go (:func:`location`)."""
+        return location(self.run, dataset=self.dataset, fingerprint=self.dataset_fingerprint, split=self.split,
+                        own=self.own_dataset)
 
     @property
     def limit(self) -> int | None:
@@ -67,6 +78,26 @@ class Results:
     def save(self, path: str | Path) -> None:
         """Strict JSON any tool can read (NaN similarity becomes null), written atomically."""
         write_text_atomic(path, json.dumps(json_safe(self.to_dict()), indent=1, ensure_ascii=False))
+
+
+EVALS = "evals"  # RUN/evals/<dataset>-<fingerprint12>[-<split>]/: evaluations on anything but the run's own test split
+
+
+def location(run: str | Path, *, dataset: str | None, fingerprint: str | None, split: str, own: bool) -> Path:
+    """The folder an evaluation's results.json/report.md go to: the run folder itself for the run's own dataset's
+    test split, else ``RUN/evals/<dataset>-<fingerprint[:12]>`` (``-<split>`` added for other splits)."""
+    run = Path(run)
+    if own and split == "test":
+        return run
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset or "dataset").strip("._") or "dataset"
+    return run / EVALS / (f"{name}-{(fingerprint or 'unknown')[:12]}" + ("" if split == "test" else f"-{split}"))
+
+
+def evaluations(run: str | Path) -> list[Path]:
+    """Every results*.json a run holds: its own test split first, then each other dataset/split, sorted."""
+    run = Path(run)
+    own = sorted(run.glob("results*.json"))
+    return own + sorted((run / EVALS).glob("*/results*.json"))
 
 
 def suffix(limit: int | None) -> str:
