@@ -176,16 +176,16 @@ def test_a_limited_evaluation_never_replaces_the_full_one(run):
 def test_batched_generation_matches_one_at_a_time(run):
     """Left padding, the splice and the selfie patch must not depend on who else is in the batch."""
     lr = load_run(run)
-    items = eval_items(Store(lr.info.record.stores[0].path), "test", None, lr.info.record.layers, False)
+    items = eval_items(Store(lr.info.record.stores[0].path), "test", None, lr.info.record.input_spec())
     items = [it for src in ("noun", "colour", "mood") for it in [i for i in items if i.source == src][:2]]
     assert len({len(lr.tok(it.question).input_ids) for it in items}) > 1  # rows of different lengths get padded
     runner, stop = MethodRunner(lr), lr.template.stop_ids()
 
     def answers(method, batch):
-        x, mask = stack_x(batch)
-        s = runner.setup(method, batch, x, mask)
+        s = runner.setup(method, batch, stack_x(batch))
         with runner.lora(s.lora):
-            return generate(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, patch=s.patch, max_new_tokens=6)
+            return generate(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, patch=s.patch, max_new_tokens=6,
+                            soft_mask=s.soft_mask)
 
     for method in ("uav", "no_soft", "input_text", "selfie"):
         assert answers(method, items) == [a for it in items for a in answers(method, [it])], method
@@ -196,7 +196,7 @@ def test_own_task_names_get_the_default_answer_length(run, monkeypatch):
     from uav_eval import protocol
 
     lr = load_run(run)
-    items = eval_items(Store(lr.info.record.stores[0].path), "test", 2, lr.info.record.layers, False)
+    items = eval_items(Store(lr.info.record.stores[0].path), "test", 2, lr.info.record.input_spec())
     for it in items[:3]:
         it.task = "fact_retrieval"
     calls = []
@@ -219,7 +219,7 @@ def test_explain_finds_a_local_donor_from_any_folder_or_by_donor(run, tmp_path, 
     """A store harvested from a local folder used to record only the folder's basename: `uav explain` worked only
     from its parent. Stores now record the path; for older runs (or a moved folder) --donor says where it is."""
     import shutil
-    from uav_eval.explain import explain
+    from uav_eval.verbalizer import explain
 
     monkeypatch.chdir(tmp_path)
     answers = explain(str(run), "The cat is red.", ["What colour is it?"], max_new_tokens=3, device="cpu")

@@ -62,7 +62,7 @@ def explain_command(
                                                       "is not found: e.g. a local folder harvested elsewhere.")] = None,
 ) -> None:
     """Run the donor on TEXT (loaded, read, freed), then the decoder: print its explanation."""
-    from uav_eval.explain import explain
+    from uav_eval.verbalizer import explain
 
     for q, a in explain(run, text, question, max_new_tokens=max_new_tokens, device=device, donor=donor):
         typer.echo(f"Q: {q}\nA: {a}")

@@ -27,7 +27,7 @@ from uav_eval.methods import METHODS, READING_METRIC
 from uav_eval.results import Results
 from uav_eval.generate import generate
 from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
-from uav_train.stream import Item, derangement, item_pairs, read_x, stack_x
+from uav_train.stream import InputSpec, Item, _kind, derangement, item_pairs, read_rows, stack_x
 
 TASK_TOKENS = dict(zip(TASKS, (8, 16, 32), strict=True))  # max new tokens by task group (classification, fact, gist)
 DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own tasks)
@@ -50,9 +50,9 @@ class EvalConfig:
     progress: bool = True
 
 
-def eval_items(store: Store, split: str, limit: int | None, layers: list[str], tokens: bool,
-               readout: str = "last") -> list[Item]:
-    """The split's (question, answer) items, at most ``limit`` per source, in store order."""
+def eval_items(store: Store, split: str, limit: int | None, spec: InputSpec) -> list[Item]:
+    """The split's (question, answer) items, at most ``limit`` per source, in store order, held-out phrasings
+    included; each shows the adapter what the run reads of the whole text (``spec.eval_form()``)."""
     ex = store.examples()
     rows = store.split_rows(split)
     if len(rows) == 0:
@@ -61,7 +61,7 @@ def eval_items(store: Store, split: str, limit: int | None, layers: list[str], t
     picked: list[tuple[int, str, str]] = []
     for r in rows:
         e = ex[r]
-        for q, a in item_pairs(e, "qa"):
+        for q, a in item_pairs(e, "eval"):
             src = e.get("source") or ""
             if limit is not None and per_source[src] >= limit:
                 break
@@ -70,8 +70,10 @@ def eval_items(store: Store, split: str, limit: int | None, layers: list[str], t
     if not picked:
         raise UavError(f"the {split!r} split of {store.path} has no qa items", "harvest examples that carry qa pairs")
     uniq = np.array(sorted({r for r, _, _ in picked}))
-    xs = dict(zip(uniq.tolist(), read_x(store, layers, uniq, tokens, readout)))
-    return [Item(xs[r], q, a, r, 0, ex[r].get("task") or "", ex[r].get("source") or "", ex[r]["text"]) for r, q, a in picked]
+    form = spec.eval_form()
+    xs = {r: ra.form(form) for r, ra in zip(uniq.tolist(), read_rows(store, uniq, spec))}
+    return [Item(xs[r], q, a, r, 0, ex[r].get("task") or "", ex[r].get("source") or "", ex[r]["text"], kind=_kind(a))
+            for r, q, a in picked]
 
 
 def label_sets(store: Store) -> dict[str, set[str]]:
@@ -101,11 +103,12 @@ def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalC
                 for b in range(0, len(idx), cfg.batch_size):
                     ix = idx[b:b + cfg.batch_size]
                     batch = [items[i] for i in ix]
-                    x, mask = stack_x([items[other[i]] for i in ix] if m == "shuffled" else batch)
-                    s = runner.setup(m, batch, x.to(device), mask.to(device))
+                    x = stack_x([items[other[i]] for i in ix] if m == "shuffled" else batch)
+                    s = runner.setup(m, batch, x.to(device))
                     with runner.lora(s.lora):
                         out = generate(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, patch=s.patch,
-                                       max_new_tokens=cfg.max_new_tokens.get(task, DEFAULT_TASK_TOKENS))
+                                       max_new_tokens=cfg.max_new_tokens.get(task, DEFAULT_TASK_TOKENS),
+                                       soft_mask=s.soft_mask)
                     for i, p in zip(ix, out):
                         preds[m][i] = p
                     bar.set_postfix(method=m, task=task)
@@ -208,11 +211,15 @@ def evaluate(cfg: EvalConfig) -> Results:
     store = eval_store(cfg.store, rec)
     first = rec.stores[0]
     check_compatible(store, donor=rec.donor, d_model=first.d_model, weights_fingerprint=first.weights_fingerprint)
-    for layer in rec.layers:
+    spec = rec.input_spec()
+    for layer in (*spec.layers, *spec.token_layers):
         store.check_layer(layer)
+    if spec.tokens and store.token_width == 0:
+        raise UavError(f"the run reads token vectors, and store {store.path} holds pooled read-outs only",
+                       "evaluate on a store harvested with --positions all or window:W (or use --data FILE)")
     lr = load_run(cfg.run, device=str(pick_device(cfg.device)))
     methods = check_methods(cfg.methods, lr)
-    items = eval_items(store, cfg.split, cfg.limit, rec.layers, rec.tokens, rec.readout)
+    items = eval_items(store, cfg.split, cfg.limit, spec)
     preds = run_methods(lr, items, methods, cfg)
     rows = score(items, preds, label_sets(store), cfg.similarity)
     agg = {
@@ -223,7 +230,7 @@ def evaluate(cfg: EvalConfig) -> Results:
         run=str(lr.info.path), store=store.path, dataset=store.meta["dataset"]["name"],
         dataset_fingerprint=store.meta["dataset_fingerprint"],
         own_dataset=store.meta["dataset_fingerprint"] in {s.dataset_fingerprint for s in rec.stores}, split=cfg.split, donor=rec.donor, decoder=rec.decoder,
-        adapter=rec.adapter["config"]["kind"], lora=rec.lora, trainable_params=rec.trainable_params,
+        adapter=rec.adapter_kind, lora=rec.lora, trainable_params=rec.trainable_params,
         layers=rec.layers, readout=rec.readout,
         n_items=len(items), methods=methods, config=asdict(cfg), aggregates=agg,
         reading=reading(rows, n_boot=cfg.n_boot, seed=cfg.seed),
