@@ -236,7 +236,7 @@ class Verbalizer:
     def score(self, acts: Acts, question: str, answer: str, refs: list[Acts] | None = None) -> float | None:
         """log p(answer | acts) − mean over references of log p(answer | reference), per answer token (nats)."""
         refs = self.references(like=acts) if refs is None else refs
-        if not refs or not answer:
+        if not refs:
             return None
         lp = self.logprob([acts, *refs], [question] * (len(refs) + 1), [answer] * (len(refs) + 1))
         return lp[0] - float(np.mean(lp[1:]))
