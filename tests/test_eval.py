@@ -129,6 +129,31 @@ def test_other_data_and_splits_never_overwrite_the_runs_own_results(run, data, t
                                                                          val.folder() / "results.json"])]
 
 
+def test_eval_on_any_data_file_harvests_it_with_the_runs_settings_once(run, tmp_path):
+    """`uav eval RUN --data FILE.jsonl`: the file is harvested with the run's donor and store settings into the
+    run's evals/ folder (every split evaluated: the data is new to the run), and reused by the next evaluation."""
+    new = tmp_path / "fresh.jsonl"
+    new.write_text("".join(json.dumps({"id": f"f{i}", "text": f"The {n} is {c}.", "task": "classification",
+                                       "source": "fresh", "label": c, "qa": [{"question": "What colour is it?",
+                                                                              "answer": c}]}) + "\n"
+                           for i, (n, c) in enumerate(zip(NOUNS * 3, COLOURS * 4))))
+    quick = dict(run=str(run), data=str(new), methods=["uav", "shuffled"], similarity=False, n_boot=10,
+                 progress=False, probe=False)
+    res = evaluate(EvalConfig(**quick))
+    folder = res.folder()
+    assert folder.parent == run / "evals" and folder.name.startswith("fresh-") and not res.own_dataset
+    assert res.split == "all" and res.n_items == 12 and (folder / "results.json").exists()
+    st = Store(folder / "store")
+    rec = json.loads((run / "config.json").read_text())["stores"][0]
+    for k in ("donor", "layers", "dtype", "max_length", "donor_input", "positions", "weights_fingerprint"):
+        assert st.meta[k] == rec[k], k
+    stamp = (folder / "store" / "zarr.json").stat().st_mtime_ns
+    again = evaluate(EvalConfig(**quick))
+    assert (folder / "store" / "zarr.json").stat().st_mtime_ns == stamp and again.folder() == folder
+    with pytest.raises(UavError, match="--store and --data"):
+        evaluate(EvalConfig(**quick, store=str(folder / "store")))
+
+
 def test_evaluate_runs_every_method_on_the_test_split(run):
     res = evaluate(EvalConfig(run=str(run), limit=3, similarity=False, n_boot=50, progress=False))
     assert res.methods == list(METHODS)  # selfie included: donor and decoder are the same weights

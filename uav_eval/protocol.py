@@ -8,6 +8,7 @@ and overall with bootstrap 95% intervals. Nothing here looks at the test split t
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections import defaultdict
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from uav_cache.examples import TASKS
 from uav_cache.errors import UavError
 from uav_cache.device import pick_device
+from uav_cache.models import weights_fingerprint
 from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods
@@ -37,7 +39,10 @@ DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own task
 class EvalConfig:
     run: str
     store: str | None = None  # store to evaluate on (default: the run's training store, which must still hold its dataset)
-    split: str = "test"  # the store split to evaluate (val while choosing settings; test once, for the result)
+    # a dataset to evaluate on instead (JSONL, .txt, a `uav data build` folder or recipe): harvested once with the
+    # run's own donor and store settings into RUN/evals/<dataset>-<fingerprint>/store, then evaluated (every split)
+    data: str | None = None
+    split: str | None = None  # test (default), val while choosing settings, or all; with data: all by default
     limit: int | None = None  # at most N items per source (the first N in store order)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     batch_size: int = 16  # generation batch size
@@ -54,7 +59,7 @@ def eval_items(store: Store, split: str, limit: int | None, spec: InputSpec) -> 
     """The split's (question, answer) items, at most ``limit`` per source, in store order, held-out phrasings
     included; each shows the adapter what the run reads of the whole text (``spec.eval_form()``)."""
     ex = store.examples()
-    rows = store.split_rows(split)
+    rows = store.committed_rows() if split == "all" else store.split_rows(split)
     if len(rows) == 0:
         raise UavError(f"store {store.path} has no committed {split!r} rows", "harvest a dataset with a test split")
     per_source: dict[str, int] = defaultdict(int)
@@ -157,6 +162,43 @@ def eval_store(explicit: str | None, rec: RunRecord) -> Store:
     return store
 
 
+def harvest_for(run: str, rec: RunRecord, data: str, device: str, split: str) -> Store:
+    """The store of ``data`` as the run's donor reads it: harvested once with the run's own store settings (donor
+    weights, layers, positions, read-outs, max length, donor input, dtype) into RUN/evals/<dataset>-<fp>/store, and
+    reused while it holds the same rows (a harvest is a no-op on a finished store, and resumes a killed one)."""
+    from uav_cache.examples import load_examples
+    from uav_cache.harvest import HarvestConfig, harvest
+    from uav_eval.results import location
+    from uav_eval.verbalizer import donor_spec
+
+    ex = load_examples(data)
+    src, spec = rec.stores[0], rec.input_spec()
+    donor = donor_spec(rec)
+    if weights_fingerprint(donor) != src.weights_fingerprint:
+        raise UavError(f"the run's donor {donor.path or donor.name} here has other weights than it was trained on",
+                       "install the same donor weights to harvest --data with them")
+    blocks = []
+    for layer in dict.fromkeys((*spec.layers, *spec.token_layers)):
+        m = re.search(r"(\d+)$", layer)
+        if m is None:
+            raise UavError(f"cannot tell the block index of layer {layer!r}", "harvest the data yourself and pass --store")
+        blocks.append(int(m.group(1)))
+    out = location(run, dataset=ex.name, fingerprint=ex.fingerprint, split=split, own=False) / "store"
+    if out.exists():
+        try:
+            done = Store(out)
+            if done.meta.get("complete") and done.meta["dataset_fingerprint"] == ex.fingerprint:
+                return done  # harvested before: the donor is not loaded again
+        except UavError:
+            pass  # not a store yet (or a half-made one): the harvest below says what is wrong, or resumes it
+    readouts = ["last"] + ([spec.readout] if spec.readout not in (None, "last") else [])
+    harvest(HarvestConfig(donor=src.donor_path or rec.donor, data=data, out=str(out), layers=blocks,
+                          positions=src.positions or "last", readouts=readouts, dtype=src.dtype,
+                          max_length=src.max_length, donor_input=src.donor_input or "raw", device=device,
+                          progress=True))
+    return Store(out)
+
+
 def reading(rows: list[dict], *, n_boot: int = 1000, seed: int = 0, reference: str = "shuffled") -> dict:
     """Does the answer depend on the activation? Per task group, per source and overall: uav − ``reference``
     on the same items (accuracy for classification, token F1 otherwise) with a paired bootstrap 95% interval;
@@ -208,7 +250,10 @@ def evaluate(cfg: EvalConfig) -> Results:
     check_methods(cfg.methods)  # names, before the decoder is loaded
     t0 = time.perf_counter()
     rec = RunInfo.open(cfg.run).record  # the store is checked before the decoder is loaded
-    store = eval_store(cfg.store, rec)
+    if cfg.store is not None and cfg.data is not None:
+        raise UavError("--store and --data both name what to evaluate on", "pass one of them")
+    split = cfg.split or ("all" if cfg.data is not None else "test")
+    store = harvest_for(cfg.run, rec, cfg.data, cfg.device, split) if cfg.data is not None else eval_store(cfg.store, rec)
     first = rec.stores[0]
     check_compatible(store, donor=rec.donor, d_model=first.d_model, weights_fingerprint=first.weights_fingerprint)
     spec = rec.input_spec()
@@ -219,7 +264,7 @@ def evaluate(cfg: EvalConfig) -> Results:
                        "evaluate on a store harvested with --positions all or window:W (or use --data FILE)")
     lr = load_run(cfg.run, device=str(pick_device(cfg.device)))
     methods = check_methods(cfg.methods, lr)
-    items = eval_items(store, cfg.split, cfg.limit, spec)
+    items = eval_items(store, split, cfg.limit, spec)
     preds = run_methods(lr, items, methods, cfg)
     rows = score(items, preds, label_sets(store), cfg.similarity)
     agg = {
@@ -229,7 +274,7 @@ def evaluate(cfg: EvalConfig) -> Results:
     results = Results(
         run=str(lr.info.path), store=store.path, dataset=store.meta["dataset"]["name"],
         dataset_fingerprint=store.meta["dataset_fingerprint"],
-        own_dataset=store.meta["dataset_fingerprint"] in {s.dataset_fingerprint for s in rec.stores}, split=cfg.split, donor=rec.donor, decoder=rec.decoder,
+        own_dataset=store.meta["dataset_fingerprint"] in {s.dataset_fingerprint for s in rec.stores}, split=split, donor=rec.donor, decoder=rec.decoder,
         adapter=rec.adapter_kind, lora=rec.lora, trainable_params=rec.trainable_params,
         layers=rec.layers, readout=rec.readout,
         n_items=len(items), methods=methods, config=asdict(cfg), aggregates=agg,
