@@ -192,6 +192,19 @@ def test_window_store_keeps_w_consecutive_tokens_and_every_token_knows_its_chara
         assert covered.replace(" ", "") == text.replace(" ", "")
     with pytest.raises(UavError, match="pooled read-outs only"):
         Store(ref_store_path(tmp_path, donor, data)).read_tokens("model.layers.1", 0)
+    # token vectors of one layer only: the other keeps its read-outs, and the store is that much smaller
+    one = tmp_path / "one"
+    harvest(_cfg(donor, data, one, layers=[1, 2], positions="all", token_layers=[1], limit=24))
+    o = Store(one)
+    assert o.token_layers == ["model.layers.1"] and o.verify() == []
+    assert torch.equal(o.read_tokens("model.layers.1", 3), a.read_tokens("model.layers.1", 3))
+    assert torch.equal(o.read("model.layers.2", 0, 24, "mean"), a.read("model.layers.2", 0, 24, "mean"))
+    with pytest.raises(UavError, match="keeps token vectors of model.layers.1 only"):
+        o.read_tokens("model.layers.2", 0)
+    size = lambda p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file())  # noqa: E731
+    assert size(one) < 0.7 * size(full)
+    with pytest.raises(UavError, match="names blocks not harvested"):
+        harvest(_cfg(donor, data, tmp_path / "bad", layers=[1], positions="all", token_layers=[2], limit=4))
 
 
 def ref_store_path(tmp_path: Path, donor: Path, data: str) -> Path:

@@ -39,10 +39,10 @@ FP16_MAX = 65504.0
 IDENTITY_KEYS = (
     "format_version", "donor", "weights_fingerprint", "layers", "positions", "dtype", "d_model",
     "tokenizer", "donor_input", "max_length", "dataset_fingerprint", "n_rows", "shard_rows", "compute_dtype",
-    "readouts",
+    "readouts", "token_layers",
 )
 # identity keys added after format 1 shipped: a store that lacks one still opens and resumes (unknown, not different)
-LATER_IDENTITY_KEYS = ("compute_dtype",)
+LATER_IDENTITY_KEYS = ("compute_dtype", "token_layers")
 # Read-outs: which token positions one stored vector per (row, layer) summarises. Each is its own (n, d) array,
 # so a pooled store costs what a last-token store costs, and readers choose by name, never by array path.
 READOUTS = {
@@ -124,6 +124,8 @@ def codec_of(meta: dict) -> str:
 def new_meta(**fields: Any) -> dict:
     """The root metadata of a new store: every identity key (IDENTITY_KEYS, all required) plus descriptive fields,
     with what follows from them filled in here (format, version, shard count, creation time, codec)."""
+    if "token_layers" not in fields and "layers" in fields:  # by default every layer keeps what positions says
+        fields = {**fields, "token_layers": token_layers_of(fields)}
     missing = [k for k in IDENTITY_KEYS if k != "format_version" and k not in fields]
     if missing:
         raise TypeError(f"store metadata lacks identity key(s) {missing}")
@@ -206,8 +208,18 @@ def readouts_of(meta: dict) -> list[str]:
     return list(meta.get("readouts") or ["last"])
 
 
+def token_layers_of(meta: dict) -> list[str]:
+    """The layers whose token vectors a store keeps (stores written before the choice existed: all of them, or none
+    for positions=last)."""
+    if "token_layers" in meta:
+        return list(meta["token_layers"])
+    return [] if meta.get("positions", "last") == "last" else list(meta["layers"])
+
+
 def _identity(meta: dict, k: str) -> Any:
-    return readouts_of(meta) if k == "readouts" else meta.get(k)
+    if k == "readouts":
+        return readouts_of(meta)
+    return token_layers_of(meta) if k == "token_layers" else meta.get(k)
 
 
 def _diff_identity(have: dict, want: dict) -> list[str]:
@@ -358,7 +370,7 @@ class StoreWriter:
                                      f"want {(b - a, meta['d_model'])} uint16")
                 writes.append((_array(layer, readout), bits, slice(a, b)))
                 summarise[_stats_key(layer, readout)] = bits
-            if meta["positions"] != "last":
+            if layer in token_layers_of(meta):
                 writes.append((f"{_layer_key(layer)}/all/s{s:05d}", all_tokens[layer], None))
         try:
             # The checksums run beside the writes and the moments (hashlib releases the GIL for the whole hash); the
@@ -875,10 +887,22 @@ class Store:
         flat = self.group["tokens/spans"][int(off[0]):int(off[-1])]
         return [flat[int(a - off[0]):int(b - off[0])] for a, b in zip(off[:-1], off[1:])]
 
+    @property
+    def token_layers(self) -> list[str]:
+        """The layers whose token vectors the store keeps (the pooled read-outs cover every layer)."""
+        return token_layers_of(self.meta)
+
+    def check_token_layer(self, layer: str) -> None:
+        self.check_layer(layer)
+        if layer not in self.token_layers:
+            self._positions()  # a pooled-only store says so first
+            raise UavError(f"store {self.path} keeps token vectors of {', '.join(self.token_layers)} only, not {layer}",
+                           "pick one of those token layers, or re-harvest with --token-layers including it")
+
     def read_token_rows(self, layer: str, start: int, stop: int) -> list[torch.Tensor]:
         """The stored token vectors of every row of [start, stop) (rows of one shard), one (count, d) tensor per row,
         with one read of the shard's token array: what a streaming reader fetches per chunk."""
-        self.check_layer(layer)
+        self.check_token_layer(layer)
         s = self.shard_of(start)
         if self.shard_of(stop - 1) != s:
             raise ValueError(f"rows {start}-{stop - 1} span two shards")
@@ -961,7 +985,9 @@ class Store:
         lines = [
             f"store      {self.path}",
             f"donor      {m['donor']} ({m.get('family')}, d_model {m['d_model']}, weights {m['weights_fingerprint'][:16]})",
-            f"layers     {', '.join(m['layers'])}   positions {m['positions']}   dtype {m['dtype']}"
+            f"layers     {', '.join(m['layers'])}   positions {m['positions']}"
+            + (f" (token vectors of {', '.join(self.token_layers)})" if self.token_width != 0 else "")
+            + f"   dtype {m['dtype']}"
             f" (computed in {m.get('compute_dtype', '?')})",
             f"tokenizer  {m['tokenizer'].get('name')} vocab {m['tokenizer'].get('vocab_sha256', '')[:12]}   "
             f"input {m['donor_input']}   max_length {m['max_length']}",

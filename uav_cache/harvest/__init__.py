@@ -43,6 +43,9 @@ class HarvestConfig:
     # token vectors kept besides the pooled read-outs (store.POSITIONS): last (none), all (every token), window:W (W
     # consecutive tokens per text; bounds the store at W vectors per text and layer)
     positions: str = "last"
+    # block indices whose token vectors are kept (default: every harvested layer); the others keep only read-outs:
+    # a shallow block for the token itself, a deep one for its context, at a fraction of an all-layer store
+    token_layers: list[int] | None = None
     # stored read-outs (store.READOUTS): last (last token), mean (mean over the tokens after the attention-sink
     # position 0)
     readouts: list[str] = field(default_factory=lambda: list(DEFAULT_READOUTS))
@@ -155,7 +158,8 @@ def _validate(ex: ExampleSet) -> None:
 
 
 def plan_meta(cfg: HarvestConfig, spec: ModelSpec, model, tok, ex: ExampleSet, names: list[str],
-              indices: list[int], dtype: str, max_length: int, n_tokens: int, compute_dtype: str = "fp32") -> dict:
+              indices: list[int], dtype: str, max_length: int, n_tokens: int, compute_dtype: str = "fp32",
+              token_names: list[str] | None = None) -> dict:
     """The store's root metadata: everything a reader needs to trust and use the rows without uav."""
     n = len(ex.examples)
     return new_meta(
@@ -169,6 +173,7 @@ def plan_meta(cfg: HarvestConfig, spec: ModelSpec, model, tok, ex: ExampleSet, n
         n_layers=len(block_modules(model)),
         layers=names,
         layer_indices=indices,
+        token_layers=[] if cfg.positions == "last" else (names if cfg.token_layers is None else token_names),
         positions=cfg.positions,
         readouts=list(cfg.readouts),
         readout={r: READOUTS[r] for r in cfg.readouts},
@@ -223,6 +228,7 @@ class Job:
     device: torch.device
     ranks: distributed.Ranks
     windows: list[tuple[int, int]] | None = None  # per row, the (start, count) of token positions whose vectors are kept
+    token_names: list[str] | None = None  # layers that keep token vectors (None: every hooked layer)
 
     def run(self) -> None:
         """Run the donor over this rank's uncommitted shards, each written by a background thread while the next
@@ -244,7 +250,7 @@ class Job:
                 a, b = writer.shard_range(s)
                 vecs, all_tok = forward_shard(self.model, capture, self.ids[a:b], self.names, pad, cfg.batch_size,
                                               self.dtype, self.windows[a:b] if self.windows else None, self.device,
-                                              self.row_ids[a:b], bar)
+                                              self.row_ids[a:b], bar, self.token_names)
                 if pending is not None:
                     pending.result()
                 pooled = {r: vecs[r] for r in cfg.readouts if r != "last"}
@@ -303,7 +309,18 @@ def plan(cfg: HarvestConfig, loaded: tuple[torch.nn.Module, Any] | None = None) 
     if any(len(t) == 0 for t in ids):
         bad = next(e["id"] for e, t in zip(ex.examples, ids) if not t)
         raise UavError(f"example {bad!r} tokenizes to nothing", "drop it or give it text")
-    meta = plan_meta(cfg, spec, model, tok, ex, names, indices, dtype, max_length, sum(map(len, ids)), compute)
+    token_names = None
+    if cfg.token_layers is not None:
+        if cfg.positions == "last":
+            raise UavError("--token-layers chooses which layers keep token vectors, and --positions last keeps none",
+                           "add --positions all or --positions window:W, or drop --token-layers")
+        token_names = [layer_name(model, i) for i in cfg.token_layers]
+        stray = [n for n in token_names if n not in names]
+        if stray:
+            raise UavError(f"--token-layers {','.join(map(str, cfg.token_layers))} names blocks not harvested "
+                           f"({', '.join(stray)})", "list them in --layers too")
+    meta = plan_meta(cfg, spec, model, tok, ex, names, indices, dtype, max_length, sum(map(len, ids)), compute,
+                     token_names)
     spans = [char_spans(tok, e["text"], t, cfg.donor_input) for e, t in zip(ex.examples, ids)]
     writer = StoreWriter.create_or_open(cfg.out, meta, ex.examples, ids, cut, spans)
     n_sink = sum(len(t) == 1 for t in ids)
@@ -313,13 +330,14 @@ def plan(cfg: HarvestConfig, loaded: tuple[torch.nn.Module, Any] | None = None) 
     width = parse_positions(cfg.positions)
     windows = [(window_start(e["id"], len(t), width), len(t) if width is None else min(len(t), width))
                for e, t in zip(ex.examples, ids)] if width != 0 else None
-    return Job(cfg, writer, model, tok, ids, [e["id"] for e in ex.examples], names, dtype, device, ranks, windows)
+    return Job(cfg, writer, model, tok, ids, [e["id"] for e in ex.examples], names, dtype, device, ranks, windows,
+               writer.meta["token_layers"] if "token_layers" in writer.meta else None)
 
 
 @torch.inference_mode()
 def forward_shard(model, capture: Capture, ids: list[list[int]], names: list[str], pad: int, batch_size: int,
                   dtype: str, windows: list[tuple[int, int]] | None, device: torch.device, ex_ids: list[str],
-                  bar) -> tuple[dict, dict | None]:
+                  bar, token_names: list[str] | None = None) -> tuple[dict, dict | None]:
     """Forward one shard in length-sorted batches (less padding); rows come back in their original order.
     Returns ``{readout: {layer: (rows, d) bits}}`` for every read-out in store.READOUTS, and the bits of the token
     vectors each row keeps (``windows[i]`` = (start, count) of row i's kept positions; None: none kept)."""
@@ -327,7 +345,8 @@ def forward_shard(model, capture: Capture, ids: list[list[int]], names: list[str
     n = len(ids)
     d = None
     vecs: dict[str, dict[str, np.ndarray]] = {r: {} for r in READOUTS}
-    per_row: dict[str, list[np.ndarray | None]] = {k: [None] * n for k in names} if keep_all else {}
+    keep = names if token_names is None else token_names
+    per_row: dict[str, list[np.ndarray | None]] = {k: [None] * n for k in keep} if keep_all else {}
     order = sorted(range(n), key=lambda i: (len(ids[i]), i))
     for k in range(0, n, batch_size):
         rows = order[k:k + batch_size]
@@ -362,7 +381,7 @@ def forward_shard(model, capture: Capture, ids: list[list[int]], names: list[str
             body[lens_d == 1, 0] = True
             w = body.to(h.dtype)
             vecs["mean"][name][rows] = to_bits((h * w[..., None]).sum(1) / w.sum(1, keepdim=True), dtype)
-            if keep_all:
+            if keep_all and name in per_row:
                 for j, i in enumerate(rows):
                     a, c = windows[i]
                     per_row[name][i] = to_bits(h[j, a:a + c], dtype)

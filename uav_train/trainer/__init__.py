@@ -274,6 +274,8 @@ def open_stores(paths: list[str], layers: list[str] | None = None, readout: str 
                 raise UavError(f"token_layers need token vectors, and store {st.path} holds pooled read-outs only "
                                f"(positions={st.meta['positions']})",
                                "re-harvest with --positions all or --positions window:W, or drop token_layers")
+            for layer in token_layers:
+                st.check_token_layer(st.resolve_layer(layer))
     for st in stores:
         st.check_readout(readout)
     return stores
