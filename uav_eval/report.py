@@ -141,9 +141,19 @@ def _probe_cell(p: dict | None) -> str:
     return f"{p['test_acc']:.2f} [{p['test_lo']:.2f}, {p['test_hi']:.2f}]"
 
 
+def _of_text(results: Results, group: str, metric: str, by: str = "by_task") -> tuple[str, str]:
+    """(input_text's score, uav as a fraction of it) for a group: how much of what the text itself gives the decoder
+    the activation gives it."""
+    it, u = _stat(results, "input_text", group, metric, by=by), _stat(results, "uav", group, metric, by=by)
+    if math.isnan(it["mean"]):
+        return "–", "–"
+    return f"{it['mean']:.2f}", (f"{u['mean'] / it['mean']:.2f}" if it["mean"] > 0 and not math.isnan(u["mean"]) else "–")
+
+
 def reading_table(results: Results) -> str:
     """Per task group and per source: uav and shuffled on the same items, their paired difference with a 95%
-    interval, the verdict, no_soft, and (classification) the linear probe's accuracy on the same test split."""
+    interval, the verdict, no_soft, the text-input ceiling (input_text, and uav as a fraction of it), and
+    (classification) the linear probe's accuracy on the same test split."""
     rd, probe = results.reading, results.probe
     if not rd:
         return "_shuffled was not run, so whether the decoder reads the activation is not measured._"
@@ -157,9 +167,10 @@ def reading_table(results: Results) -> str:
             rows.append([("" if by == "by_task" else "↳ ") + _cell(g or "(none)"), d["metric"], str(d["n"]),
                          f"{d['uav']:.2f}", f"{d[rd.get('reference', 'shuffled')]:.2f}", _diff(d),
                          "**yes**" if d["reads"] else "no", "–" if math.isnan(ns["mean"]) else f"{ns['mean']:.2f}",
+                         *_of_text(results, g, d["metric"], by),
                          _probe_cell((p or {}).get("run")), _probe_cell((p or {}).get("best"))])
     return _md_table(["group / source", "metric", "n", "uav", "shuffled", "uav − shuffled [95% CI]", "reads",
-                      "no_soft", "probe (run's layer)", "probe (best on val)"], rows)
+                      "no_soft", "input_text", "uav ÷ input_text", "probe (run's layer)", "probe (best on val)"], rows)
 
 
 # --- tables ----------------------------------------------------------------------------------------------
@@ -176,8 +187,9 @@ def summary_table(results: Results) -> str:
     rd = results.reading
     for g in _ordered(set(rd.get("by_task", {})), TASKS):
         d = rd["by_task"][g]
+        it, frac = _of_text(results, g, d["metric"])
         lines.append(f"reads the activation? {g}: uav − shuffled {d['metric']} {_diff(d)} → "
-                     + ("yes" if d["reads"] else "no"))
+                     + ("yes" if d["reads"] else "no") + (f"; uav ÷ input_text {frac}" if frac != "–" else ""))
     return "\n".join(lines)
 
 
