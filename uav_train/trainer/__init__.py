@@ -81,6 +81,8 @@ class TrainConfig:
     lr_stage1: float = 1e-3  # adapter, stage 1
     lr_adapter: float = 5e-4  # adapter, stage 2
     lr_lora: float = 2e-4
+    lr_tokens: float | None = None  # the tokens adapter, both stages (default: as the pooled adapter); its warm-started
+    # skip path maps every token, so a step that suits a pooled adapter can undo its closed-form fit
     warmup: int = 10  # linear warm-up steps, then cosine to 10%
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -153,6 +155,8 @@ class TrainConfig:
             at_least(name, getattr(self, name), 0)
         for name in ("lr_stage1", "lr_adapter", "lr_lora", "grad_clip"):
             at_least(name, getattr(self, name), 0, strict=True)
+        if self.lr_tokens is not None:
+            at_least("lr_tokens", self.lr_tokens, 0, strict=True)
         if self.max_bad_fraction > 1 or not 0 <= self.lora.dropout < 1:
             raise UavError("max_bad_fraction and lora.dropout are fractions", "give values in [0, 1)")
         at_least("lora.r", self.lora.r, 1)
@@ -525,10 +529,13 @@ class Trainer:
         """Train one stage; resumes from RUN/checkpoint when it belongs to this stage."""
         cfg = self.cfg
         mode = ("context" if cfg.stage1_task == "context" else "text") if stage == 1 else "qa"
-        groups = [{"params": list(self.adapter.parameters()), "lr": cfg.lr_stage1 if stage == 1 else cfg.lr_adapter}]
+        lr = cfg.lr_stage1 if stage == 1 else cfg.lr_adapter
+        groups = [{"name": name, "params": list(branch.parameters()), "lr": cfg.lr_tokens or lr if name == "tokens" else lr}
+                  for name, branch in (("adapter", self.adapter.pooled), ("tokens", self.adapter.tokens))
+                  if branch is not None]
         lora = list(self.lora_params().values()) if stage == 2 else []
         if lora:
-            groups.append({"params": lora, "lr": cfg.lr_lora})
+            groups.append({"name": "lora", "params": lora, "lr": cfg.lr_lora})
         base_lrs = [g["lr"] for g in groups]
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         common = dict(mode=mode, shuffle_buffer=cfg.shuffle_buffer, skip_corrupt=cfg.skip_corrupt, sources=cfg.sources,
@@ -554,7 +561,6 @@ class Trainer:
         if st["step"] == 0:  # the baseline the curve falls from (not a candidate for early stopping)
             self._log({"stage": stage, "step": 0, **self.val_losses(val, val_shuffled, mode)})
         self.model.train(), self.adapter.train()
-        names = {0: "adapter", 1: "lora"}
         world = self.ranks.world
         step_terms = self._ddp() if world > 1 else self.loss_terms
         bar = tqdm(total=steps, initial=st["step"], desc=f"stage {stage} ({'align' if stage == 1 else 'QA'})"
@@ -581,7 +587,7 @@ class Trainer:
             st["step"] += 1
             st["consumed"] += items
             row = {"stage": stage, "step": st["step"], "loss": float(loss), "grad_norm": float(gnorm),
-                   **{f"lr_{names[i]}": g["lr"] for i, g in enumerate(opt.param_groups)},
+                   **{f"lr_{g['name']}": g["lr"] for g in opt.param_groups},
                    "items_per_s": st["consumed"] / max(time.perf_counter() - t0, 1e-9)}
             if train.corrupt or val_stream.corrupt:
                 row["skipped_chunks"] = len(train.corrupt) + len(val_stream.corrupt)
