@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,6 +42,8 @@ from uav_train.stream import Item, ItemStream, derangement, read_x, stack_x
 
 
 RECIPE_SECTIONS = ("data", "donors", "train", "runs", "eval")  # the tables a recipe may have (see demo.toml)
+PRECISIONS = ("auto", "fp32", "bf16")
+SHARDINGS = ("ddp", "fsdp")
 
 
 @dataclass
@@ -94,6 +97,12 @@ class TrainConfig:
     seed: int = 0  # random seed
     device: str = "auto"  # auto, cpu, cuda …
     grad_checkpointing: bool = False  # trade compute for memory
+    # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16: bf16 autocast with the frozen decoder weights in bf16; the
+    # adapter and LoRA weights (what the optimizer updates) stay fp32
+    precision: str = "auto"
+    # under torchrun: ddp (every rank holds the whole decoder) | fsdp (FSDP2: each decoder block's frozen weights
+    # sharded over the ranks, for decoders that do not fit one GPU); the step is the same either way
+    sharding: str = "ddp"
     progress: bool = True
 
     @classmethod
@@ -152,6 +161,10 @@ class TrainConfig:
         if self.warm_start and not (self.adapter == "mlp" and ac.skip and self.stage == "2"):
             raise UavError("warm_start fits the skip path of a fresh mlp adapter before stage 2",
                            'use adapter = "mlp", adapter_options.skip = true and stage = "2", or drop warm_start')
+        if self.precision not in PRECISIONS:
+            raise UavError(f"unknown precision {self.precision!r}", f"use one of: {', '.join(PRECISIONS)}")
+        if self.sharding not in SHARDINGS:
+            raise UavError(f"unknown sharding {self.sharding!r}", f"use one of: {', '.join(SHARDINGS)}")
         pick_device(self.device)  # unknown or absent device
 
     def identity(self) -> dict:
@@ -159,9 +172,19 @@ class TrainConfig:
         d = asdict(self)
         # skip_corrupt is not identity: the stream is the same up to the first unreadable chunk, so a run that
         # stopped there resumes with --skip-corrupt exactly as a fresh --skip-corrupt run would go
-        for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt"):
+        for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt", "sharding"):
             d.pop(k)
+        if d["precision"] == "auto":  # what every run did before the setting existed: their resumes still match
+            d.pop("precision")
         return d
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"bf16" or "fp32" for a run on ``device``: auto is bf16 on CUDA (tensor cores; half the decoder's memory) and
+    fp32 elsewhere (what uav did before the setting existed; bf16 on a CPU: see the README's measurement)."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -244,9 +267,21 @@ class Trainer:
             if self.frozen_run.decoder_weights() != self.decoder_fingerprint:
                 raise UavError(f"--frozen-decoder run used decoder {self.frozen_run.train['decoder']} "
                                f"(other weights than {cfg.decoder})", "use the same --decoder as that run")
-        self.model, self.tok = load(spec, device=str(self.device))
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.fsdp = cfg.sharding == "fsdp" and self.ranks.world > 1
+        # FSDP2 moves each block to this rank's GPU as it shards it, so the whole decoder never lands on one GPU
+        self.model, self.tok = load(spec, device="cpu" if self.fsdp else str(self.device),
+                                    dtype=torch.bfloat16 if self.precision == "bf16" else torch.float32)
         for p in self.model.parameters():
             p.requires_grad_(False)
+        if self.fsdp:
+            from uav_train.sharding import shard_decoder, sharded_bytes
+            whole = sharded_bytes(self.model)
+            shard_decoder(self.model, self.device)
+            if self.ranks.main:
+                held = sharded_bytes(self.model)
+                tqdm.write(f"FSDP2: rank 0 holds {held / whole:.2f} of the decoder's weights ({held / 2**20:.1f} of "
+                           f"{whole / 2**20:.1f} MiB; blocks sharded over {self.ranks.world} ranks)", file=sys.stderr)
         if cfg.grad_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.template = PromptTemplate(self.tok)
@@ -290,7 +325,7 @@ class Trainer:
         encs = [self.template.encode(it.question, it.answer, k, max_answer_tokens=max_ans) for it in items]
         batch = {n: t.to(self.device) for n, t in collate(encs, self.tok.pad_token_id).items()}
         x, mask = stack_x(items)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             soft = self.adapter(x.to(self.device), mask.to(self.device))
             emb = self.model.get_input_embeddings()(batch["input_ids"])
             emb = splice(emb, soft, batch["soft_positions"])
@@ -465,12 +500,19 @@ class Trainer:
     def _ddp(self) -> Callable[[list[Item], str], tuple[torch.Tensor, int]]:
         """:meth:`loss_terms` through DistributedDataParallel over the adapter and the decoder (built per stage:
         stage 2 adds the LoRA). Only parameters that train are DDP's: a frozen LoRA (adapter-only transfer) and
-        the frozen decoder weights take no part in the gradient all-reduce."""
+        the frozen decoder weights take no part in the gradient all-reduce. With ``sharding = "fsdp"`` the frozen
+        decoder blocks were sharded by FSDP2 when the decoder loaded (uav_train/sharding.py) and DDP is told to
+        leave every frozen weight alone: the trainable weights, small beside the decoder, stay whole on every rank,
+        so the optimizer, clipping, checkpoints and rank-0 writes are the same in both modes."""
         from torch.nn.parallel import DistributedDataParallel
 
+        joint = _Joint(self)
+        if self.fsdp:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                joint, [n for n, p in joint.named_parameters() if not p.requires_grad])
         # init_sync off: every rank built the same weights from the same seed and files; broadcasting the whole
         # frozen decoder from rank 0 would only cost time
-        ddp = DistributedDataParallel(_Joint(self), device_ids=None, broadcast_buffers=False, init_sync=False)
+        ddp = DistributedDataParallel(joint, device_ids=None, broadcast_buffers=False, init_sync=False)
         return lambda items, mode: ddp(items, mode)
 
     def _finish_stage(self, stage: int, st: dict, best_path: Path) -> dict:
