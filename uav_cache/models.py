@@ -446,6 +446,27 @@ def layer_name(model: torch.nn.Module, index: int) -> str:
     return blocks[index][0]
 
 
+def hidden_size(model: torch.nn.Module) -> int:
+    """The width of the residual stream: the language model's, in a multimodal checkpoint (Gemma-3 4B/12B keep it
+    in text_config; their top-level config has no hidden_size)."""
+    cfg = model.config
+    return int((cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg).hidden_size)
+
+
+def block_linears(model: torch.nn.Module) -> str:
+    """The Linear layers inside the transformer blocks, as one regex over module paths (what peft's
+    ``target_modules`` takes as a string). peft's "all-linear" takes every Linear but the LM head: in a multimodal
+    checkpoint (Gemma-3 4B/12B) that includes the vision tower, which a text decoder never runs; its LoRA would be
+    dead weight, and under DDP parameters that get no gradient stop the second step."""
+    import re
+
+    blocks = block_modules(model)
+    stack = blocks[0][0].rsplit(".", 1)[0]
+    leaves = sorted({n.rsplit(".", 1)[-1] for _, b in blocks for n, m in b.named_modules()
+                     if isinstance(m, torch.nn.Linear)})
+    return rf"{re.escape(stack)}\.\d+\.(?:.+\.)?(?:{'|'.join(map(re.escape, leaves))})"
+
+
 def input_device(model: torch.nn.Module) -> torch.device:
     """Where a model's input ids go: for a model spread by a device map, its first accelerator (accelerate's main
     device: its hooks move every block's inputs on from there), else the device of its first parameter."""

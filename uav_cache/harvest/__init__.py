@@ -27,7 +27,8 @@ from uav_cache import distributed
 from uav_cache.device import pick_device
 from uav_cache.errors import UavError
 from uav_cache.examples import ExampleSet, load_examples
-from uav_cache.models import (DEVICE_MAPS, ModelSpec, block_modules, input_device, layer_name, load, resolve,
+from uav_cache.models import (DEVICE_MAPS, ModelSpec, block_modules, hidden_size, input_device, layer_name, load,
+                              resolve,
                               tokenizer_fingerprint, weights_fingerprint)
 from uav_cache.store import (CODECS, DEFAULT_CODEC, DEFAULT_READOUTS, FP16_MAX, READOUTS, STORAGE_DTYPES, StoreWriter,
                              new_meta, to_bits)
@@ -145,7 +146,7 @@ def plan_meta(cfg: HarvestConfig, spec: ModelSpec, model, tok, ex: ExampleSet, n
         readout={r: READOUTS[r] for r in cfg.readouts},
         dtype=dtype,
         compute_dtype=compute_dtype,  # bf16 (CUDA) and fp32 (CPU) rows must not mix in one store
-        d_model=int(model.config.hidden_size),
+        d_model=hidden_size(model),
         tokenizer=tokenizer_fingerprint(tok),
         donor_input=cfg.donor_input,
         max_length=max_length,

@@ -31,7 +31,7 @@ from uav_cache.config import from_table, read_recipe, refuse_unknown
 from uav_cache.errors import UavError
 from uav_cache.files import share_mode
 from uav_cache.device import pick_device
-from uav_cache.models import embedding_norm, load, resolve, weights_fingerprint
+from uav_cache.models import block_linears, embedding_norm, hidden_size, load, resolve, weights_fingerprint
 from uav_cache.store import READOUTS, Store, check_compatible
 from uav_train.adapters import Adapter, adapter_config, build_adapter
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
@@ -294,7 +294,7 @@ class Trainer:
         self.peft = False
 
     def _new_adapter(self) -> Adapter:
-        adapter = build_adapter(self.adapter_cfg, self.meta["d_model"], len(self.layers), self.model.config.hidden_size,
+        adapter = build_adapter(self.adapter_cfg, self.meta["d_model"], len(self.layers), hidden_size(self.model),
                                 self.out_norm)
         if hasattr(adapter, "shift"):
             adapter.shift.copy_(self.train_mean())
@@ -384,8 +384,9 @@ class Trainer:
             self.peft = True
         elif not self.cfg.no_lora:
             lc = self.cfg.lora
+            targets = block_linears(self.model) if lc.target_modules == "all-linear" else lc.target_modules
             self.model = get_peft_model(self.model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                               target_modules=lc.target_modules, task_type="CAUSAL_LM"))
+                                                               target_modules=targets, task_type="CAUSAL_LM"))
             self.peft = True
 
     def lora_params(self) -> dict[str, torch.nn.Parameter]:
