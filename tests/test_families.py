@@ -80,7 +80,7 @@ def _unpadded_last(model, ids: list[int], path: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("family", list(CAUSAL))
 def test_family_harvest_train_explain(request, family, data, tmp_path):
-    from uav_eval.explain import explain
+    from uav_eval.verbalizer import explain
     from uav_eval.generate import generate
 
     folder = request.getfixturevalue(family)
@@ -129,8 +129,9 @@ def test_family_harvest_train_explain(request, family, data, tmp_path):
                       donor=str(folder))
     assert [q for q, _ in answers] == ["What colour is it?"]
     lr = load_run(run)
-    prompts = [lr.template.prompt(q, lr.adapter.k) for q in ("What colour is it?", "Which colour, in one word, is it?")]
-    soft = torch.randn(2, lr.adapter.k, model.get_input_embeddings().weight.shape[1]) * 0.1
+    k = 2  # the mlp adapter's soft tokens (_run)
+    prompts = [lr.template.prompt(q, k) for q in ("What colour is it?", "Which colour, in one word, is it?")]
+    soft = torch.randn(2, k, model.get_input_embeddings().weight.shape[1]) * 0.1
     stop = lr.template.stop_ids()
     batched = generate(lr.model, lr.tok, prompts, soft, stop_ids=stop, max_new_tokens=4)
     one = [generate(lr.model, lr.tok, [p], soft[i:i + 1], stop_ids=stop, max_new_tokens=4)[0]
@@ -140,7 +141,7 @@ def test_family_harvest_train_explain(request, family, data, tmp_path):
 
 def test_bert_encoder_donor_harvest_train_explain(tiny_bert_dir, tiny_llama_dir, data, tmp_path):
     """The encoder family is a donor only: its blocks (encoder.layer.N) feed a causal decoder's adapter."""
-    from uav_eval.explain import explain
+    from uav_eval.verbalizer import explain
 
     store = _harvest(tiny_bert_dir, data, tmp_path / "store")
     assert store.layers == ["encoder.layer.1"] and store.meta["donor_kind"] == "encoder"
