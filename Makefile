@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-all harvest train eval demo bench clean
+.PHONY: setup test test-all harvest train eval demo bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,10 @@ demo: setup
 
 bench: setup
 	$(UAV) bench
+
+# On a GPU box: ≤ 10 min, one table (what passed, the rates). Without a GPU: its small CPU form (≤ 5 min).
+gpu-check: setup
+	$(UAV) gpu-check
 
 clean:
 	rm -rf stores runs data bench/tmp

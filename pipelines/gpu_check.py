@@ -146,8 +146,10 @@ def run_gpu_check(out: Path, form: str = "auto") -> list[Row]:
             metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
             last = [m for m in metrics if "val_loss" in m][-1]
             gap = last.get("reading_gap")
-            return (f"{steps} steps of batch {tcfg.batch_size} in {time.perf_counter() - t0:.0f} s, precision "
-                    f"{tcfg.precision}; val loss {last['val_loss']:.3f}" + (f", reading gap {gap:+.3f}" if gap is not None else ""))
+            from uav_train.trainer import resolve_precision
+
+            prec = resolve_precision(tcfg.precision, torch.device("cuda" if form == "cuda" else "cpu"))
+            return (f"{steps} steps of batch {tcfg.batch_size} in {time.perf_counter() - t0:.0f} s, {prec}; val loss {last['val_loss']:.3f}" + (f", reading gap {gap:+.3f}" if gap is not None else ""))
         trained = _step(rows, f"train {first['name']} ({steps} steps)", training)
 
         if f.eval_limit and trained:
@@ -161,7 +163,7 @@ def run_gpu_check(out: Path, form: str = "auto") -> list[Row]:
             _step(rows, f"eval {first['name']} (limit {f.eval_limit}, uav vs shuffled)", evaluation)
         elif trained:
             def explaining():
-                from uav_eval.explain import explain
+                from uav_eval.verbalizer import explain
                 (q, a), = explain(str(run_dir), "Shares rose after the bank reported record profits.",
                                   ["What is the topic?"], max_new_tokens=6)
                 return f"{q} → {a!r}"
@@ -251,8 +253,8 @@ def run_gpu_check(out: Path, form: str = "auto") -> list[Row]:
 
 
 def _markdown(rows: list[Row], form: str, n_gpu: int, seconds: float) -> str:
-    device = torch.cuda.get_device_name(0) if n_gpu else "CPU"
-    lines = [f"# uav gpu-check ({form} form, {n_gpu} × {device}, {time.strftime('%Y-%m-%d')}, {seconds / 60:.1f} min)", ""]
+    device = f"{n_gpu} × {torch.cuda.get_device_name(0)}" if n_gpu else "no GPU"
+    lines = [f"# uav gpu-check ({form} form, {device}, {time.strftime('%Y-%m-%d')}, {seconds / 60:.1f} min)", ""]
     if form == "cpu":
         lines += ["No GPU was visible: this is the small CPU form (a few dozen texts, ten steps). On a GPU box "
                   "`make gpu-check` runs the real check.", ""]
