@@ -257,6 +257,10 @@ def render(e: dict) -> str:
     mode = (f"FSDP2 over {p['nproc']} GPUs" if p["sharding"] == "fsdp" and p["nproc"] > 1 else
             f"DDP over {p['nproc']} GPUs" if p["nproc"] > 1 else "one process")
     fit = lambda ok: "fits" if ok else "does NOT fit"  # noqa: E731
+    room = p["gpu_gib"] * GIB - CONTEXT_GIB * GIB
+    need_donor = math.ceil(e["donor_parts"]["weights"] * p["donor_gpus"] / max(room - e["donor_parts"]["activations"], 1))
+    hint_donor = "" if e["fits"]["donor"] else f" (spread it: --device-map auto over ≥ {need_donor} GPUs)"
+    hint_dec = "" if e["fits"]["decoder"] else " (try --sharding fsdp with more --nproc, or --grad-checkpointing)"
     lines = [
         f"uav plan: {d['name']} ({d['params'] / 1e9:.2f}B) → {c['name']} ({c['params'] / 1e9:.2f}B), adapter "
         f"{p['adapter']} (k {e['k']}), precision {e['precision']}, {mode}",
@@ -268,13 +272,13 @@ def render(e: dict) -> str:
         f"donor     {_gib(e['donor_bytes'])} {where}"
         + (f" (spread over {p['donor_gpus']} GPUs by --device-map)" if p["donor_gpus"] > 1 else "")
         + f": weights {_gib(e['donor_parts']['weights'])}, activations {_gib(e['donor_parts']['activations'])}"
-        + (f" — {fit(e['fits']['donor'])} a {p['gpu_gib']:g} GiB GPU" if p["device"] != "cpu" else ""),
+        + (f" — {fit(e['fits']['donor'])} a {p['gpu_gib']:g} GiB GPU{hint_donor}" if p["device"] != "cpu" else ""),
         f"decoder   {_gib(e['decoder_bytes'])} {where}: frozen weights {_gib(e['decoder_parts']['frozen_weights'])}, "
         f"adapter {e['adapter_params'] / 1e6:.1f}M + LoRA {e['lora_params'] / 1e6:.1f}M params with AdamW "
         f"{_gib(e['decoder_parts']['trainables_with_adam'])}, activations {_gib(e['decoder_parts']['activations'])} "
         f"({max(1, math.ceil(p['batch_size'] / p['nproc']))} items × {e['seq']} tokens), LM-head logits "
         f"{_gib(e['decoder_parts']['logits'])}"
-        + (f" — {fit(e['fits']['decoder'])} a {p['gpu_gib']:g} GiB GPU" if p["device"] != "cpu" else ""),
+        + (f" — {fit(e['fits']['decoder'])} a {p['gpu_gib']:g} GiB GPU{hint_dec}" if p["device"] != "cpu" else ""),
         f"training  {p['steps'] + p['stage1_steps']} steps × {p['batch_size']} items × ~{e['seq']} tokens = "
         f"{e['train_tokens'] / 1e6:.2f}M tokens through {c['name']}",
         "",

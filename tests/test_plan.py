@@ -86,6 +86,9 @@ def test_paper_scale_plan_prints_memory_and_assumptions():
     blocks = 36 * arch_of(resolve("qwen3-4b")).block_params * 2
     assert one["decoder_parts"]["frozen_weights"] - fsdp["decoder_parts"]["frozen_weights"] == pytest.approx(
         blocks * 7 / 8 - 2 * blocks / 36)
+    r = CliRunner().invoke(app, ["plan", "--donor", "yi-34b", "--texts", "10", "--chars-per-text", "100",
+                                 "--gpu-gib", "40"])
+    assert "does NOT fit a 40 GiB GPU (spread it: --device-map auto over ≥ 2 GPUs)" in r.output, r.output
     yi = dict(donor="yi-34b", texts=10, chars_per_text=100, gpu_gib=40)  # 68.8 GB of bf16 weights
     assert not estimate(PlanInput(**yi))["fits"]["donor"] and estimate(PlanInput(**yi, donor_gpus=2))["fits"]["donor"]
 
