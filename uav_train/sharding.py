@@ -6,6 +6,9 @@ Embeddings, the final norm and the LM head stay whole on every rank (they are ca
 and for the registry's decoders are ~2-10% of the weights). The LoRA that stage 2 adds later, and the adapter, are
 not sharded: they train, they are small, and DDP averages their gradients exactly as in ``sharding = "ddp"``
 (``Trainer._ddp``), so the loss normalisation, the optimizer, clipping and the rank-0 writes do not change.
+
+Each rank loads the whole decoder on the CPU first (host memory: N × the decoder while the run starts), then moves
+each block to its GPU as it shards it. Tested with gloo on CPU processes; the CUDA/NCCL path is untested.
 """
 
 from __future__ import annotations
