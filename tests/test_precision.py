@@ -53,6 +53,14 @@ def test_a_bf16_run_trains_and_saves_fp32_weights(tmp_path, stores, tiny_llama_d
     assert len(rows) == 7 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     for f in ("adapter.safetensors", "lora/adapter_model.safetensors"):
         assert all(v.dtype == torch.float32 for v in load_file(str(run / f)).values())
+    # evaluation loads the decoder as it trained (bf16), and answers
+    from uav_eval.protocol import EvalConfig, evaluate
+    from uav_train.run import load_run
+
+    assert next(load_run(run).model.get_base_model().parameters()).dtype == torch.bfloat16
+    res = evaluate(EvalConfig(run=str(run), methods=["uav", "shuffled"], limit=2, similarity=False, n_boot=10,
+                              progress=False, probe=False))
+    assert res.n_items > 0 and all(isinstance(r["score"], float) for r in res.items if r["method"] == "uav")
 
 
 def test_precision_is_identity_but_auto_and_sharding_are_not(tmp_path, stores, tiny_llama_dir):  # noqa: F811
