@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from uav_cache.examples import TASKS
@@ -30,7 +29,7 @@ from uav_eval.methods import METHODS, READING_METRIC
 from uav_eval.results import Results
 from uav_eval.generate import generate
 from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
-from uav_train.stream import InputSpec, Item, _kind, derangement, read_rows, stack_acts, stack_x, task_of
+from uav_train.stream import InputSpec, Item, _kind, derangement, read_rows, stack_x, task_of
 
 # max new tokens by task group (classification, fact, gist; yes/no questions)
 TASK_TOKENS = {**dict(zip(TASKS, (8, 16, 32), strict=True)), "yesno": 4}
@@ -130,22 +129,18 @@ def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalC
 GENERALIZATION = ("seen dataset, seen phrasing", "seen dataset, new phrasing", "dataset never trained")
 
 
-@torch.no_grad()
 def answer_scores(lr: LoadedRun, items: list[Item], answers: list[str], other: list[int], batch_size: int) -> list[float]:
     """Per item: the mean log-probability per token of ``answers[i]`` given its own activation minus given
     ``items[other[i]]``'s (the shuffled control's): how much the activation, not the question, backs the answer."""
-    from uav_train.trainer import answer_losses
+    from uav_eval.verbalizer import logprobs
 
-    device = next(lr.model.parameters()).device
     out = []
     for b in range(0, len(items), batch_size):
         ix = list(range(b, min(b + batch_size, len(items))))
         qs, ans = [items[i].question for i in ix], [metrics.strip_echo(answers[i], items[i].question) for i in ix]
-        lp = []
-        for acts in ([items[i].x for i in ix], [items[other[i]].x for i in ix]):
-            s_, c_ = answer_losses(lr.model, lr.template, lr.adapter, stack_acts(acts), qs, ans, device=device)
-            lp.append(-s_.double().cpu() / c_.double().clamp_min(1).cpu())
-        out += (lp[0] - lp[1]).tolist()
+        own = logprobs(lr, [items[i].x for i in ix], qs, ans)
+        swapped = logprobs(lr, [items[other[i]].x for i in ix], qs, ans)
+        out += [a - b_ for a, b_ in zip(own, swapped)]
     return out
 
 

@@ -225,13 +225,9 @@ class Verbalizer:
             out.append(Acts(None, ra.tokens[a:a + w], ra.positions[a:a + w]))
         return out
 
-    @torch.no_grad()
     def logprob(self, acts: list[Acts], questions: list[str], answers: list[str]) -> list[float]:
         """Mean log-probability per answer token of each answer, teacher-forced, given each acts."""
-        lr = self.lr
-        sums, counts = answer_losses(lr.model, lr.template, lr.adapter, stack_acts(acts), questions, answers,
-                                     device=self.device)
-        return [float(-s / max(int(c), 1)) for s, c in zip(sums.cpu(), counts.cpu())]
+        return logprobs(self.lr, acts, questions, answers)
 
     def score(self, acts: Acts, question: str, answer: str, refs: list[Acts] | None = None) -> float | None:
         """log p(answer | acts) − mean over references of log p(answer | reference), per answer token (nats)."""
@@ -253,6 +249,15 @@ class Verbalizer:
         prompts = [t.prompt(q, int(n)) for q, n in zip(questions, mask.sum(1).tolist())]
         return generate(lr.model, lr.tok, prompts, soft, stop_ids=t.stop_ids(), max_new_tokens=max_new_tokens,
                         soft_mask=mask)
+
+
+@torch.no_grad()
+def logprobs(lr: LoadedRun, acts: list[Acts], questions: list[str], answers: list[str]) -> list[float]:
+    """Mean log-probability per answer token of each answer (its end of turn included), teacher-forced, given each
+    item's activation: what the Verbalizer's and the evaluation's scores compare."""
+    sums, counts = answer_losses(lr.model, lr.template, lr.adapter, stack_acts(acts), questions, answers,
+                                 device=next(lr.model.parameters()).device)
+    return [float(-s / max(int(c), 1)) for s, c in zip(sums.double().cpu(), counts.cpu())]
 
 
 def _readout(h: torch.Tensor, readout: str) -> torch.Tensor:
