@@ -157,3 +157,174 @@ def test_generator_is_deterministic_and_seeded():
 def test_unknown_family_is_refused():
     with pytest.raises(UavError, match="unknown question family 'nope'"):
         questions.add_yesno([labeled("train")], [questions.Relation("topic", "nope", "article")])
+
+
+# --- the labeled sources and the oracle recipe ------------------------------------------------
+
+import socket  # noqa: E402
+from collections import Counter  # noqa: E402
+
+NEW_SOURCES = ("word_sentiment", "noun_number", "verb_tense", "language_id", "car_origin", "unit_dimension",
+               "holiday_month", "element_family", "us_state")
+SMALL = {"element_family": 90, "us_state": 50}  # what the data allows; every other source has >= 100
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory) -> tuple[schema.ExampleSet, dict]:
+    """The oracle build, made with every socket refused: the sources read package files, never the network."""
+    real = socket.socket.connect
+
+    def refuse(*a, **k):
+        raise OSError("network used during a build")
+
+    socket.socket.connect = refuse
+    try:
+        es = corpora.build("oracle", seed=0)
+    finally:
+        socket.socket.connect = real
+    out = es.save(tmp_path_factory.mktemp("oracle"))
+    return es, json.loads((out / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("source", NEW_SOURCES)
+def test_new_source_loads_offline_with_labels(source):
+    pool = corpora.SOURCES[source]()
+    assert len(pool) >= SMALL.get(source, 100)
+    assert len({e["id"] for e in pool}) == len(pool) and len({e["text"] for e in pool}) == len(pool)
+    for e in pool:
+        schema.check_example({k: v for k, v in e.items() if not k.startswith("_")})
+        assert e["_facts"] and e["qa"][0]["answer"] == next(iter(e["_facts"].values()))
+        assert ("label" in e) == (e["task"] == "classification")
+        assert len(e["text"].split()) <= corpora.MAX_WORDS
+    assert source in corpora.YESNO and source in corpora.SOURCE_INFO
+
+
+def test_labels_are_honest_on_known_cases():
+    by_text = lambda src: {e["id"].split("/", 1)[1]: e for e in corpora.SOURCES[src]()}  # noqa: E731
+    assert by_text("element_family")["Ne"]["label"] == "noble gas"
+    assert by_text("element_family")["Fe"]["label"] == "transition metal"
+    assert by_text("us_state")["OH"]["qa"][0]["answer"] == "Columbus"
+    units = by_text("unit_dimension")
+    assert units["kilometer"]["label"] == "length" and units["hectare"]["label"] == "area"
+    words = by_text("word_sentiment")
+    assert words["good"]["label"] == "positive" and words["bad"]["label"] == "negative"
+    for e in corpora.SOURCES["verb_tense"]():
+        base = e["id"].split("/", 1)[1]
+        assert (f" {base} " in f" {e['text']} ") == (e["label"] == "present"), e
+    cars = {e["text"]: e["label"] for e in corpora.SOURCES["car_origin"]()}
+    assert all(v == "Japan" for t, v in cars.items() if " toyota " in f" {t} ")
+
+
+def test_language_id_words_belong_to_one_language_only():
+    by_lang: dict[str, set[str]] = {}
+    for e in corpora.SOURCES["language_id"]():
+        by_lang.setdefault(e["label"], set()).update(w.strip(".").lower() for w in e["text"].split())
+    langs = sorted(by_lang)
+    assert len(langs) == len(corpora.LANGUAGES)
+    for i, a in enumerate(langs):
+        for b in langs[i + 1:]:
+            assert not by_lang[a] & by_lang[b], (a, b)
+
+
+def test_oracle_counts_are_in_the_manifest(oracle):
+    es, manifest = oracle
+    spec = corpora.RECIPES["oracle"]
+    assert manifest["source_counts"] == es.source_counts()
+    for source, n in spec.counts.items():
+        got = manifest["source_counts"][source]
+        assert got == n if n != corpora.ALL else got == len(corpora.SOURCES[source]()), source
+    assert set(NEW_SOURCES) <= set(manifest["source_counts"])
+    assert sum(1 for s in NEW_SOURCES if manifest["source_counts"][s] >= 100) >= 6
+    for source in spec.counts:
+        info = manifest["sources"][source]
+        assert info["license"] and all(info["packages"].values()), source  # every data package installed, versioned
+    assert len(es.examples) <= 2500  # a SmolLM2 harvest of it stays within ~5 min on the 2-core box
+
+
+def test_oracle_heldout_split_is_written_down(oracle):
+    es, manifest = oracle
+    held, train = set(manifest["heldout_sources"]), set(manifest["training_sources"])
+    assert len(held) >= 3 and not held & train and held | train == set(corpora.RECIPES["oracle"].counts)
+    assert held == set(corpora.ORACLE_HELDOUT) and manifest["note"]
+    # of different kinds: held-out datasets ask different question families
+    families = {s: {r.family for r in corpora.YESNO[s]} for s in held}
+    assert len(set().union(*families.values())) == len(held)
+    for e in es.examples:
+        assert e.get("heldout_dataset", False) == (e["source"] in held), e["id"]
+    for family, ids in manifest["heldout_templates"].items():
+        assert ids == questions.template_split(family)["heldout"]
+
+
+def test_oracle_yes_no_is_balanced_per_source_and_phrasing(oracle):
+    es, manifest = oracle
+    labeled = [s for s in corpora.RECIPES["oracle"].counts if corpora.YESNO.get(s)]
+    for source in labeled:
+        pairs = [p for e in es.examples if e["source"] == source for p in e["qa"] if schema.qa_kind(p) == "yesno"]
+        assert pairs, source
+        for phrasing in ("seen", "heldout"):
+            c = Counter(p["answer"] for p in pairs if p["phrasing"] == phrasing)
+            assert c["yes"] == c["no"] > 0, (source, phrasing, c)
+        q = manifest["qa_counts"][source]
+        assert q["yes"] == q["no"] == q["yesno"] / 2
+    # open questions stay beside them
+    assert all(any(schema.qa_kind(p) == "open" for p in e["qa"]) for e in es.examples)
+
+
+def test_oracle_heldout_phrasings_are_never_seen_and_never_on_train(oracle):
+    es, _ = oracle
+    held_ids = {t for f in questions.FAMILIES for t in questions.template_split(f)["heldout"]}
+    for e in es.examples:
+        schema.check_example(e)
+        assert not [k for k in e if k.startswith("_")]
+        for p in e["qa"]:
+            if schema.qa_kind(p) != "yesno":
+                continue
+            assert (p["template"] in held_ids) == (p["phrasing"] == "heldout"), p
+            assert p["phrasing"] == "seen" or e["split"] != "train", e["id"]
+            family, i = p["template"].split("/")
+            assert "{" not in p["question"] and int(i) < len(questions.FAMILIES[family])  # rendered, no slot left
+
+
+def test_oracle_build_is_deterministic_and_splits_by_hash(oracle):
+    es, _ = oracle
+    again = corpora.build("oracle", seed=0)
+    assert again.fingerprint == es.fingerprint
+    hashed = [e for e in es.examples if e["source"] != "aclsum"]
+    assert all(e["split"] == schema.hash_split(e["id"]) for e in hashed)
+
+
+def test_demo_and_full_carry_none_of_the_new_keys(tmp_path):
+    """Old recipes build exactly as before: no yes/no pairs, no held-out marks, no private keys."""
+    demo = corpora.build("demo")
+    for e in demo.examples:
+        assert not {"heldout_dataset"} & set(e) and not [k for k in e if k.startswith("_")]
+        assert all(set(p) == {"question", "answer"} for p in e["qa"])
+    assert "heldout_sources" not in demo.meta
+
+
+def test_stale_recipe_cache_is_rebuilt(oracle, tmp_path, monkeypatch):
+    es, _ = oracle
+    es.save(tmp_path / "oracle")
+    monkeypatch.setattr(load, "build", lambda *a, **k: pytest.fail("cache not used"))
+    assert load.load_examples("oracle", data_dir=tmp_path).fingerprint == es.fingerprint
+    # a recipe definition that moved on (other counts, templates or package versions) no longer matches
+    m = json.loads((tmp_path / "oracle" / "manifest.json").read_text())
+    m["recipe_hash"] = "0" * 64
+    (tmp_path / "oracle" / "manifest.json").write_text(json.dumps(m))
+    monkeypatch.setattr(load, "build", lambda *a, **k: es)
+    assert load.load_examples("oracle", data_dir=tmp_path).fingerprint == es.fingerprint
+    assert json.loads((tmp_path / "oracle" / "manifest.json").read_text())["recipe_hash"] == es.meta["recipe_hash"]
+
+
+def test_data_build_cli_reports_the_split(oracle, tmp_path, monkeypatch, capsys):
+    import uav_cache.examples as examples
+    from uav_cache.cli import data_build
+
+    es, _ = oracle
+    monkeypatch.setattr(examples, "build", lambda recipe, seed=0: es)
+    data_build(recipe="oracle", out=tmp_path / "o", seed=0)
+    out = capsys.readouterr().out
+    assert f"{len(es.examples)} examples" in out and "held-out templates: 39 of 156" in out
+    held = [line.split()[0] for line in out.splitlines() if line.endswith("HELD-OUT DATASET")]
+    assert held == list(corpora.ORACLE_HELDOUT)
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["heldout_sources"] == held

@@ -72,6 +72,19 @@ class ExampleSet:
             counts[ex["source"]] = counts.get(ex["source"], 0) + 1
         return counts
 
+    def qa_counts(self) -> dict[str, dict[str, int]]:
+        """Per source: open and yes/no questions, yes and no answers, and held-out phrasings among them."""
+        counts: dict[str, dict[str, int]] = {}
+        for ex in self.examples:
+            c = counts.setdefault(ex["source"], {"open": 0, "yesno": 0, "yes": 0, "no": 0, "heldout_phrasing": 0})
+            for p in ex["qa"]:
+                kind = qa_kind(p)
+                c[kind] = c.get(kind, 0) + 1
+                if kind == "yesno":
+                    c[yes_no(p["answer"]) or "no"] += 1
+                    c["heldout_phrasing"] += qa_phrasing(p) == "heldout"
+        return counts
+
     def save(self, out_dir: Path) -> Path:
         """Write examples.jsonl + manifest.json; each file is replaced atomically so a reader never sees half."""
         out_dir = Path(out_dir)
@@ -83,6 +96,7 @@ class ExampleSet:
             "n_examples": len(self.examples),
             "split_sizes": self.split_sizes(),
             "source_counts": self.source_counts(),
+            "qa_counts": self.qa_counts(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "builder_version": BUILDER_VERSION,
             **{k: v for k, v in self.meta.items() if k not in ("name", "fingerprint")},
