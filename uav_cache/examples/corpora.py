@@ -76,6 +76,7 @@ RECIPES: dict[str, Recipe] = {
     # questions over every labeled source. 2,356 texts: 850 demo + 1,506 new (short: a word or a sentence); a
     # harvest of SmolLM2-135M at max_length 48 reads ~46k tokens.
     "oracle": Recipe({
+        # training datasets
         "bbc_topic": 200,
         "tweet_sentiment": 150,
         "country_fact_text": 100,
@@ -88,13 +89,14 @@ RECIPES: dict[str, Recipe] = {
         "holiday_month": 180,
         "element_family": ALL,
         "us_state": ALL,
+        # held-out datasets (ORACLE_HELDOUT): never trained, evaluation only
         "word_sentiment": 240,
         "verb_tense": 240,
         "language_id": 200,
         "car_origin": 171,
     }, yesno=True, heldout_sources=ORACLE_HELDOUT, note=ORACLE_NOTE),
 }
-# The same split with every item of every source: the GPU-scale build (about 12k texts).
+# The same split with every item of every source: the GPU-scale build (14,106 texts, 33k yes/no questions).
 RECIPES["oracle_full"] = Recipe({s: ALL for s in RECIPES["oracle"].counts}, yesno=True,
                                 heldout_sources=ORACLE_HELDOUT, note=ORACLE_NOTE.replace(
                                     "Sized so a SmolLM2-135M harvest at max_length 48 takes <= 5 min on a 2-core CPU.",
