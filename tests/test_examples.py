@@ -34,9 +34,9 @@ def test_build_is_deterministic(demo):
 
 def test_demo_counts_follow_recipe(demo):
     counts = demo.source_counts()
-    for source, n in corpora.RECIPES["demo"].items():
+    for source, n in corpora.RECIPES["demo"].counts.items():
         assert counts[source] == n, source
-    assert len(demo.examples) == sum(corpora.RECIPES["demo"].values())
+    assert len(demo.examples) == sum(corpora.RECIPES["demo"].counts.values())
 
 
 def test_every_example_matches_schema(demo):

@@ -82,17 +82,29 @@ def int_list(value: Optional[str], what: str) -> list[int] | None:
 
 @data_app.command("build")
 def data_build(
-    recipe: Annotated[str, typer.Option(help="Which examples to build: demo (small) or full.")] = "demo",
+    recipe: Annotated[str, typer.Option(help="Which examples to build: demo (small), full, oracle (demo + nine "
+                                             "labeled word-list sources + yes/no questions, with held-out datasets "
+                                             "and phrasings) or oracle_full (the same, every item).")] = "demo",
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default data/RECIPE).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the deterministic subset choice.")] = 0,
 ) -> None:
-    """Turn BBC news, tweets, country facts, cities and ACL summaries into examples.jsonl + manifest.json."""
+    """Turn the text and tables shipped in the data packages into examples.jsonl + manifest.json."""
     from uav_cache.examples import build
 
     ex = build(recipe, seed=seed)
     path = ex.save(out or Path("data") / recipe)
     sizes = ", ".join(f"{k} {v}" for k, v in ex.split_sizes().items())
     typer.echo(f"{len(ex.examples)} examples ({sizes}), fingerprint {ex.fingerprint[:12]} → {path}/examples.jsonl")
+    if ex.meta.get("heldout_sources") is not None:
+        qa = ex.qa_counts()
+        held = set(ex.meta["heldout_sources"])
+        for source, n in ex.source_counts().items():
+            c = qa[source]
+            typer.echo(f"  {source:24s} {n:5d} texts  {c['open']:5d} open  {c['yesno']:5d} yes/no "
+                       f"({c['heldout_phrasing']} held-out phrasing)" + ("  HELD-OUT DATASET" if source in held else ""))
+        typer.echo(f"held-out templates: {sum(map(len, ex.meta['heldout_templates'].values()))} of "
+                   f"{sum(map(len, ex.meta['templates'].values()))} in {len(ex.meta['templates'])} families "
+                   f"(listed in {path}/manifest.json)")
 
 
 def harvest_command(

@@ -3,6 +3,8 @@ by name with caching (load.py). The names most callers need are importable from 
 
 from uav_cache.examples.corpora import RECIPES, build
 from uav_cache.examples.load import load_examples
-from uav_cache.examples.schema import SPLITS, TASKS, ExampleSet, check_example
+from uav_cache.examples.schema import (KINDS, PHRASINGS, SPLITS, TASKS, ExampleSet, check_example, qa_kind,
+                                       qa_phrasing, yes_no)
 
-__all__ = ["RECIPES", "SPLITS", "TASKS", "ExampleSet", "build", "check_example", "load_examples"]
+__all__ = ["KINDS", "PHRASINGS", "RECIPES", "SPLITS", "TASKS", "ExampleSet", "build", "check_example", "load_examples",
+           "qa_kind", "qa_phrasing", "yes_no"]

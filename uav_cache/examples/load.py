@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from uav_cache.errors import UavError
-from uav_cache.examples.corpora import RECIPES, build
+from uav_cache.examples.corpora import RECIPES, build, recipe_meta
 from uav_cache.examples.schema import BUILDER_VERSION, ExampleSet, fingerprint, normalise
 
 
@@ -69,7 +69,8 @@ def _limited(name: str, examples: list[dict], limit: int | None, meta: dict) -> 
 
 
 def _cached(dir_: Path) -> ExampleSet | None:
-    """A saved recipe build, if present, written by this builder version and intact (fingerprint matches)."""
+    """A saved recipe build, if present, written by this builder version from the recipe's current definition
+    (same recipe_hash: counts, held-out split, templates, data package versions) and intact (fingerprint)."""
     try:
         manifest = json.loads((dir_ / "manifest.json").read_text(encoding="utf-8"))
         examples = _read_jsonl(dir_ / "examples.jsonl")
@@ -77,9 +78,9 @@ def _cached(dir_: Path) -> ExampleSet | None:
         return None
     if (manifest.get("builder_version"), manifest.get("recipe"), manifest.get("seed")) != (BUILDER_VERSION, dir_.name, 0):
         return None
-    if manifest.get("fingerprint") != fingerprint(examples):
+    meta = recipe_meta(dir_.name)
+    if manifest.get("recipe_hash") != meta["recipe_hash"] or manifest.get("fingerprint") != fingerprint(examples):
         return None
-    meta = {k: manifest[k] for k in ("recipe", "seed", "recipe_counts") if k in manifest}
     return ExampleSet(manifest.get("name", dir_.name), examples, manifest["fingerprint"], meta)
 
 

@@ -3,11 +3,27 @@
 Every example is a plain dict (one JSON object per line on disk)::
 
     {"id", "text", "task": classification|fact|gist|any other name, "source", "split": train|val|test,
-     "qa": [{"question", "answer"}, ...], "label" (classification only)}
+     "qa": [{"question", "answer"}, ...], "label" (classification only), "heldout_dataset" (optional)}
 
 The built-in sets use the three task groups of TASKS; user data may name any task (it is reported as its own
 group, see uav_eval.protocol.TASK_TOKENS for the answer length it gets). An example's split follows from its
 id (:func:`hash_split`) unless it names one.
+
+A qa pair may carry three optional keys, so that training and evaluation can tell question kinds and phrasings
+apart (see uav_cache.examples.questions, which writes them):
+
+- ``kind``: ``"open"`` (a free answer: "What is the topic?") or ``"yesno"`` (the answer is ``"yes"`` or
+  ``"no"``).
+- ``template``: the id of the template that phrased the question, ``FAMILY/INDEX`` (``"topic_yesno/3"``).
+- ``phrasing``: ``"seen"`` or ``"heldout"``. A held-out phrasing is never trained on: training skips it, and
+  evaluation reports it as "seen dataset, new phrasing".
+
+Data without these keys stays valid and reads as kind "open", phrasing "seen" (:func:`qa_kind`,
+:func:`qa_phrasing`), except that a pair whose answer is yes or no (any case, trailing period allowed) reads as
+kind "yesno": in a user JSONL a yes/no item is simply ``{"question": "Is this about sport?", "answer": "no"}``.
+
+``heldout_dataset: true`` on an example marks its whole source as a dataset never trained: no training stage
+(question answering or context prediction) may read it; evaluation reports it as "dataset never trained".
 """
 
 from __future__ import annotations
@@ -25,6 +41,8 @@ from uav_cache.files import write_text_atomic
 BUILDER_VERSION = "1"
 TASKS = ("classification", "fact", "gist")  # the built-in groups and the report's order; not a closed list
 SPLITS = ("train", "val", "test")
+KINDS = ("open", "yesno")  # qa["kind"]
+PHRASINGS = ("seen", "heldout")  # qa["phrasing"]
 
 
 def fingerprint(examples: list[dict]) -> str:
@@ -54,6 +72,19 @@ class ExampleSet:
             counts[ex["source"]] = counts.get(ex["source"], 0) + 1
         return counts
 
+    def qa_counts(self) -> dict[str, dict[str, int]]:
+        """Per source: open and yes/no questions, yes and no answers, and held-out phrasings among them."""
+        counts: dict[str, dict[str, int]] = {}
+        for ex in self.examples:
+            c = counts.setdefault(ex["source"], {"open": 0, "yesno": 0, "yes": 0, "no": 0, "heldout_phrasing": 0})
+            for p in ex["qa"]:
+                kind = qa_kind(p)
+                c[kind] = c.get(kind, 0) + 1
+                if kind == "yesno":
+                    c[yes_no(p["answer"]) or "no"] += 1
+                    c["heldout_phrasing"] += qa_phrasing(p) == "heldout"
+        return counts
+
     def save(self, out_dir: Path) -> Path:
         """Write examples.jsonl + manifest.json; each file is replaced atomically so a reader never sees half."""
         out_dir = Path(out_dir)
@@ -65,6 +96,7 @@ class ExampleSet:
             "n_examples": len(self.examples),
             "split_sizes": self.split_sizes(),
             "source_counts": self.source_counts(),
+            "qa_counts": self.qa_counts(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "builder_version": BUILDER_VERSION,
             **{k: v for k, v in self.meta.items() if k not in ("name", "fingerprint")},
@@ -82,6 +114,41 @@ def hash_split(example_id: str) -> str:
     """80/10/10 train/val/test from sha256(id): stable across runs, machines and dataset sizes."""
     bucket = int(sha256_text(example_id)[:8], 16) % 10
     return "train" if bucket < 8 else ("val" if bucket == 8 else "test")
+
+
+def yes_no(answer: str) -> str | None:
+    """"yes" or "no" if ``answer`` is one (any case, surrounding space and a trailing period allowed), else None."""
+    a = answer.strip().lower().rstrip(".").strip()
+    return a if a in ("yes", "no") else None
+
+
+def qa_kind(pair: dict) -> str:
+    """A qa pair's kind: its own ``kind`` key, else "yesno" when the answer is yes or no, else "open"."""
+    return pair.get("kind") or ("yesno" if yes_no(pair["answer"]) else "open")
+
+
+def qa_phrasing(pair: dict) -> str:
+    """A qa pair's phrasing: "heldout" (never trained on) or "seen" (the default)."""
+    return pair.get("phrasing") or "seen"
+
+
+def _check_qa(qa: Any, where: str, fix: str) -> None:
+    if not isinstance(qa, list) or not all(
+        isinstance(p, dict) and isinstance(p.get("question"), str) and isinstance(p.get("answer"), str) for p in qa
+    ):
+        raise UavError(f"{where}: 'qa' must be a list of {{\"question\": str, \"answer\": str}}", fix)
+    for i, p in enumerate(qa):
+        at = f"{where}: qa[{i}]"
+        if "kind" in p and p["kind"] not in KINDS:
+            raise UavError(f"{at} 'kind' must be one of {', '.join(KINDS)}, got {p['kind']!r}", "drop it or fix it")
+        if p.get("kind") == "yesno" and yes_no(p["answer"]) is None:
+            raise UavError(f"{at} is kind 'yesno' but its answer is {p['answer']!r}", 'answer "yes" or "no"')
+        if "template" in p and not (isinstance(p["template"], str) and p["template"].strip()):
+            raise UavError(f"{at} 'template' must be a non-empty string, got {p['template']!r}",
+                           'name the template, e.g. "topic_yesno/3", or drop the key')
+        if "phrasing" in p and p["phrasing"] not in PHRASINGS:
+            raise UavError(f"{at} 'phrasing' must be one of {', '.join(PHRASINGS)}, got {p['phrasing']!r}",
+                           'use "heldout" for a phrasing never trained on, or drop the key')
 
 
 def check_example(ex: Any, where: str = "example") -> dict:
@@ -103,11 +170,9 @@ def check_example(ex: Any, where: str = "example") -> dict:
         raise UavError(f"{where} (id {ex_id!r}): 'split' must be one of {', '.join(SPLITS)}, got {ex.get('split')!r}", fix)
     if not isinstance(ex.get("source"), str) or not ex["source"]:
         raise UavError(f"{where} (id {ex_id!r}): 'source' must be a non-empty string", fix)
-    qa = ex.get("qa")
-    if not isinstance(qa, list) or not all(
-        isinstance(p, dict) and isinstance(p.get("question"), str) and isinstance(p.get("answer"), str) for p in qa
-    ):
-        raise UavError(f"{where} (id {ex_id!r}): 'qa' must be a list of {{\"question\": str, \"answer\": str}}", fix)
+    _check_qa(ex.get("qa"), f"{where} (id {ex_id!r})", fix)
+    if "heldout_dataset" in ex and not isinstance(ex["heldout_dataset"], bool):
+        raise UavError(f"{where} (id {ex_id!r}): 'heldout_dataset' must be true or false", "drop it or write true")
     if ex["task"] == "classification" and not (isinstance(ex.get("label"), str) and ex["label"]):
         raise UavError(f"{where} (id {ex_id!r}): classification examples need a string 'label'", fix)
     return ex
