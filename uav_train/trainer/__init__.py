@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from uav_cache import distributed
 from uav_cache.config import from_table, read_recipe, refuse_unknown
 from uav_cache.errors import UavError
-from uav_cache.files import share_mode
+from uav_cache.files import share_mode, write_text_atomic
 from uav_cache.device import pick_device
 from uav_cache.models import embedding_norm, load, resolve, weights_fingerprint
 from uav_cache.store import READOUTS, Store, check_compatible
@@ -492,7 +492,7 @@ class Trainer:
         if p.exists() and self.ranks.main:
             keep = [ln for ln in p.read_text().splitlines()
                     if ln.strip() and not (json.loads(ln)["stage"] == stage and json.loads(ln)["step"] > step)]
-            p.write_text("".join(ln + "\n" for ln in keep))
+            write_text_atomic(p, "".join(ln + "\n" for ln in keep))  # a kill mid-write must not lose the log
 
     # ---- the whole run
     def fit(self) -> Path:
