@@ -39,6 +39,7 @@ class EvalConfig:
     store: str | None = None  # store to evaluate on (default: the run's training store, which must still hold its dataset)
     split: str = "test"  # the store split to evaluate (val while choosing settings; test once, for the result)
     limit: int | None = None  # at most N items per source (the first N in store order)
+    allow_incomplete: bool = False  # evaluate on a store whose harvest has not finished (its committed shards only)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     batch_size: int = 16  # generation batch size
     max_new_tokens: dict = field(default_factory=lambda: dict(TASK_TOKENS))
@@ -56,7 +57,10 @@ def eval_items(store: Store, split: str, limit: int | None, layers: list[str], t
     ex = store.examples()
     rows = store.split_rows(split)
     if len(rows) == 0:
-        raise UavError(f"store {store.path} has no committed {split!r} rows", "harvest a dataset with a test split")
+        fix = ("its rows are in shards not committed yet: finish the harvest (re-run the same command)"
+               if (store.column("split") == split).any() else f"evaluate a split the store has (--split val) or "
+               f"harvest a dataset with a {split} split")
+        raise UavError(f"store {store.path} has no committed {split!r} rows", fix)
     per_source: dict[str, int] = defaultdict(int)
     picked: list[tuple[int, str, str]] = []
     for r in rows:
@@ -206,6 +210,7 @@ def evaluate(cfg: EvalConfig) -> Results:
     t0 = time.perf_counter()
     rec = RunInfo.open(cfg.run).record  # the store is checked before the decoder is loaded
     store = eval_store(cfg.store, rec)
+    store.check_usable(cfg.allow_incomplete)
     first = rec.stores[0]
     check_compatible(store, donor=rec.donor, d_model=first.d_model, weights_fingerprint=first.weights_fingerprint)
     for layer in rec.layers:

@@ -108,6 +108,10 @@ def check_example(ex: Any, where: str = "example") -> dict:
         isinstance(p, dict) and isinstance(p.get("question"), str) and isinstance(p.get("answer"), str) for p in qa
     ):
         raise UavError(f"{where} (id {ex_id!r}): 'qa' must be a list of {{\"question\": str, \"answer\": str}}", fix)
+    empty = next((i for i, p in enumerate(qa) if not p["question"].strip() or not p["answer"].strip()), None)
+    if empty is not None:  # an empty answer trains the decoder to stop at once and scores 0 whatever it says
+        raise UavError(f"{where} (id {ex_id!r}): qa item {empty} has an empty question or answer",
+                       "give every qa item a question and an answer, or drop the item")
     if ex["task"] == "classification" and not (isinstance(ex.get("label"), str) and ex["label"]):
         raise UavError(f"{where} (id {ex_id!r}): classification examples need a string 'label'", fix)
     return ex

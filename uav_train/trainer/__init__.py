@@ -32,10 +32,11 @@ from uav_cache.files import share_mode, write_text_atomic
 from uav_cache.device import pick_device
 from uav_cache.models import embedding_norm, load, resolve, weights_fingerprint
 from uav_cache.store import READOUTS, Store, check_compatible
+from uav_train import budget
 from uav_train.adapters import Adapter, adapter_config, build_adapter
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
-from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, RunRecord, StoreRecord, adapter_description,
-                           load_adapter, load_checkpoint, plot_losses, read_json, replace_dir,
+from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, RunInfo, RunRecord, StoreRecord, adapter_description,
+                           check_out, load_adapter, load_checkpoint, plot_losses, read_json, replace_dir,
                            save_adapter, save_checkpoint, save_tensors, temp_dir_for)
 from uav_train.stream import Item, ItemStream, derangement, read_x, stack_x
 
@@ -66,7 +67,7 @@ class TrainConfig:
     batch_size: int = 8  # items per step
     lr_stage1: float = 1e-3  # adapter, stage 1
     lr_adapter: float = 5e-4  # adapter, stage 2
-    lr_lora: float = 2e-4
+    lr_lora: float = 2e-4  # LoRA, stage 2
     warmup: int = 10  # linear warm-up steps, then cosine to 10%
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -91,6 +92,7 @@ class TrainConfig:
     shuffle_buffer: int = 512
     max_bad_fraction: float = 0.01  # items with NaN/inf activations are skipped up to this fraction
     skip_corrupt: bool = False  # unreadable store chunks: skip them (counted, warned) instead of refusing
+    allow_incomplete: bool = False  # train on a store whose harvest has not finished (its committed shards only)
     seed: int = 0  # random seed
     device: str = "auto"  # auto, cpu, cuda …
     grad_checkpointing: bool = False  # trade compute for memory
@@ -127,8 +129,9 @@ class TrainConfig:
 
         def at_least(name: str, value, low, strict: bool = False) -> None:
             if not (value > low if strict else value >= low):  # (NaN fails both)
-                raise UavError(f"{name} must be {'>' if strict else '≥'} {low}, got {value}",
-                               f"set {name} (--{name.replace('_', '-')}, or in a recipe) to a valid value")
+                from uav_train.cli import how_to_set
+
+                raise UavError(f"{name} must be {'>' if strict else '≥'} {low}, got {value}", f"set {how_to_set(name)}")
 
         for name in stages[self.stage]:
             at_least(name, getattr(self, name), 1)
@@ -159,7 +162,7 @@ class TrainConfig:
         d = asdict(self)
         # skip_corrupt is not identity: the stream is the same up to the first unreadable chunk, so a run that
         # stopped there resumes with --skip-corrupt exactly as a fresh --skip-corrupt run would go
-        for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt"):
+        for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt", "allow_incomplete"):
             d.pop(k)
         return d
 
@@ -238,7 +241,8 @@ class Trainer:
             if self.frozen_run.status != "complete" or not (Path(cfg.frozen_decoder) / LORA).exists():
                 raise UavError(f"--frozen-decoder {cfg.frozen_decoder} is not a finished run with a LoRA",
                                "point it at a completed stage-2 run trained with LoRA")
-        spec = resolve(cfg.decoder)
+            RunInfo(Path(cfg.frozen_decoder), self.frozen_run).check_files()  # a damaged LoRA: refused before any write
+        spec = resolve(cfg.decoder, "--decoder")
         self.decoder_fingerprint = weights_fingerprint(spec)
         if self.frozen_run is not None:
             if self.frozen_run.decoder_weights() != self.decoder_fingerprint:
@@ -421,7 +425,8 @@ class Trainer:
             loss = distributed.all_sum(total.detach()) / n_all  # what is logged: the global batch's mean
             if not torch.isfinite(loss):
                 raise UavError(f"loss became {float(loss)} at stage {stage} step {step}",
-                               "lower the learning rates (lr_adapter / lr_lora) or check the store with `uav store verify`")
+                               "lower the learning rates (--lr-adapter / --lr-lora, or lr_adapter / lr_lora in the "
+                               "recipe) or check the store with `uav store verify`")
             loss_scaled.backward()
             gnorm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
             opt.step()
@@ -574,6 +579,10 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
     is a no-op only when its settings *and* its stores' contents are unchanged (a path can be re-harvested)."""
     cfg.validate()
     stores = open_stores(cfg.stores, cfg.layers, cfg.readout)  # refuse bad stores before anything is written
+    check_out(cfg.out, stores)
+    for st in stores:
+        st.check_usable(cfg.allow_incomplete)  # damaged tables, an unfinished harvest
+    budget.preflight(cfg, stores, str(pick_device(cfg.device)))  # a batch beyond the split or the memory
     cfg = with_layer_paths(cfg, stores[0])  # a run names its layers as the store does, however they were typed
     done = Path(cfg.out) / CONFIG
     if done.exists():
