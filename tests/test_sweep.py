@@ -252,6 +252,14 @@ def test_an_unknown_decoder_is_told_about_decoder_not_donor(work, capsys):
     assert "--decoder /path" in line and "--donor" not in line
 
 
+def test_a_classification_example_without_label_is_told_to_add_one(work):
+    from uav_cache.examples.schema import check_example
+
+    with pytest.raises(UavError) as e:
+        check_example({"id": "a", "text": "hi", "task": "classification", "source": "s", "split": "train", "qa": []})
+    assert '"label"' in e.value.fix and "label" in e.value.problem
+
+
 # ---------------------------------------------------------------------------------------------- accepted but meaningless
 
 def test_an_empty_answer_is_refused_at_loading(work):
