@@ -82,8 +82,8 @@ def _codecs(codec: str) -> dict:
     """create_array keyword arguments for an activation array encoded with ``codec``."""
     if codec == "raw":
         return {"serializer": BytesCodec(), "compressors": Crc32cCodec()}
-    if codec == "zstd":
-        return {"compressors": _compressor()}
+    if codec == "zstd":  # a CRC32C after the compressor: a flipped byte is named on read, not decoded silently
+        return {"compressors": (_compressor(), Crc32cCodec())}
     raise UavError(f"unknown store codec {codec!r}", f"use one of: {', '.join(CODECS)}")
 
 
