@@ -435,3 +435,29 @@ def test_read_only_parent_is_a_uav_error(tiny_llama_dir, data, tmp_path):
         assert list(parent.iterdir()) == []
     finally:
         parent.chmod(0o700)
+
+
+def _ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance in units of the last place between fp16/bf16 bit patterns (sign-magnitude → ordered integers)."""
+    def ordered(bits: np.ndarray) -> np.ndarray:
+        v = (bits & 0x7FFF).astype(np.int32)
+        return np.where(bits & 0x8000, -v, v)
+    return np.abs(ordered(a) - ordered(b))
+
+
+ULP_TOLERANCE = 1  # what the README states for harvests with different thread counts
+
+
+def test_rows_are_bit_identical_with_the_same_thread_count_and_within_one_ulp_across_counts(ref_store, tiny_llama_dir,
+                                                                                            data, tmp_path):
+    """The reference store was harvested with one thread (conftest). Two threads may split BLAS's matrix products
+    differently, so the last bit of a row may move, by at most ULP_TOLERANCE; two harvests with the same count are
+    bit-identical. --threads sets the count for the harvest only."""
+    two, again = tmp_path / "two", tmp_path / "again"
+    harvest(_cfg(tiny_llama_dir, data, two, threads=2))
+    assert torch.get_num_threads() == 1  # restored after the harvest
+    x, ref = _arrays(two), _arrays(ref_store)
+    acts = [k for k in ref if k.startswith("acts/")]
+    assert acts and all(_ulps(x[k], ref[k]).max() <= ULP_TOLERANCE for k in acts)
+    harvest(_cfg(tiny_llama_dir, data, again, threads=2))
+    assert_same_store(again, two)

@@ -138,6 +138,7 @@ def harvest_command(
     codec: Annotated[str, typer.Option(help=H["codec"])] = "raw",
     device: Annotated[str, typer.Option(help=H["device"])] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help=H["trust_remote_code"])] = False,
+    threads: Annotated[Optional[int], typer.Option(help=H["threads"])] = None,
 ) -> None:
     """Run a donor once over a dataset and write (or resume) a Zarr activation store."""
     from uav_cache.harvest import HarvestConfig, harvest
@@ -146,7 +147,7 @@ def harvest_command(
     cfg = HarvestConfig(donor=donor, data=data, out=out or f"stores/{Path(donor).name}", layers=int_list(layers, "--layers"),
                         positions=positions, readouts=[r.strip() for r in readouts.split(",") if r.strip()], dtype=dtype, batch_size=batch_size, limit=limit, max_length=max_length,
                         donor_input=donor_input, shard_rows=shard_rows, codec=codec, device=device,
-                        trust_remote_code=trust_remote_code)
+                        trust_remote_code=trust_remote_code, threads=threads)
     on_interrupt(lambda: _harvest_resumes(cfg.out))
     path = harvest(cfg)
     if cfg.rank == 0:  # under torchrun every rank runs this; one summary is enough

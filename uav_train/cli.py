@@ -63,6 +63,7 @@ def train_command(
     seed: Annotated[Optional[int], typer.Option(help=_h("seed"))] = None,
     device: Annotated[Optional[str], typer.Option(help=_h("device"))] = None,
     grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help=H["grad_checkpointing"])] = False,
+    threads: Annotated[Optional[int], typer.Option(help=_h("threads"))] = None,
     skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help=H["skip_corrupt"])] = False,
     allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help=H["allow_incomplete"])] = False,
 ) -> None:
@@ -80,7 +81,7 @@ def train_command(
     over = dict(stores=stores, decoder=decoder, out=out, adapter=adapter, stage=stage, steps=steps,
                 stage1_steps=stage1_steps, batch_size=batch_size, lr_adapter=lr_adapter, lr_lora=lr_lora, layers=layer_names, readout=readout, sources=split(sources), frozen_decoder=frozen_decoder, seed=seed, device=device,
                 no_lora=no_lora or None, grad_checkpointing=grad_checkpointing or None, skip_corrupt=skip_corrupt or None,
-                allow_incomplete=allow_incomplete or None)
+                allow_incomplete=allow_incomplete or None, threads=threads)
     cfg = TrainConfig.from_recipe(recipe, **over) if recipe else TrainConfig.from_dict({k: v for k, v in over.items() if v is not None})
     if donor and store:
         from uav_cache.store import Store

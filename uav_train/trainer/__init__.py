@@ -29,7 +29,7 @@ from uav_cache import distributed
 from uav_cache.config import from_table, read_recipe, refuse_unknown
 from uav_cache.errors import UavError
 from uav_cache.files import share_mode, write_text_atomic
-from uav_cache.device import pick_device
+from uav_cache.device import cpu_threads, pick_device
 from uav_cache.models import embedding_norm, load, resolve, weights_fingerprint
 from uav_cache.store import READOUTS, Store, check_compatible
 from uav_train import budget
@@ -96,6 +96,7 @@ class TrainConfig:
     seed: int = 0  # random seed
     device: str = "auto"  # auto, cpu, cuda …
     grad_checkpointing: bool = False  # trade compute for memory
+    threads: int | None = None  # intra-op CPU threads (default: torch's); a resume is bit-identical with the same count
     progress: bool = True
 
     @classmethod
@@ -162,7 +163,7 @@ class TrainConfig:
         d = asdict(self)
         # skip_corrupt is not identity: the stream is the same up to the first unreadable chunk, so a run that
         # stopped there resumes with --skip-corrupt exactly as a fresh --skip-corrupt run would go
-        for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt", "allow_incomplete"):
+        for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt", "allow_incomplete", "threads"):
             d.pop(k)
         return d
 
@@ -594,6 +595,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
     ranks = distributed.Ranks.from_env()
     group = distributed.init(ranks, pick_device(cfg.device, ranks.device_rank)) if ranks.world > 1 else False
     try:
-        return Trainer(cfg, on_step).fit()
+        with cpu_threads(cfg.threads):
+            return Trainer(cfg, on_step).fit()
     finally:
         distributed.finish(group)
