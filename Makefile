@@ -13,6 +13,7 @@ RECIPE  ?= pipelines/recipes/demo.toml
 RUN     ?= runs/self
 DECODER ?= smollm2-135m
 NPROC   ?= 1
+SEEDS   ?=
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
@@ -49,7 +50,7 @@ eval: setup
 	$(UAV) eval $(RUN)
 
 demo: setup
-	$(UAV) demo --recipe $(RECIPE)
+	$(UAV) demo --recipe $(RECIPE) $(if $(SEEDS),--seeds $(SEEDS))
 
 bench: setup
 	$(UAV) bench

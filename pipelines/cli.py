@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -33,13 +33,16 @@ app.command("explain")(explain_command)
 def demo_command(
     recipe: Annotated[Path, typer.Option(help="Recipe TOML: demo.toml (self, cross, transfer) or adapters.toml "
                                               "(affine / qformer, frozen decoder vs LoRA).")] = Path("pipelines/recipes/demo.toml"),
+    seeds: Annotated[Optional[int], typer.Option(help="Train and evaluate every run with this many seeds (default: the "
+                                                      "recipe's seeds, else 1); ≥ 2 also writes the spread over seeds "
+                                                      "(runs/seeds.md|json).")] = None,
 ) -> None:
     """A recipe end to end: data → harvest every donor → train every run → eval with controls → comparison.
     Resumable; finished steps are skipped. The default is the embedded demo."""
     from pipelines.demo import run_demo
 
     on_interrupt(lambda: "finished harvests, trainings and evaluations are kept: the same command resumes")
-    run_demo(recipe)
+    run_demo(recipe, seeds=seeds)
 
 
 @app.command("bench")

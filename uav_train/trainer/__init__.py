@@ -41,7 +41,7 @@ from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, RunInfo, RunRecord
 from uav_train.stream import Item, ItemStream, derangement, read_x, stack_x
 
 
-RECIPE_SECTIONS = ("data", "donors", "train", "runs", "eval")  # the tables a recipe may have (see demo.toml)
+RECIPE_SECTIONS = ("data", "donors", "train", "runs", "eval", "seeds")  # a recipe's top-level keys (see demo.toml)
 
 
 @dataclass
