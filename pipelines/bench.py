@@ -278,7 +278,7 @@ def harvest_overhead(model, tok, spec, n_texts: int, work: Path, batch_size: int
         try:
             with tqdm(disable=True) as bar:
                 for a in range(0, len(ids), shard_rows):
-                    hv.forward_shard(model, cap, ids[a:a + shard_rows], names, pad, batch_size, job.dtype, False,
+                    hv.forward_shard(model, cap, ids[a:a + shard_rows], names, pad, batch_size, job.dtype, None,
                                      job.device, job.row_ids[a:a + shard_rows], bar)
         finally:
             cap.close()
@@ -366,7 +366,7 @@ def train_step_ratio(store: Path, decoder: str, steps: int, work: Path, batch_si
         opt.zero_grad(set_to_none=True)
 
     def bare(batch):
-        encs = [tr.template.encode(it.question, it.answer, tr.adapter.k) for it in batch]
+        encs = [tr.template.encode(it.question, it.answer, 4) for it in batch]  # the pooled adapter's k soft tokens
         b = collate(encs, tr.tok.pad_token_id)
         with tr.model.disable_adapter():
             emb = tr.model.get_input_embeddings()(b["input_ids"]).detach().requires_grad_(True)

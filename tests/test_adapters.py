@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from uav_cache.errors import UavError
 from uav_cache.models import embedding_norm, load, resolve
-from uav_train.adapters import (AffineAdapter, LowRankAdapter, adapter_config, adapter_from_description,
-                                build_adapter)
+from uav_train.adapters import (AdapterInput, AffineAdapter, InputAdapter, LowRankAdapter, PerVectorAdapter,
+                                adapter_config, adapter_from_description, build_adapter)
 from uav_train.run import load_adapter, save_adapter
 
 D_IN, D_OUT = 24, 32
@@ -149,17 +152,25 @@ def test_save_load_round_trip(kind, out_norm, tmp_path):
     x, mask = inputs(3, 4, 2)
     ref = a(x, mask)
     run = tmp_path / "run"
-    save_adapter(run, a, {"stage": 2})
+    save_adapter(run, InputAdapter(a, None), {"stage": 2})
     (run / "other.txt").write_text("kept")
-    save_adapter(run, a)  # saving again into an existing folder keeps the other files
+    save_adapter(run, InputAdapter(a, None))  # saving again into an existing folder keeps the other files
     assert (run / "other.txt").read_text() == "kept"
     b, desc = load_adapter(run)
-    assert type(b) is type(a) and desc["n_trainable"] == a.n_trainable() and desc["config"]["kind"] == kind
+    assert type(b.pooled) is type(a) and b.tokens is None and desc["n_trainable"] == a.n_trainable()
+    assert desc["pooled"]["config"]["kind"] == kind and b.kind == kind
     b.eval()
-    assert torch.equal(b(x, mask), ref)
-    for (n1, t1), (n2, t2) in zip(a.state_dict().items(), b.state_dict().items()):
+    assert torch.equal(b.pooled(x, mask), ref)
+    for (n1, t1), (n2, t2) in zip(a.state_dict().items(), b.pooled.state_dict().items()):
         assert n1 == n2 and torch.equal(t1, t2)
-    fresh = adapter_from_description(a.describe()).eval()
+    # a run written before the tokens branch (one adapter, its keys unprefixed) loads as the pooled branch
+    old = tmp_path / "old"
+    old.mkdir()
+    save_file({k: v.contiguous() for k, v in a.state_dict().items()}, str(old / "adapter.safetensors"))
+    (old / "uav_adapter.json").write_text(json.dumps(a.describe()))
+    c, _ = load_adapter(old)
+    assert torch.equal(c.eval().pooled(x, mask), ref)
+    fresh = adapter_from_description(a.describe()).pooled.eval()
     if kind != "affine":  # the affine adapter's init is deterministic; the others are random
         assert not torch.equal(fresh(x, mask), ref)
     with pytest.raises(UavError, match="no adapter"):
@@ -178,3 +189,51 @@ def test_unknown_adapter_or_option_is_refused():
     with pytest.raises(UavError, match="divisible"):
         build_adapter(adapter_config("qformer", k=2, heads=5), D_IN, 1, D_OUT, 1.0)
     assert adapter_config("lowrank", rank=2).rank == 2
+
+
+# ---------------------------------------------------------------------------------------------- token inputs
+
+
+def test_pervector_gives_m_soft_tokens_per_vector_and_each_depends_on_its_own_vector_only():
+    a = build_adapter(adapter_config("pervector", m=2, hidden=16), D_IN, 2, D_OUT, 1.5).eval()
+    x = torch.randn(2, 5, 2, D_IN)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    y = a(x, mask)
+    assert y.shape == (2, 10, D_OUT)
+    assert torch.allclose(y.norm(dim=-1), torch.full((2, 10), 1.5), atol=1e-4)  # the decoder's embedding scale
+    x2 = x.clone()
+    x2[0, 3] += 1.0  # change token 3 of item 0: only its two soft tokens move
+    d = (a(x2, mask) - y).abs().sum(-1)
+    assert (d[0, 6:8] > 1e-4).all() and d[0, :6].max() < 1e-6 and d[0, 8:].max() < 1e-6 and d[1].max() < 1e-6
+
+
+def test_pervector_warm_start_fits_a_linear_map_in_closed_form():
+    a = build_adapter(adapter_config("pervector", hidden=16), D_IN, 1, D_OUT, 1.0)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(D_IN, D_OUT, generator=g)
+    x = torch.randn(400, 1, D_IN, generator=g)
+    v = a.features(x.unsqueeze(0))[0]
+    r2 = a.warm_start(v, v @ w, ridge=1e-6)
+    assert r2 > 0.999
+    assert torch.allclose(a.skip(v), v @ w, atol=1e-3)
+
+
+def test_input_adapter_masks_what_each_item_shows():
+    """Items of one batch show different things: read-out only, a 3-token window, both. The soft-token mask marks,
+    per item, exactly the soft tokens it has, in [pooled k][tokens] order; a tokens-only item does not NaN."""
+    pooled = build_adapter(adapter_config("mlp", k=2, hidden=16), D_IN, 1, D_OUT, 1.0)
+    for kind, per in (("pervector", 1), ("qformer", None)):
+        opts = {"m": 1, "hidden": 16} if kind == "pervector" else {"k": 3, "n_ctx": 1, "layers": 1, "heads": 2, "dropout": 0.0}
+        ia = InputAdapter(pooled, build_adapter(adapter_config(kind, **opts), D_IN, 2, D_OUT, 1.0)).eval()
+        x = AdapterInput(pooled=torch.randn(3, 1, D_IN), has_pooled=torch.tensor([True, False, True]),
+                         tokens=torch.randn(3, 4, 2, D_IN),
+                         mask=torch.tensor([[False] * 4, [True] * 3 + [False], [True] * 4]))
+        soft, m = ia(x)
+        assert torch.isfinite(soft).all()
+        n = m.sum(1).tolist()
+        assert n == ([2, 3, 6] if per else [2, 3, 5]), kind
+        assert m[0, :2].all() and not m[1, :2].any()
+        d = ia.describe()
+        assert adapter_from_description(d).kind == f"mlp+{kind}" and d["tokens"]["config"]["kind"] == kind
+    with pytest.raises(UavError, match="pooled branch, a tokens branch or both"):
+        InputAdapter(None, None)

@@ -129,6 +129,31 @@ def test_other_data_and_splits_never_overwrite_the_runs_own_results(run, data, t
                                                                          val.folder() / "results.json"])]
 
 
+def test_eval_on_any_data_file_harvests_it_with_the_runs_settings_once(run, tmp_path):
+    """`uav eval RUN --data FILE.jsonl`: the file is harvested with the run's donor and store settings into the
+    run's evals/ folder (every split evaluated: the data is new to the run), and reused by the next evaluation."""
+    new = tmp_path / "fresh.jsonl"
+    new.write_text("".join(json.dumps({"id": f"f{i}", "text": f"The {n} is {c}.", "task": "classification",
+                                       "source": "fresh", "label": c, "qa": [{"question": "What colour is it?",
+                                                                              "answer": c}]}) + "\n"
+                           for i, (n, c) in enumerate(zip(NOUNS * 3, COLOURS * 4))))
+    quick = dict(run=str(run), data=str(new), methods=["uav", "shuffled"], similarity=False, n_boot=10,
+                 progress=False, probe=False)
+    res = evaluate(EvalConfig(**quick))
+    folder = res.folder()
+    assert folder.parent == run / "evals" and folder.name.startswith("fresh-") and not res.own_dataset
+    assert res.split == "all" and res.n_items == 12 and (folder / "results.json").exists()
+    st = Store(folder / "store")
+    rec = json.loads((run / "config.json").read_text())["stores"][0]
+    for k in ("donor", "layers", "dtype", "max_length", "donor_input", "positions", "weights_fingerprint"):
+        assert st.meta[k] == rec[k], k
+    stamp = (folder / "store" / "zarr.json").stat().st_mtime_ns
+    again = evaluate(EvalConfig(**quick))
+    assert (folder / "store" / "zarr.json").stat().st_mtime_ns == stamp and again.folder() == folder
+    with pytest.raises(UavError, match="--store and --data"):
+        evaluate(EvalConfig(**quick, store=str(folder / "store")))
+
+
 def test_evaluate_runs_every_method_on_the_test_split(run):
     res = evaluate(EvalConfig(run=str(run), limit=3, similarity=False, n_boot=50, progress=False))
     assert res.methods == list(METHODS)  # selfie included: donor and decoder are the same weights
@@ -176,16 +201,16 @@ def test_a_limited_evaluation_never_replaces_the_full_one(run):
 def test_batched_generation_matches_one_at_a_time(run):
     """Left padding, the splice and the selfie patch must not depend on who else is in the batch."""
     lr = load_run(run)
-    items = eval_items(Store(lr.info.record.stores[0].path), "test", None, lr.info.record.layers, False)
+    items = eval_items(Store(lr.info.record.stores[0].path), "test", None, lr.info.record.input_spec())
     items = [it for src in ("noun", "colour", "mood") for it in [i for i in items if i.source == src][:2]]
     assert len({len(lr.tok(it.question).input_ids) for it in items}) > 1  # rows of different lengths get padded
     runner, stop = MethodRunner(lr), lr.template.stop_ids()
 
     def answers(method, batch):
-        x, mask = stack_x(batch)
-        s = runner.setup(method, batch, x, mask)
+        s = runner.setup(method, batch, stack_x(batch))
         with runner.lora(s.lora):
-            return generate(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, patch=s.patch, max_new_tokens=6)
+            return generate(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, patch=s.patch, max_new_tokens=6,
+                            soft_mask=s.soft_mask)
 
     for method in ("uav", "no_soft", "input_text", "selfie"):
         assert answers(method, items) == [a for it in items for a in answers(method, [it])], method
@@ -196,7 +221,7 @@ def test_own_task_names_get_the_default_answer_length(run, monkeypatch):
     from uav_eval import protocol
 
     lr = load_run(run)
-    items = eval_items(Store(lr.info.record.stores[0].path), "test", 2, lr.info.record.layers, False)
+    items = eval_items(Store(lr.info.record.stores[0].path), "test", 2, lr.info.record.input_spec())
     for it in items[:3]:
         it.task = "fact_retrieval"
     calls = []
@@ -219,7 +244,7 @@ def test_explain_finds_a_local_donor_from_any_folder_or_by_donor(run, tmp_path, 
     """A store harvested from a local folder used to record only the folder's basename: `uav explain` worked only
     from its parent. Stores now record the path; for older runs (or a moved folder) --donor says where it is."""
     import shutil
-    from uav_eval.explain import explain
+    from uav_eval.verbalizer import explain
 
     monkeypatch.chdir(tmp_path)
     answers = explain(str(run), "The cat is red.", ["What colour is it?"], max_new_tokens=3, device="cpu")
@@ -365,3 +390,52 @@ def test_demo_with_seeds_trains_each_run_per_seed_and_reports_the_spread(tmp_pat
     one = io.StringIO()
     run_demo(recipe, console=Console(file=one, width=200), seeds=1)  # seed 0 is already there: nothing retrained
     assert "no reference spread for this recipe" in one.getvalue()
+
+
+def test_generalization_rows_yes_no_scoring_and_calibration(tiny_llama_dir, tmp_path):
+    """Yes/no questions are their own group, scored by the leading yes/no with the share of clean answers; items are
+    placed as seen dataset + seen phrasing, seen dataset + held-out phrasing (never trained: the stream skips it),
+    or a dataset the run never trained on; every uav answer gets a score, and the report bins correctness by it."""
+    from uav_eval.metrics import score_item
+    from uav_eval.protocol import GENERALIZATION
+    from uav_train.stream import ItemStream
+
+    assert score_item("Yes, it is red.", "yes")["acc"] == 1.0 and score_item("Yes, it is red.", "yes")["clean"] == 1.0
+    assert score_item("It might be.", "no") == {**score_item("It might be.", "no"), "acc": 0.0, "clean": 0.0}
+    assert "clean" not in score_item("red", "red", label_set={"red", "blue"})
+    p = tmp_path / "yn.jsonl"
+    with p.open("w") as f:
+        for i in range(48):
+            colour, src = COLOURS[i % 3], ("paint", "ink")[i % 2]
+            split = "test" if i % 3 == 2 else ("val" if i % 5 == 0 else "train")
+            qa = [{"question": "Is it red? Answer yes or no.", "answer": "yes" if colour == "red" else "no",
+                   "kind": "yesno", "phrasing": "seen"},
+                  {"question": "Would you call it red? Reply yes or no.", "answer": "yes" if colour == "red" else "no",
+                   "kind": "yesno", "phrasing": "heldout"},
+                  {"question": "What colour is it?", "answer": colour}]
+            f.write(json.dumps({"id": f"y{i:02d}", "text": f"The {src} is {colour}.", "task": "classification",
+                                "label": colour, "source": src, "split": split, "qa": qa}) + "\n")
+    harvest(HarvestConfig(donor=str(tiny_llama_dir), data=str(p), out=str(tmp_path / "store"), layers=[1],
+                          shard_rows=16, chunk_rows=8, progress=False))
+    st = Store(tmp_path / "store")
+    trained = list(ItemStream([st], "train", epochs=1))
+    assert {it.question for it in trained} == {"Is it red? Answer yes or no.", "What colour is it?"}  # held out: never
+    assert {it.task for it in trained} == {"yesno", "classification"}
+    run = train(TrainConfig(stores=[str(tmp_path / "store")], out=str(tmp_path / "run"), decoder=str(tiny_llama_dir),
+                            adapter="mlp", adapter_options={"k": 2, "hidden": 32}, stage="2", steps=2, batch_size=4,
+                            eval_every=2, val_items=4, sources=["paint"], progress=False))
+    res = evaluate(EvalConfig(run=str(run), methods=["uav", "shuffled", "no_soft"], similarity=False, n_boot=20,
+                              progress=False, probe=False))
+    gen = res.reading["by_generalization"]
+    assert set(gen) == {f"{t} · {g}" for t in ("yesno", "classification") for g in GENERALIZATION} - \
+        {f"classification · {GENERALIZATION[1]}"}  # the open question has no held-out phrasing
+    n = {k: v["n"] for k, v in gen.items()}
+    assert n[f"yesno · {GENERALIZATION[1]}"] == n[f"yesno · {GENERALIZATION[0]}"] > 0
+    uav = [r for r in res.items if r["method"] == "uav"]
+    assert all(isinstance(r["score"], float) for r in uav)
+    assert {r["generalization"] for r in uav if r["source"] == "ink"} == {GENERALIZATION[2]}
+    assert res.calibration["yesno"]["metric"] == "acc" and len(res.calibration["yesno"]["bins"]) == 3
+    assert sum(b["n"] for b in res.calibration["yesno"]["bins"]) == res.calibration["yesno"]["n"]
+    md = (run / "report.md").read_text()
+    assert "## Questions it was never trained on" in md and "dataset never trained" in md
+    assert "## Is a confident answer a right one?" in md

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from transformers import AutoTokenizer
 
 from conftest import SENTENCES
 from uav_cache import harvest as hv
@@ -151,6 +152,65 @@ def test_positions_all_equals_every_token_of_transformers_forward(request, data,
         assert torch.allclose(toks.float(), want, rtol=rtol, atol=1e-4), (r, (toks.float() - want).abs().max())
         assert torch.equal(toks[-1], last[r])  # the read-out row is the last token of the ragged rows
     assert len(seen_lengths) >= 4
+
+
+@pytest.mark.parametrize("which", ["llama", "gemma"])
+def test_window_store_keeps_w_consecutive_tokens_and_every_token_knows_its_characters(request, data, tmp_path, which):
+    """positions=window:W keeps, per row, the vectors of W consecutive tokens (all of a shorter text) at a position
+    fixed by the example id: exactly those rows of the all-token store. tokens/spans maps every token back to its
+    characters in the text (the BOS to none), so the text of any window can be cut from the example."""
+    donor = request.getfixturevalue(f"tiny_{which}_dir")
+    full, win = tmp_path / "all", tmp_path / "win"
+    harvest(_cfg(donor, data, full, layers=[1, 2], positions="all", limit=24))
+    harvest(_cfg(donor, data, win, layers=[1, 2], positions="window:4", limit=24))
+    a, w = Store(full), Store(win)
+    assert w.token_width == 4 and a.token_width is None and w.verify() == []
+    moved = 0
+    for r in range(w.n_rows):
+        n = len(w.token_ids(r))
+        pos = w.stored_positions(r)
+        assert len(pos) == min(n, 4) and pos[0] >= 0 and pos[-1] < n and list(pos) == list(range(pos[0], pos[0] + len(pos)))
+        moved += pos[0] > 0
+        for layer in w.layers:
+            assert torch.equal(w.read_tokens(layer, r), a.read_tokens(layer, r)[pos])
+    assert moved >= 3  # windows are spread over the texts, not all at the start
+    texts = [e["text"] for e in a.examples()]
+    spans = a.char_spans(0, a.n_rows)
+    tok = AutoTokenizer.from_pretrained(str(donor))
+    for r, (text, sp) in enumerate(zip(texts, spans)):
+        ids = a.token_ids(r).tolist()
+        assert sp.shape == (len(ids), 2)
+        inside = [(int(x), int(y)) for x, y in sp if x >= 0]
+        assert inside == sorted(inside) and all(0 <= x < y <= len(text) for x, y in inside)
+        for i, (x, y) in enumerate(sp):  # a token inside the text decodes to its characters (spaces aside)
+            if x >= 0:
+                assert tok.decode([ids[i]]).strip() == text[x:y].strip()
+            else:
+                assert ids[i] in tok.all_special_ids
+        # the tokens cover the text: nothing but spaces falls between them
+        covered = "".join(text[x:y] for x, y in inside)
+        assert covered.replace(" ", "") == text.replace(" ", "")
+    with pytest.raises(UavError, match="pooled read-outs only"):
+        Store(ref_store_path(tmp_path, donor, data)).read_tokens("model.layers.1", 0)
+    # token vectors of one layer only: the other keeps its read-outs, and the store is that much smaller
+    one = tmp_path / "one"
+    harvest(_cfg(donor, data, one, layers=[1, 2], positions="all", token_layers=[1], limit=24))
+    o = Store(one)
+    assert o.token_layers == ["model.layers.1"] and o.verify() == []
+    assert torch.equal(o.read_tokens("model.layers.1", 3), a.read_tokens("model.layers.1", 3))
+    assert torch.equal(o.read("model.layers.2", 0, 24, "mean"), a.read("model.layers.2", 0, 24, "mean"))
+    with pytest.raises(UavError, match="keeps token vectors of model.layers.1 only"):
+        o.read_tokens("model.layers.2", 0)
+    size = lambda p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file())  # noqa: E731
+    assert size(one) < 0.7 * size(full)
+    with pytest.raises(UavError, match="names blocks not harvested"):
+        harvest(_cfg(donor, data, tmp_path / "bad", layers=[1], positions="all", token_layers=[2], limit=4))
+
+
+def ref_store_path(tmp_path: Path, donor: Path, data: str) -> Path:
+    out = tmp_path / "last"
+    harvest(_cfg(donor, data, out, layers=[1], limit=8))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- resume

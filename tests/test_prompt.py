@@ -167,3 +167,27 @@ def test_splice_dtype_and_grad_through_embeddings():
     out.float().sum().backward()
     assert emb.grad[0, 2].abs().sum() == 0 and (emb.grad[0, [0, 1, 3]] == 1).all()
     assert (soft.grad == 1).all()
+
+
+def test_splice_puts_each_items_real_soft_tokens_at_its_own_placeholders(llama_tok):
+    """Items with different numbers of soft tokens in one batch: item i's real soft tokens (by mask, in order) go
+    to its placeholders, nothing else moves, and the gradient reaches exactly the real soft tokens."""
+    t = PromptTemplate(llama_tok)
+    encs = [t.encode("What colour?", "red", k) for k in (3, 0, 5)]
+    for left in (False, True):
+        b = collate(encs, llama_tok.pad_token_id, left=left)
+        assert b["soft_mask"].sum(1).tolist() == [3, 0, 5]
+        emb = torch.zeros(3, b["input_ids"].shape[1], 4)
+        soft = torch.arange(3 * 6 * 4, dtype=torch.float).view(3, 6, 4).requires_grad_()
+        soft_mask = torch.tensor([[False, True, True, True, False, False], [False] * 6, [True] * 5 + [False]])
+        out = splice(emb, soft, b["soft_positions"], soft_mask, b["soft_mask"])
+        for i, e in enumerate(encs):
+            off = b["input_ids"].shape[1] - len(e.input_ids) if left else 0
+            real = soft[i][soft_mask[i]]
+            assert torch.equal(out[i, [p + off for p in e.soft_positions]], real.detach())
+            others = [j for j in range(out.shape[1]) if j - off not in e.soft_positions]
+            assert not out[i, others].any()
+        out.sum().backward()
+        assert torch.equal(soft.grad[..., 0] != 0, soft_mask)
+    with pytest.raises(ValueError, match="do not match"):
+        splice(emb, soft.detach(), b["soft_positions"], torch.ones(3, 6, dtype=torch.bool), b["soft_mask"])

@@ -178,7 +178,7 @@ def test_centring_adapter_subtracts_the_train_mean(run, store):
     st = Store(store)
     rows = st.split_rows("train")
     want = st.read_rows(st.layers[1], rows, "mean").float().mean(0)
-    torch.testing.assert_close(adapter.shift[0], want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(adapter.pooled.shift[0], want, atol=1e-4, rtol=1e-4)
 
 
 def test_shuffled_control_shows_each_item_another_items_activation(run):

@@ -116,7 +116,8 @@ def test_end_to_end_both_stages(run_a, tiny_llama_dir):
     assert [s["stage"] for s in cfg["summary"]] == [1, 2] and [s["steps"] for s in cfg["summary"]] == [3, 4]
     assert (run / "adapter.safetensors").exists() and (run / "stage1" / "adapter.safetensors").exists()
     acfg = json.loads((run / "uav_adapter.json").read_text())
-    assert acfg["config"]["kind"] == "mlp" and acfg["config"]["k"] == 2 and acfg["stage"] == 2
+    assert acfg["pooled"]["config"]["kind"] == "mlp" and acfg["pooled"]["config"]["k"] == 2 and acfg["stage"] == 2
+    assert acfg["tokens"] is None
     assert not (run / "checkpoint").exists()  # deleted once complete
     assert (run / "loss.png").stat().st_size > 1000
 
@@ -161,7 +162,7 @@ def test_run_dir_has_no_file_peft_would_mistake_and_old_runs_still_load(run_a, t
     for d in (old, old / "stage1"):
         (d / "uav_adapter.json").rename(d / "adapter_config.json")
     adapter, desc = load_adapter(old)
-    assert desc["config"]["kind"] == "mlp"
+    assert desc["pooled"]["config"]["kind"] == "mlp"
     for k, v in tensors(run / "adapter.safetensors").items():
         assert torch.equal(adapter.state_dict()[k], v)
     assert load_run(old).has_lora
@@ -181,7 +182,12 @@ def test_run_record_round_trips_config_json_and_loads_older_runs(run_a):
     old = {"status": "complete", "train": {"decoder": doc["train"]["decoder"]}, "layers": doc["layers"],
            "stores": [{k: doc["stores"][0][k] for k in ("path", "donor", "layers", "d_model", "weights_fingerprint")}]}
     rec = RunRecord.from_dict({**old, "no_longer_known": 1})
-    assert rec.readout == "last" and rec.tokens is False and rec.lora is None and rec.identity is None
+    assert rec.readout == "last" and rec.lora is None and rec.identity is None
+    spec = rec.input_spec()  # an older run reads the pooled read-out of its layers, nothing else
+    assert spec.layers == tuple(doc["layers"]) and spec.readout == "last" and not spec.tokens
+    assert spec.eval_form() == "pooled" and rec.adapter_kind == ""
+    with pytest.raises(UavError, match="tokens = true"):
+        RunRecord.from_dict({**old, "train": {**old["train"], "tokens": True}}).input_spec()
     assert rec.decoder_weights() == doc["decoder_fingerprint"]  # computed from the decoder for an older run
     st = rec.stores[0]
     assert st.abspath is None and st.donor_reading(77) == {"dtype": None, "donor_input": "raw", "max_length": 77}
@@ -330,19 +336,20 @@ def test_no_lora_leaves_the_decoder_untouched(tmp_path, stores, tiny_llama_dir, 
 
 def test_sequence_store_with_qformer(tmp_path, stores, tiny_llama_dir):
     run = tmp_path / "seq"
-    cfg = cfg_for(stores, tiny_llama_dir, run, stores=[stores["seq"]], adapter="qformer", adapter_options=dict(QFORMER),
-                  tokens=True, stage1_steps=2, steps=2)
+    cfg = cfg_for(stores, tiny_llama_dir, run, stores=[stores["seq"]], adapter="none", token_adapter="qformer",
+                  token_adapter_options=dict(QFORMER), token_layers=[1, 2], stage1_steps=2, steps=2)
     train(cfg)
     acfg = json.loads((run / "uav_adapter.json").read_text())
-    assert acfg["n_layers"] == 2 and acfg["config"]["kind"] == "qformer" and acfg["config"]["k"] == 4
+    assert acfg["pooled"] is None and acfg["tokens"]["n_layers"] == 2
+    assert acfg["tokens"]["config"]["kind"] == "qformer" and acfg["tokens"]["config"]["k"] == 4
     assert all(np.isfinite(r["loss"]) for r in metrics(run)) and len(metrics(run)) == 4
-    with pytest.raises(UavError, match="positions all"):  # --tokens needs an all-token store
-        train(dataclasses.replace(cfg, stores=[stores["a"]], out=str(tmp_path / "x")))
+    with pytest.raises(UavError, match="pooled read-outs only"):  # token_layers need a store with token vectors
+        train(dataclasses.replace(cfg, stores=[stores["a"]], token_layers=[1], out=str(tmp_path / "x")))
     # a layer subset of a multi-layer store
     sub = tmp_path / "sub"
     train(cfg_for(stores, tiny_llama_dir, sub, stores=[stores["seq"]], adapter="affine", adapter_options={},
                   layers=["model.layers.2"], stage="1", stage1_steps=2))
-    assert json.loads((sub / "uav_adapter.json").read_text())["n_layers"] == 1
+    assert json.loads((sub / "uav_adapter.json").read_text())["pooled"]["n_layers"] == 1
     with pytest.raises(UavError, match="not in store"):
         train(cfg_for(stores, tiny_llama_dir, tmp_path / "y", layers=["model.layers.2"], stage="1"))
 
@@ -478,9 +485,9 @@ def test_mismatched_and_missing_stores(tmp_path, stores, tiny_llama_dir):
     # same donor, but the first store's layers are not all in the second: refused up front
     with pytest.raises(UavError, match="not in store"):
         train(cfg_for(stores, tiny_llama_dir, tmp_path / "layers", stores=[stores["seq"], stores["a"]]))
-    with pytest.raises(UavError, match="positions all"):  # every store needs all tokens for --tokens
-        train(cfg_for(stores, tiny_llama_dir, tmp_path / "pos", stores=[stores["seq"], stores["a"]], tokens=True,
-                      layers=["model.layers.1"]))
+    with pytest.raises(UavError, match="pooled read-outs only"):  # every store needs token vectors for token_layers
+        train(cfg_for(stores, tiny_llama_dir, tmp_path / "pos", stores=[stores["seq"], stores["a"]],
+                      token_layers=["model.layers.1"], layers=["model.layers.1"]))
     for name in ("mix", "missing", "none", "bad", "layers", "pos"):
         assert not (tmp_path / name).exists(), name  # refused before anything is written
 
@@ -509,8 +516,8 @@ def test_stream_order_is_deterministic_per_seed(stores):
     item = next(iter(ItemStream([st], "train", seed=0, epochs=1)))
     ex = st.examples()[item.row]
     assert (item.question, item.answer, item.text) == ("What colour is it?", ex["label"], ex["text"])
-    assert item.x.shape == (1, 1, 32) and item.x.dtype == torch.float32
-    assert torch.equal(item.x[0, 0], st.read_last(st.layers[0], item.row, item.row + 1)[0].float())
+    assert item.x.pooled.shape == (1, 32) and item.x.tokens is None and item.kind == "open"
+    assert torch.equal(item.x.pooled[0], st.read_last(st.layers[0], item.row, item.row + 1)[0])
     text = next(iter(ItemStream([st], "val", mode="text", epochs=1)))
     assert text.answer == st.examples()[text.row]["text"] and split_of(text.row) == "val"
 
@@ -536,15 +543,15 @@ def test_stream_buffer_is_bounded(stores, monkeypatch):
     buffer, prefetch = 3, 1
     log: list[tuple[int, int]] = []  # (rows read before this read, items yielded so far)
     read = {"rows": 0}
-    orig = stream_mod.read_x
+    orig = stream_mod.read_rows
     s = ItemStream([st], "train", seed=0, epochs=1, shuffle_buffer=buffer, prefetch=prefetch)
 
-    def counting(store, layers, rows, tokens, *readout):
+    def counting(store, rows, spec, **kw):
         log.append((read["rows"], s.seen))
         read["rows"] += len(rows)
-        return orig(store, layers, rows, tokens, *readout)
+        return orig(store, rows, spec, **kw)
 
-    monkeypatch.setattr(stream_mod, "read_x", counting)
+    monkeypatch.setattr(stream_mod, "read_rows", counting)
     chunk = max(len(rows) for _, rows in s.chunks)
     assert len(s.chunks) >= 4 and chunk <= 8
     got = []

@@ -128,6 +128,7 @@ def harvest_command(
     out: Annotated[Optional[str], typer.Option(help=H["out"])] = None,
     layers: Annotated[Optional[str], typer.Option(help=H["layers"])] = None,
     positions: Annotated[str, typer.Option(help=H["positions"])] = "last",
+    token_layers: Annotated[Optional[str], typer.Option(help=H["token_layers"])] = None,
     readouts: Annotated[str, typer.Option(help="comma-separated: " + H["readouts"])] = "last,mean",
     dtype: Annotated[Optional[str], typer.Option(help=H["dtype"])] = None,
     batch_size: Annotated[int, typer.Option(help=H["batch_size"])] = 8,
@@ -145,7 +146,7 @@ def harvest_command(
     from uav_cache.store import Store
 
     cfg = HarvestConfig(donor=donor, data=data, out=out or f"stores/{Path(donor).name}", layers=int_list(layers, "--layers"),
-                        positions=positions, readouts=[r.strip() for r in readouts.split(",") if r.strip()], dtype=dtype, batch_size=batch_size, limit=limit, max_length=max_length,
+                        positions=positions, token_layers=int_list(token_layers, "--token-layers"), readouts=[r.strip() for r in readouts.split(",") if r.strip()], dtype=dtype, batch_size=batch_size, limit=limit, max_length=max_length,
                         donor_input=donor_input, shard_rows=shard_rows, codec=codec, device=device,
                         trust_remote_code=trust_remote_code, threads=threads)
     on_interrupt(lambda: _harvest_resumes(cfg.out))

@@ -40,10 +40,10 @@ FP16_MAX = 65504.0
 IDENTITY_KEYS = (
     "format_version", "donor", "weights_fingerprint", "layers", "positions", "dtype", "d_model",
     "tokenizer", "donor_input", "max_length", "dataset_fingerprint", "n_rows", "shard_rows", "compute_dtype",
-    "readouts",
+    "readouts", "token_layers",
 )
 # identity keys added after format 1 shipped: a store that lacks one still opens and resumes (unknown, not different)
-LATER_IDENTITY_KEYS = ("compute_dtype",)
+LATER_IDENTITY_KEYS = ("compute_dtype", "token_layers")
 # Read-outs: which token positions one stored vector per (row, layer) summarises. Each is its own (n, d) array,
 # so a pooled store costs what a last-token store costs, and readers choose by name, never by array path.
 READOUTS = {
@@ -53,6 +53,36 @@ READOUTS = {
             "mean; a one-token text has only position 0, so its mean is that vector (examples/n_tokens = 1)",
 }
 DEFAULT_READOUTS = ("last", "mean")
+
+# Which token vectors a store keeps besides its pooled read-outs. Token vectors cost ~(tokens per text) × a pooled
+# row, so a store can keep every token or a window of W consecutive tokens per text (placed by a hash of the
+# example id: deterministic, spread over the text), which bounds the store at W vectors per text and layer.
+POSITIONS = {
+    "last": "pooled read-outs only (one vector per text, layer and read-out)",
+    "all": "also every token's vector",
+    "window:W": "also W consecutive tokens' vectors per text (the whole text when it is shorter), e.g. window:16",
+}
+
+
+def parse_positions(positions: str) -> int | None:
+    """How many token vectors per text a ``positions`` value keeps: 0 for last, None (all of them) for all, W for
+    window:W. Anything else is refused with the valid forms."""
+    if positions == "last":
+        return 0
+    if positions == "all":
+        return None
+    kind, _, w = str(positions).partition(":")
+    if kind == "window" and w.isdigit() and int(w) >= 1:
+        return int(w)
+    raise UavError(f"unknown --positions {positions!r}", "use last, all, or window:W with W ≥ 1 (e.g. window:16)")
+
+
+def window_start(example_id: str, n_tokens: int, width: int | None) -> int:
+    """First stored token of a row: 0 for all; for window:W a position in [0, n − W] from the id's hash, so the
+    windows of a store cover every part of the texts and a re-harvest picks the same ones."""
+    if width is None or n_tokens <= width:
+        return 0
+    return int(hashlib.sha256(f"window/{example_id}".encode()).hexdigest()[:8], 16) % (n_tokens - width + 1)
 
 
 # How the activation arrays' inner chunks are encoded. The choice trades size for speed (`make bench` shows both):
@@ -91,6 +121,8 @@ def _codecs(codec: str) -> dict:
 # and training and evaluation refuse a store whose tables are damaged before any work starts.
 TABLES = ("examples/id", "examples/split", "examples/task", "examples/source", "examples/record", "examples/n_tokens",
           "examples/truncated", "tokens/offsets", "tokens/ids")
+# tables only some stores have (token positions, token character spans): checked when present
+OPTIONAL_TABLES = ("positions/start", "positions/offsets", "tokens/spans")
 # tables whose fill value is a valid entry: a store written before tables carried checksums may lack an all-fill chunk
 _FILL_IS_VALID = ("examples/task", "examples/source", "examples/truncated")
 
@@ -115,6 +147,8 @@ def codec_of(meta: dict) -> str:
 def new_meta(**fields: Any) -> dict:
     """The root metadata of a new store: every identity key (IDENTITY_KEYS, all required) plus descriptive fields,
     with what follows from them filled in here (format, version, shard count, creation time, codec)."""
+    if "token_layers" not in fields and "layers" in fields:  # by default every layer keeps what positions says
+        fields = {**fields, "token_layers": token_layers_of(fields)}
     missing = [k for k in IDENTITY_KEYS if k != "format_version" and k not in fields]
     if missing:
         raise TypeError(f"store metadata lacks identity key(s) {missing}")
@@ -197,8 +231,18 @@ def readouts_of(meta: dict) -> list[str]:
     return list(meta.get("readouts") or ["last"])
 
 
+def token_layers_of(meta: dict) -> list[str]:
+    """The layers whose token vectors a store keeps (stores written before the choice existed: all of them, or none
+    for positions=last)."""
+    if "token_layers" in meta:
+        return list(meta["token_layers"])
+    return [] if meta.get("positions", "last") == "last" else list(meta["layers"])
+
+
 def _identity(meta: dict, k: str) -> Any:
-    return readouts_of(meta) if k == "readouts" else meta.get(k)
+    if k == "readouts":
+        return readouts_of(meta)
+    return token_layers_of(meta) if k == "token_layers" else meta.get(k)
 
 
 def _diff_identity(have: dict, want: dict) -> list[str]:
@@ -235,7 +279,8 @@ class StoreWriter:
 
     @classmethod
     def create_or_open(cls, path: str | Path, meta: dict, examples: list[dict],
-                       token_ids: list[list[int]], truncated: list[bool]) -> "StoreWriter":
+                       token_ids: list[list[int]], truncated: list[bool],
+                       spans: list[list[tuple[int, int]]] | None = None) -> "StoreWriter":
         """Open ``path`` for writing ``meta``'s rows; refuse a store whose identity differs.
 
         ``meta`` must hold every key of :data:`IDENTITY_KEYS` plus descriptive fields; the static tables
@@ -263,7 +308,7 @@ class StoreWriter:
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.creating"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _create_layout(tmp, meta, examples, token_ids, truncated)
+            _create_layout(tmp, meta, examples, token_ids, truncated, spans)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)  # a half-built layout must not litter the parent folder
             if not isinstance(e, OSError):
@@ -274,7 +319,7 @@ class StoreWriter:
             os.rename(tmp, path)  # atomic; fails if another process won the race
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
-            return cls.create_or_open(path, meta, examples, token_ids, truncated)
+            return cls.create_or_open(path, meta, examples, token_ids, truncated, spans)
         return cls(path, meta)
 
     def shard_range(self, s: int) -> tuple[int, int]:
@@ -332,7 +377,7 @@ class StoreWriter:
                     pooled: dict[str, dict[str, np.ndarray]] | None = None) -> None:
         """Write every array of shard ``s`` then commit it. ``last[layer]`` is (rows, d) uint16 bits;
         ``pooled[readout][layer]`` the same for each other read-out the store holds; ``all_tokens[layer]``
-        (positions=all) is (tokens of these rows, d) uint16 bits."""
+        (positions all or window:W) is (the stored token positions of these rows, d) uint16 bits."""
         a, b = self.shard_range(s)
         meta = self.meta
         commit: dict[str, Any] = {"shard": s, "rows": [a, b], "sha256": {}, "stats": {}, "uav_version": __version__}
@@ -350,7 +395,7 @@ class StoreWriter:
                                      f"want {(b - a, meta['d_model'])} uint16")
                 writes.append((_array(layer, readout), bits, slice(a, b)))
                 summarise[_stats_key(layer, readout)] = bits
-            if meta["positions"] == "all":
+            if layer in token_layers_of(meta):
                 writes.append((f"{_layer_key(layer)}/all/s{s:05d}", all_tokens[layer], None))
         try:
             # The checksums run beside the writes and the moments (hashlib releases the GIL for the whole hash); the
@@ -358,7 +403,7 @@ class StoreWriter:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="uav-sha256") as pool:
                 digests = {name: pool.submit(_sha256, bits) for name, bits, _ in writes}
                 for name, bits, rows in writes:
-                    if rows is None:  # positions=all: one ragged array per shard
+                    if rows is None:  # token vectors: one ragged array per shard
                         self.group.create_array(
                             name, shape=bits.shape, dtype="uint16", chunks=(min(max(len(bits), 1), 4096), bits.shape[1]),
                             fill_value=0, overwrite=True, **_codecs(codec_of(meta))).with_config(_WRITE_ALL)[:] = bits
@@ -388,7 +433,8 @@ class StoreWriter:
         return True
 
 
-def _create_layout(tmp: Path, meta: dict, examples: list[dict], token_ids: list[list[int]], truncated: list[bool]) -> None:
+def _create_layout(tmp: Path, meta: dict, examples: list[dict], token_ids: list[list[int]], truncated: list[bool],
+                   spans: list[list[tuple[int, int]]] | None = None) -> None:
     n, d, R = meta["n_rows"], meta["d_model"], meta["shard_rows"]
     g = zarr.open_group(str(tmp), mode="w")
     g.attrs["uav_store"] = {**meta, "complete": False}
@@ -416,6 +462,18 @@ def _create_layout(tmp: Path, meta: dict, examples: list[dict], token_ids: list[
     table("tokens/offsets", offsets)
     table("tokens/ids", np.concatenate([np.asarray(t, dtype=np.int32) for t in token_ids]) if n else np.zeros(0, np.int32),
           chunk=1 << 16)
+    if spans is not None:  # each token's characters in its example's text ([-1, -1]: a special or template token)
+        flat = np.array([sp for row in spans for sp in row], dtype=np.int32).reshape(-1, 2)
+        g.create_array("tokens/spans", shape=flat.shape, dtype=np.int32, chunks=(max(1, min(len(flat), 1 << 16)), 2),
+                       compressors=_compressor())[...] = flat
+    width = parse_positions(meta["positions"])
+    if width != 0:  # the token positions whose vectors are stored: [start, start + count) per row
+        starts = np.array([window_start(e["id"], int(k), width) for e, k in zip(examples, lengths)], dtype=np.int32)
+        counts = lengths if width is None else np.minimum(lengths, width)
+        pos_off = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=pos_off[1:])
+        table("positions/start", starts)
+        table("positions/offsets", pos_off)
     for layer in meta["layers"]:
         for readout in readouts_of(meta):
             g.create_array(_array(layer, readout), shape=(n, d), dtype="uint16", chunks=(min(meta["chunk_rows"], R), d),
@@ -864,20 +922,74 @@ class Store:
         """Per row: the text is one token, so every read-out of it is position 0 (the attention sink)."""
         return self.column("n_tokens") == 1
 
-    def read_tokens(self, layer: str, row: int) -> torch.Tensor:
-        """Every token's vector for one row (stores harvested with positions=all)."""
+    @property
+    def token_width(self) -> int | None:
+        """Token vectors kept per text: 0 (pooled read-outs only), None (every token) or W (window:W)."""
+        return parse_positions(self.meta["positions"])
+
+    def _positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(start, offsets): row r's stored token vectors are positions start[r] … start[r] + count − 1 of its text,
+        rows offsets[r] … offsets[r+1] − 1 of the concatenation of its shard's token arrays (offsets are global).
+        Stores written before windows existed keep every token: start 0, offsets = tokens/offsets."""
+        if not hasattr(self, "_pos"):
+            if self.token_width == 0:
+                raise UavError(f"{self.path} holds pooled read-outs only (positions={self.meta['positions']})",
+                               "re-harvest with --positions all or --positions window:W (e.g. window:32)")
+            if "positions/start" in self.group:
+                self._pos = (self.group["positions/start"][:], self.group["positions/offsets"][:])
+            else:
+                self._pos = (np.zeros(self.n_rows, dtype=np.int32), self.group["tokens/offsets"][:])
+        return self._pos
+
+    def stored_positions(self, row: int) -> np.ndarray:
+        """The token positions (indices into the row's token ids) whose vectors the store holds for ``row``."""
+        start, off = self._positions()
+        return np.arange(int(start[row]), int(start[row]) + int(off[row + 1] - off[row]))
+
+    def has_spans(self) -> bool:
+        """Whether the store records each token's characters (stores harvested before spans existed do not)."""
+        return "tokens/spans" in self.group
+
+    def char_spans(self, start: int, stop: int) -> list[np.ndarray]:
+        """Per row of [start, stop): (n_tokens, 2) character [begin, end) of each token in the row's text, [-1, -1]
+        for tokens that are not part of it (BOS, chat template). Refused for stores harvested before spans."""
+        if not self.has_spans():
+            raise UavError(f"store {self.path} does not record where each token sits in its text (harvested by an "
+                           "older uav)", "re-harvest it (a new --out) to train or evaluate on text windows")
+        off = self.group["tokens/offsets"][start:stop + 1]
+        flat = self.group["tokens/spans"][int(off[0]):int(off[-1])]
+        return [flat[int(a - off[0]):int(b - off[0])] for a, b in zip(off[:-1], off[1:])]
+
+    @property
+    def token_layers(self) -> list[str]:
+        """The layers whose token vectors the store keeps (the pooled read-outs cover every layer)."""
+        return token_layers_of(self.meta)
+
+    def check_token_layer(self, layer: str) -> None:
         self.check_layer(layer)
-        if self.meta["positions"] != "all":
-            raise UavError(f"{self.path} holds only the last token (positions={self.meta['positions']})",
-                           "re-harvest with --positions all")
-        s = row // self.meta["shard_rows"]
-        a, _ = self.shard_range(s)
-        off = self.group["tokens/offsets"]
-        base = int(off[a])
-        lo, hi = int(off[row]) - base, int(off[row + 1]) - base
+        if layer not in self.token_layers:
+            self._positions()  # a pooled-only store says so first
+            raise UavError(f"store {self.path} keeps token vectors of {', '.join(self.token_layers)} only, not {layer}",
+                           "pick one of those token layers, or re-harvest with --token-layers including it")
+
+    def read_token_rows(self, layer: str, start: int, stop: int) -> list[torch.Tensor]:
+        """The stored token vectors of every row of [start, stop) (rows of one shard), one (count, d) tensor per row,
+        with one read of the shard's token array: what a streaming reader fetches per chunk."""
+        self.check_token_layer(layer)
+        s = self.shard_of(start)
+        if self.shard_of(stop - 1) != s:
+            raise ValueError(f"rows {start}-{stop - 1} span two shards")
+        _, off = self._positions()
+        base = int(off[self.shard_range(s)[0]])
+        lo, hi = int(off[start]) - base, int(off[stop]) - base
         name = f"{_layer_key(layer)}/all/s{s:05d}"
         self._require_files(name, np.arange(lo, hi))
-        return from_bits(self.group[name][lo:hi], self.meta["dtype"])
+        block = from_bits(self.group[name][lo:hi], self.meta["dtype"])
+        return [block[int(off[r]) - base - lo:int(off[r + 1]) - base - lo] for r in range(start, stop)]
+
+    def read_tokens(self, layer: str, row: int) -> torch.Tensor:
+        """The stored token vectors of one row (every token for positions=all; the row's window for window:W)."""
+        return self.read_token_rows(layer, row, row + 1)[0]
 
     def stats(self, layer: str, readout: str = "last") -> dict:
         """Per-layer mean/std/norm stats of one read-out over all rows; merged from the commits when the store
@@ -941,21 +1053,19 @@ class Store:
         problems: list[str] = []
         values: dict[str, np.ndarray] = {}
         fs, root = _fs(self.path)
-        for name in TABLES:
+        local = _is_local(fs)
+        optional = [t for t in OPTIONAL_TABLES if (Path(root) / t / "zarr.json").is_file()] if local else []
+        for name in (*TABLES, *optional):
             try:
                 arr = self.group[name]
             except Exception:  # noqa: BLE001 - a missing or garbled array zarr.json
                 problems.append(f"table {name} is missing or its {name}/zarr.json is unreadable")
                 continue
             want, c, n = arr.attrs.get("sha256"), arr.chunks[0], arr.shape[0]
-            try:
-                present = set(fs.ls(f"{root}/{name}/c", detail=False)) if _is_local(fs) else None
-            except FileNotFoundError:
-                present = set()
             bad = False
-            for i in range(-(-n // c)):
-                key = f"{name}/c/{i}"
-                if present is not None and f"{root}/{key}" not in present and (want or name not in _FILL_IS_VALID):
+            for i in range(-(-n // c) if local else 0):  # a remote store: its CRC32Cs and checksums speak for it
+                key = "/".join([name, "c", str(i)] + ["0"] * (arr.ndim - 1))
+                if not (Path(root) / key).is_file() and (want or name not in _FILL_IS_VALID):
                     problems.append(f"table {name}: chunk file {key} is missing (rows {i * c}-{min(n, (i + 1) * c) - 1})")
                     bad = True
             try:
@@ -992,7 +1102,9 @@ class Store:
         lines = [
             f"store      {self.path}",
             f"donor      {m['donor']} ({m.get('family')}, d_model {m['d_model']}, weights {m['weights_fingerprint'][:16]})",
-            f"layers     {', '.join(m['layers'])}   positions {m['positions']}   dtype {m['dtype']}"
+            f"layers     {', '.join(m['layers'])}   positions {m['positions']}"
+            + (f" (token vectors of {', '.join(self.token_layers)})" if self.token_width != 0 else "")
+            + f"   dtype {m['dtype']}"
             f" (computed in {m.get('compute_dtype', '?')})",
             f"tokenizer  {m['tokenizer'].get('name')} vocab {m['tokenizer'].get('vocab_sha256', '')[:12]}   "
             f"input {m['donor_input']}   max_length {m['max_length']}",
@@ -1027,7 +1139,8 @@ def _table_consistency(t: dict[str, np.ndarray], n: int) -> list[str]:
         return ", ".join(map(str, bad[:3].tolist())) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else "")
 
     for name, v in t.items():
-        want = n + 1 if name == "tokens/offsets" else (None if name == "tokens/ids" else n)
+        want = {"tokens/offsets": n + 1, "positions/offsets": n + 1, "tokens/ids": None,
+                "tokens/spans": len(t["tokens/ids"]) if "tokens/ids" in t else None}.get(name, n)
         if want is not None and len(v) != want:
             out.append(f"table {name} has {len(v)} rows, the store {want}")
             return out

@@ -22,7 +22,8 @@ def eval_command(
     runs: Annotated[list[str], typer.Argument(help="Run directory (several with --compare).")],
     store: Annotated[Optional[str], typer.Option(help=H["store"])] = None,
     limit: Annotated[Optional[int], typer.Option(help=H["limit"])] = None,
-    split: Annotated[str, typer.Option(help=H["split"])] = "test",
+    data: Annotated[Optional[str], typer.Option(help=H["data"])] = None,
+    split: Annotated[Optional[str], typer.Option(help=H["split"])] = None,
     controls: Annotated[str, typer.Option(help=f"Comma-separated controls: {','.join(CONTROLS)} (or none). shuffled "
                                                    "(another item's activation, same prompt) is what says whether the "
                                                    "decoder reads.")] = ",".join(CONTROLS),
@@ -49,7 +50,7 @@ def eval_command(
     from uav_eval.protocol import EvalConfig, evaluate
 
     methods = ["uav"] + [c for c in controls.split(",") if c and c != "none"]
-    res = evaluate(EvalConfig(run=runs[0], store=store, split=split, limit=limit, methods=methods, batch_size=batch_size,
+    res = evaluate(EvalConfig(run=runs[0], store=store, data=data, split=split, limit=limit, methods=methods, batch_size=batch_size,
                               similarity=not no_similarity, device=device, allow_incomplete=allow_incomplete))
     typer.echo(summary_table(res))
     typer.echo(f"report → {res.folder() / f'report{suffix(limit)}.md'}")
@@ -65,7 +66,7 @@ def explain_command(
                                                       "is not found: e.g. a local folder harvested elsewhere.")] = None,
 ) -> None:
     """Run the donor on TEXT (loaded, read, freed), then the decoder: print its explanation."""
-    from uav_eval.explain import explain
+    from uav_eval.verbalizer import explain
 
     for q, a in explain(run, text, question, max_new_tokens=max_new_tokens, device=device, donor=donor):
         typer.echo(f"Q: {q}\nA: {a}")

@@ -12,7 +12,7 @@ import torch
 
 from uav_cache.errors import UavError
 from uav_eval.generate import Patch
-from uav_train.adapters import adapter_from_description
+from uav_train.adapters import AdapterInput, adapter_from_description
 from uav_eval.methods import CONTROLS, METHODS
 from uav_train.run import LoadedRun
 
@@ -25,13 +25,14 @@ class Setup:
     soft: torch.Tensor | None
     patch: Patch | None
     lora: bool
+    soft_mask: torch.Tensor | None = None  # (B, K): each item's real soft tokens (items may show different numbers)
 
 
 def selfie_applicable(lr: LoadedRun) -> bool:
     """SelfIE patches the activation into the same model that produced it: same weights, however named."""
     rec = lr.info.record
     same = rec.decoder_weights() == rec.stores[0].weights_fingerprint
-    return same and rec.adapter["d_in"] == lr.model.config.hidden_size
+    return same and rec.donor_width == lr.model.config.hidden_size and rec.input_spec().pooled
 
 
 def check_methods(methods: list[str], lr: LoadedRun | None = None) -> list[str]:
@@ -53,16 +54,16 @@ class MethodRunner:
         torch.manual_seed(seed)
         self.random_adapter = adapter_from_description(lr.adapter.describe()).to(next(lr.adapter.parameters()).device).eval()
 
-    def setup(self, method: str, items, x: torch.Tensor, mask: torch.Tensor) -> Setup:
-        """``x``/``mask`` are the items' own activations, except for ``shuffled``, where the caller passes the
-        deranged items' activations (the prompts stay the items' own)."""
+    def setup(self, method: str, items, x: AdapterInput) -> Setup:
+        """``x`` is the items' own adapter input, except for ``shuffled``, where the caller passes the deranged
+        items' (the prompts stay the items' own)."""
         t, lr = self.lr.template, self.lr
-        k = lr.adapter.k
         if method in ("uav", "shuffled", "random_adapter"):
             adapter = lr.adapter if method == "uav" else self.random_adapter
             with torch.no_grad():
-                soft = adapter(x, mask)
-            return Setup([t.prompt(it.question, k) for it in items], soft, None, True)
+                soft, mask = adapter(x)
+            return Setup([t.prompt(it.question, int(n)) for it, n in zip(items, mask.sum(1).tolist())], soft, None,
+                         True, mask)
         if method == "no_soft":
             return Setup([t.prompt(it.question, 0) for it in items], None, None, True)
         if method == "base_only":
@@ -71,7 +72,7 @@ class MethodRunner:
             return Setup([t.prompt(it.question, 0, context_text=it.text) for it in items], None, None, True)
         if method == "selfie":
             layer = lr.info.record.layers[0]
-            return Setup([t.prompt(it.question, 1) for it in items], None, Patch(layer, x[:, 0, 0, :]), False)
+            return Setup([t.prompt(it.question, 1) for it in items], None, Patch(layer, x.pooled[:, 0, :]), False)
         raise UavError(f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
 
     @contextmanager

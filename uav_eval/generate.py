@@ -51,14 +51,16 @@ def _patched(model, patch: Patch | None, positions: torch.Tensor):
 
 @torch.no_grad()
 def generate(model, tok, prompts: list[tuple[list[int], list[int]]], soft: torch.Tensor | None, *, stop_ids: list[int],
-             max_new_tokens: int = 16, patch: Patch | None = None) -> list[str]:
-    """Greedy answers for one batch. ``prompts`` are (ids, soft positions); ``soft`` is (batch, k, d) or None."""
+             max_new_tokens: int = 16, patch: Patch | None = None, soft_mask: torch.Tensor | None = None) -> list[str]:
+    """Greedy answers for one batch. ``prompts`` are (ids, soft positions); ``soft`` is (batch, K, d) or None, with
+    ``soft_mask`` (batch, K) marking each item's real soft tokens when items hold different numbers of them."""
     encs = [Encoded(ids, ids, pos) for ids, pos in prompts]
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in collate(encs, tok.pad_token_id, left=True).items()}
     emb = model.get_input_embeddings()(batch["input_ids"])
     if soft is not None and soft.shape[1]:
-        emb = splice(emb, soft.to(device), batch["soft_positions"])
+        emb = splice(emb, soft.to(device), batch["soft_positions"],
+                     soft_mask.to(device) if soft_mask is not None else None, batch["soft_mask"])
     with _patched(model, patch, batch["soft_positions"]):
         out = model.generate(inputs_embeds=emb, attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens,
                              do_sample=False, eos_token_id=stop_ids, pad_token_id=tok.pad_token_id)

@@ -17,4 +17,4 @@ METHODS = {
 }
 CONTROLS = tuple(m for m in METHODS if m != "uav")
 # uav − shuffled is measured on this metric per task group; token F1 for every other group
-READING_METRIC = {"classification": "acc"}
+READING_METRIC = {"classification": "acc", "yesno": "acc"}

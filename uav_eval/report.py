@@ -141,9 +141,19 @@ def _probe_cell(p: dict | None) -> str:
     return f"{p['test_acc']:.2f} [{p['test_lo']:.2f}, {p['test_hi']:.2f}]"
 
 
+def _of_text(results: Results, group: str, metric: str, by: str = "by_task") -> tuple[str, str]:
+    """(input_text's score, uav as a fraction of it) for a group: how much of what the text itself gives the decoder
+    the activation gives it."""
+    it, u = _stat(results, "input_text", group, metric, by=by), _stat(results, "uav", group, metric, by=by)
+    if math.isnan(it["mean"]):
+        return "–", "–"
+    return f"{it['mean']:.2f}", (f"{u['mean'] / it['mean']:.2f}" if it["mean"] > 0 and not math.isnan(u["mean"]) else "–")
+
+
 def reading_table(results: Results) -> str:
     """Per task group and per source: uav and shuffled on the same items, their paired difference with a 95%
-    interval, the verdict, no_soft, and (classification) the linear probe's accuracy on the same test split."""
+    interval, the verdict, no_soft, the text-input ceiling (input_text, and uav as a fraction of it), and
+    (classification) the linear probe's accuracy on the same test split."""
     rd, probe = results.reading, results.probe
     if not rd:
         return "_shuffled was not run, so whether the decoder reads the activation is not measured._"
@@ -157,9 +167,53 @@ def reading_table(results: Results) -> str:
             rows.append([("" if by == "by_task" else "↳ ") + _cell(g or "(none)"), d["metric"], str(d["n"]),
                          f"{d['uav']:.2f}", f"{d[rd.get('reference', 'shuffled')]:.2f}", _diff(d),
                          "**yes**" if d["reads"] else "no", "–" if math.isnan(ns["mean"]) else f"{ns['mean']:.2f}",
+                         *_of_text(results, g, d["metric"], by),
                          _probe_cell((p or {}).get("run")), _probe_cell((p or {}).get("best"))])
     return _md_table(["group / source", "metric", "n", "uav", "shuffled", "uav − shuffled [95% CI]", "reads",
-                      "no_soft", "probe (run's layer)", "probe (best on val)"], rows)
+                      "no_soft", "input_text", "uav ÷ input_text", "probe (run's layer)", "probe (best on val)"], rows)
+
+
+def generalization_section(results: Results) -> list[str]:
+    """Rows: each task group on the datasets and phrasings the run trained on, on new phrasings of those datasets,
+    and on datasets it never trained on; uav, shuffled, their paired difference, no_soft and (yes/no) the share of
+    answers that are a plain yes or no."""
+    gen = results.reading.get("by_generalization")
+    if not gen:
+        return []
+    rows = []
+    for key, d in gen.items():
+        task, where = key.split(" · ", 1)
+        m = d["metric"]
+        ns = _stat(results, "no_soft", key, m, by="by_generalization")
+        clean = _stat(results, "uav", key, "clean", by="by_generalization")
+        rows.append([task, where, m, str(d["n"]), f"{d['uav']:.2f}", f"{d['shuffled']:.2f}", _diff(d),
+                     "**yes**" if d["reads"] else "no", "–" if math.isnan(ns["mean"]) else f"{ns['mean']:.2f}",
+                     "–" if not clean["n"] else f"{clean['mean']:.2f}"])
+    return ["", "## Questions it was never trained on", "",
+            "The same run on the datasets and question phrasings it trained on, on held-out phrasings of those datasets, "
+            "and on datasets it never trained on. Yes/no questions are scored by their leading yes or no (`acc`); "
+            "`clean` is the share of uav answers that are a plain yes or no.", "",
+            _md_table(["task group", "where", "metric", "n", "uav", "shuffled", "uav − shuffled [95% CI]", "reads",
+                       "no_soft", "clean"], rows)]
+
+
+def calibration_section(results: Results) -> list[str]:
+    """Does a high score (log p of the answer with the true activation − with the shuffled one) predict a right
+    answer? Per task group: correctness in each third of the answers by score, and the rank correlation."""
+    cal = results.calibration
+    if not cal:
+        return []
+    rows = []
+    for task, c in cal.items():
+        m = c["metric"]
+        bins = " · ".join(f"{b[m]:.2f} (score {b['mean_score']:+.2f}, n {b['n']})" for b in c["bins"])
+        rho = c.get("spearman")
+        rows.append([task, m, str(c["n"]), bins, "–" if rho is None or math.isnan(_num(rho)) else f"{_num(rho):+.2f}"])
+    return ["", "## Is a confident answer a right one?", "",
+            "Each uav answer's score is its mean log-probability per token given the true activation minus given the "
+            "shuffled one (nats): near 0, the answer does not depend on the activation. The answers are split into "
+            "thirds by score, low to high; a score that predicts correctness rises across the thirds.", "",
+            _md_table(["task group", "metric", "n", "correctness by score third (low → high)", "Spearman ρ"], rows)]
 
 
 # --- tables ----------------------------------------------------------------------------------------------
@@ -176,8 +230,9 @@ def summary_table(results: Results) -> str:
     rd = results.reading
     for g in _ordered(set(rd.get("by_task", {})), TASKS):
         d = rd["by_task"][g]
+        it, frac = _of_text(results, g, d["metric"])
         lines.append(f"reads the activation? {g}: uav − shuffled {d['metric']} {_diff(d)} → "
-                     + ("yes" if d["reads"] else "no"))
+                     + ("yes" if d["reads"] else "no") + (f"; uav ÷ input_text {frac}" if frac != "–" else ""))
     return "\n".join(lines)
 
 
@@ -257,6 +312,8 @@ def _report_md(results: Results, plot_name: str) -> str:
         f"`{results.readout}`.",
         "",
         reading_table(results),
+        *generalization_section(results),
+        *calibration_section(results),
         "",
         "## Beyond decoder priors",
         "",

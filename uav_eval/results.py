@@ -43,6 +43,7 @@ class Results:
     aggregates: dict = field(default_factory=dict)  # {"by_task"|"by_source": {"METHOD/GROUP": {metric: stat}}}
     reading: dict = field(default_factory=dict)  # uav − shuffled per group (protocol.reading); {} without shuffled
     probe: dict = field(default_factory=dict)  # the linear-probe ceiling per classification source; {} without
+    calibration: dict = field(default_factory=dict)  # per task group: correctness by score bin (protocol.calibration)
     items: list[dict] = field(default_factory=list)  # one row per (method, item) with every metric
     seconds: float | None = None
 
@@ -85,12 +86,14 @@ EVALS = "evals"  # RUN/evals/<dataset>-<fingerprint12>[-<split>]/: evaluations o
 
 def location(run: str | Path, *, dataset: str | None, fingerprint: str | None, split: str, own: bool) -> Path:
     """The folder an evaluation's results.json/report.md go to: the run folder itself for the run's own dataset's
-    test split, else ``RUN/evals/<dataset>-<fingerprint[:12]>`` (``-<split>`` added for other splits)."""
+    test split, else ``RUN/evals/<dataset>-<fingerprint[:12]>`` (``-<split>`` added for a split other than test, or all
+    for another dataset)."""
     run = Path(run)
     if own and split == "test":
         return run
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset or "dataset").strip("._") or "dataset"
-    return run / EVALS / (f"{name}-{(fingerprint or 'unknown')[:12]}" + ("" if split == "test" else f"-{split}"))
+    default = split == "test" or (split == "all" and not own)  # another dataset is new to the run: every split counts
+    return run / EVALS / (f"{name}-{(fingerprint or 'unknown')[:12]}" + ("" if default else f"-{split}"))
 
 
 def evaluations(run: str | Path) -> list[Path]:

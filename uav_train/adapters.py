@@ -7,8 +7,15 @@ outputs are put on the decoder's own embedding scale, so donors whose activation
 magnitude (Gemma's reach 1e5) train with the same settings.
 
 Kinds: ``mlp`` (UAV's MLP), ``qformer`` (UAV's cross-attention adapter), ``affine`` (scalar affine,
-d+1 parameters, from "Learning Self-Interpretation from Interpretability Artifacts") and ``lowrank``
-(affine plus a rank-r correction). One config dataclass each; :func:`build_adapter` picks by name.
+d+1 parameters, from "Learning Self-Interpretation from Interpretability Artifacts"), ``lowrank``
+(affine plus a rank-r correction) and ``pervector`` (m soft tokens per input vector: a window of token vectors
+becomes a window of soft tokens, the Activation-Oracle / Rep2Text way of reading what a text says). One config
+dataclass each; :func:`build_adapter` picks by name.
+
+A run's adapter is an :class:`InputAdapter`: a *pooled* branch over the stored read-out (one vector per layer)
+and/or a *tokens* branch over a variable number of token vectors (a mask marks the real ones). It returns the soft
+tokens with a mask, so items of one batch may carry different numbers of them (a pooled-only item, a one-token item,
+a 40-token window); prompt.py puts each item's real soft tokens, in order, where its placeholders are.
 """
 
 from __future__ import annotations
@@ -71,7 +78,23 @@ class LowRankConfig(AffineConfig):
     rank: int = 8
 
 
-CONFIGS = {"mlp": MLPConfig, "qformer": QFormerConfig, "affine": AffineConfig, "lowrank": LowRankConfig}
+@dataclass
+class PerVectorConfig:
+    """Each input position (its layers' vectors concatenated) → m soft tokens: LayerNorm → Linear → GELU → Linear,
+    plus a linear skip path that the trainer can warm-start in closed form (each token's vector → the decoder's own
+    embedding of that token's text)."""
+
+    kind: str = "pervector"
+    m: int = 1  # soft tokens per input vector
+    hidden: int = 1024  # width of the non-linear path (0: the linear skip path alone)
+    dropout: float = 0.0
+    center: bool = False  # subtract the train split's mean token vector first (set by the trainer, saved)
+    skip: bool = True  # a linear path from each vector to its soft token(s) (warm-startable)
+
+
+CONFIGS = {"mlp": MLPConfig, "qformer": QFormerConfig, "affine": AffineConfig, "lowrank": LowRankConfig,
+           "pervector": PerVectorConfig}
+TOKEN_KINDS = ("pervector", "qformer")  # adapters that read a variable number of token vectors
 
 
 def adapter_config(kind: str, **options) -> MLPConfig | QFormerConfig | AffineConfig | LowRankConfig:
@@ -87,8 +110,9 @@ def adapter_config(kind: str, **options) -> MLPConfig | QFormerConfig | AffineCo
     cfg = cls(**options)
     for f in fields(cls):  # sizes and counts: k = 0 would train an adapter that emits nothing
         v = getattr(cfg, f.name)
-        if isinstance(v, int) and not isinstance(v, bool) and f.name != "seed" and v < 1:
-            raise UavError(f"adapter {kind} option {f.name} = {v} must be ≥ 1",
+        low = 0 if (kind, f.name) == ("pervector", "hidden") else 1  # pervector hidden 0: its linear skip path alone
+        if isinstance(v, int) and not isinstance(v, bool) and f.name != "seed" and v < low:
+            raise UavError(f"adapter {kind} option {f.name} = {v} must be ≥ {low}",
                            f"set adapter_options.{f.name} to a positive number (default {getattr(cls(), f.name)})")
     if not 0 <= getattr(cfg, "dropout", 0) < 1:
         raise UavError(f"adapter {kind} option dropout = {cfg.dropout} is not in [0, 1)", "e.g. adapter_options.dropout = 0.1")
@@ -172,17 +196,11 @@ class MLPAdapter(Adapter):
         copy them from the first step instead of learning to ignore noise. Returns the fit's R² on (v, target)."""
         if self.skip is None:
             raise UavError("warm start needs an mlp adapter with skip = true", "set adapter_options.skip = true")
-        v, target = v.double(), target.double()
-        mu_v, mu_t = v.mean(0), target.mean(0)
-        vc, tc = v - mu_v, target - mu_t
-        gram = vc.T @ vc
-        lam = ridge * gram.diagonal().mean()
-        w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), vc.T @ tc)  # (d, d_out)
+        w, b, r2 = ridge_fit(v, target, ridge)  # w: (d, d_out)
         self.skip.weight.copy_(w.T.to(self.skip.weight.dtype))
-        self.skip.bias.copy_((mu_t - mu_v @ w).to(self.skip.bias.dtype))
+        self.skip.bias.copy_(b.to(self.skip.bias.dtype))
         self.net[-1].weight.mul_(0.1), self.net[-1].bias.mul_(0.1)
-        pred = v @ w + (mu_t - mu_v @ w)
-        return float(1 - (pred - target).pow(2).sum() / tc.pow(2).sum())
+        return r2
 
 
 class _CrossBlock(nn.Module):
@@ -269,15 +287,148 @@ class LowRankAdapter(AffineAdapter):
         return self.log_scale.exp() * u + self.bias + self.out_norm * self.up(self.down(u))
 
 
-KINDS = {"mlp": MLPAdapter, "qformer": QFormerAdapter, "affine": AffineAdapter, "lowrank": LowRankAdapter}
+class PerVectorAdapter(Adapter):
+    """A window of S token vectors → S·m soft tokens, in order, so the decoder reads them as it reads text. The
+    soft tokens keep each token's own position in the prompt: order is carried by the decoder's position encoding."""
+
+    def __init__(self, config: PerVectorConfig, d_in: int, n_layers: int, d_out: int, out_norm: float):
+        super().__init__(config, d_in, n_layers, d_out, out_norm)
+        d = d_in * n_layers
+        self.norm = nn.LayerNorm(d)
+        self.net = nn.Sequential(nn.Linear(d, config.hidden), nn.GELU(), nn.Dropout(config.dropout),
+                                 nn.Linear(config.hidden, config.m * d_out)) if config.hidden else None
+        self.skip = nn.Linear(d, config.m * d_out) if config.skip or not config.hidden else None
+        self.log_gain = nn.Parameter(torch.zeros(()))
+
+    @property
+    def k(self) -> int:
+        return self.config.m
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, layers·d_in): each position's centred, unit-RMS vectors (per layer), concatenated."""
+        return _unit_rms(self._centered(x)).flatten(2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, s = x.shape[:2]
+        v = self.features(x)
+        y = torch.zeros(b, s, self.config.m * self.d_out, dtype=v.dtype, device=v.device)
+        if self.net is not None:
+            y = y + self.net(self.norm(v))
+        if self.skip is not None:
+            y = y + self.skip(v)
+        return self._to_scale(y.view(b, s * self.config.m, self.d_out), self.log_gain)
+
+    @torch.no_grad()
+    def warm_start(self, v: torch.Tensor, target: torch.Tensor, ridge: float = 0.1) -> float:
+        """The skip path := ridge regression from each position's features ``v`` (N, layers·d_in) to ``target``
+        (N, d_out), e.g. the decoder's embedding of that token's text; the non-linear path is damped. With m > 1
+        every one of a position's soft tokens starts from the same fit. Returns R² on (v, target)."""
+        if self.skip is None:
+            raise UavError("warm start needs a pervector adapter with skip = true", "set token_adapter_options.skip = true")
+        w, b, r2 = ridge_fit(v, target, ridge)
+        self.skip.weight.copy_(w.T.repeat(self.config.m, 1).to(self.skip.weight.dtype))
+        self.skip.bias.copy_(b.repeat(self.config.m).to(self.skip.bias.dtype))
+        if self.net is not None:
+            self.net[-1].weight.mul_(0.1), self.net[-1].bias.mul_(0.1)
+        return r2
+
+
+def ridge_fit(v: torch.Tensor, target: torch.Tensor, ridge: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Closed-form ridge regression ``target ≈ v @ w + b`` (float64; the penalty is ``ridge`` × the mean diagonal of
+    the centred Gram matrix, so it does not depend on the features' scale). Returns (w, b, R² on the data)."""
+    v, target = v.double(), target.double()
+    mu_v, mu_t = v.mean(0), target.mean(0)
+    vc, tc = v - mu_v, target - mu_t
+    gram = vc.T @ vc
+    lam = ridge * gram.diagonal().mean()
+    w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), vc.T @ tc)
+    b = mu_t - mu_v @ w
+    r2 = float(1 - (v @ w + b - target).pow(2).sum() / tc.pow(2).sum())
+    return w, b, r2
+
+
+KINDS = {"mlp": MLPAdapter, "qformer": QFormerAdapter, "affine": AffineAdapter, "lowrank": LowRankAdapter,
+         "pervector": PerVectorAdapter}
 
 
 def build_adapter(config, d_in: int, n_layers: int, d_out: int, out_norm: float) -> Adapter:
     return KINDS[config.kind](config, d_in, n_layers, d_out, out_norm)
 
 
-def adapter_from_description(desc: dict) -> Adapter:
-    """Rebuild an adapter (random weights) from :meth:`Adapter.describe` output."""
+def _from_description(desc: dict) -> Adapter:
     cfg = dict(desc["config"])
     return build_adapter(adapter_config(cfg.pop("kind"), **cfg), desc["d_in"], desc["n_layers"], desc["d_out"],
                          desc["out_norm"])
+
+
+@dataclass
+class AdapterInput:
+    """One batch of what items show the adapter (stream.stack_acts builds it): ``pooled`` (B, Lp, d) read-outs with
+    ``has_pooled`` (B,) marking the items that show one, and ``tokens`` (B, S, Lt, d) token vectors with ``mask``
+    (B, S) marking the real ones. A branch the batch does not use is None."""
+
+    pooled: torch.Tensor | None = None
+    has_pooled: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def to(self, device) -> "AdapterInput":
+        return AdapterInput(*(t.to(device) if t is not None else None
+                              for t in (self.pooled, self.has_pooled, self.tokens, self.mask)))
+
+
+class InputAdapter(nn.Module):
+    """A run's adapter: a pooled branch and/or a tokens branch; soft tokens = [pooled branch's k][tokens branch's],
+    with a (B, K) mask of the ones each item really has (an item without a pooled read-out has none of the first k;
+    a window of S tokens has S·m of the rest, or the Q-Former's k when S > 0)."""
+
+    def __init__(self, pooled: Adapter | None, tokens: Adapter | None):
+        super().__init__()
+        if pooled is None and tokens is None:
+            raise UavError("an adapter needs a pooled branch, a tokens branch or both",
+                           "set adapter (pooled read-out) and/or token_layers with token_adapter")
+        self.pooled, self.tokens = pooled, tokens
+
+    def forward(self, b: AdapterInput) -> tuple[torch.Tensor, torch.Tensor]:
+        parts, masks = [], []
+        if self.pooled is not None and b.pooled is not None:
+            n = b.pooled.shape[0]
+            y = self.pooled(b.pooled.unsqueeze(1), torch.ones(n, 1, dtype=torch.bool, device=b.pooled.device))
+            parts.append(y)
+            masks.append(b.has_pooled.bool().unsqueeze(1).expand(-1, y.shape[1]))
+        if self.tokens is not None and b.tokens is not None and b.tokens.shape[1]:
+            mask = b.mask.bool()
+            safe = mask.clone()
+            safe[~mask.any(1), 0] = True  # an item with no token attends to a zero vector, not to nothing (NaN)
+            y = self.tokens(b.tokens, safe)
+            if isinstance(self.tokens, PerVectorAdapter):
+                m = b.mask.bool().repeat_interleave(self.tokens.config.m, dim=1)
+            else:  # a Q-Former's k queries, for every item that shows any token
+                m = b.mask.bool().any(1, keepdim=True).expand(-1, y.shape[1])
+            parts.append(y)
+            masks.append(m)
+        if not parts:
+            raise UavError("this batch shows the adapter nothing it reads",
+                           "give a pooled read-out to a pooled adapter, or token vectors to a tokens adapter")
+        return torch.cat(parts, 1), torch.cat(masks, 1)
+
+    def describe(self) -> dict:
+        """Both branches' descriptions (saved as uav_adapter.json; :func:`adapter_from_description` rebuilds it)."""
+        return {"pooled": self.pooled.describe() if self.pooled is not None else None,
+                "tokens": self.tokens.describe() if self.tokens is not None else None}
+
+    def n_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @property
+    def kind(self) -> str:
+        """E.g. "mlp", "pervector" or "mlp+pervector": what the reports call the adapter."""
+        return "+".join(a.config.kind for a in (self.pooled, self.tokens) if a is not None)
+
+
+def adapter_from_description(desc: dict) -> InputAdapter:
+    """Rebuild a run's adapter (random weights) from :meth:`InputAdapter.describe` output. Runs written before the
+    tokens branch existed described one pooled adapter ({"config", "d_in", …}): that is the pooled branch."""
+    if "config" in desc:
+        return InputAdapter(_from_description(desc), None)
+    return InputAdapter(*(_from_description(desc[k]) if desc.get(k) else None for k in ("pooled", "tokens")))

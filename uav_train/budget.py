@@ -28,9 +28,10 @@ DEFAULT_VOCAB = 65_536  # when the decoder's config does not say
 
 
 def epoch_items(stores: list[Store], mode: str, sources: list[str] | None = None,
-                weights: dict[str, float] | None = None) -> float:
-    """Items one epoch of the training split yields (``mode`` "qa": one per question, "text": one per row), with
-    the source weights applied as the stream applies them (their expected count)."""
+                weights: dict[str, float] | None = None, context: float = 0.0) -> float:
+    """Items one epoch of the training split yields (``mode`` "qa": one per question plus ``context`` self-supervised
+    items per text, "text": one per row, "context": ``context`` per row, at least 1), with the source weights applied
+    as the stream applies them (their expected count)."""
     n = 0.0
     for st in stores:
         rows = st.split_rows("train")
@@ -41,7 +42,8 @@ def epoch_items(stores: list[Store], mode: str, sources: list[str] | None = None
         recs = st.records(int(rows.min()), int(rows.max()) + 1)
         for r in rows.tolist():
             e = recs[r - int(rows.min())]
-            n += len(item_pairs(e, mode)) * (weights or {}).get(e.get("source") or "", 1)
+            per = {"qa": len(item_pairs(e, "qa")) + context, "text": 1, "context": max(context, 1.0)}[mode]
+            n += per * (weights or {}).get(e.get("source") or "", 1)
     return n
 
 
@@ -106,15 +108,21 @@ def preflight(cfg: "TrainConfig", stores: list[Store], device: str) -> int:
     from uav_cache.models import resolve
     from uav_train.adapters import adapter_config
 
-    stages = {"1": [("text", "stage 1")], "2": [("qa", "stage 2")], "both": [("text", "stage 1"), ("qa", "stage 2")]}
+    stage1 = "context" if cfg.stage1_task == "context" else "text"
+    stages = {"1": [(stage1, "stage 1")], "2": [("qa", "stage 2")], "both": [(stage1, "stage 1"), ("qa", "stage 2")]}
     for mode, name in stages[cfg.stage]:
-        check_batch(cfg.batch_size, epoch_items(stores, mode, cfg.sources, cfg.source_weights), name)
+        check_batch(cfg.batch_size, epoch_items(stores, mode, cfg.sources, cfg.source_weights, cfg.context), name)
     spec = resolve(cfg.decoder, "--decoder")
-    ac = adapter_config(cfg.adapter, **cfg.adapter_options)
-    layers = len(cfg.layers or stores[0].layers)
-    longest = int(stores[0].column("n_tokens").max()) if cfg.tokens else 1
-    need = max(step_bytes(cfg.batch_size, spec, soft_tokens=getattr(ac, "k", layers), answer_tokens=answer,
-                          d_in=stores[0].meta["d_model"], n_inputs=layers * longest,
+    layers = len(cfg.layers or stores[0].layers) if cfg.adapter != "none" else 0
+    soft = getattr(adapter_config(cfg.adapter, **cfg.adapter_options), "k", layers) if layers else 0
+    vectors = 0
+    if cfg.token_layers:  # every stored token of the longest text may be shown (the "full" and "tokens" forms)
+        longest = int(stores[0].column("n_tokens").max())
+        tc = adapter_config(cfg.token_adapter, **cfg.token_adapter_options)
+        vectors = len(cfg.token_layers) * longest
+        soft += getattr(tc, "k", None) or getattr(tc, "m", 1) * longest
+    need = max(step_bytes(cfg.batch_size, spec, soft_tokens=soft, answer_tokens=answer,
+                          d_in=stores[0].meta["d_model"], n_inputs=layers + vectors,
                           grad_checkpointing=cfg.grad_checkpointing, vocab=vocab_size(spec))
                for answer in (cfg.max_target_tokens, cfg.max_answer_tokens or 32))
     check_memory(need, available_bytes(device), cfg.batch_size)

@@ -113,7 +113,8 @@ class PromptTemplate:
 
 
 def collate(encs: list[Encoded], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
-    """Pad a batch (right for training, left for generation); soft positions move with the padding."""
+    """Pad a batch (right for training, left for generation); soft positions move with the padding. Items may hold
+    different numbers of soft tokens: ``soft_mask`` marks the real entries of each row of ``soft_positions``."""
     width = max(len(e.input_ids) for e in encs)
     n = len(encs)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -121,19 +122,31 @@ def collate(encs: list[Encoded], pad_id: int, left: bool = False) -> dict[str, t
     mask = torch.zeros((n, width), dtype=torch.long)
     k = max((len(e.soft_positions) for e in encs), default=0)
     pos = torch.zeros((n, k), dtype=torch.long)
+    soft_mask = torch.zeros((n, k), dtype=torch.bool)
     for i, e in enumerate(encs):
         off = width - len(e.input_ids) if left else 0
         ids[i, off:off + len(e.input_ids)] = torch.tensor(e.input_ids)
         labels[i, off:off + len(e.labels)] = torch.tensor(e.labels)
         mask[i, off:off + len(e.input_ids)] = 1
         if e.soft_positions:
-            pos[i] = torch.tensor(e.soft_positions) + off
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "soft_positions": pos}
+            pos[i, :len(e.soft_positions)] = torch.tensor(e.soft_positions) + off
+            soft_mask[i, :len(e.soft_positions)] = True
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "soft_positions": pos, "soft_mask": soft_mask}
 
 
-def splice(embeds: torch.Tensor, soft: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Replace ``embeds[b, positions[b, j]]`` with ``soft[b, j]`` (differentiable w.r.t. ``soft``)."""
+def splice(embeds: torch.Tensor, soft: torch.Tensor, positions: torch.Tensor, soft_mask: torch.Tensor | None = None,
+           positions_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Put the soft tokens into the prompt embeddings (differentiable w.r.t. ``soft``). Every item's real soft tokens
+    (``soft[b][soft_mask[b]]``, in order) go to its real placeholder positions (``positions[b][positions_mask[b]]``,
+    in order); without masks every entry is real: ``embeds[b, positions[b, j]] = soft[b, j]``."""
     if soft.shape[1] == 0:
         return embeds
-    idx = positions.unsqueeze(-1).expand(-1, -1, embeds.shape[-1])
-    return embeds.scatter(1, idx, soft.to(embeds.dtype))
+    if soft_mask is None and positions_mask is None:
+        idx = positions.unsqueeze(-1).expand(-1, -1, embeds.shape[-1])
+        return embeds.scatter(1, idx, soft.to(embeds.dtype))
+    sm = soft_mask if soft_mask is not None else torch.ones(soft.shape[:2], dtype=torch.bool, device=soft.device)
+    pm = positions_mask if positions_mask is not None else torch.ones_like(positions, dtype=torch.bool)
+    if not torch.equal(sm.sum(1).cpu(), pm.sum(1).cpu()):
+        raise ValueError(f"soft tokens per item {sm.sum(1).tolist()} do not match placeholders {pm.sum(1).tolist()}")
+    rows = torch.arange(embeds.shape[0], device=embeds.device).unsqueeze(1).expand_as(positions)[pm]
+    return embeds.index_put((rows, positions[pm]), soft[sm].to(embeds.dtype))

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from uav_cache.errors import UavError
 from uav_cache.files import share_mode, write_json_atomic
-from uav_train.adapters import Adapter, adapter_from_description
+from uav_train.adapters import InputAdapter, adapter_from_description
 
 if TYPE_CHECKING:
     from uav_cache.store import Store
@@ -96,7 +96,7 @@ def temp_dir_for(final: Path):
         raise
 
 
-def save_adapter(folder: Path, adapter: Adapter, extra: dict | None = None) -> None:
+def save_adapter(folder: Path, adapter: InputAdapter, extra: dict | None = None) -> None:
     """adapter.safetensors + uav_adapter.json into ``folder`` (written via a temp folder)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ def check_tensors(path: Path, what: str) -> None:
                        "restore it from a copy, or train the run again into a new --out") from None
 
 
-def load_adapter(folder: Path) -> tuple[Adapter, dict]:
+def load_adapter(folder: Path) -> tuple[InputAdapter, dict]:
     folder = Path(folder)
     desc_path = adapter_description(folder)
     if not (folder / ADAPTER).exists() or desc_path is None:
@@ -144,7 +144,10 @@ def load_adapter(folder: Path) -> tuple[Adapter, dict]:
     check_tensors(folder / ADAPTER, "adapter weights")
     desc = read_json(desc_path)
     adapter = adapter_from_description(desc)
-    adapter.load_state_dict(load_file(str(folder / ADAPTER)))
+    weights = load_file(str(folder / ADAPTER))
+    if "config" in desc:  # a run from before the tokens branch: its one adapter is the pooled branch
+        weights = {f"pooled.{k}": v for k, v in weights.items()}
+    adapter.load_state_dict(weights)
     return adapter, desc
 
 
@@ -337,7 +340,7 @@ class RunRecord:
 
     ``to_dict``/``save`` write exactly these keys, in this order; ``from_dict``/``load`` accept older runs: a key
     they lack takes the default given here (None: not recorded), and keys this version does not know are
-    dropped. The fallbacks a reader needs for an older run are here: :attr:`readout`, :attr:`tokens`,
+    dropped. The fallbacks a reader needs for an older run are here: :attr:`readout`, :meth:`input_spec`,
     :meth:`decoder_weights`, :meth:`StoreRecord.donor_reading`."""
 
     status: str | None = None  # "training" while it runs, "complete" once the final weights are written
@@ -350,7 +353,7 @@ class RunRecord:
     layers: list[str] = field(default_factory=list)  # module paths, as the store names them
     decoder: str | None = None  # as typed: a registry name, hub id or folder
     decoder_fingerprint: str | None = None  # the decoder's weights; None in older runs (see decoder_weights)
-    adapter: dict = field(default_factory=dict)  # Adapter.describe(): kind, config, d_in, …
+    adapter: dict = field(default_factory=dict)  # InputAdapter.describe(): each branch's kind, config, d_in, …
     trainable_params: dict = field(default_factory=dict)  # {"adapter": n, "lora": n}
     lora: str | None = None  # "trained", "frozen from RUN_A", or None (no LoRA)
     summary: list = field(default_factory=list)  # one dict per stage (and warm start) once complete
@@ -377,9 +380,35 @@ class RunRecord:
         return self.train.get("readout", "last")
 
     @property
-    def tokens(self) -> bool:
-        """Whether the adapter reads every donor token (stores harvested with --positions all)."""
-        return bool(self.train.get("tokens", False))
+    def adapter_kind(self) -> str:
+        """The adapter as reports name it: a branch's kind ("mlp") or both ("mlp+pervector")."""
+        a = self.adapter
+        if "config" in a:  # one pooled adapter (runs before the tokens branch)
+            return a["config"]["kind"]
+        return "+".join(a[k]["config"]["kind"] for k in ("pooled", "tokens") if a.get(k))
+
+    @property
+    def donor_width(self) -> int | None:
+        """The width of the donor vectors the adapter reads."""
+        a = self.adapter
+        return a.get("d_in") if "config" in a else next((a[k]["d_in"] for k in ("pooled", "tokens") if a.get(k)), None)
+
+    def input_spec(self):
+        """What the run feeds its adapter (stream.InputSpec): runs from before token inputs read the pooled read-out
+        of their layers only. Runs of the old ``tokens = true`` experiment (every token through one pooled adapter)
+        are refused: retrain them with token_layers."""
+        from uav_train.stream import InputSpec
+
+        t = self.train
+        if t.get("tokens"):
+            raise UavError("this run was trained with tokens = true (every token through one adapter), which this uav "
+                           "no longer reads", "retrain it with token_layers (see README: token-level inputs)")
+        pooled = t.get("adapter", "mlp") != "none"
+        token_layers = tuple(t.get("token_layers") or ())
+        forms = t.get("forms") or {"full" if pooled and token_layers else ("tokens" if token_layers else "pooled"): 1.0}
+        return InputSpec(layers=tuple(self.layers) if pooled else (), readout=self.readout if pooled else None,
+                         token_layers=token_layers, forms=tuple(sorted(forms.items())),
+                         window=tuple(t.get("window") or (1, 32)))
 
     def decoder_weights(self) -> str:
         """The weights fingerprint of the decoder: weights, not names, identify it ("smollm2-135m", its hub id,
@@ -449,7 +478,7 @@ class LoadedRun:
     info: RunInfo
     model: Any
     tok: Any
-    adapter: Adapter
+    adapter: InputAdapter
     template: Any
     has_lora: bool
 

@@ -1,4 +1,10 @@
-"""Store → training items, streamed: memory stays flat however large the store is.
+"""Store → training items, streamed: memory stays flat however large the store is; and what each item shows the
+adapter (:class:`Acts`): a pooled read-out, one token's vectors, a window of consecutive tokens, or all of a text's
+stored tokens with or without its read-out (:data:`FORMS`), drawn per item in training.
+
+Self-supervised items need no labels (:func:`context_item`): from a window of token vectors, the decoder is asked
+for the window's own text, or the text just before or just after it (UAV's stage 1, Rep2Text's objective and
+Activation Oracles' context prediction in one). They come from any text with stored token vectors.
 
 Reads whole inner chunks of committed shards (``Store.chunk_spans``), in an order shuffled per epoch, through a
 bounded shuffle buffer, produced by a background thread. The order depends only on (seed, epoch), so a resumed
@@ -23,12 +29,121 @@ import torch
 
 from uav_cache.errors import UavError
 from uav_cache.store import Store, UnreadableChunk
+from uav_train.adapters import AdapterInput
 from uav_train.prompt import STAGE1_QUESTION
+
+
+FORMS = {
+    "pooled": "the stored read-out of each pooled layer",
+    "tokens": "every stored token vector of the text",
+    "full": "the read-out and every stored token vector",
+    "window": "a window of consecutive stored tokens, its length drawn from the window range",
+    "token": "one stored token's vectors",
+}
+CONTEXT = {  # self-supervised questions: which text a window of token vectors is asked for
+    "own": ("What do these tokens say?", "Repeat the text these activations encode.", "Which words are these?"),
+    "before": ("What text comes right before this?", "What was written just before these words?",
+               "Which words precede this passage?"),
+    "after": ("What text comes right after this?", "How does the text continue after these words?",
+              "Which words follow this passage?"),
+}
+CONTEXT_WORDS = 12  # before/after targets: at most this many words next to the window
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a run feeds its adapter: the pooled read-out of ``layers`` (``readout``; None: no pooled branch) and/or
+    the token vectors of ``token_layers``; QA items are shown one of ``forms`` (weights), windows are drawn with a
+    length in ``window``. The run records it; evaluation shows every item :meth:`eval_form`."""
+
+    layers: tuple[str, ...] = ()
+    readout: str | None = "last"
+    token_layers: tuple[str, ...] = ()
+    forms: tuple[tuple[str, float], ...] = (("pooled", 1.0),)
+    window: tuple[int, int] = (1, 32)
+
+    @property
+    def pooled(self) -> bool:
+        return self.readout is not None and bool(self.layers)
+
+    @property
+    def tokens(self) -> bool:
+        return bool(self.token_layers)
+
+    def eval_form(self) -> str:
+        """The form every evaluation item is shown: everything the run reads about the whole text."""
+        return "full" if self.pooled and self.tokens else ("tokens" if self.tokens else "pooled")
+
+
+@dataclass
+class Acts:
+    """What one item shows the adapter: ``pooled`` (layers, d) read-outs and/or ``tokens`` (S, token layers, d)
+    vectors of the token positions ``positions`` (S,) of its text."""
+
+    pooled: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    positions: np.ndarray | None = None
+
+    def finite(self) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in (self.pooled, self.tokens) if t is not None)
+
+
+@dataclass
+class RowActs:
+    """Everything a store holds for one row that a run reads: read-outs, token vectors with their positions, and
+    each token's characters in the text (for self-supervised targets; None when not needed)."""
+
+    pooled: torch.Tensor | None
+    tokens: torch.Tensor | None
+    positions: np.ndarray | None
+    spans: np.ndarray | None = None
+
+    def form(self, form: str, rng: np.random.Generator | None = None, window: tuple[int, int] = (1, 32)) -> Acts:
+        """The Acts of one form (:data:`FORMS`); windows and single tokens are drawn with ``rng``."""
+        if form == "pooled":
+            return Acts(self.pooled)
+        if form in ("tokens", "full"):
+            return Acts(self.pooled if form == "full" else None, self.tokens, self.positions)
+        if form in ("window", "token"):
+            a, w = self.draw_window(rng, (1, 1) if form == "token" else window)
+            return Acts(None, self.tokens[a:a + w], self.positions[a:a + w])
+        raise UavError(f"unknown input form {form!r}", f"use one of {', '.join(FORMS)}")
+
+    def draw_window(self, rng: np.random.Generator, window: tuple[int, int]) -> tuple[int, int]:
+        """(first index into the stored tokens, length) of a window whose length is drawn from ``window``."""
+        n = len(self.positions)
+        w = int(rng.integers(min(window[0], n), min(window[1], n) + 1))
+        return int(rng.integers(0, n - w + 1)), w
+
+
+def _piece(text: str, spans: np.ndarray) -> tuple[int, int] | None:
+    """The characters [begin, end) the given token spans cover in the text (None when no token is part of it)."""
+    inside = spans[spans[:, 0] >= 0]
+    return (int(inside[:, 0].min()), int(inside[:, 1].max())) if len(inside) else None
+
+
+def context_item(row: RowActs, text: str, rng: np.random.Generator, window: tuple[int, int],
+                 words: int = CONTEXT_WORDS) -> tuple[Acts, str, str, str] | None:
+    """A self-supervised item from one row: a window of its token vectors, and a question asking for the window's
+    own text, or the ``words`` words just before or after it. Returns (acts, question, answer, kind), or None when
+    the window covers no character of the text (e.g. a BOS alone)."""
+    a, w = row.draw_window(rng, window)
+    pos = row.positions[a:a + w]
+    piece = _piece(text, row.spans[pos])
+    if piece is None:
+        return None
+    before = text[:piece[0]].split()[-words:]
+    after = text[piece[1]:].split()[:words]
+    kinds = ["own"] + (["before"] if before else []) + (["after"] if after else [])
+    kind = kinds[int(rng.integers(len(kinds)))]
+    answer = {"own": text[piece[0]:piece[1]], "before": " ".join(before), "after": " ".join(after)}[kind]
+    question = CONTEXT[kind][int(rng.integers(len(CONTEXT[kind])))]
+    return Acts(None, row.tokens[a:a + w], pos), question, answer, f"context_{kind}"
 
 
 @dataclass
 class Item:
-    x: torch.Tensor  # (tokens, layers, d_in) float32
+    x: Acts
     question: str
     answer: str
     row: int
@@ -36,44 +151,86 @@ class Item:
     task: str
     source: str
     text: str
+    kind: str = "open"  # open (a qa pair), yesno, context_own / context_before / context_after (self-supervised)
+    phrasing: str = "seen"  # heldout: a question phrasing never trained on (evaluation only)
 
 
 def item_pairs(example: dict, mode: str) -> list[tuple[str, str]]:
-    """(question, answer) pairs one example yields: its qa list (stage 2) or the text itself (stage 1)."""
+    """(question, answer) pairs one example yields: its qa list (stage 2) or the text itself (stage 1). A pair whose
+    phrasing is held out (``"phrasing": "heldout"``) is never trained on: evaluation (mode "eval") alone asks it."""
     if mode == "text":
         return [(STAGE1_QUESTION, example["text"])]
-    return [(q["question"], q["answer"]) for q in example.get("qa", [])]
+    return [(q["question"], q["answer"]) for q in example.get("qa", [])
+            if mode == "eval" or q.get("phrasing") != "heldout"]
 
 
-def read_x(store: Store, layers: list[str], rows: np.ndarray, tokens: bool, readout: str = "last") -> list[torch.Tensor]:
-    """Activations of ``rows`` as float32 (tokens, layers, d) tensors, reading contiguous runs at once: every
-    token (``tokens``) or one stored read-out per layer (store.READOUTS)."""
-    if tokens:
-        return [torch.stack([store.read_tokens(layer, int(r)) for layer in layers], 1).float() for r in rows]
-    if len(rows) == 0:
-        return []
-    lo, hi = int(rows.min()), int(rows.max()) + 1
-    block = torch.stack([store.read(layer, lo, hi, readout) for layer in layers], 1).float()  # (hi-lo, L, d)
-    # clone: a view would keep the whole chunk alive while any one of its rows sits in the shuffle buffer
-    return [block[int(r) - lo].unsqueeze(0).clone() for r in rows]
+def read_rows(store: Store, rows: np.ndarray, spec: InputSpec, spans: bool = False) -> list[RowActs]:
+    """What ``spec`` reads of each of ``rows`` (any order), token vectors read a shard at a time: a streaming chunk
+    (consecutive rows) in one read per layer, scattered rows (an evaluation) one by one. Tensors keep the stored
+    dtype (half the memory of float32 in a shuffle buffer); :func:`stack_acts` makes them float32."""
+    rows = np.asarray(rows, dtype=np.int64)
+    pooled: list[torch.Tensor | None] = [None] * len(rows)
+    if spec.pooled and len(rows):
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        if hi - lo <= 2 * len(rows):  # dense: one read of the span
+            block = torch.stack([store.read(layer, lo, hi, spec.readout) for layer in spec.layers], 1)
+            # clone: a view would keep the whole chunk alive while any one of its rows sits in the shuffle buffer
+            pooled = [block[int(r) - lo].clone() for r in rows]
+        else:
+            pooled = list(torch.stack([store.read_rows(layer, rows, spec.readout) for layer in spec.layers], 1))
+    tokens: list[torch.Tensor | None] = [None] * len(rows)
+    positions: list[np.ndarray | None] = [None] * len(rows)
+    if spec.tokens and len(rows):
+        shard = rows // store.meta["shard_rows"]
+        for s in np.unique(shard).tolist():
+            idx = np.flatnonzero(shard == s)
+            lo, hi = int(rows[idx].min()), int(rows[idx].max()) + 1
+            if hi - lo <= 2 * len(idx):
+                per_layer = [store.read_token_rows(layer, lo, hi) for layer in spec.token_layers]
+                got = {r: torch.stack([p[r - lo] for p in per_layer], 1) for r in range(lo, hi)}
+            else:
+                got = {int(r): torch.stack([store.read_tokens(layer, int(r)) for layer in spec.token_layers], 1)
+                       for r in rows[idx]}
+            for i in idx:
+                tokens[i] = got[int(rows[i])]
+                positions[i] = store.stored_positions(int(rows[i]))
+    sp: list[np.ndarray | None] = [None] * len(rows)
+    if spans and len(rows):
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        if hi - lo <= 2 * len(rows):
+            block_spans = store.char_spans(lo, hi)
+            sp = [block_spans[int(r) - lo] for r in rows]
+        else:
+            sp = [store.char_spans(int(r), int(r) + 1)[0] for r in rows]
+    return [RowActs(p, t, q, c) for p, t, q, c in zip(pooled, tokens, positions, sp)]
 
 
 class ItemStream:
     """An endless, deterministic, shuffled stream of :class:`Item` over one split of one or more stores."""
 
     def __init__(self, stores: list[Store], split: str, *, layers: list[str] | None = None, mode: str = "qa",
-                 seed: int = 0, shuffle_buffer: int = 1024, tokens: bool = False, rank: int = 0, world: int = 1,
+                 seed: int = 0, shuffle_buffer: int = 1024, rank: int = 0, world: int = 1,
                  prefetch: int = 512, epochs: int | None = None, skip_corrupt: bool = False, readout: str = "last",
-                 sources: list[str] | None = None, weights: dict[str, float] | None = None):
-        self.stores, self.split, self.mode, self.readout = stores, split, mode, readout
+                 sources: list[str] | None = None, weights: dict[str, float] | None = None,
+                 spec: InputSpec | None = None, context: float = 0.0):
+        """``mode``: "qa" (each example's qa pairs, plus ``context`` self-supervised items per text and epoch),
+        "text" (stage 1: the whole text), "context" (self-supervised items only, ``context`` per text, at least 1).
+        ``spec`` says what items show the adapter (default: the ``readout`` of ``layers``, pooled only)."""
+        if mode not in ("qa", "text", "context"):
+            raise ValueError(f"unknown stream mode {mode!r}")
+        self.stores, self.split, self.mode = stores, split, mode
+        self.spec = spec or InputSpec(layers=tuple(layers or stores[0].layers), readout=readout)
+        self.context = max(context, 1.0) if mode == "context" else (context if mode == "qa" else 0.0)
+        if self.context and not self.spec.tokens:
+            raise UavError("self-supervised (context) items are windows of token vectors, and this run reads none",
+                           "set token_layers (a store harvested with --positions all or window:W)")
         self.sources = set(sources) if sources else None  # only rows of these sources (None: every source)
         # source → expected copies of each of its items per epoch (default 1): 3 = three times, 0.5 = half of them
         self.weights = dict(weights or {})
         bad = {k: v for k, v in self.weights.items() if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0}
         if bad:
             raise UavError(f"source weights must be numbers > 0, got {bad}", "e.g. source_weights = {bbc_topic = 3}")
-        self.layers = layers or stores[0].layers
-        self.seed, self.buffer, self.tokens = seed, shuffle_buffer, tokens
+        self.seed, self.buffer = seed, shuffle_buffer
         self.rank, self.world, self.prefetch, self.epochs = rank, world, prefetch, epochs
         self.bad = 0  # items skipped for NaN/inf activations
         self.skip_corrupt = skip_corrupt  # unreadable chunks: skip (counted, warned) instead of refusing
@@ -95,7 +252,7 @@ class ItemStream:
             for lo, hi in st.chunk_spans():
                 rows = np.arange(lo, hi)
                 rows = rows[keep[rows]]
-                if self.mode != "text" and len(rows):  # stage 2 needs qa pairs; records are read per chunk
+                if self.mode == "qa" and not self.context and len(rows):  # qa pairs needed; records read per chunk
                     recs = st.records(lo, hi)
                     rows = rows[[bool(item_pairs(recs[r - lo], self.mode)) for r in rows]]
                 if len(rows):
@@ -114,18 +271,14 @@ class ItemStream:
                     lo = int(rows.min())
                     recs = st.records(lo, int(rows.max()) + 1)  # this chunk's records only: memory stays flat
                     try:
-                        xs = read_x(st, self.layers, rows, self.tokens, self.readout)
+                        acts = read_rows(st, rows, self.spec, spans=bool(self.context))
                     except Exception as e:  # a garbled/truncated chunk surfaces as a codec, key or OS error
                         if isinstance(e, UavError) and not isinstance(e, UnreadableChunk):  # a missing file: ours
                             raise
                         self._unreadable(int(ci), st, rows, e)
                         continue
-                    for r, x in zip(rows, xs):
-                        e = recs[r - lo]
-                        for q, a in item_pairs(e, self.mode):
-                            it = Item(x, q, a, int(r), si, e.get("task") or "", e.get("source") or "", e["text"])
-                            w = self.weights.get(it.source, 1)
-                            buf.extend([it] * (int(w) + bool(w % 1 and rng.random() < w % 1)))
+                    for r, ra in zip(rows, acts):
+                        buf.extend(self._items(recs[r - lo], int(r), si, ra, rng))
                     while len(buf) > self.buffer:
                         item = buf.pop(int(rng.integers(len(buf))))
                         if not self._put(out, item, stop):
@@ -140,6 +293,27 @@ class ItemStream:
             out.put(None)
         except BaseException as e:  # surface reader errors in the consumer, not as a silent hang
             out.put(e)
+
+    def _items(self, e: dict, r: int, si: int, ra: RowActs, rng: np.random.Generator) -> list[Item]:
+        """One row's items for this epoch: its qa pairs (each shown a form drawn from the spec's forms; stage 1: the
+        whole text), and its self-supervised items, each repeated by its source's weight (2.5: twice, and a third
+        time half of the epochs)."""
+        source = e.get("source") or ""
+        w = self.weights.get(source, 1)
+        copies = lambda x: int(x) + bool(x % 1 and rng.random() < x % 1)  # noqa: E731
+        forms, p = zip(*self.spec.forms) if self.mode == "qa" else ((self.spec.eval_form(),), (1.0,))
+        p = np.asarray(p, dtype=float) / sum(p)
+        out = []
+        for q, a in (item_pairs(e, self.mode) if self.mode != "context" else []):
+            for _ in range(copies(w)):
+                form = forms[int(rng.choice(len(forms), p=p))]
+                out.append(Item(ra.form(form, rng, self.spec.window), q, a, r, si, task_of(e, a), source,
+                                e["text"], kind=_kind(a)))
+        for _ in range(copies(self.context * w)):
+            c = context_item(ra, e["text"], rng, self.spec.window)
+            if c is not None:
+                out.append(Item(c[0], c[1], c[2], r, si, "context", source, e["text"], kind=c[3]))
+        return out
 
     def _unreadable(self, ci: int, st: Store, rows: np.ndarray, err: Exception) -> None:
         """Refuse with the store and shard named, or (skip_corrupt) count the chunk and warn once."""
@@ -175,7 +349,7 @@ class ItemStream:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                if not torch.isfinite(item.x).all():
+                if not item.x.finite():
                     self.bad += 1
                     warnings.warn(f"skipping row {item.row} of {self.stores[item.store].path}: NaN/inf activations")
                     continue
@@ -230,13 +404,39 @@ def derangement(items: list[Item], seed: int = 0) -> list[int]:
     return out
 
 
-def stack_x(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad the token axis: (B, S, L, d) activations and a (B, S) mask."""
-    s = max(i.x.shape[0] for i in items)
-    b, (_, l, d) = len(items), items[0].x.shape
-    x = torch.zeros(b, s, l, d)
-    mask = torch.zeros(b, s, dtype=torch.bool)
-    for j, it in enumerate(items):
-        x[j, : it.x.shape[0]] = it.x
-        mask[j, : it.x.shape[0]] = True
-    return x, mask
+def _kind(answer: str) -> str:
+    return "yesno" if answer.strip().lower().rstrip(".!") in ("yes", "no") else "open"
+
+
+def task_of(example: dict, answer: str) -> str:
+    """The group a question is reported in: "yesno" for a yes/no question (whatever its example's task), else the
+    example's task."""
+    return "yesno" if _kind(answer) == "yesno" else (example.get("task") or "")
+
+
+def stack_acts(acts: list[Acts]) -> AdapterInput:
+    """A batch of Acts as float32 tensors: pooled (B, Lp, d) with has_pooled (B,), and tokens padded to the longest
+    window (B, S, Lt, d) with mask (B, S). A part no item shows is None."""
+    b = len(acts)
+    out = AdapterInput()
+    pooled = [a.pooled for a in acts if a.pooled is not None]
+    if pooled:
+        out.pooled = torch.zeros(b, *pooled[0].shape)
+        out.has_pooled = torch.zeros(b, dtype=torch.bool)
+        for i, a in enumerate(acts):
+            if a.pooled is not None:
+                out.pooled[i], out.has_pooled[i] = a.pooled.float(), True
+    toks = [a.tokens for a in acts if a.tokens is not None]
+    if toks:
+        s = max(t.shape[0] for t in toks)
+        out.tokens = torch.zeros(b, s, *toks[0].shape[1:])
+        out.mask = torch.zeros(b, s, dtype=torch.bool)
+        for i, a in enumerate(acts):
+            if a.tokens is not None:
+                out.tokens[i, :len(a.tokens)], out.mask[i, :len(a.tokens)] = a.tokens.float(), True
+    return out
+
+
+def stack_x(items: list[Item]) -> AdapterInput:
+    """The adapter input of a batch of items (:func:`stack_acts` of their Acts)."""
+    return stack_acts([it.x for it in items])

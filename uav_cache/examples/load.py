@@ -1,5 +1,6 @@
 """Loading examples by name: a built-in recipe (built once, cached in data/RECIPE/), a `uav data build` folder,
-a user JSONL file (every record checked, every problem naming its line), or a hub dataset."""
+a user JSONL file (every record checked, every problem naming its line), a plain text file (one example per
+paragraph, no questions), or a hub dataset."""
 
 from __future__ import annotations
 
@@ -42,6 +43,22 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not examples:
         raise UavError(f"no examples in {path}", "add one JSON object per line with at least a 'text' field")
     return examples
+
+
+def _read_text(path: Path) -> list[dict]:
+    """Plain text: one example per paragraph (blank-line separated), or per line when the file has no blank lines.
+    Such examples carry no questions: they serve the self-supervised objective, a harvest, or `uav explain`."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UavError(f"cannot read {path} as UTF-8 text: {e}", "re-save the file as UTF-8") from None
+    blocks = [b for b in raw.replace("\r\n", "\n").split("\n\n") if b.strip()]
+    if len(blocks) <= 1:
+        blocks = [ln for ln in raw.splitlines() if ln.strip()]
+    if not blocks:
+        raise UavError(f"no text in {path}", "write one paragraph (or one line) per text")
+    return [normalise({"id": f"{path.stem}/{i}", "text": " ".join(b.split()), "task": "text"}, f"{path} text {i}",
+                      str(i), path.stem) for i, b in enumerate(blocks)]
 
 
 def _limited(name: str, examples: list[dict], limit: int | None, meta: dict) -> ExampleSet:
@@ -109,8 +126,11 @@ def load_examples(source: str, *, limit: int | None = None, data_dir: Path = Pat
             raise UavError(f"{path} has no examples.jsonl", "point at a folder written by `uav data build` or at a .jsonl file")
         return _limited(path.name, _read_jsonl(path / "examples.jsonl"), limit, {"path": str(path)})
     if path.is_file():
+        if path.suffix.lower() == ".txt":
+            return _limited(path.stem, _read_text(path), limit, {"path": str(path)})
         if path.suffix.lower() != ".jsonl":
-            raise UavError(f"{path} is not a .jsonl file", "convert it to JSON Lines: one {\"text\": ...} object per line")
+            raise UavError(f"{path} is neither a .jsonl nor a .txt file",
+                           "convert it to JSON Lines (one {\"text\": ...} object per line) or plain text")
         return _limited(path.stem, _read_jsonl(path), limit, {"path": str(path)})
     if path.suffix.lower() in (".jsonl", ".json"):
         raise UavError(f"file not found: {path}", "check the path (relative paths start from the current directory)")

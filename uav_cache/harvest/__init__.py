@@ -29,7 +29,7 @@ from uav_cache.errors import UavError
 from uav_cache.examples import ExampleSet, load_examples
 from uav_cache.models import ModelSpec, block_modules, layer_name, load, resolve, tokenizer_fingerprint, weights_fingerprint
 from uav_cache.store import (CODECS, DEFAULT_CODEC, DEFAULT_READOUTS, FP16_MAX, READOUTS, STORAGE_DTYPES, StoreWriter,
-                             new_meta, to_bits)
+                             new_meta, parse_positions, to_bits, window_start)
 
 
 @dataclass
@@ -40,7 +40,12 @@ class HarvestConfig:
     data: str = "demo"  # built-in recipe name, a folder from `uav data build`, a JSONL file, or a hub dataset
     out: str = "stores/smollm2-135m"  # store folder (the CLI's default: stores/DONOR)
     layers: list[int] | None = None  # block indices to read, e.g. 15,20 (default: the registry's)
-    positions: str = "last"  # last: one vector per read-out and text; all: also every token (ragged)
+    # token vectors kept besides the pooled read-outs (store.POSITIONS): last (none), all (every token), window:W (W
+    # consecutive tokens per text; bounds the store at W vectors per text and layer)
+    positions: str = "last"
+    # block indices whose token vectors are kept (default: every harvested layer); the others keep only read-outs:
+    # a shallow block for the token itself, a deep one for its context, at a fraction of an all-layer store
+    token_layers: list[int] | None = None
     # stored read-outs (store.READOUTS): last (last token), mean (mean over the tokens after the attention-sink
     # position 0)
     readouts: list[str] = field(default_factory=lambda: list(DEFAULT_READOUTS))
@@ -85,6 +90,37 @@ def tokenize(tok, texts: list[str], max_length: int, donor_input: str) -> tuple[
     return ids, cut
 
 
+def char_spans(tok, text: str, ids: list[int], donor_input: str = "raw") -> list[tuple[int, int]]:
+    """Where each token of ``ids`` sits in ``text``: character [begin, end), or (-1, -1) for a token that is not part
+    of the text (BOS, chat-template tokens). Fast tokenizers report offsets; otherwise (or when the offsets do not
+    describe these ids) each token's decoded piece is found in the text from left to right."""
+    rendered, shift = text, 0
+    if donor_input == "chat":
+        rendered = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False)
+        shift = rendered.find(text)
+    try:
+        enc = tok(rendered, add_special_tokens=donor_input != "chat", return_offsets_mapping=True)
+        if list(enc["input_ids"][:len(ids)]) != list(ids) or shift < 0:
+            raise ValueError("offsets describe other ids")
+        out = []
+        for a, b in enc["offset_mapping"][:len(ids)]:
+            a, b = a - shift, b - shift
+            out.append((a, b) if 0 <= a < b <= len(text) else (-1, -1))
+        return out
+    except (NotImplementedError, ValueError, TypeError, KeyError):
+        pass
+    out, cursor = [], 0
+    for i in ids:
+        piece = tok.decode([i]).strip()
+        at = text.find(piece, cursor) if piece else -1
+        if at < 0 or at - cursor > 8:  # not in the text (a special token), or too far to be the next piece
+            out.append((-1, -1))
+            continue
+        out.append((at, at + len(piece)))
+        cursor = at + len(piece)
+    return out
+
+
 class Capture:
     """Forward hooks on chosen blocks; ``outputs[name]`` holds each block's residual output."""
 
@@ -125,7 +161,8 @@ def _validate(ex: ExampleSet) -> None:
 
 
 def plan_meta(cfg: HarvestConfig, spec: ModelSpec, model, tok, ex: ExampleSet, names: list[str],
-              indices: list[int], dtype: str, max_length: int, n_tokens: int, compute_dtype: str = "fp32") -> dict:
+              indices: list[int], dtype: str, max_length: int, n_tokens: int, compute_dtype: str = "fp32",
+              token_names: list[str] | None = None) -> dict:
     """The store's root metadata: everything a reader needs to trust and use the rows without uav."""
     n = len(ex.examples)
     return new_meta(
@@ -139,6 +176,7 @@ def plan_meta(cfg: HarvestConfig, spec: ModelSpec, model, tok, ex: ExampleSet, n
         n_layers=len(block_modules(model)),
         layers=names,
         layer_indices=indices,
+        token_layers=[] if cfg.positions == "last" else (names if cfg.token_layers is None else token_names),
         positions=cfg.positions,
         readouts=list(cfg.readouts),
         readout={r: READOUTS[r] for r in cfg.readouts},
@@ -193,6 +231,8 @@ class Job:
     dtype: str
     device: torch.device
     ranks: distributed.Ranks
+    windows: list[tuple[int, int]] | None = None  # per row, the (start, count) of token positions whose vectors are kept
+    token_names: list[str] | None = None  # layers that keep token vectors (None: every hooked layer)
 
     def run(self) -> None:
         """Run the donor over this rank's uncommitted shards, each written by a background thread while the next
@@ -213,7 +253,8 @@ class Job:
             for s in todo:
                 a, b = writer.shard_range(s)
                 vecs, all_tok = forward_shard(self.model, capture, self.ids[a:b], self.names, pad, cfg.batch_size,
-                                              self.dtype, cfg.positions == "all", self.device, self.row_ids[a:b], bar)
+                                              self.dtype, self.windows[a:b] if self.windows else None, self.device,
+                                              self.row_ids[a:b], bar, self.token_names)
                 if pending is not None:
                     pending.result()
                 pooled = {r: vecs[r] for r in cfg.readouts if r != "last"}
@@ -229,8 +270,7 @@ class Job:
 def plan(cfg: HarvestConfig, loaded: tuple[torch.nn.Module, Any] | None = None) -> Job:
     """Check ``cfg``, load the donor (or use ``loaded``: a model and tokenizer already in memory, as a notebook or
     the bench has them), tokenize, and create or re-open the store (refusing one with another identity)."""
-    if cfg.positions not in ("last", "all"):
-        raise UavError(f"unknown --positions {cfg.positions!r}", "use last or all")
+    parse_positions(cfg.positions)  # last, all or window:W
     if not cfg.readouts or any(r not in READOUTS for r in cfg.readouts) or "last" not in cfg.readouts \
             or len(set(cfg.readouts)) != len(cfg.readouts):
         raise UavError(f"--readouts {','.join(cfg.readouts)} is not a list of distinct read-outs that includes last",
@@ -273,24 +313,44 @@ def plan(cfg: HarvestConfig, loaded: tuple[torch.nn.Module, Any] | None = None) 
     if any(len(t) == 0 for t in ids):
         bad = next(e["id"] for e, t in zip(ex.examples, ids) if not t)
         raise UavError(f"example {bad!r} tokenizes to nothing", "drop it or give it text")
-    meta = plan_meta(cfg, spec, model, tok, ex, names, indices, dtype, max_length, sum(map(len, ids)), compute)
-    writer = StoreWriter.create_or_open(cfg.out, meta, ex.examples, ids, cut)
+    token_names = None
+    if cfg.token_layers is not None:
+        if cfg.positions == "last":
+            raise UavError("--token-layers chooses which layers keep token vectors, and --positions last keeps none",
+                           "add --positions all or --positions window:W, or drop --token-layers")
+        token_names = [layer_name(model, i) for i in cfg.token_layers]
+        stray = [n for n in token_names if n not in names]
+        if stray:
+            raise UavError(f"--token-layers {','.join(map(str, cfg.token_layers))} names blocks not harvested "
+                           f"({', '.join(stray)})", "list them in --layers too")
+    meta = plan_meta(cfg, spec, model, tok, ex, names, indices, dtype, max_length, sum(map(len, ids)), compute,
+                     token_names)
+    spans = [char_spans(tok, e["text"], t, cfg.donor_input) for e, t in zip(ex.examples, ids)]
+    writer = StoreWriter.create_or_open(cfg.out, meta, ex.examples, ids, cut, spans)
     n_sink = sum(len(t) == 1 for t in ids)
     if n_sink and cfg.progress and ranks.main:
         tqdm.write(f"note: {n_sink} text(s) are a single token: every read-out of them is position 0, the attention "
                    "sink (`uav store info` counts them; a longer text, or --donor-input chat, avoids it)")
-    return Job(cfg, writer, model, tok, ids, [e["id"] for e in ex.examples], names, dtype, device, ranks)
+    width = parse_positions(cfg.positions)
+    windows = [(window_start(e["id"], len(t), width), len(t) if width is None else min(len(t), width))
+               for e, t in zip(ex.examples, ids)] if width != 0 else None
+    return Job(cfg, writer, model, tok, ids, [e["id"] for e in ex.examples], names, dtype, device, ranks, windows,
+               writer.meta["token_layers"] if "token_layers" in writer.meta else None)
 
 
 @torch.inference_mode()
 def forward_shard(model, capture: Capture, ids: list[list[int]], names: list[str], pad: int, batch_size: int,
-               dtype: str, keep_all: bool, device: torch.device, ex_ids: list[str], bar) -> tuple[dict, dict | None]:
+                  dtype: str, windows: list[tuple[int, int]] | None, device: torch.device, ex_ids: list[str],
+                  bar, token_names: list[str] | None = None) -> tuple[dict, dict | None]:
     """Forward one shard in length-sorted batches (less padding); rows come back in their original order.
-    Returns ``{readout: {layer: (rows, d) bits}}`` for every read-out in store.READOUTS, and the all-token bits."""
+    Returns ``{readout: {layer: (rows, d) bits}}`` for every read-out in store.READOUTS, and the bits of the token
+    vectors each row keeps (``windows[i]`` = (start, count) of row i's kept positions; None: none kept)."""
+    keep_all = windows is not None
     n = len(ids)
     d = None
     vecs: dict[str, dict[str, np.ndarray]] = {r: {} for r in READOUTS}
-    per_row: dict[str, list[np.ndarray | None]] = {k: [None] * n for k in names} if keep_all else {}
+    keep = names if token_names is None else token_names
+    per_row: dict[str, list[np.ndarray | None]] = {k: [None] * n for k in keep} if keep_all else {}
     order = sorted(range(n), key=lambda i: (len(ids[i]), i))
     for k in range(0, n, batch_size):
         rows = order[k:k + batch_size]
@@ -325,28 +385,46 @@ def forward_shard(model, capture: Capture, ids: list[list[int]], names: list[str
             body[lens_d == 1, 0] = True
             w = body.to(h.dtype)
             vecs["mean"][name][rows] = to_bits((h * w[..., None]).sum(1) / w.sum(1, keepdim=True), dtype)
-            if keep_all:
+            if keep_all and name in per_row:
                 for j, i in enumerate(rows):
-                    per_row[name][i] = to_bits(h[j, :len(ids[i])], dtype)
+                    a, c = windows[i]
+                    per_row[name][i] = to_bits(h[j, a:a + c], dtype)
         bar.update(len(rows))
     all_tok = {k: np.concatenate(v) for k, v in per_row.items()} if keep_all else None
     return vecs, all_tok
 
 
 
+@dataclass
+class Reading:
+    """What the donor holds for one text, read in memory exactly as a harvest stores it: the pooled read-outs per
+    layer, and (when asked for) every token's vector per layer with the token's characters in the text."""
+
+    pooled: dict[str, dict[str, torch.Tensor]]  # readout → layer → (d,)
+    tokens: dict[str, torch.Tensor] | None  # layer → (n_tokens, d), when keep_tokens
+    ids: list[int]
+    spans: list[tuple[int, int]]
+
+
 def read_out(model, tok, texts: list[str], names: list[str], *, dtype: str, max_length: int, donor_input: str = "raw",
-             batch_size: int = 8, readout: str = "last") -> dict[str, torch.Tensor]:
-    """Activations for a few texts through exactly the harvest path (same cut, same rounding), in memory.
-    Used by `uav explain`: the decoder must see what it saw in training."""
+             batch_size: int = 8, keep_tokens: bool = False) -> list[Reading]:
+    """Activations for a few texts through exactly the harvest path (same cut, same rounding), in memory: what
+    `uav explain` and the Verbalizer show the decoder, so it sees what it saw in training."""
     from uav_cache.store import from_bits
 
     ids, _ = tokenize(tok, texts, max_length, donor_input)
     capture = Capture(model, names)
     device = next(model.parameters()).device
+    windows = [(0, len(t)) for t in ids] if keep_tokens else None
     try:
         with tqdm(total=len(texts), disable=True) as bar:
-            vecs, _ = forward_shard(model, capture, ids, names, tok.pad_token_id or 0, batch_size, dtype, False, device,
-                                 [str(i) for i in range(len(texts))], bar)
+            vecs, toks = forward_shard(model, capture, ids, names, tok.pad_token_id or 0, batch_size, dtype, windows,
+                                       device, [str(i) for i in range(len(texts))], bar)
     finally:
         capture.close()
-    return {n: from_bits(vecs[readout][n], dtype) for n in names}
+    out, off = [], np.concatenate([[0], np.cumsum([len(t) for t in ids])])
+    for i, (text, t) in enumerate(zip(texts, ids)):
+        pooled = {r: {n: from_bits(vecs[r][n][i:i + 1], dtype)[0] for n in names} for r in READOUTS}
+        tokens = {n: from_bits(toks[n][off[i]:off[i + 1]], dtype) for n in names} if keep_tokens else None
+        out.append(Reading(pooled, tokens, t, char_spans(tok, text, t, donor_input)))
+    return out

@@ -33,12 +33,13 @@ from uav_cache.device import cpu_threads, pick_device
 from uav_cache.models import embedding_norm, load, resolve, weights_fingerprint
 from uav_cache.store import READOUTS, Store, check_compatible
 from uav_train import budget
-from uav_train.adapters import Adapter, adapter_config, build_adapter
+from uav_train.adapters import (TOKEN_KINDS, AdapterInput, InputAdapter, MLPAdapter, PerVectorAdapter, adapter_config,
+                                build_adapter)
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
 from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, RunInfo, RunRecord, StoreRecord, adapter_description,
                            check_out, load_adapter, load_checkpoint, plot_losses, read_json, replace_dir,
                            save_adapter, save_checkpoint, save_tensors, temp_dir_for)
-from uav_train.stream import Item, ItemStream, derangement, read_x, stack_x
+from uav_train.stream import FORMS, InputSpec, Item, ItemStream, derangement, read_rows, stack_x
 
 
 RECIPE_SECTIONS = ("data", "donors", "train", "runs", "eval", "seeds")  # a recipe's top-level keys (see demo.toml)
@@ -59,8 +60,21 @@ class TrainConfig:
     stores: list[str] = field(default_factory=list)  # store paths or fsspec URLs (same donor and layers)
     out: str = "runs/self"  # run directory (resumes if it holds an unfinished run)
     decoder: str = "smollm2-135m"  # decoder LLM: registry name or local folder
-    adapter: str = "mlp"  # mlp | qformer | affine | lowrank
+    adapter: str = "mlp"  # the pooled read-out's adapter: mlp | qformer | affine | lowrank | none (no pooled input)
     adapter_options: dict = field(default_factory=dict)  # fields of that adapter's config (k, hidden, …)
+    # stored layers whose token vectors feed the tokens adapter (a store harvested with --positions all or
+    # window:W), module paths or block indices; none by default: the run reads the pooled read-out only
+    token_layers: list[str | int] | None = None
+    token_adapter: str = "pervector"  # the token vectors' adapter: pervector (m soft tokens per vector) | qformer
+    token_adapter_options: dict = field(default_factory=dict)  # fields of that adapter's config (m, hidden, …)
+    # what each QA item shows the adapter (stream.FORMS: pooled, tokens, full, window, token) with weights; default:
+    # full (read-out and every stored token) when the run reads both, else the one it reads; evaluation shows full
+    forms: dict[str, float] = field(default_factory=dict)
+    window: list[int] = field(default_factory=lambda: [1, 32])  # (min, max) tokens of window and self-supervised items
+    # self-supervised items per text and epoch in stage 2 (a window of token vectors → its own text, or the words
+    # before or after it); they need token_layers and no labels
+    context: float = 0.0
+    stage1_task: str = "text"  # stage 1's objective: text (the whole text from the run's input) or context (windows)
     stage: str = "both"  # "1" alignment only, "2" QA only (fresh adapter), "both" = 1 then 2
     stage1_steps: int = 100  # stage-1 steps
     steps: int = 200  # stage-2 steps
@@ -68,6 +82,8 @@ class TrainConfig:
     lr_stage1: float = 1e-3  # adapter, stage 1
     lr_adapter: float = 5e-4  # adapter, stage 2
     lr_lora: float = 2e-4  # LoRA, stage 2
+    lr_tokens: float | None = None  # the tokens adapter, both stages (default: as the pooled adapter); its warm-started
+    # skip path maps every token, so a step that suits a pooled adapter can undo its closed-form fit
     warmup: int = 10  # linear warm-up steps, then cosine to 10%
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -82,8 +98,9 @@ class TrainConfig:
     sources: list[str] | None = None  # train (and validate) on these sources only (default: all)
     source_weights: dict[str, float] = field(default_factory=dict)  # source → times each of its items is seen per epoch
     max_answer_tokens: int | None = None  # stage-2 targets cut to N tokens (long gist answers cost the most per step)
-    warm_start: bool = False  # stage 2 from a fresh adapter: fit its skip path in closed form first (mlp, skip = true)
-    tokens: bool = False  # feed every donor token (stores harvested with --positions all)
+    # before the first stage, fit the skip paths in closed form: the pooled mlp's to the mean embedding of each
+    # answer, the pervector adapter's to the decoder's embedding of each token's own text (skip = true in both)
+    warm_start: bool = False
     max_target_tokens: int = 48  # stage-1 targets: the first N tokens of the donor's text
     eval_every: int = 25
     val_items: int = 64
@@ -142,6 +159,8 @@ class TrainConfig:
             at_least(name, getattr(self, name), 0)
         for name in ("lr_stage1", "lr_adapter", "lr_lora", "grad_clip"):
             at_least(name, getattr(self, name), 0, strict=True)
+        if self.lr_tokens is not None:
+            at_least("lr_tokens", self.lr_tokens, 0, strict=True)
         if self.max_bad_fraction > 1 or not 0 <= self.lora.dropout < 1:
             raise UavError("max_bad_fraction and lora.dropout are fractions", "give values in [0, 1)")
         at_least("lora.r", self.lora.r, 1)
@@ -152,10 +171,32 @@ class TrainConfig:
             at_least("max_answer_tokens", self.max_answer_tokens, 1)
         for src, w in self.source_weights.items():
             at_least(f"source_weights.{src}", w, 0, strict=True)
-        ac = adapter_config(self.adapter, **self.adapter_options)  # unknown adapter kind, option or option type
-        if self.warm_start and not (self.adapter == "mlp" and ac.skip and self.stage == "2"):
-            raise UavError("warm_start fits the skip path of a fresh mlp adapter before stage 2",
-                           'use adapter = "mlp", adapter_options.skip = true and stage = "2", or drop warm_start')
+        ac = adapter_config(self.adapter, **self.adapter_options) if self.adapter != "none" else None
+        tc = adapter_config(self.token_adapter, **self.token_adapter_options) if self.token_layers else None
+        if ac is None and tc is None:
+            raise UavError('adapter = "none" reads no pooled read-out, and no token_layers are set: nothing to read',
+                           "set token_layers (with a --positions all/window store) or a pooled adapter")
+        if tc is not None and self.token_adapter not in TOKEN_KINDS:
+            raise UavError(f"token_adapter {self.token_adapter!r} cannot read a variable number of token vectors",
+                           f"use one of {', '.join(TOKEN_KINDS)}")
+        forms = self.forms or {"full" if ac and tc else ("tokens" if tc else "pooled"): 1.0}
+        bad = [f for f in forms if f not in FORMS or (f != "pooled" and tc is None) or (f in ("pooled", "full") and ac is None)]
+        if bad or any(not isinstance(v, (int, float)) or v <= 0 for v in forms.values()):
+            raise UavError(f"forms {forms} include {bad or 'weights ≤ 0'}: a form needs the branch it shows (pooled: "
+                           "a pooled adapter; tokens, window, token: token_layers; full: both)",
+                           f"use forms of {', '.join(FORMS)} with weights > 0 that this run's adapters read")
+        if len(self.window) != 2 or not 1 <= self.window[0] <= self.window[1]:
+            raise UavError(f"window must be [min, max] tokens with 1 ≤ min ≤ max, got {self.window}", "e.g. window = [1, 32]")
+        at_least("context", self.context, 0)
+        if self.stage1_task not in ("text", "context"):
+            raise UavError(f"stage1_task must be text or context, got {self.stage1_task!r}", 'e.g. stage1_task = "context"')
+        if (self.context or self.stage1_task == "context") and tc is None:
+            raise UavError("self-supervised (context) items are windows of token vectors, and this run reads none",
+                           "set token_layers (a store harvested with --positions all or window:W), or context = 0")
+        skips = [c for c in (ac, tc) if c is not None and getattr(c, "skip", False) and c.kind in ("mlp", "pervector")]
+        if self.warm_start and not skips:
+            raise UavError("warm_start fits the skip path of a fresh mlp (pooled) or pervector (tokens) adapter",
+                           "use adapter mlp or token_adapter pervector with skip = true, or drop warm_start")
         pick_device(self.device)  # unknown or absent device
 
     def identity(self) -> dict:
@@ -180,7 +221,8 @@ def answer_loss(model, embeds: torch.Tensor, attention_mask: torch.Tensor, label
     """Next-token cross-entropy on the labelled (answer) positions only, the same value as HF's
     ``labels=`` loss, but the LM head runs only where there is a label: the head is ~20% of SmolLM2's
     forward and more than the whole body for Gemma-3-270M's 262k vocabulary. ``reduction="sum"`` gives the
-    sum over answer tokens (data-parallel steps divide by the global count)."""
+    sum over answer tokens (data-parallel steps divide by the global count); ``"item"`` gives (per-row sum, per-row
+    count of answer tokens)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
     target = labels[:, 1:]
@@ -189,10 +231,36 @@ def answer_loss(model, embeds: torch.Tensor, attention_mask: torch.Tensor, label
     cap = getattr(base.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return torch.nn.functional.cross_entropy(logits, target[keep], reduction=reduction)
+    if reduction != "item":
+        return torch.nn.functional.cross_entropy(logits, target[keep], reduction=reduction)
+    tok = torch.nn.functional.cross_entropy(logits, target[keep], reduction="none")
+    rows = keep.nonzero()[:, 0]
+    n = labels.shape[0]
+    return (torch.zeros(n, dtype=tok.dtype, device=tok.device).index_add(0, rows, tok),
+            torch.bincount(rows, minlength=n))
 
 
-def open_stores(paths: list[str], layers: list[str] | None = None, readout: str = "last") -> list[Store]:
+def answer_losses(model, template: PromptTemplate, adapter: InputAdapter, x: AdapterInput, questions: list[str],
+                  answers: list[str], *, max_answer_tokens: int | None = None,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The one forward of a verbalizer on (activation, question) → answer, teacher-forced: the adapter's soft tokens
+    go where each item's prompt puts them (as many as the item has), and the loss is read on the answer tokens only.
+    Returns per item (summed cross-entropy of its answer tokens, their count). Training, validation and the
+    Verbalizer's scores (log-probability of an answer) all call this."""
+    device = torch.device(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        soft, soft_mask = adapter(x.to(device))
+    encs = [template.encode(q, a, int(n), max_answer_tokens=max_answer_tokens)
+            for q, a, n in zip(questions, answers, soft_mask.sum(1).tolist())]
+    batch = {n: t.to(device) for n, t in collate(encs, template.tok.pad_token_id).items()}
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        emb = model.get_input_embeddings()(batch["input_ids"])
+        emb = splice(emb, soft, batch["soft_positions"], soft_mask, batch["soft_mask"])
+        return answer_loss(model, emb, batch["attention_mask"], batch["labels"], reduction="item")
+
+
+def open_stores(paths: list[str], layers: list[str] | None = None, readout: str = "last",
+                token_layers: list[str] | None = None) -> list[Store]:
     """Open the stores and refuse a mix of donors/layers/widths: they must describe the same space."""
     if not paths:
         raise UavError("no --store given", "pass --store PATH (a `uav harvest` output)")
@@ -205,9 +273,17 @@ def open_stores(paths: list[str], layers: list[str] | None = None, readout: str 
     for st in stores[1:]:
         check_compatible(st, donor=first["donor"], weights_fingerprint=first["weights_fingerprint"],
                          d_model=first["d_model"], dtype=first["dtype"])
-    for layer in layers or stores[0].layers:  # every store must hold the layers the run reads (path or block index)
+    for layer in list(layers or stores[0].layers) + list(token_layers or []):  # every store holds what the run reads
         for st in stores:
             st.resolve_layer(layer)
+    if token_layers:
+        for st in stores:
+            if st.token_width == 0:
+                raise UavError(f"token_layers need token vectors, and store {st.path} holds pooled read-outs only "
+                               f"(positions={st.meta['positions']})",
+                               "re-harvest with --positions all or --positions window:W, or drop token_layers")
+            for layer in token_layers:
+                st.check_token_layer(st.resolve_layer(layer))
     for st in stores:
         st.check_readout(readout)
     return stores
@@ -215,7 +291,17 @@ def open_stores(paths: list[str], layers: list[str] | None = None, readout: str 
 
 def with_layer_paths(cfg: TrainConfig, store: Store) -> TrainConfig:
     """``cfg`` with block indices ("23") replaced by the store's module paths ("model.layers.23")."""
-    return replace(cfg, layers=[store.resolve_layer(x) for x in cfg.layers]) if cfg.layers else cfg
+    paths = lambda xs: [store.resolve_layer(x) for x in xs] if xs else xs  # noqa: E731
+    return replace(cfg, layers=paths(cfg.layers), token_layers=paths(cfg.token_layers))
+
+
+def input_spec(cfg: TrainConfig, store: Store) -> InputSpec:
+    """What the run feeds its adapter (cfg's layers already module paths): the stream, warm start and record use it."""
+    pooled = cfg.adapter != "none"
+    tokens = tuple(cfg.token_layers or ())
+    forms = cfg.forms or {"full" if pooled and tokens else ("tokens" if tokens else "pooled"): 1.0}
+    return InputSpec(layers=tuple(cfg.layers or store.layers) if pooled else (), readout=cfg.readout if pooled else None,
+                     token_layers=tokens, forms=tuple(sorted(forms.items())), window=tuple(cfg.window))
 
 
 class Trainer:
@@ -229,11 +315,10 @@ class Trainer:
             raise UavError(f"batch_size {cfg.batch_size} (the global batch) does not split over {self.ranks.world} "
                            "processes", f"use a multiple of {self.ranks.world}, or another --nproc-per-node")
         self.device = pick_device(cfg.device, self.ranks.device_rank)
-        self.stores = open_stores(cfg.stores, cfg.layers, cfg.readout)
+        self.stores = open_stores(cfg.stores, cfg.layers, cfg.readout, cfg.token_layers)
         cfg = self.cfg = with_layer_paths(cfg, self.stores[0])
         self.layers = cfg.layers or self.stores[0].layers
-        if cfg.tokens and any(st.meta["positions"] != "all" for st in self.stores):
-            raise UavError("--tokens needs a store harvested with --positions all", "re-harvest or drop --tokens")
+        self.spec = input_spec(cfg, self.stores[0])
         if cfg.frozen_decoder and not (Path(cfg.frozen_decoder) / CONFIG).exists():
             raise UavError(f"--frozen-decoder {cfg.frozen_decoder} is not a uav run directory",
                            "point it at a completed stage-2 run trained with LoRA")
@@ -255,31 +340,44 @@ class Trainer:
         if cfg.grad_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.template = PromptTemplate(self.tok)
-        opts = dict(cfg.adapter_options)
-        self.adapter_cfg = adapter_config(cfg.adapter, **opts)
         self.out_norm = embedding_norm(self.model)
         self.meta = self.stores[0].meta
         torch.manual_seed(cfg.seed)
         self.adapter = self._new_adapter()
         self.peft = False
 
-    def _new_adapter(self) -> Adapter:
-        adapter = build_adapter(self.adapter_cfg, self.meta["d_model"], len(self.layers), self.model.config.hidden_size,
-                                self.out_norm)
-        if hasattr(adapter, "shift"):
-            adapter.shift.copy_(self.train_mean())
-        return adapter.to(self.device)
+    def _new_adapter(self) -> InputAdapter:
+        cfg, d_in, d_out, spec = self.cfg, self.meta["d_model"], self.model.config.hidden_size, self.spec
+        pooled = tokens = None
+        if spec.pooled:
+            pooled = build_adapter(adapter_config(cfg.adapter, **cfg.adapter_options), d_in, len(spec.layers), d_out,
+                                   self.out_norm)
+        if spec.tokens:
+            tokens = build_adapter(adapter_config(cfg.token_adapter, **cfg.token_adapter_options), d_in,
+                                   len(spec.token_layers), d_out, self.out_norm)
+        for branch, which in ((pooled, "pooled"), (tokens, "tokens")):
+            if branch is not None and hasattr(branch, "shift"):
+                branch.shift.copy_(self.train_mean(which))
+        return InputAdapter(pooled, tokens).to(self.device)
 
-    def train_mean(self, max_rows: int = 8192) -> torch.Tensor:
-        """(layers, d) mean of the run's read-out over the train split (at most ``max_rows`` rows, in row order):
-        the centre a centring adapter subtracts. Train rows only, so nothing of val/test leaks into the weights."""
-        total, n = torch.zeros(len(self.layers), self.meta["d_model"], dtype=torch.float64), 0
+    def train_mean(self, which: str = "pooled", max_rows: int = 8192, max_tokens: int = 65536) -> torch.Tensor:
+        """(layers, d) mean over the train split of the run's read-out (``pooled``: at most ``max_rows`` rows) or of
+        its stored token vectors (``tokens``: at most ``max_tokens`` of them), in row order: the centre a centring
+        adapter subtracts. Train rows only, so nothing of val/test leaks into the weights."""
+        spec = self.spec
+        n_layers = len(spec.layers if which == "pooled" else spec.token_layers)
+        only = replace(spec, token_layers=()) if which == "pooled" else replace(spec, readout=None)
+        total, n = torch.zeros(n_layers, self.meta["d_model"], dtype=torch.float64), 0
+        cap = max_rows if which == "pooled" else max_tokens
         for st in self.stores:
-            rows = st.split_rows("train")[: max_rows - n]
-            for a in range(0, len(rows), 4096):
-                xs = read_x(st, self.layers, rows[a:a + 4096], False, self.cfg.readout)
-                total += torch.cat(xs).double().sum(0)
-                n += len(xs)
+            rows = st.split_rows("train")
+            for a in range(0, len(rows), 512):
+                if n >= cap:
+                    break
+                for ra in read_rows(st, rows[a:a + 512], only):
+                    x = ra.pooled.unsqueeze(0) if which == "pooled" else ra.tokens
+                    total += x.double().sum(0)
+                    n += len(x)
         return (total / max(n, 1)).float()
 
     # ---- the one loss
@@ -290,60 +388,118 @@ class Trainer:
 
     def loss_terms(self, items: list[Item], mode: str) -> tuple[torch.Tensor, int]:
         """(sum of the answer tokens' cross-entropy, their count): the parts a data-parallel step adds up."""
-        k = self.adapter.k
-        max_ans = self.cfg.max_target_tokens if mode == "text" else self.cfg.max_answer_tokens
-        encs = [self.template.encode(it.question, it.answer, k, max_answer_tokens=max_ans) for it in items]
-        batch = {n: t.to(self.device) for n, t in collate(encs, self.tok.pad_token_id).items()}
-        x, mask = stack_x(items)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            soft = self.adapter(x.to(self.device), mask.to(self.device))
-            emb = self.model.get_input_embeddings()(batch["input_ids"])
-            emb = splice(emb, soft, batch["soft_positions"])
-            total = answer_loss(self.model, emb, batch["attention_mask"], batch["labels"], reduction="sum")
-        return total, int((batch["labels"][:, 1:] != IGNORE).sum())
+        total, counts = self._answer_losses(items, mode)
+        return total.sum(), int(counts.sum())
+
+    def _answer_losses(self, items: list[Item], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per item: the summed cross-entropy of its answer tokens, and their count."""
+        max_ans = self.cfg.max_target_tokens if mode != "qa" else self.cfg.max_answer_tokens
+        return answer_losses(self.model, self.template, self.adapter, stack_x(items), [it.question for it in items],
+                             [it.answer for it in items], max_answer_tokens=max_ans, device=self.device)
 
     @torch.no_grad()
     def val_losses(self, items: list[Item], shuffled: list[Item] | None, mode: str) -> dict:
         """Validation loss, and (stage 2) the same items with another item's activation: the reading gap.
         A run whose gap stays at 0 answers from the question alone, whatever its loss does."""
-        row = {"val_loss": self.val_loss(items, mode)}
+        own = self.val_loss(items, mode)
+        row = {"val_loss": own.pop("all")}
         if shuffled is not None:
-            row["val_loss_shuffled"] = self.val_loss(shuffled, mode)
+            other = self.val_loss(shuffled, mode)
+            row["val_loss_shuffled"] = other.pop("all")
             row["reading_gap"] = row["val_loss_shuffled"] - row["val_loss"]
+            # per task group (classification, fact, gist, context …): which kinds of question it reads, early
+            row.update({f"gap_{g}": other[g] - own[g] for g in sorted(own)})
         return row
 
     @torch.no_grad()
-    def val_loss(self, items: list[Item], mode: str) -> float:
+    def val_loss(self, items: list[Item], mode: str) -> dict[str, float]:
+        """Mean answer-token cross-entropy over ``items`` ("all") and per task group."""
         self.model.eval(), self.adapter.eval()
-        total, n = 0.0, 0
+        sums, counts = torch.zeros(len(items), dtype=torch.float64), torch.zeros(len(items), dtype=torch.float64)
         for i in range(0, len(items), self.cfg.batch_size):
-            chunk = items[i:i + self.cfg.batch_size]
-            total += float(self.loss(chunk, mode)) * len(chunk)
-            n += len(chunk)
+            s, c = self._answer_losses(items[i:i + self.cfg.batch_size], mode)
+            sums[i:i + len(s)], counts[i:i + len(c)] = s.double().cpu(), c.double().cpu()
         self.model.train(), self.adapter.train()
-        return total / max(n, 1)
+        out = {"all": float(sums.sum() / counts.sum().clamp_min(1))}
+        for g in sorted({it.task for it in items}):
+            idx = [j for j, it in enumerate(items) if it.task == g]
+            out[g or "?"] = float(sums[idx].sum() / counts[idx].sum().clamp_min(1))
+        return out
 
     @torch.no_grad()
-    def warm_start(self, max_items: int = 4096) -> dict:
-        """Closed-form warm start of a fresh adapter's skip path: ridge regression from the adapter's input
-        features to the mean input embedding of each training answer (its first ``max_answer_tokens`` tokens).
-        For a label the target *is* the label word's embedding, so the first soft tokens already say "sport" in
-        the decoder's own vocabulary. Train split only; one pass over at most ``max_items`` items."""
-        cfg = self.cfg
-        stream = ItemStream(self.stores, "train", layers=self.layers, mode="qa", seed=cfg.seed, epochs=1,
-                            shuffle_buffer=cfg.shuffle_buffer, tokens=cfg.tokens, readout=cfg.readout, sources=cfg.sources)
+    @torch.no_grad()
+    def warm_start(self, max_items: int = 4096, max_tokens: int = 20000) -> dict:
+        """Closed-form warm start of a fresh adapter's skip paths (ridge regressions; train split only).
+
+        Pooled branch (mlp): from its input features to the mean input embedding of each training answer (its first
+        ``max_answer_tokens`` tokens): for a label the target *is* the label word's embedding, so the first soft tokens
+        already say "sport" in the decoder's own vocabulary. Tokens branch (pervector): from each token's vectors to
+        the decoder's embedding of that token's own text (self-supervised: no labels), so a window of soft tokens
+        starts out as the decoder's own reading of those words, whatever the donor's tokenizer."""
+        out = {}
+        if isinstance(self.adapter.pooled, MLPAdapter) and self.adapter.pooled.skip is not None:
+            out.update(self._warm_start_pooled(max_items))
+        if isinstance(self.adapter.tokens, PerVectorAdapter) and self.adapter.tokens.skip is not None:
+            out.update(self._warm_start_tokens(max_tokens))
+        return out
+
+    def _warm_start_pooled(self, max_items: int) -> dict:
+        cfg, branch = self.cfg, self.adapter.pooled
+        only = replace(self.spec, token_layers=(), forms=(("pooled", 1.0),))
+        stream = ItemStream(self.stores, "train", mode="qa", seed=cfg.seed, epochs=1, shuffle_buffer=cfg.shuffle_buffer,
+                            sources=cfg.sources, spec=only)
         emb = self.model.get_input_embeddings()
         vs, ts = [], []
         for batch in stream.batches(256):
-            x, mask = stack_x(batch)
-            vs.append(self.adapter.features(x.to(self.device), mask.to(self.device)))
+            x = stack_x(batch).to(self.device)
+            vs.append(branch.features(x.pooled.unsqueeze(1), torch.ones(len(batch), 1, dtype=torch.bool, device=self.device)))
             for it in batch:
                 ids = self.template.answer_tokens(it.answer, cfg.max_answer_tokens) or [self.template.placeholder_id]
                 ts.append(emb(torch.tensor(ids, device=self.device)).float().mean(0))
             if sum(len(v) for v in vs) >= max_items:
                 break
-        r2 = self.adapter.warm_start(torch.cat(vs), torch.stack(ts))
+        r2 = branch.warm_start(torch.cat(vs), torch.stack(ts))
         return {"warm_start_items": len(ts), "warm_start_r2": r2}
+
+    def _warm_start_tokens(self, max_tokens: int) -> dict:
+        """Targets come from the store's character spans: the token's text (with the space before it, as the decoder
+        would write it mid-sentence) tokenized by the decoder; the mean of those pieces' input embeddings."""
+        branch, emb = self.adapter.tokens, self.model.get_input_embeddings()
+        only = replace(self.spec, readout=None, layers=())
+        cache: dict[str, torch.Tensor] = {}
+        vs, ts = [], []
+        n = 0
+        for st in self.stores:
+            if not st.has_spans():
+                raise UavError(f"the tokens warm start needs each token's text, and store {st.path} does not record it",
+                               "re-harvest the store with this uav, or drop warm_start")
+            rows = st.split_rows("train")
+            for a in range(0, len(rows), 256):
+                if n >= max_tokens:
+                    break
+                chunk = rows[a:a + 256]
+                recs = st.records(int(chunk.min()), int(chunk.max()) + 1)
+                for r, ra in zip(chunk, read_rows(st, chunk, only, spans=True)):
+                    text = recs[int(r) - int(chunk.min())]["text"]
+                    keep, targets = [], []
+                    for j, p in enumerate(ra.positions):
+                        x0, x1 = (int(v) for v in ra.spans[p])
+                        if x0 < 0:
+                            continue
+                        piece = (" " if x0 > 0 and text[x0 - 1] == " " else "") + text[x0:x1]
+                        if piece not in cache:
+                            ids = self.tok(piece, add_special_tokens=False)["input_ids"] or [self.template.placeholder_id]
+                            cache[piece] = emb(torch.tensor(ids, device=self.device)).float().mean(0)
+                        keep.append(j)
+                        targets.append(cache[piece])
+                    if keep:
+                        vs.append(branch.features(ra.tokens[keep].float().unsqueeze(0).to(self.device))[0])
+                        ts.append(torch.stack(targets))
+                        n += len(keep)
+        if not vs:
+            raise UavError("the train split has no token that is part of its text", "check the store's texts")
+        r2 = branch.warm_start(torch.cat(vs), torch.cat(ts))
+        return {"warm_start_tokens": n, "warm_start_tokens_r2": r2}
 
     # ---- stages
     def _add_lora(self) -> None:
@@ -377,21 +533,24 @@ class Trainer:
     def _stage(self, stage: int, steps: int) -> dict:
         """Train one stage; resumes from RUN/checkpoint when it belongs to this stage."""
         cfg = self.cfg
-        mode = "text" if stage == 1 else "qa"
-        groups = [{"params": list(self.adapter.parameters()), "lr": cfg.lr_stage1 if stage == 1 else cfg.lr_adapter}]
+        mode = ("context" if cfg.stage1_task == "context" else "text") if stage == 1 else "qa"
+        lr = cfg.lr_stage1 if stage == 1 else cfg.lr_adapter
+        groups = [{"name": name, "params": list(branch.parameters()), "lr": cfg.lr_tokens or lr if name == "tokens" else lr}
+                  for name, branch in (("adapter", self.adapter.pooled), ("tokens", self.adapter.tokens))
+                  if branch is not None]
         lora = list(self.lora_params().values()) if stage == 2 else []
         if lora:
-            groups.append({"params": lora, "lr": cfg.lr_lora})
+            groups.append({"name": "lora", "params": lora, "lr": cfg.lr_lora})
         base_lrs = [g["lr"] for g in groups]
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-        common = dict(layers=self.layers, mode=mode, shuffle_buffer=cfg.shuffle_buffer, tokens=cfg.tokens,
-                      skip_corrupt=cfg.skip_corrupt, readout=cfg.readout, sources=cfg.sources)
+        common = dict(mode=mode, shuffle_buffer=cfg.shuffle_buffer, skip_corrupt=cfg.skip_corrupt, sources=cfg.sources,
+                      spec=self.spec, context=cfg.context)
         train = ItemStream(self.stores, "train", seed=cfg.seed * 1000 + stage, weights=cfg.source_weights,
                            rank=self.ranks.rank, world=self.ranks.world, **common)
         val_stream = ItemStream(self.stores, "val", seed=cfg.seed, epochs=1, **common)
         val = [it for _, it in zip(range(cfg.val_items), val_stream)]
         perm = derangement(val, seed=cfg.seed)
-        val_shuffled = [replace(it, x=val[j].x) for it, j in zip(val, perm)] if mode == "qa" else None
+        val_shuffled = [replace(it, x=val[j].x) for it, j in zip(val, perm)] if mode != "text" else None
         st = {"stage": stage, "step": 0, "consumed": 0, "best_val": None, "bad_evals": 0, "stopped": False}
         best_path = self.run / f"best_stage{stage}.safetensors"
         ck = self.run / CHECKPOINT
@@ -407,7 +566,6 @@ class Trainer:
         if st["step"] == 0:  # the baseline the curve falls from (not a candidate for early stopping)
             self._log({"stage": stage, "step": 0, **self.val_losses(val, val_shuffled, mode)})
         self.model.train(), self.adapter.train()
-        names = {0: "adapter", 1: "lora"}
         world = self.ranks.world
         step_terms = self._ddp() if world > 1 else self.loss_terms
         bar = tqdm(total=steps, initial=st["step"], desc=f"stage {stage} ({'align' if stage == 1 else 'QA'})"
@@ -435,7 +593,7 @@ class Trainer:
             st["step"] += 1
             st["consumed"] += items
             row = {"stage": stage, "step": st["step"], "loss": float(loss), "grad_norm": float(gnorm),
-                   **{f"lr_{names[i]}": g["lr"] for i, g in enumerate(opt.param_groups)},
+                   **{f"lr_{g['name']}": g["lr"] for g in opt.param_groups},
                    "items_per_s": st["consumed"] / max(time.perf_counter() - t0, 1e-9)}
             if train.corrupt or val_stream.corrupt:
                 row["skipped_chunks"] = len(train.corrupt) + len(val_stream.corrupt)
@@ -511,6 +669,8 @@ class Trainer:
                 self.adapter, _ = load_adapter(self.run / "stage1")
                 self.adapter.to(self.device)
             else:
+                if cfg.warm_start:  # the fresh adapter's closed-form start (deterministic: redone on resume)
+                    summary.append(self.warm_start())
                 summary.append(self._stage(1, cfg.stage1_steps))
                 if self.ranks.main:
                     save_adapter(self.run / "stage1", self.adapter, {"stage": 1})
@@ -518,8 +678,8 @@ class Trainer:
         if cfg.stage in ("2", "both"):
             # the LoRA init must not depend on whether stage 1 ran in this process or was loaded from disk
             torch.manual_seed(cfg.seed + 1)
-            if cfg.warm_start:  # deterministic and cheap: redone on resume, then the checkpoint's weights win
-                summary.append(self.warm_start())
+            if cfg.warm_start and cfg.stage == "2":  # deterministic and cheap: redone on resume, then the
+                summary.append(self.warm_start())  # checkpoint's weights win
             self._add_lora()
             summary.append(self._stage(2, cfg.steps))
         self._save_final(summary)
@@ -579,7 +739,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
     """Train (or resume, or no-op if finished) the run at ``cfg.out``; returns the run directory. A finished run
     is a no-op only when its settings *and* its stores' contents are unchanged (a path can be re-harvested)."""
     cfg.validate()
-    stores = open_stores(cfg.stores, cfg.layers, cfg.readout)  # refuse bad stores before anything is written
+    stores = open_stores(cfg.stores, cfg.layers, cfg.readout, cfg.token_layers)  # refuse bad stores before anything is written
     check_out(cfg.out, stores)
     for st in stores:
         st.check_usable(cfg.allow_incomplete)  # damaged tables, an unfinished harvest

@@ -1,0 +1,280 @@
+"""The Verbalizer: a finished run loaded once, asked anything about activations.
+
+    v = Verbalizer.load("runs/self")
+    v.ask({23: hidden_states[24][0]}, ["What is the topic of this text?"])    # activations you already hold
+    v.read("Montgomery is the capital of Alabama.", ["Which US state is mentioned?"])   # the donor reads the text
+
+``ask`` takes a block's residual output for one text, (tokens, d), from any hook (transformers'
+``output_hidden_states`` — index i + 1 is block i's output —, nnsight, TransformerLens, or the store), keyed by the
+block's module path or index; it makes exactly what a harvest stores from it (the read-out, the token vectors, in
+the store's dtype) and checks width, layers and read-out against the run. ``read`` runs the donor itself: loaded,
+read, freed, so donor and decoder are never in memory together. Every answer comes with its controls: the same
+question with another text's activation from the run's own store (``shuffled``) and with none (``no_soft``), and a
+score: the answer's mean log-probability per token with the true activation minus with the shuffled ones. A score
+near 0 says the answer does not depend on the activation.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from uav_cache.device import pick_device
+from uav_cache.errors import UavError
+from uav_cache.models import ModelSpec, load, resolve, weights_fingerprint
+from uav_cache.store import STORAGE_DTYPES, Store
+from uav_eval.generate import generate
+from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
+from uav_train.stream import Acts, InputSpec, RowActs, read_rows, stack_acts
+from uav_train.trainer import answer_losses
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str  # with the activation
+    shuffled: str | None = None  # with another text's activation from the run's store (None: no store at hand)
+    no_soft: str | None = None  # with no activation at all
+    score: float | None = None  # mean log p(answer) per token: true activation − shuffled ones (nats)
+    position: int | None = None  # the token position read, for one-token questions
+
+
+def donor_spec(rec: RunRecord, donor: str | None = None) -> ModelSpec:
+    """The run's donor: ``donor`` if given, else the local folder the store recorded, else the donor's name (a
+    registry name; for a local folder only its basename was recorded by older stores)."""
+    if donor:
+        return resolve(donor)
+    path = rec.stores[0].donor_path
+    for name in ([path] if path and Path(path).is_dir() else []) + [rec.donor]:
+        try:
+            return resolve(name)
+        except UavError:
+            continue
+    raise UavError(f"cannot find the run's donor {rec.donor!r} (not a registry name, nor a folder here)",
+                   "pass --donor PATH: the model folder the store was harvested from")
+
+
+class Verbalizer:
+    """A finished run (decoder, LoRA, adapter) in memory, with what it reads (:class:`InputSpec`)."""
+
+    def __init__(self, lr: LoadedRun, references: int = 8, seed: int = 0):
+        self.lr = lr
+        self.rec = lr.info.record
+        self.spec: InputSpec = self.rec.input_spec()
+        self.device = next(lr.model.parameters()).device
+        self.dtype = self.rec.stores[0].dtype or "fp16"
+        self.width = self.rec.donor_width
+        self._refs: list[Acts] | None = None
+        self._n_refs, self._seed = references, seed
+
+    @classmethod
+    def load(cls, run: str | Path, device: str = "auto", references: int = 8) -> "Verbalizer":
+        """Load a finished run once; ``references`` texts of its store serve as the shuffled control."""
+        return cls(load_run(run, device=str(pick_device(device))), references)
+
+    # ---- activations in
+    @property
+    def layers(self) -> list[str]:
+        """The blocks (module paths) the run reads: its pooled layers, then its token layers."""
+        return list(dict.fromkeys((*self.spec.layers, *self.spec.token_layers)))
+
+    def _layer(self, key) -> str:
+        if isinstance(key, str) and key in self.layers:
+            return key
+        if str(key).lstrip("-").isdigit():
+            hit = [n for n in self.layers if re.search(rf"\.{int(key)}$", n)]
+            if hit:
+                return hit[0]
+        raise UavError(f"layer {key!r} is not one this run reads ({', '.join(self.layers)})",
+                       "pass the residual output of those blocks (module path or block index as the key)")
+
+    def acts(self, hidden, positions=None) -> Acts:
+        """What the run's adapter reads from one text's hidden states: ``hidden`` is {block: (tokens, d)} (a single
+        (tokens, d) tensor when the run reads one block). ``positions``: None for the whole text (the run's eval form:
+        its read-out and/or every token), an int for one token, a range/list of consecutive positions for a window."""
+        if isinstance(hidden, torch.Tensor):
+            if len(self.layers) != 1:
+                raise UavError(f"this run reads {len(self.layers)} blocks ({', '.join(self.layers)}); one tensor is "
+                               "ambiguous", "pass {block: hidden states} for each")
+            hidden = {self.layers[0]: hidden}
+        got = {self._layer(k): torch.as_tensor(v) for k, v in dict(hidden).items()}
+        missing = [n for n in self.layers if n not in got]
+        if missing:
+            raise UavError(f"no hidden states for {', '.join(missing)}", f"pass every block the run reads: {self.layers}")
+        for n, h in got.items():
+            if h.dim() == 3 and h.shape[0] == 1:
+                got[n] = h = h[0]
+            if h.dim() != 2 or h.shape[0] < 1:
+                raise UavError(f"hidden states of {n} have shape {tuple(h.shape)}, want (tokens, d) for one text",
+                               "pass one text's block output, e.g. out.hidden_states[i + 1][0]")
+            if self.width is not None and h.shape[1] != self.width:
+                raise UavError(f"hidden states of {n} are {h.shape[1]} wide, the run's donor is {self.width}",
+                               "pass activations of the donor the run was trained on")
+        lengths = {h.shape[0] for h in got.values()}
+        if len(lengths) != 1:
+            raise UavError(f"blocks have different token counts {sorted(lengths)}", "pass one text's states per block")
+        n_tok = lengths.pop()
+        dt = STORAGE_DTYPES[self.dtype]
+        pooled = None
+        if self.spec.pooled and positions is None:
+            pooled = torch.stack([_readout(got[n].float(), self.spec.readout).to(dt) for n in self.spec.layers])
+        tokens = pos = None
+        if self.spec.tokens:
+            pos = np.arange(n_tok) if positions is None else np.atleast_1d(np.asarray(positions, dtype=np.int64))
+            if len(pos) == 0 or pos.min() < 0 or pos.max() >= n_tok:
+                raise UavError(f"positions {positions} are outside this text's {n_tok} tokens", f"use 0 … {n_tok - 1}")
+            tokens = torch.stack([got[n].float()[pos].to(dt) for n in self.spec.token_layers], 1)
+        elif positions is not None:
+            raise UavError("this run reads pooled read-outs only: it cannot be asked about one token or a window",
+                           "ask about the whole text (positions=None), or use a run trained with token_layers")
+        return Acts(pooled, tokens, pos)
+
+    # ---- questions out
+    def ask(self, hidden, questions: list[str] | str, *, positions=None, controls: bool = True,
+            max_new_tokens: int = 32) -> list[Answer]:
+        """Answers to ``questions`` about one text's hidden states (see :meth:`acts`), with controls and scores."""
+        return self.ask_acts(self.acts(hidden, positions), questions, controls=controls, max_new_tokens=max_new_tokens)
+
+    def ask_acts(self, acts: Acts, questions: list[str] | str, *, controls: bool = True,
+                 max_new_tokens: int = 32) -> list[Answer]:
+        questions = [questions] if isinstance(questions, str) else list(questions)
+        bad = [q for q in questions if not isinstance(q, str) or not q.strip()]
+        if bad or not questions:
+            raise UavError("a question is empty", "ask something, e.g. \"What is the topic of this text?\"")
+        answers = self._generate([acts] * len(questions), questions, max_new_tokens)
+        out = [Answer(q, a, position=int(acts.positions[0]) if acts.positions is not None and len(acts.positions) == 1
+                      and acts.pooled is None else None) for q, a in zip(questions, answers)]
+        if controls:
+            for a, ns in zip(out, self._generate([None] * len(questions), questions, max_new_tokens)):
+                a.no_soft = ns
+            refs = self.references(like=acts)
+            if refs:
+                for a, sh in zip(out, self._generate([refs[0]] * len(questions), questions, max_new_tokens)):
+                    a.shuffled = sh
+                for a in out:
+                    a.score = self.score(acts, a.question, a.answer, refs)
+        return out
+
+    def read(self, text: str, questions: list[str] | str, *, positions=None, donor: str | None = None,
+             controls: bool = True, max_new_tokens: int = 32) -> list[Answer]:
+        """Run the donor on ``text`` (loaded, read, freed), then answer as :meth:`ask` does."""
+        return self.ask_acts(self.read_acts(text, positions, donor), questions, controls=controls,
+                             max_new_tokens=max_new_tokens)
+
+    def read_acts(self, text: str, positions=None, donor: str | None = None) -> Acts:
+        """The donor's activations on ``text`` made into what the run reads, exactly as a harvest would store them."""
+        from uav_cache.harvest import read_out
+
+        if not isinstance(text, str) or not text.strip():
+            raise UavError("the text is empty", "give the donor some text to read")
+        src = self.rec.stores[0]
+        spec = donor_spec(self.rec, donor)
+        if weights_fingerprint(spec) != src.weights_fingerprint:
+            raise UavError(f"donor {spec.path or spec.name} here has other weights than the one the run was trained on",
+                           "install the same donor weights, or pass --donor PATH to them (see the store's "
+                           "weights_fingerprint)")
+        model, tok = load(spec, device=str(self.device))
+        try:
+            reading = read_out(model, tok, [text], self.layers, **src.donor_reading(spec.max_length),
+                               keep_tokens=self.spec.tokens)[0]
+        finally:
+            del model, tok  # donor and decoder are never in memory together for longer than this
+            gc.collect()
+        self.last_reading = reading  # token ids and their characters: what a per-token view labels positions with
+        hidden = {}
+        for n in self.layers:  # the read-out is taken from the stored dtype's values, as the harvest took it
+            hidden[n] = reading.tokens[n] if reading.tokens is not None else None
+        if self.spec.tokens:
+            acts = self.acts(hidden, positions)
+            if acts.pooled is not None:  # the harvest's own read-out (computed before rounding), not a re-derivation
+                acts.pooled = torch.stack([reading.pooled[self.spec.readout][n] for n in self.spec.layers])
+            return acts
+        if positions is not None:
+            raise UavError("this run reads pooled read-outs only: it cannot be asked about one token or a window",
+                           "ask about the whole text, or use a run trained with token_layers")
+        return Acts(torch.stack([reading.pooled[self.spec.readout][n] for n in self.spec.layers]))
+
+    # ---- controls and scores
+    def references(self, like: Acts | None = None) -> list[Acts]:
+        """Other texts' activations from the run's own store (val split, fixed by the seed), shown as ``like`` is
+        shown (a whole text, one token, a window): the shuffled control. [] when the store is not at hand."""
+        if self._refs is None:
+            self._refs = []
+            try:
+                rec = self.rec.stores[0]
+                store = Store(next(p for p in (rec.abspath, rec.path) if p and ("://" in p or Path(p).exists())))
+                rows = store.split_rows("val")
+                rows = rows if len(rows) else store.split_rows("train")
+                pick = np.sort(np.random.default_rng(self._seed).choice(rows, min(self._n_refs, len(rows)), replace=False))
+                self._ref_rows: list[RowActs] = read_rows(store, pick, self.spec)
+                self._refs = [ra.form(self.spec.eval_form()) for ra in self._ref_rows]
+            except (StopIteration, UavError, OSError, ValueError):
+                self._ref_rows = []
+        if like is None or like.pooled is not None or like.tokens is None:
+            return self._refs
+        rng = np.random.default_rng(self._seed + 1)  # a window as long as ``like``'s, from each reference text
+        w = len(like.tokens)
+        out = []
+        for ra in self._ref_rows:
+            a = int(rng.integers(0, max(1, len(ra.positions) - w + 1)))
+            out.append(Acts(None, ra.tokens[a:a + w], ra.positions[a:a + w]))
+        return out
+
+    @torch.no_grad()
+    def logprob(self, acts: list[Acts], questions: list[str], answers: list[str]) -> list[float]:
+        """Mean log-probability per answer token of each answer, teacher-forced, given each acts."""
+        lr = self.lr
+        sums, counts = answer_losses(lr.model, lr.template, lr.adapter, stack_acts(acts), questions, answers,
+                                     device=self.device)
+        return [float(-s / max(int(c), 1)) for s, c in zip(sums.cpu(), counts.cpu())]
+
+    def score(self, acts: Acts, question: str, answer: str, refs: list[Acts] | None = None) -> float | None:
+        """log p(answer | acts) − mean over references of log p(answer | reference), per answer token (nats)."""
+        refs = self.references(like=acts) if refs is None else refs
+        if not refs:
+            return None
+        lp = self.logprob([acts, *refs], [question] * (len(refs) + 1), [answer] * (len(refs) + 1))
+        return lp[0] - float(np.mean(lp[1:]))
+
+    def _generate(self, acts: list[Acts | None], questions: list[str], max_new_tokens: int) -> list[str]:
+        lr, t = self.lr, self.lr.template
+        if max_new_tokens < 1:
+            raise UavError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}", "e.g. 32")
+        if all(a is None for a in acts):
+            prompts = [t.prompt(q, 0) for q in questions]
+            return generate(lr.model, lr.tok, prompts, None, stop_ids=t.stop_ids(), max_new_tokens=max_new_tokens)
+        with torch.no_grad():
+            soft, mask = lr.adapter(stack_acts(acts).to(self.device))
+        prompts = [t.prompt(q, int(n)) for q, n in zip(questions, mask.sum(1).tolist())]
+        return generate(lr.model, lr.tok, prompts, soft, stop_ids=t.stop_ids(), max_new_tokens=max_new_tokens,
+                        soft_mask=mask)
+
+
+def _readout(h: torch.Tensor, readout: str) -> torch.Tensor:
+    """One read-out of one text's (tokens, d) states, as the harvest computes it (store.READOUTS)."""
+    if readout == "last":
+        return h[-1]
+    if readout == "mean":
+        return h[1:].mean(0) if h.shape[0] > 1 else h[0]
+    raise UavError(f"unknown read-out {readout!r}", "the run's store names its read-outs")
+
+
+def explain(run: str, text: str, questions: list[str], *, max_new_tokens: int = 32, device: str = "auto",
+            donor: str | None = None) -> list[tuple[str, str]]:
+    """`uav explain`: answers to ``questions`` about the donor's activation on ``text`` (a thin wrapper over
+    :meth:`Verbalizer.read`, without the controls)."""
+    if not text.strip():
+        raise UavError("--text is empty", "give the donor some text to read")
+    if not questions or not all(q.strip() for q in questions):
+        raise UavError("--question is empty", "ask something, e.g. --question 'What is the topic?'")
+    if max_new_tokens < 1:
+        raise UavError(f"--max-new-tokens must be ≥ 1, got {max_new_tokens}", "e.g. --max-new-tokens 32")
+    RunInfo.open(run)  # a missing or unfinished run is refused before anything loads
+    v = Verbalizer.load(run, device=device)
+    return [(a.question, a.answer) for a in v.read(text, questions, donor=donor, controls=False,
+                                                   max_new_tokens=max_new_tokens)]
