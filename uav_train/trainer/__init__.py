@@ -82,8 +82,9 @@ class TrainConfig:
     lr_stage1: float = 1e-3  # adapter, stage 1
     lr_adapter: float = 5e-4  # adapter, stage 2
     lr_lora: float = 2e-4  # LoRA, stage 2
-    lr_tokens: float | None = None  # the tokens adapter, both stages (default: as the pooled adapter); its warm-started
-    # skip path maps every token, so a step that suits a pooled adapter can undo its closed-form fit
+    # the tokens adapter in stage 2 (default: lr_adapter); its warm-started skip path maps every token, so a step that
+    # suits a pooled adapter undoes its closed-form fit (research log, run 1)
+    lr_tokens: float | None = None
     warmup: int = 10  # linear warm-up steps, then cosine to 10%
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -535,7 +536,8 @@ class Trainer:
         cfg = self.cfg
         mode = ("context" if cfg.stage1_task == "context" else "text") if stage == 1 else "qa"
         lr = cfg.lr_stage1 if stage == 1 else cfg.lr_adapter
-        groups = [{"name": name, "params": list(branch.parameters()), "lr": cfg.lr_tokens or lr if name == "tokens" else lr}
+        groups = [{"name": name, "params": list(branch.parameters()),
+                   "lr": (cfg.lr_tokens or lr) if name == "tokens" and stage == 2 else lr}
                   for name, branch in (("adapter", self.adapter.pooled), ("tokens", self.adapter.tokens))
                   if branch is not None]
         lora = list(self.lora_params().values()) if stage == 2 else []
