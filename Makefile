@@ -14,6 +14,7 @@ RUN     ?= runs/self
 DECODER ?= smollm2-135m
 NPROC   ?= 1
 DEVICE_MAP ?=
+SEEDS   ?=
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
@@ -51,7 +52,7 @@ eval: setup
 	$(UAV) eval $(RUN)
 
 demo: setup
-	$(UAV) demo --recipe $(RECIPE)
+	$(UAV) demo --recipe $(RECIPE) $(if $(SEEDS),--seeds $(SEEDS))
 
 bench: setup
 	$(UAV) bench

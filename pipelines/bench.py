@@ -9,6 +9,10 @@ in the same run (never against an absolute target), on the real embedded SmolLM2
 4. memory             peak RSS of a streaming reader over a 10× store ÷ over the 1× store (subprocesses)
 5. generation         batched (8) generation tokens/s ÷ batch-1 tokens/s
 
+Every ratio is the median of ROUNDS (≥ 3) interleaved rounds, printed with its min–max: on a shared machine two
+runs of one ratio moved by 10–40% (harvest ÷ bare 0.90 vs 1.00; random batches ÷ Arrow 1.45 vs 2.04), so one
+round's figure says little, and the range says how much. Within a round the two sides of a ratio run back to back.
+
 Default sizes fit a busy 2-core CPU in a few minutes; on a GPU box pass ``--scale 10`` (or more) so the
 timed regions are long enough to mean something. Reads right after writes come from the page cache: the
 read columns compare formats' decode cost, not disks.
@@ -35,11 +39,31 @@ from uav_cache.device import pick_device
 from uav_cache.store import DEFAULT_CODEC, STORAGE_DTYPES, Store, StoreWriter, new_meta, to_bits
 
 D_SYN = 576  # SmolLM2-135M's width: the synthetic rows are shaped like its activations
+ROUNDS = 3  # interleaved rounds behind every ratio (median, min, max)
 TARGETS = {"harvest_overhead": ("≥", 0.95), "streaming_step_ratio": ("≤", 1.05), "memory_ratio_10x": ("≤", 1.10),
            "writer_mb_s": ("≥", 300), "batches_vs_arrow": ("≥", 1.0)}
 
 
 # ---------------------------------------------------------------------------------------------- small helpers
+
+def spread(values: list[float]) -> dict:
+    """median, min and max of one ratio's rounds."""
+    v = [float(x) for x in values]
+    return {"median": float(np.median(v)), "min": min(v), "max": max(v), "rounds": len(v)}
+
+
+def with_range(key: str, values: list[float]) -> dict:
+    """``{key: median, key_range: [min, max], rounds}``: a ratio as every measurement reports it."""
+    s = spread(values)
+    return {key: s["median"], f"{key}_range": [s["min"], s["max"]], "rounds": s["rounds"]}
+
+
+def ranged(results: dict, key: str, digits: int = 2) -> str:
+    """`1.02 (0.98–1.05)`, or the median alone for results written before ranges."""
+    lo_hi = results.get(f"{key}_range")
+    v = results[key]
+    return f"{v:.{digits}f}" + (f" ({lo_hi[0]:.{digits}f}–{lo_hi[1]:.{digits}f})" if lo_hi else "")
+
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     t0 = time.perf_counter()
@@ -175,7 +199,7 @@ DEFAULT_FORMAT = f"zarr (uav, {DEFAULT_CODEC})"
 
 
 def compare_formats(rows: np.ndarray, work: Path, dtypes=("fp16", "bf16"), n_batches: int = 20,
-                    batch: int = 256, formats: dict | None = None, repeats: int = 3) -> list[dict]:
+                    batch: int = 256, formats: dict | None = None, repeats: int = ROUNDS) -> list[dict]:
     """Each format × dtype on the same rows: size ÷ raw size, write/read MB/s (of raw bytes), random batches/s.
     Each measurement is the median of ``repeats`` rounds, the formats taking turns within a round, so a busy
     moment of a shared machine does not land on one format alone; one unmeasured round first warms every format
@@ -201,35 +225,51 @@ def compare_formats(rows: np.ndarray, work: Path, dtypes=("fp16", "bf16"), n_bat
             out.append({"format": name, "dtype": dtype, "rows": len(rows), "raw_bytes": raw, "bytes": int(med["bytes"]),
                         "size_ratio": med["bytes"] / raw, "write_mb_s": mb / med["write_s"], "read_mb_s": mb / med["read_s"],
                         "batches_per_s": len(batches) / med["batches_s"], "repeats": repeats,
+                        # per round, so a ratio of two formats is taken within a round (store_claims)
+                        "write_mb_s_rounds": [mb / m["write_s"] for m in ms],
+                        "batches_per_s_rounds": [len(batches) / m["batches_s"] for m in ms],
                         **({"create_s": med["create_s"]} if "create_s" in med else {})})
     return out
 
 
 def store_claims(formats: list[dict]) -> dict:
     """The writer and reader claims, from one compare_formats run: the default codec's write MB/s and its random
-    256-row batches/s ÷ Arrow's, each the worse of the two dtypes."""
+    256-row batches/s ÷ Arrow's (Arrow's batches of the same round), each the worse of the two dtypes; the median
+    over rounds with its min–max."""
     by = {(r["format"], r["dtype"]): r for r in formats}
     dtypes = sorted({r["dtype"] for r in formats})
     ours = [by[(DEFAULT_FORMAT, d)] for d in dtypes]
-    return {"writer_mb_s": min(r["write_mb_s"] for r in ours),
-            "batches_vs_arrow": min(by[(DEFAULT_FORMAT, d)]["batches_per_s"] / by[("arrow (datasets)", d)]["batches_per_s"]
-                                    for d in dtypes),
+    if "write_mb_s_rounds" not in ours[0]:  # results written before rounds were kept
+        return {"writer_mb_s": min(r["write_mb_s"] for r in ours),
+                "batches_vs_arrow": min(by[(DEFAULT_FORMAT, d)]["batches_per_s"] / by[("arrow (datasets)", d)]["batches_per_s"]
+                                        for d in dtypes),
+                "create_s": max(r["create_s"] for r in ours), "rows": ours[0]["rows"]}
+    n = len(ours[0]["write_mb_s_rounds"])
+    writer = [min(r["write_mb_s_rounds"][i] for r in ours) for i in range(n)]
+    vs = [min(by[(DEFAULT_FORMAT, d)]["batches_per_s_rounds"][i] / by[("arrow (datasets)", d)]["batches_per_s_rounds"][i]
+              for d in dtypes) for i in range(n)]
+    return {**with_range("writer_mb_s", writer), **with_range("batches_vs_arrow", vs),
             "create_s": max(r["create_s"] for r in ours), "rows": ours[0]["rows"]}
 
 
 # ---------------------------------------------------------------------------------------------- 1. harvest overhead
 
-def harvest_overhead(model, tok, spec, n_texts: int, work: Path, batch_size: int = 8, shard_rows: int = 32) -> dict:
+def harvest_overhead(model, tok, spec, n_texts: int, work: Path, batch_size: int = 8, shard_rows: int = 32,
+                     rounds: int = ROUNDS) -> dict:
     """Tokens/s of a harvest (``harvest.plan`` with the already loaded donor, then ``Job.run`` and finalize: the
     clock covers the donor loop and the writes, not loading and tokenizing) ÷ tokens/s of the same batches through
-    the same Capture hooks with nothing written. The bare pass runs before and after; their mean is the baseline."""
+    the same Capture hooks with nothing written. Each round harvests a new store between two bare passes, whose
+    mean is that round's baseline."""
     from tqdm.auto import tqdm
 
     from uav_cache import harvest as hv
 
-    out = work / "harvest-store"
-    job = hv.plan(hv.HarvestConfig(donor=spec.name, data="demo", out=str(out), limit=n_texts, batch_size=batch_size,
-                                   shard_rows=shard_rows, chunk_rows=shard_rows, progress=False), loaded=(model, tok))
+    def plan(r: int):
+        return hv.plan(hv.HarvestConfig(donor=spec.name, data="demo", out=str(work / f"harvest-store-{r}"), limit=n_texts,
+                                        batch_size=batch_size, shard_rows=shard_rows, chunk_rows=shard_rows,
+                                        progress=False), loaded=(model, tok))
+
+    job = plan(0)
     ids, names, pad = job.ids, job.names, tok.pad_token_id or 0
     n_tokens = sum(map(len, ids))
 
@@ -243,26 +283,32 @@ def harvest_overhead(model, tok, spec, n_texts: int, work: Path, batch_size: int
         finally:
             cap.close()
 
-    def run():
-        job.run()
-        job.writer.finalize()
+    def run(j):
+        j.run()
+        j.writer.finalize()
 
     bare()  # warm-up (allocator, kernels)
-    t_bare1, _ = timed(bare)
-    t_harvest, _ = timed(run)
-    t_bare2, _ = timed(bare)
-    t_bare = (t_bare1 + t_bare2) / 2
-    return {"texts": len(ids), "tokens": n_tokens, "harvest_tok_s": n_tokens / t_harvest,
-            "bare_tok_s": n_tokens / t_bare, "harvest_overhead": (n_tokens / t_harvest) / (n_tokens / t_bare),
-            "store": str(out)}
+    t_bare, t_harvest = [], []
+    for r in range(rounds):
+        j = job if r == 0 else plan(r)
+        b1, _ = timed(bare)
+        t, _ = timed(lambda: run(j))
+        b2, _ = timed(bare)
+        t_bare.append((b1 + b2) / 2)
+        t_harvest.append(t)
+    return {"texts": len(ids), "tokens": n_tokens, "harvest_tok_s": n_tokens / float(np.median(t_harvest)),
+            "bare_tok_s": n_tokens / float(np.median(t_bare)),
+            **with_range("harvest_overhead", [b / h for b, h in zip(t_bare, t_harvest)]),
+            "store": str(work / "harvest-store-0")}
 
 
 # ---------------------------------------------------------------------------------------------- 3. streaming
 
-def streaming_ratio(store: Path, decoder: str, steps: int, work: Path, batch_size: int = 8) -> dict:
+def streaming_ratio(store: Path, decoder: str, steps: int, work: Path, batch_size: int = 8, rounds: int = ROUNDS) -> dict:
     """Mean time of an adapter-only training step (real decoder forward + backward through the frozen decoder
     into a small MLP adapter) when batches come from ItemStream vs the same batches preloaded in RAM.
-    Steps alternate (stream, RAM, stream, …) so load changes on a shared machine hit both sides alike."""
+    Steps alternate (stream, RAM, stream, …) so load changes on a shared machine hit both sides alike; the steps
+    are cut into ``rounds`` rounds, one ratio each."""
     from uav_train.stream import ItemStream
     from uav_train.trainer import TrainConfig, Trainer
 
@@ -282,20 +328,21 @@ def streaming_ratio(store: Path, decoder: str, steps: int, work: Path, batch_siz
     stream = ItemStream([Store(store)], "train", seed=0).batches(batch_size)
     step(next(stream))  # warm-up: the stream's first chunk read and the first backward both happen here
     step(ram[0])
-    t_stream = t_ram = 0.0
+    t_stream, t_ram = np.zeros(steps), np.zeros(steps)
     for i in range(1, steps + 1):
         t0 = time.perf_counter()
         b = next(stream)
         step(b)
-        t_stream += time.perf_counter() - t0
+        t_stream[i - 1] = time.perf_counter() - t0
         assert [it.row for it in b] == [it.row for it in ram[i]]  # the same items on both sides
-        dt, _ = timed(lambda: step(ram[i]))
-        t_ram += dt
-    return {"steps": steps, "step_s_stream": t_stream / steps, "step_s_ram": t_ram / steps,
-            "streaming_step_ratio": t_stream / t_ram, "proxy": "adapter-only step on the real decoder"}
+        t_ram[i - 1], _ = timed(lambda: step(ram[i]))
+    parts = np.array_split(np.arange(steps), min(rounds, steps))
+    return {"steps": steps, "step_s_stream": float(t_stream.mean()), "step_s_ram": float(t_ram.mean()),
+            **with_range("streaming_step_ratio", [t_stream[p].sum() / t_ram[p].sum() for p in parts]),
+            "proxy": "adapter-only step on the real decoder"}
 
 
-def train_step_ratio(store: Path, decoder: str, steps: int, work: Path, batch_size: int = 8) -> dict:
+def train_step_ratio(store: Path, decoder: str, steps: int, work: Path, batch_size: int = 8, rounds: int = ROUNDS) -> dict:
     """A full stage-2 training step (adapter + all-linear LoRA r 8: splice, loss on the answer, backward, clip,
     AdamW) ÷ the bare decoder's forward + backward on the same batch (same embeddings and labels, LoRA bypassed,
     no adapter, no optimizer). What is above 1 is uav's overhead plus the LoRA's own cost. Steps alternate."""
@@ -326,11 +373,13 @@ def train_step_ratio(store: Path, decoder: str, steps: int, work: Path, batch_si
             answer_loss(tr.model, emb, b["attention_mask"], b["labels"]).backward()
 
     full(batches[0]), bare(batches[0])  # warm-up
-    t_full = t_bare = 0.0
-    for b in batches[1:]:
-        t_full += timed(lambda: full(b))[0]
-        t_bare += timed(lambda: bare(b))[0]
-    return {"steps": steps, "step_s": t_full / steps, "bare_s": t_bare / steps, "train_step_ratio": t_full / t_bare,
+    t_full, t_bare = np.zeros(steps), np.zeros(steps)
+    for i, b in enumerate(batches[1:]):
+        t_full[i] = timed(lambda: full(b))[0]
+        t_bare[i] = timed(lambda: bare(b))[0]
+    parts = np.array_split(np.arange(steps), min(rounds, steps))
+    return {"steps": steps, "step_s": float(t_full.mean()), "bare_s": float(t_bare.mean()),
+            **with_range("train_step_ratio", [t_full[p].sum() / t_bare[p].sum() for p in parts]),
             "tokens_per_batch": sum(len(tr.template.encode(it.question, it.answer, 4).input_ids) for it in batches[1])}
 
 
@@ -364,29 +413,41 @@ def peak_rss_of_reader(store: Path) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def memory_ratio(real_rows: np.ndarray, examples: list[dict], n1: int, work: Path, factor: int = 10) -> dict:
-    """Peak RSS streaming a factor× store ÷ a 1× store. Rows are synthetic-from-real; example records are
-    the real demo records (tiled), since the reader holds the examples table in memory."""
-    out = {}
+def memory_ratio(real_rows: np.ndarray, examples: list[dict], n1: int, work: Path, factor: int = 10,
+                 rounds: int = ROUNDS) -> dict:
+    """Peak RSS streaming a factor× store ÷ a 1× store, each read by a fresh process, the two alternating for
+    ``rounds`` rounds. Rows are synthetic-from-real; example records are the real demo records (tiled), since the
+    reader holds the examples table in memory."""
+    out, paths = {}, {}
     for name, n in (("1x", n1), (f"{factor}x", n1 * factor)):
-        path = work / f"mem-{name}"
+        paths[name] = work / f"mem-{name}"
         bits = bits_of(synthetic_rows(real_rows, n, seed=1), "fp16")
         ex = [{**examples[i % len(examples)], "id": f"r{i}", "split": "train"} for i in range(n)]
-        write_synthetic_store(path, bits, "fp16", examples=ex)
+        write_synthetic_store(paths[name], bits, "fp16", examples=ex)
         del bits
-        out[name] = {"rows": n, **peak_rss_of_reader(path)}
-        shutil.rmtree(path, ignore_errors=True)
-    a, b = out["1x"], out[f"{factor}x"]
-    out["memory_ratio_10x"] = b["peak_kb"] / a["peak_kb"]
-    out["above_import_ratio"] = (b["peak_kb"] - b["base_kb"]) / max(a["peak_kb"] - a["base_kb"], 1)
+        out[name] = {"rows": n}
+    ratios, above = [], []
+    try:
+        for _ in range(rounds):
+            a, b = (peak_rss_of_reader(paths[name]) for name in ("1x", f"{factor}x"))
+            ratios.append(b["peak_kb"] / a["peak_kb"])
+            above.append((b["peak_kb"] - b["base_kb"]) / max(a["peak_kb"] - a["base_kb"], 1))
+            out["1x"].update(a)
+            out[f"{factor}x"].update(b)
+    finally:
+        for p in paths.values():
+            shutil.rmtree(p, ignore_errors=True)
+    out.update(with_range("memory_ratio_10x", ratios))
+    out.update(with_range("above_import_ratio", above))
     return out
 
 
 # ---------------------------------------------------------------------------------------------- 5. generation
 
-def generation_ratio(model, tok, questions: list[str], max_new_tokens: int = 16, batch: int = 8) -> dict:
-    """uav_eval.generate.generate over the same prompts, batch 8 vs one at a time. Tokens are the answers'
-    tokens (re-encoded), counted the same way on both sides."""
+def generation_ratio(model, tok, questions: list[str], max_new_tokens: int = 16, batch: int = 8,
+                     rounds: int = ROUNDS) -> dict:
+    """uav_eval.generate.generate over the same prompts, batch 8 vs one at a time, ``rounds`` times. Tokens are the
+    answers' tokens (re-encoded), counted the same way on both sides."""
     from uav_eval.generate import generate
     from uav_train.prompt import PromptTemplate
 
@@ -398,14 +459,18 @@ def generation_ratio(model, tok, questions: list[str], max_new_tokens: int = 16,
         return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
     generate(model, tok, prompts[:1], None, stop_ids=stop, max_new_tokens=2)  # warm-up
-    t1, one = timed(lambda: [a for p in prompts for a in generate(model, tok, [p], None, stop_ids=stop,
-                                                                  max_new_tokens=max_new_tokens)])
-    tb, many = timed(lambda: [a for i in range(0, len(prompts), batch)
-                              for a in generate(model, tok, prompts[i:i + batch], None, stop_ids=stop,
-                                                max_new_tokens=max_new_tokens)])
-    r1, rb = n_tok(one) / t1, n_tok(many) / tb
-    return {"prompts": len(prompts), "batch": batch, "tok_s_batch1": r1, "tok_s_batched": rb,
-            "generation_ratio": rb / r1, "same_answers": sum(a == b for a, b in zip(one, many))}
+    r1, rb = [], []
+    for _ in range(rounds):
+        t1, one = timed(lambda: [a for p in prompts for a in generate(model, tok, [p], None, stop_ids=stop,
+                                                                      max_new_tokens=max_new_tokens)])
+        tb, many = timed(lambda: [a for i in range(0, len(prompts), batch)
+                                  for a in generate(model, tok, prompts[i:i + batch], None, stop_ids=stop,
+                                                    max_new_tokens=max_new_tokens)])
+        r1.append(n_tok(one) / t1)
+        rb.append(n_tok(many) / tb)
+    return {"prompts": len(prompts), "batch": batch, "tok_s_batch1": float(np.median(r1)),
+            "tok_s_batched": float(np.median(rb)), **with_range("generation_ratio", [b / a for a, b in zip(r1, rb)]),
+            "same_answers": sum(a == b for a, b in zip(one, many))}
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -413,27 +478,28 @@ def generation_ratio(model, tok, questions: list[str], max_new_tokens: int = 16,
 def _table(results: dict):
     from rich.table import Table
 
-    t = Table(title=f"uav bench (scale {results['scale']}, {results['device']})")
+    t = Table(title=f"uav bench (scale {results['scale']}, {results['device']}): median (min–max) of "
+                    f"{results.get('rounds', 1)} interleaved rounds")
     for c in ("measurement", "ratio", "target", "details"):
         t.add_column(c)
     h, s, m, g = (results[k] for k in ("harvest", "streaming", "memory", "generation"))
     tgt = lambda k: " ".join(map(str, TARGETS[k])) if k in TARGETS else ""  # noqa: E731
-    t.add_row("harvest ÷ bare forward tok/s", f"{h['harvest_overhead']:.3f}", tgt("harvest_overhead"),
+    t.add_row("harvest ÷ bare forward tok/s", ranged(h, "harvest_overhead"), tgt("harvest_overhead"),
               f"{h['harvest_tok_s']:.0f} vs {h['bare_tok_s']:.0f} tok/s, {h['tokens']} tokens")
-    t.add_row("stream ÷ RAM step time", f"{s['streaming_step_ratio']:.3f}", tgt("streaming_step_ratio"),
+    t.add_row("stream ÷ RAM step time", ranged(s, "streaming_step_ratio"), tgt("streaming_step_ratio"),
               f"{s['step_s_stream']:.3f} vs {s['step_s_ram']:.3f} s/step, {s['steps']} steps ({s['proxy']})")
     ts = results["train_step"]
-    t.add_row("train step ÷ bare decoder fwd+bwd", f"{ts['train_step_ratio']:.2f}", "",
+    t.add_row("train step ÷ bare decoder fwd+bwd", ranged(ts, "train_step_ratio"), "",
               f"({ts['step_s']:.2f} s vs {ts['bare_s']:.2f} s, {ts['tokens_per_batch']} tokens, LoRA + adapter + AdamW)")
     c = store_claims(results["formats"])
-    t.add_row(f"store writer MB/s ({DEFAULT_CODEC} codec)", f"{c['writer_mb_s']:.0f}", tgt("writer_mb_s"),
+    t.add_row(f"store writer MB/s ({DEFAULT_CODEC} codec)", ranged(c, "writer_mb_s", 0), tgt("writer_mb_s"),
               f"activation shards + commits, worse dtype; creating the tables of {c['rows']} rows: {c['create_s']:.2f} s")
-    t.add_row("random 256-row batches/s ÷ Arrow", f"{c['batches_vs_arrow']:.2f}", tgt("batches_vs_arrow"),
+    t.add_row("random 256-row batches/s ÷ Arrow", ranged(c, "batches_vs_arrow"), tgt("batches_vs_arrow"),
               f"{DEFAULT_FORMAT} vs arrow (datasets), worse dtype, page-cache hot")
-    t.add_row("peak RSS 10× ÷ 1× store", f"{m['memory_ratio_10x']:.3f}", tgt("memory_ratio_10x"),
+    t.add_row("peak RSS 10× ÷ 1× store", ranged(m, "memory_ratio_10x"), tgt("memory_ratio_10x"),
               f"{m['1x']['peak_kb'] / 1024:.0f} → {m['10x']['peak_kb'] / 1024:.0f} MiB "
               f"({m['1x']['rows']} → {m['10x']['rows']} rows; above imports ×{m['above_import_ratio']:.2f})")
-    t.add_row("batch-8 ÷ batch-1 generation tok/s", f"{g['generation_ratio']:.2f}", "",
+    t.add_row("batch-8 ÷ batch-1 generation tok/s", ranged(g, "generation_ratio"), "",
               f"{g['tok_s_batched']:.1f} vs {g['tok_s_batch1']:.1f} tok/s, {g['prompts']} prompts")
     f = Table(title=f"store formats ({results['formats'][0]['rows']}×{D_SYN} rows)")
     for c in ("format", "dtype", "size ÷ raw", "write MB/s", "read MB/s", "256-row batches/s"):
@@ -448,18 +514,19 @@ def _markdown(results: dict) -> str:
     h, s, m, g = (results[k] for k in ("harvest", "streaming", "memory", "generation"))
     c = store_claims(results["formats"])
     lines = [f"# uav bench (scale {results['scale']}, {results['device']}, donor {results['donor']})", "",
-             "Ratios measured side by side in one run. On a GPU box use `uav bench --scale 10` or more.", "",
-             "| measurement | ratio | target |", "|---|---|---|",
-             f"| harvest ÷ bare forward tokens/s | {h['harvest_overhead']:.3f} | ≥ 0.95 |",
-             f"| streaming ÷ RAM step time | {s['streaming_step_ratio']:.3f} | ≤ 1.05 |",
+             f"Ratios measured side by side in one run: each the median (min–max) of {results.get('rounds', 1)} "
+             "interleaved rounds. On a GPU box use `uav bench --scale 10` or more.", "",
+             "| measurement | ratio: median (min–max) | target |", "|---|---|---|",
+             f"| harvest ÷ bare forward tokens/s | {ranged(h, 'harvest_overhead')} | ≥ 0.95 |",
+             f"| streaming ÷ RAM step time | {ranged(s, 'streaming_step_ratio')} | ≤ 1.05 |",
              f"| train step ÷ bare decoder forward+backward (same batch; LoRA + adapter + AdamW) | "
-             f"{results['train_step']['train_step_ratio']:.2f} | |",
+             f"{ranged(results['train_step'], 'train_step_ratio')} | |",
              f"| store writer MB/s ({DEFAULT_CODEC} codec; activation shards + commits, worse dtype) | "
-             f"{c['writer_mb_s']:.0f} | ≥ 300 |",
+             f"{ranged(c, 'writer_mb_s', 0)} | ≥ 300 |",
              f"| random 256-row batches/s, {DEFAULT_FORMAT} ÷ arrow (datasets), worse dtype | "
-             f"{c['batches_vs_arrow']:.2f} | ≥ 1 |",
-             f"| peak RSS, 10× ÷ 1× store | {m['memory_ratio_10x']:.3f} | ≤ 1.10 |",
-             f"| batch-8 ÷ batch-1 generation tokens/s | {g['generation_ratio']:.2f} | |", "",
+             f"{ranged(c, 'batches_vs_arrow')} | ≥ 1 |",
+             f"| peak RSS, 10× ÷ 1× store | {ranged(m, 'memory_ratio_10x', 3)} | ≤ 1.10 |",
+             f"| batch-8 ÷ batch-1 generation tokens/s | {ranged(g, 'generation_ratio')} | |", "",
              "## Store formats (same rows; MB/s of raw bytes; reads are page-cache hot)", "",
              "| format | dtype | size ÷ raw | write MB/s | read MB/s | 256-row batches/s |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['format']} | {r['dtype']} | {r['size_ratio']:.3f} | {r['write_mb_s']:.0f} | {r['read_mb_s']:.0f} | "
@@ -488,7 +555,8 @@ def run_bench(out: Path, scale: float = 1.0, donor: str = "smollm2-135m") -> dic
     device = str(pick_device("auto"))
     spec = resolve(donor)
     work = Path(tempfile.mkdtemp(dir=out, prefix="tmp-"))
-    results: dict = {"scale": scale, "device": device, "donor": donor, "torch_threads": torch.get_num_threads()}
+    results: dict = {"scale": scale, "device": device, "donor": donor, "torch_threads": torch.get_num_threads(),
+                     "rounds": ROUNDS}
     console = Console()
     try:
         with Progress(console=console, transient=True) as bar:
@@ -501,8 +569,8 @@ def run_bench(out: Path, scale: float = 1.0, donor: str = "smollm2-135m") -> dic
             bar.update(task, advance=1, description="2/5 store formats")
             results["formats"] = compare_formats(synthetic_rows(real, sz(20_000, 512)), work)
             bar.update(task, advance=1, description="3/5 streaming vs RAM")
-            results["streaming"] = streaming_ratio(store, donor, sz(10, 3), work)
-            results["train_step"] = train_step_ratio(store, donor, sz(6, 3), work)
+            results["streaming"] = streaming_ratio(store, donor, sz(12, ROUNDS), work)
+            results["train_step"] = train_step_ratio(store, donor, sz(6, ROUNDS), work)
             bar.update(task, advance=1, description="4/5 memory 1× vs 10×")
             examples = load_examples("demo").examples
             results["memory"] = memory_ratio(real, examples, sz(8192, 256), work)

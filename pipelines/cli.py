@@ -12,14 +12,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from uav_cache.cli import data_app, harvest_command, models_command, run_cli, store_app
+from uav_cache.cli import APP, data_app, harvest_command, models_command, on_interrupt, run_cli, store_app
 from uav_train.cli import train_command
 from uav_eval.cli import eval_command, explain_command
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(name="uav", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Universal Activation Verbalizer: a decoder LLM that explains other models' activations.")
+                  help="Universal Activation Verbalizer: a decoder LLM that explains other models' activations.", **APP)
 app.add_typer(data_app, name="data")
 app.add_typer(store_app, name="store")
 app.command("harvest")(harvest_command)
@@ -33,12 +33,16 @@ app.command("explain")(explain_command)
 def demo_command(
     recipe: Annotated[Path, typer.Option(help="Recipe TOML: demo.toml (self, cross, transfer) or adapters.toml "
                                               "(affine / qformer, frozen decoder vs LoRA).")] = Path("pipelines/recipes/demo.toml"),
+    seeds: Annotated[Optional[int], typer.Option(help="Train and evaluate every run with this many seeds (default: the "
+                                                      "recipe's seeds, else 1); ≥ 2 also writes the spread over seeds "
+                                                      "(runs/seeds.md|json).")] = None,
 ) -> None:
     """A recipe end to end: data → harvest every donor → train every run → eval with controls → comparison.
     Resumable; finished steps are skipped. The default is the embedded demo."""
     from pipelines.demo import run_demo
 
-    run_demo(recipe)
+    on_interrupt(lambda: "finished harvests, trainings and evaluations are kept: the same command resumes")
+    run_demo(recipe, seeds=seeds)
 
 
 @app.command("bench")

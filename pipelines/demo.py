@@ -4,10 +4,18 @@ data → harvest every donor → train every run → evaluate every run with con
 Each step is resumable and a finished step is a no-op (an evaluation is redone only when its settings or the
 run's weights changed), so a re-run after an interruption picks up where it stopped and a second `make demo`
 only re-prints the results.
+
+Seeds: a recipe's top-level ``seeds = N`` (or ``uav demo --seeds N``) trains and evaluates every run N times, with
+the [train] seed + 0 … N-1. Seed 0 is the run's own ``out`` (so a one-seed demo is seed 0 of the spread); seed k ≥ 1
+is ``<out>-seed<k>`` (runs/self-seed1, …), and a ``frozen_decoder`` naming another run of the recipe takes that
+run's folder of the same seed. With N ≥ 2 the demo writes ``<compare_dir>/seeds.json|md``: mean ± spread per
+headline number (uav_eval.spread). A one-seed demo prints its numbers beside the reference spread saved for its
+recipe, docs/results/<recipe>-spread.json.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,10 +30,31 @@ from uav_eval.methods import CONTROLS
 from uav_eval.protocol import EvalConfig, evaluate
 from uav_eval.report import compare, summary_table
 from uav_eval.results import Results, location, suffix
+from uav_eval.spread import beside_reference, load_reference, summarise, table as spread_table
 from uav_train.trainer import RECIPE_SECTIONS, TrainConfig, train
 
 
 SECTIONS = {"data": {"recipe"}, "eval": {"limit", "controls", "controls_other", "compare_dir", "data"}}
+REFERENCES = Path(__file__).resolve().parent.parent / "docs" / "results"  # <recipe>-spread.json: the seed spreads
+
+
+def seed_out(out: str, k: int) -> str:
+    """Where seed k of a run lands: the run's own folder for k = 0, ``<out>-seed<k>`` beside it otherwise."""
+    return out if k == 0 else f"{out.rstrip('/')}-seed{k}"
+
+
+def seed_runs(rec: dict, k: int) -> list[tuple[str, TrainConfig]]:
+    """Every [[runs]] entry as seed k: its own folder, the [train] seed + k, and a frozen_decoder that names another
+    run of the recipe moved to that run's seed-k folder."""
+    outs = {r["out"] for r in rec["runs"]}
+    out = []
+    for r in rec["runs"]:
+        cfg = run_config(rec, r)
+        frozen = cfg.frozen_decoder
+        cfg = replace(cfg, out=seed_out(cfg.out, k), seed=cfg.seed + k,
+                      frozen_decoder=seed_out(frozen, k) if frozen in outs else frozen)
+        out.append((r["name"], cfg))
+    return out
 
 
 def donor_config(rec: dict, donor: dict, path: Path) -> HarvestConfig:
@@ -42,9 +71,10 @@ def run_config(rec: dict, run: dict) -> TrainConfig:
     return TrainConfig.from_dict({**rec.get("train", {}), **{k: v for k, v in run.items() if k != "name"}})
 
 
-def eval_config(rec: dict, i: int, path: Path) -> EvalConfig:
-    """The evaluation of the i-th run: the [eval] limit, and its controls (the first run's, or the others')."""
-    ev, out = rec.get("eval", {}), rec["runs"][i]["out"]
+def eval_config(rec: dict, i: int, path: Path, k: int = 0) -> EvalConfig:
+    """The evaluation of the i-th run (seed k): the [eval] limit, and its controls (the first run's, or the
+    others')."""
+    ev, out = rec.get("eval", {}), seed_out(rec["runs"][i]["out"], k)
     controls = ev.get("controls", []) if i == 0 else ev.get("controls_other", ev.get("controls", []))
     return from_table(EvalConfig, {"limit": ev.get("limit"), "methods": ["uav", *controls]},
                       f"[eval] of recipe {path}", run=out)
@@ -52,8 +82,11 @@ def eval_config(rec: dict, i: int, path: Path) -> EvalConfig:
 
 def load_recipe(path: Path) -> dict:
     """Read and check a recipe: every section and key is known, and there are donors and runs."""
-    path = Path(path)
-    rec = read_recipe(path)
+    return check_recipe(read_recipe(Path(path)), Path(path))
+
+
+def check_recipe(rec: dict, path: Path) -> dict:
+    """:func:`load_recipe`'s checks on a recipe already read (``path`` names it in messages)."""
     refuse_unknown(rec, RECIPE_SECTIONS, "key", f"the top level of recipe {path}")
     for key in ("donors", "runs"):
         if not rec.get(key):
@@ -82,6 +115,9 @@ def load_recipe(path: Path) -> dict:
     if ev.get("limit") is not None and ev["limit"] < 1:
         raise UavError(f"recipe {path} [eval]: limit must be ≥ 1, got {ev['limit']}",
                        "leave it out to evaluate every item")
+    seeds = rec.get("seeds", 1)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise UavError(f"recipe {path}: seeds = {seeds!r} must be an integer ≥ 1", "e.g. seeds = 3, or leave it out (1)")
     return rec
 
 
@@ -101,10 +137,13 @@ def _current_results(cfg: EvalConfig) -> Results | None:
     return res if all(same.values()) else None
 
 
-def run_demo(recipe: Path, console: Console | None = None) -> str:
-    """Run the recipe end to end; returns the comparison table (markdown)."""
+def run_demo(recipe: Path, console: Console | None = None, seeds: int | None = None) -> str:
+    """Run the recipe end to end (``seeds`` overrides the recipe's); returns the comparison table (markdown)."""
     con = console or Console()
     rec = load_recipe(recipe)
+    if seeds is not None:
+        rec = check_recipe({**rec, "seeds": seeds}, Path(recipe))
+    n_seeds = rec.get("seeds", 1)
     t0 = time.perf_counter()
     data = rec.get("data", {}).get("recipe", "demo")
 
@@ -118,20 +157,24 @@ def run_demo(recipe: Path, console: Console | None = None) -> str:
         harvest(donor_config(rec, d, recipe))
         con.print(f"{d['name']} → {d['store']} ({time.perf_counter() - t:.0f} s)")
 
-    con.rule("[bold]3/4 train")
-    for r in rec["runs"]:
-        t = time.perf_counter()
-        cfg = run_config(rec, r)
-        train(cfg)
-        con.print(f"{r['name']} → {cfg.out} ({time.perf_counter() - t:.0f} s)")
+    con.rule("[bold]3/4 train" + (f" ({n_seeds} seeds)" if n_seeds > 1 else ""))
+    for k in range(n_seeds):  # seed 0 of every run first: a stopped multi-seed demo has the one-seed result
+        for name, cfg in seed_runs(rec, k):
+            t = time.perf_counter()
+            train(cfg)
+            con.print(f"{name} → {cfg.out} ({time.perf_counter() - t:.0f} s)")
 
     con.rule("[bold]4/4 eval")
     ev = rec.get("eval", {})
-    for i, r in enumerate(rec["runs"]):
-        cfg = eval_config(rec, i, recipe)
-        res = _current_results(cfg) or evaluate(cfg)
-        con.print(f"[bold]{r['name']}[/bold]  ({res.donor} → {res.decoder}, {res.adapter}, LoRA {res.lora or 'none'})")
-        con.print(summary_table(res), markup=False, soft_wrap=True)
+    by_seed: dict[str, list[Results]] = {r["name"]: [] for r in rec["runs"]}
+    for k in range(n_seeds):
+        for i, r in enumerate(rec["runs"]):
+            cfg = eval_config(rec, i, recipe, k)
+            res = _current_results(cfg) or evaluate(cfg)
+            by_seed[r["name"]].append(res)
+            con.print(f"[bold]{r['name']}[/bold]{f' seed {k}' if n_seeds > 1 else ''}  ({res.donor} → {res.decoder}, "
+                      f"{res.adapter}, LoRA {res.lora or 'none'})")
+            con.print(summary_table(res), markup=False, soft_wrap=True)
 
     for data in ev.get("data", []):  # evaluation sets no run trained or was tuned on (e.g. pipelines/evalsets/)
         con.rule(f"[bold]eval on {data}")
@@ -146,6 +189,21 @@ def run_demo(recipe: Path, console: Console | None = None) -> str:
     table = compare([Path(r["out"]) / f"results{sx}.json" for r in rec["runs"]], out)
     con.rule("[bold]comparison")
     con.print(table, markup=False, soft_wrap=True)
+    ref_path = REFERENCES / f"{Path(recipe).stem}-spread.json"
+    if n_seeds > 1:
+        base = run_config(rec, rec["runs"][0]).seed
+        summary = summarise(by_seed, [base + k for k in range(n_seeds)],
+                            command=f"uav demo --recipe {recipe} --seeds {n_seeds}")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "seeds.json").write_text(json.dumps(summary, indent=1))
+        (out / "seeds.md").write_text(f"# {Path(recipe).stem}: spread over seeds\n\n{spread_table(summary)}\n")
+        con.rule("[bold]spread over seeds")
+        con.print(spread_table(summary), markup=False, soft_wrap=True)
+        con.print(f"spread: {out / 'seeds.md'}, {out / 'seeds.json'} (copy it to {ref_path} to make it the reference)")
+    else:
+        con.rule("[bold]this run beside the reference spread")
+        con.print(beside_reference({n: v[0] for n, v in by_seed.items()}, load_reference(ref_path),
+                                   str(ref_path.relative_to(REFERENCES.parent.parent))), markup=False, soft_wrap=True)
     con.print(f"reports: {', '.join(str(Path(r['out']) / f'report{sx}.md') for r in rec['runs'])}; "
               f"comparison: {out / 'compare.md'} and {out / 'compare.png'}  ({(time.perf_counter() - t0) / 60:.1f} min)")
     return table

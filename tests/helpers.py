@@ -105,3 +105,26 @@ def serve(root: Path, ranges: bool = True):
             t.join()
 
     return running()
+
+
+def run_uav(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`uav ARGV` in this process (no interpreter start): (exit code, stdout, stderr)."""
+    import sys
+
+    from pipelines.cli import main
+    old = sys.argv
+    sys.argv = ["uav", *map(str, argv)]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def error_lines(err: str) -> list[str]:
+    """stderr without progress bars (tqdm redraws with \\r; transformers draws "Loading weights: …%|")."""
+    return [ln for ln in err.split("\n") if ln.strip() and "\r" not in ln and "%|" not in ln]

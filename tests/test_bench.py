@@ -63,3 +63,23 @@ def test_store_claims_take_the_default_codec_and_the_worse_dtype():
            row("arrow (datasets)", "bf16", 800, 800)]
     c = bench.store_claims(res)
     assert c["writer_mb_s"] == 400 and c["batches_vs_arrow"] == pytest.approx(700 / 800)
+
+
+def test_a_ratio_is_the_median_of_its_rounds_printed_with_its_range():
+    r = bench.with_range("harvest_overhead", [0.9, 1.02, 0.97])
+    assert r == {"harvest_overhead": 0.97, "harvest_overhead_range": [0.9, 1.02], "rounds": 3}
+    assert bench.ranged(r, "harvest_overhead") == "0.97 (0.90–1.02)"
+    assert bench.ranged({"x": 1.5}, "x") == "1.50"  # results written before ranges
+
+
+def test_store_claims_take_each_round_against_arrow_in_the_same_round():
+    row = lambda f, d, w, b: {"format": f, "dtype": d, "write_mb_s": float(np.median(w)),  # noqa: E731
+                              "batches_per_s": float(np.median(b)), "write_mb_s_rounds": w, "batches_per_s_rounds": b,
+                              "rows": 10, "create_s": 0.1}
+    res = [row(bench.DEFAULT_FORMAT, "fp16", [500, 300, 400], [900, 400, 800]),
+           row(bench.DEFAULT_FORMAT, "bf16", [450, 350, 380], [800, 500, 700]),
+           row("arrow (datasets)", "fp16", [1, 1, 1], [600, 200, 800]),
+           row("arrow (datasets)", "bf16", [1, 1, 1], [400, 500, 700])]
+    c = bench.store_claims(res)
+    assert c["writer_mb_s"] == 380 and c["writer_mb_s_range"] == [300, 450]  # worse dtype per round: 450, 300, 380
+    assert c["batches_vs_arrow"] == pytest.approx(1.0) and c["batches_vs_arrow_range"] == pytest.approx([1.0, 1.5])

@@ -369,6 +369,29 @@ def test_recipe_runs_need_their_own_folders(tmp_path, tiny_llama_dir, data):
         load_recipe(recipe)
 
 
+def test_demo_with_seeds_trains_each_run_per_seed_and_reports_the_spread(tmp_path, tiny_llama_dir, data):
+    """seeds = 2 at the top of a recipe: each run trained and evaluated with the [train] seed + 0 and + 1 (seed 0 in the
+    run's own folder, seed 1 beside it), then seeds.json|md with mean ± spread per run and task group. A one-seed demo
+    prints its numbers beside the recipe's reference spread (none for this recipe: it says so)."""
+    recipe = _recipe(tmp_path, tiny_llama_dir, data)
+    text = recipe.read_text().replace('controls = ["no_soft", "selfie"]', 'controls = ["shuffled"]')
+    text = text[:text.index("[[runs]]\nname = \"affine-frozen\"")] + text[text.index("[eval]"):]
+    recipe.write_text("seeds = 2\n" + text)
+    out = io.StringIO()
+    run_demo(recipe, console=Console(file=out, width=200))
+    runs = tmp_path / "runs"
+    assert [json.loads((runs / d / "config.json").read_text())["train"]["seed"] for d in ("mlp-lora", "mlp-lora-seed1")] \
+        == [0, 1]
+    summary = json.loads((tmp_path / "cmp" / "seeds.json").read_text())
+    assert summary["format"] == "uav-seed-spread" and summary["seeds"] == [0, 1]
+    cell = next(iter(summary["runs"]["mlp-lora"].values()))
+    assert cell["uav"]["n"] == 2 and len(cell["seed_intervals"]) == 2 and cell["reads"] in ("yes", "yes (pooled)", "no")
+    assert "spread over seeds" in out.getvalue() and (tmp_path / "cmp" / "seeds.md").is_file()
+    one = io.StringIO()
+    run_demo(recipe, console=Console(file=one, width=200), seeds=1)  # seed 0 is already there: nothing retrained
+    assert "no reference spread for this recipe" in one.getvalue()
+
+
 def test_generalization_rows_yes_no_scoring_and_calibration(tiny_llama_dir, tmp_path):
     """Yes/no questions are their own group, scored by the leading yes/no with the share of clean answers; items are
     placed as seen dataset + seen phrasing, seen dataset + held-out phrasing (never trained: the stream skips it),

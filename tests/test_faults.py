@@ -6,7 +6,10 @@ harvest subprocess (test_harvest), ENOSPC, verify naming a corrupt chunk (test_s
 resume equality (test_trainer).
 
 SIGKILL tests use one *fork server*: a child process that imports torch/transformers/peft once, then forks a
-fresh grandchild per attempt, so each kill costs milliseconds instead of a 5 s interpreter start.
+fresh grandchild per attempt, so each kill costs milliseconds instead of a 5 s interpreter start. A kill waits for an
+event, never for a duration: the grandchild stops at a seeded point of its work (a shard's write, a shard's commit, a
+training step), drops a marker file and waits there; the test kills it once the marker exists. However slow the
+machine, every attempt is killed exactly there.
 """
 
 from __future__ import annotations
@@ -75,19 +78,27 @@ _SERVER = textwrap.dedent("""
     from uav_cache.harvest import HarvestConfig, harvest
     from uav_train.trainer import TrainConfig, train
 
+    def pause(req):  # the kill point: say so with a marker file, then wait for the SIGKILL
+        open(req["marker"], "w").close()
+        time.sleep(600)
+
     def job(req):
         torch.set_num_threads(1)
-        delay = req.get("delay", 0.0)
-        if req["fn"] == "harvest":
-            real = store.write_json_atomic
-            def slow(path, obj):  # widen the window between a shard's arrays and its commit
-                if path.parent.name == "_commits":
-                    time.sleep(delay)
-                real(path, obj)
-            store.write_json_atomic = slow
+        at = req["pause_at"]
+        if req["fn"] == "harvest":  # at = [shard, "arrays" (before its arrays) or "commit" (arrays written, no commit)]
+            real_write, real_commit = store.StoreWriter.write_shard, store.write_json_atomic
+            def write(self, s, *args):
+                if [s, "arrays"] == at:
+                    pause(req)
+                return real_write(self, s, *args)
+            def commit(path, obj):
+                if path.parent.name == "_commits" and [int(path.stem[1:]), "commit"] == at:
+                    pause(req)
+                real_commit(path, obj)
+            store.StoreWriter.write_shard, store.write_json_atomic = write, commit
             harvest(HarvestConfig(**req["cfg"]))
-        else:
-            train(TrainConfig.from_dict(req["cfg"]), on_step=lambda *_: time.sleep(delay))
+        else:  # at = [stage, step]: just after that step's metrics line, before its checkpoint
+            train(TrainConfig.from_dict(req["cfg"]), on_step=lambda stage, step, _: [stage, step] == at and pause(req))
 
     print("ready", flush=True)
     for line in sys.stdin:
@@ -122,10 +133,11 @@ class ForkServer:
         assert line, f"fork server died (rc {self.proc.poll()})"
         return line.strip()
 
-    def start(self, fn: str, cfg: dict, delay: float) -> int:
-        self.proc.stdin.write(json.dumps({"fn": fn, "cfg": cfg, "delay": delay}) + "\n")
+    def start(self, fn: str, cfg: dict, pause_at: list, marker: Path) -> int:
+        """Fork a job that stops at ``pause_at`` (see _SERVER), touching ``marker`` there."""
+        self.proc.stdin.write(json.dumps({"fn": fn, "cfg": cfg, "pause_at": pause_at, "marker": str(marker)}) + "\n")
         self.proc.stdin.flush()
-        return int(self._line(30))
+        return int(self._line(120))
 
     def wait(self, timeout: float = 120) -> int:
         """Wait status of the last job (os.waitpid encoding)."""
@@ -145,20 +157,18 @@ def server():
     s.close()
 
 
-def _kill_when(pid: int, ready, rng: random.Random, jitter: float, timeout: float = 60) -> bool:
-    """SIGKILL ``pid`` a random ``jitter`` after ``ready()`` holds; False if it had already exited."""
+def _kill_at_marker(server: "ForkServer", pid: int, marker: Path, timeout: float = 600) -> None:
+    """SIGKILL ``pid`` once it has reached its pause point (``marker`` exists), then check that the kill is what
+    ended it. The timeout only guards against a hang; no timing decides where the kill lands."""
     deadline = time.monotonic() + timeout
-    while not ready():
-        assert time.monotonic() < deadline, "child made no progress"
-        if _gone(pid):
-            return False
-        time.sleep(0.005)
-    time.sleep(rng.uniform(0, jitter))
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return False
-    return True
+    while not marker.exists():
+        assert not _gone(pid), f"the job ended before its pause point (wait status {server.wait()})"
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    status = server.wait()
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    marker.unlink()
 
 
 def _gone(pid: int) -> bool:
@@ -212,32 +222,20 @@ def test_inprocess_kill_then_rerun_equals_uninterrupted(seed, ref_store, tiny_ll
     assert_same_store(out, ref_store)
 
 
-def test_sigkill_harvest_at_random_times_then_rerun_equals_uninterrupted(server, ref_store, tiny_llama_dir, data,
-                                                                         tmp_path):
-    """One store, SIGKILLed repeatedly by the clock (seeded), each attempt resuming the previous one's work;
-    an uninterrupted re-run then finishes it identical to the reference."""
+def test_sigkill_harvest_at_seeded_points_then_rerun_equals_uninterrupted(server, ref_store, tiny_llama_dir, data,
+                                                                          tmp_path):
+    """One store, SIGKILLed three times at seeded points (a later shard each time; before its arrays, or with its
+    arrays written and its commit not), each attempt resuming the previous one's work; an uninterrupted re-run then
+    finishes it identical to the reference."""
     rng = random.Random(7)
-    out = tmp_path / "store"
+    out, marker = tmp_path / "store", tmp_path / "paused"
     cfg = {k: v for k, v in vars(_hcfg(tiny_llama_dir, data, out)).items()}
     n_shards = Store(ref_store).meta["n_shards"]
-    commits = lambda: len(list((out / "_commits").glob("s*.json"))) if (out / "_commits").is_dir() else 0  # noqa: E731
-    kills = 0
-    for _ in range(4):
-        before = commits()
-        if before == n_shards:
-            break
-        target = rng.randint(before, min(before + 2, n_shards - 1))
-        pid = server.start("harvest", cfg, delay=0.05)
-        killed = _kill_when(pid, lambda: commits() >= target and (out / "zarr.json").exists(), rng, jitter=0.08)
-        status = server.wait()
-        if killed and os.WIFSIGNALED(status):
-            assert os.WTERMSIG(status) == signal.SIGKILL
-            kills += 1
-            s = Store(out)  # whatever the kill interrupted, the store opens and shows only whole commits
-            assert s.committed() == sorted(s.committed()) and all(0 <= c < n_shards for c in s.committed())
-        else:
-            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    assert kills >= 2
+    for shard in sorted(rng.sample(range(n_shards), 3)):
+        point = [shard, rng.choice(["arrays", "commit"])]
+        _kill_at_marker(server, server.start("harvest", cfg, point, marker), marker)
+        s = Store(out)  # the kill interrupted shard `shard`: every shard before it is committed, nothing after it
+        assert s.committed() == list(range(shard)) and not s.meta["complete"], (point, s.committed())
     harvest(_hcfg(tiny_llama_dir, data, out))
     assert Store(out).verify() == []
     assert_same_store(out, ref_store)
@@ -246,20 +244,26 @@ def test_sigkill_harvest_at_random_times_then_rerun_equals_uninterrupted(server,
 # ---------------------------------------------------------------------------------------------- reader vs writer
 
 def test_reader_during_harvest_sees_only_whole_committed_shards(ref_store, tiny_llama_dir, data, tmp_path, monkeypatch):
-    """A harvest thread writes garbage into each shard's rows, pauses, then writes and commits the real rows; the
-    main thread keeps re-opening the store: it only ever sees whole committed shards holding their final bits."""
+    """A harvest thread writes garbage into each shard's rows, waits until the reader has looked at the store with
+    the garbage in place, then writes and commits the real rows; the main thread keeps re-opening the store: it only
+    ever sees whole committed shards holding their final bits."""
     final = _bits(ref_store)
     out = tmp_path / "store"
     real_write = StoreWriter.write_shard
+    looked = threading.Condition()
+    checks = 0
 
-    def slow_torn_write(self, s, *args):
+    def torn_write(self, s, *args):
         a, b = self.shard_range(s)
         self.group["acts/model.layers.1/last"][a:b] = np.full((b - a, self.meta["d_model"]), 0x7BFF, np.uint16)
-        time.sleep(0.1)
+        with looked:  # two more checks: at least one whole check began after the garbage was written
+            start = checks
+            assert looked.wait_for(lambda: checks >= start + 2 or not reader_alive, timeout=600)
         return real_write(self, s, *args)
 
-    monkeypatch.setattr(StoreWriter, "write_shard", slow_torn_write)
+    monkeypatch.setattr(StoreWriter, "write_shard", torn_write)
     errors: list[BaseException] = []
+    reader_alive = True
 
     def run():
         try:
@@ -270,25 +274,35 @@ def test_reader_during_harvest_sees_only_whole_committed_shards(ref_store, tiny_
     t = threading.Thread(target=run)
     t.start()
     seen: list[int] = []
-    checks = 0
-    while True:
-        alive = t.is_alive()
-        if (out / "zarr.json").exists():
-            s = Store(out)  # the layout appears atomically: whenever it exists, it opens
-            committed = s.committed()
-            rows = s.committed_rows()
-            assert rows.tolist() == [r for c in committed for r in range(c * SHARD_ROWS, (c + 1) * SHARD_ROWS)]
-            assert set(seen) <= set(committed)  # commits never disappear
-            if len(rows):
-                got = s.group["acts/model.layers.1/last"].get_orthogonal_selection((rows, slice(None)))
-                assert np.array_equal(got, final[rows]), f"uncommitted or torn data visible (shards {committed})"
-            seen, checks = committed, checks + 1
-        if not alive:
-            break
-        time.sleep(0.002)
+    try:
+        while True:
+            alive = t.is_alive()
+            if (out / "zarr.json").exists():
+                s = Store(out)  # the layout appears atomically: whenever it exists, it opens
+                before = s.committed()
+                rows = s.committed_rows()  # listed again: a commit may land between the two listings
+                after = s.committed()
+                shards = sorted(set((rows // SHARD_ROWS).tolist()))
+                assert set(before) <= set(shards) <= set(after), (before, shards, after)
+                assert rows.tolist() == [r for c in shards for r in range(c * SHARD_ROWS, (c + 1) * SHARD_ROWS)]
+                assert set(seen) <= set(before)  # commits never disappear
+                if len(rows):
+                    got = s.group["acts/model.layers.1/last"].get_orthogonal_selection((rows, slice(None)))
+                    assert np.array_equal(got, final[rows]), f"uncommitted or torn data visible (shards {shards})"
+                seen = after
+                with looked:
+                    checks += 1
+                    looked.notify_all()
+            if not alive:
+                break
+            time.sleep(0.002)
+    finally:
+        with looked:
+            reader_alive = False
+            looked.notify_all()
     t.join()
     assert not errors, errors
-    assert checks >= 3 and seen == list(range(6))
+    assert checks >= 12 and seen == list(range(6))
     assert_same_store(out, ref_store)
 
 
@@ -393,27 +407,18 @@ def test_a_missing_shard_file_is_refused_or_skipped_not_trained_as_zeros(train_s
 
 # ---------------------------------------------------------------------------------------------- training kills
 
-def test_sigkill_training_at_random_steps_then_resume_equals_uninterrupted(server, train_store, tiny_llama_dir,
+def test_sigkill_training_at_seeded_steps_then_resume_equals_uninterrupted(server, train_store, tiny_llama_dir,
                                                                           tmp_path):
+    """Three SIGKILLs at seeded steps (of both stages; on either side of a checkpoint), each attempt resuming the
+    previous one's work; the run then ends exactly like the uninterrupted one."""
     ref = tmp_path / "ref"
     train(_tcfg(train_store, tiny_llama_dir, ref))
     rng = random.Random(11)
-    run = tmp_path / "killed"
+    run, marker = tmp_path / "killed", tmp_path / "paused"
     cfg = _tcfg(train_store, tiny_llama_dir, run, checkpoint_every=2)
-    lines = lambda: len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else 0  # noqa: E731
-    kills = 0
-    for _ in range(3):
-        if lines() >= 6:
-            break
-        target = rng.randint(lines() + 1, 6)
-        pid = server.start("train", dataclasses.asdict(cfg), delay=0.02)
-        if _kill_when(pid, lambda: lines() >= target, rng, jitter=0.05):
-            status = server.wait()
-            kills += os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        else:
-            server.wait()
-        assert json.loads((run / "config.json").read_text())["status"] in ("training", "complete")
-    assert kills >= 2
+    for point in sorted(rng.sample([[stage, step] for stage in (1, 2) for step in (1, 2, 3)], 3)):
+        _kill_at_marker(server, server.start("train", dataclasses.asdict(cfg), point, marker), marker)
+        assert json.loads((run / "config.json").read_text())["status"] == "training"
     train(cfg)
     assert_same_run(ref, run)
 

@@ -556,6 +556,44 @@ def test_a_flipped_byte_in_a_raw_chunk_is_caught_by_its_crc(tmp_path):
     assert any("shard 1" in p and "unreadable" in p for p in s.verify())
 
 
+def test_a_flipped_byte_in_a_zstd_chunk_is_named_on_read_not_decoded_silently(tmp_path):
+    """Blosc has no checksum of its own: the flipped byte below decodes to other numbers without a word (checked
+    here with the codec alone). zstd stores end their codec chain with a CRC32C, so the read names the shard."""
+    import numcodecs
+
+    path = tmp_path / "store"
+    full = _fill(_open(path, _meta(n=24, shard_rows=8, codec="zstd")))
+    f = path / "acts" / LAYERS[0] / "last" / "c" / "1" / "0"
+    raw = bytearray(f.read_bytes())
+    n_inner = 2  # shard_rows 8 / chunk_rows 4
+    off, nbytes = np.frombuffer(bytes(raw[-(16 * n_inner + 4):-4]), dtype="<u8").reshape(n_inner, 2)[0].tolist()
+    blosc, at = bytes(raw[off:off + nbytes - 4]), off + 40  # the first inner chunk's Blosc frame, then its CRC32C
+    flipped = bytearray(blosc)
+    flipped[40] ^= 0x01
+    decoded = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE).decode(bytes(flipped))
+    assert bytes(decoded) != numcodecs.Blosc().decode(blosc)  # without the CRC: silently other numbers
+    raw[at] ^= 0x01
+    f.write_bytes(bytes(raw))
+    s = Store(path)
+    assert np.array_equal(_bits(s.read_last(LAYERS[0], 0, 8)), _bits(full[LAYERS[0]][:8]))  # other shards read
+    with pytest.raises(st.UnreadableChunk, match=r"shard\(s\) \[1\].*checksum"):
+        s.read_last(LAYERS[0], 8, 12)
+    with pytest.raises(st.UnreadableChunk, match=r"shard\(s\) \[1\]"):
+        s.read_rows(LAYERS[0], np.array([9, 10]))
+    assert any("shard 1" in p for p in s.verify())
+
+
+def test_zstd_stores_written_before_the_chunk_checksum_still_read(tmp_path, monkeypatch):
+    path = tmp_path / "store"
+    monkeypatch.setattr(st, "_codecs", lambda codec: {"compressors": st._compressor()})  # the old chain: Blosc alone
+    full = _fill(_open(path, _meta(n=24, shard_rows=8, codec="zstd")))
+    monkeypatch.undo()
+    s = Store(path)
+    assert [c["name"] for c in s.group[f"acts/{LAYERS[0]}/last"].metadata.codecs[0].to_dict()["configuration"]["codecs"]] \
+        == ["bytes", "blosc"]
+    assert np.array_equal(_bits(s.read_last(LAYERS[0], 0, 24)), _bits(full[LAYERS[0]])) and s.verify() == []
+
+
 def test_the_direct_reader_reads_a_raw_array_that_zarr_itself_wrote(tmp_path):
     """A raw-codec shard written by plain zarr (not by uav's one-write encoder) reads the same through uav's reader:
     the two agree on the layout."""

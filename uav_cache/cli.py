@@ -7,6 +7,7 @@ the same functions.
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from pathlib import Path
@@ -24,8 +25,32 @@ from uav_cache.errors import UavError
 
 H = field_help("uav_cache.harvest", "HarvestConfig")  # `uav harvest` options: help from the fields' comments
 
-data_app = typer.Typer(help="Build the project's examples from data shipped in PyPI packages.", no_args_is_help=True)
-store_app = typer.Typer(help="Inspect and check activation stores.", no_args_is_help=True)
+# Help is plain text: rich markup would eat "[train]" from a help line, and rich's tables cut long defaults and option
+# names at 80 columns; click's formatter wraps to the terminal instead. Every uav Typer app is made with these.
+APP = {"rich_markup_mode": None}
+data_app = typer.Typer(help="Build the project's examples from data shipped in PyPI packages.", no_args_is_help=True,
+                       **APP)
+store_app = typer.Typer(help="Inspect and check activation stores.", no_args_is_help=True, **APP)
+
+# What a re-run does after an interrupt, said only by the commands that resume (harvest, train, demo): each registers
+# a function that reads it from disk at that moment. Eval and explain keep nothing: they register none.
+_resume: list[Callable[[], str]] = []
+
+
+def on_interrupt(hint: Callable[[], str]) -> None:
+    """Register what `uav: interrupted (...)` says about a re-run of the running command."""
+    _resume[:] = [hint]
+
+
+# errno → the fix an OSError that reaches the CLI gets (anything else: the generic line)
+OS_FIXES = {errno.EEXIST: "a file or folder of that name exists: choose another path",
+            errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+            errno.EISDIR: "the path is a folder: give a file path",
+            errno.ENOSPC: "free disk space, then re-run the same command",
+            errno.EDQUOT: "free disk space (quota), then re-run the same command",
+            errno.EACCES: "check the permissions of the path", errno.EPERM: "check the permissions of the path",
+            errno.EROFS: "the file system is read-only: choose a writable path",
+            errno.ENAMETOOLONG: "use a shorter path"}
 
 
 def run_cli(app: typer.Typer | Callable, prog_name: str) -> None:
@@ -33,13 +58,14 @@ def run_cli(app: typer.Typer | Callable, prog_name: str) -> None:
     point runs: one-line errors for user mistakes, tracebacks only for bugs; exit 0 only on success, 1 when a
     check found something broken, 2 for usage errors and refused inputs, 130 when interrupted."""
     if not isinstance(app, typer.Typer):
-        fn, app = app, typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        fn, app = app, typer.Typer(add_completion=False, pretty_exceptions_enable=False, **APP)
         app.command()(fn)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         # a shell without job control starts `uav … &` with SIGINT ignored; `kill -INT` must still stop a long
-        # harvest or training (exit 130: a re-run resumes where it stopped)
+        # harvest or training (exit 130)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     cmd = typer.main.get_command(app)
+    _resume.clear()  # only the command run now may say what a re-run of it does
     try:
         # standalone_mode=False *returns* the code of a typer.Exit (and typer turns Ctrl-C into Exit(130))
         # instead of raising it: it must reach sys.exit, or `uav store verify` on a broken store exits 0
@@ -61,11 +87,12 @@ def run_cli(app: typer.Typer | Callable, prog_name: str) -> None:
         typer.echo(f"uav: error: file not found: {e.filename or e} (fix: check the path)", err=True)
         sys.exit(2)
     except OSError as e:
-        typer.echo(f"uav: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''} "
-                   "(fix: check permissions and free disk space)", err=True)
+        fix = OS_FIXES.get(e.errno, "check the path, its permissions and free disk space")
+        typer.echo(f"uav: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''} (fix: {fix})", err=True)
         sys.exit(2)
     if code == 130:
-        typer.echo("uav: interrupted (a re-run resumes where it stopped)", err=True)
+        hint = _resume[0]() if _resume else ""
+        typer.echo("uav: interrupted" + (f" ({hint})" if hint else ""), err=True)
     if isinstance(code, int) and code:  # a command's own return value is None: only Exit codes are ints
         sys.exit(code)
 
@@ -125,6 +152,7 @@ def harvest_command(
     device: Annotated[str, typer.Option(help=H["device"])] = "auto",
     device_map: Annotated[Optional[str], typer.Option(help=H["device_map"])] = None,
     trust_remote_code: Annotated[bool, typer.Option(help=H["trust_remote_code"])] = False,
+    threads: Annotated[Optional[int], typer.Option(help=H["threads"])] = None,
 ) -> None:
     """Run a donor once over a dataset and write (or resume) a Zarr activation store."""
     from uav_cache.harvest import HarvestConfig, harvest
@@ -133,10 +161,17 @@ def harvest_command(
     cfg = HarvestConfig(donor=donor, data=data, out=out or f"stores/{Path(donor).name}", layers=int_list(layers, "--layers"),
                         positions=positions, token_layers=int_list(token_layers, "--token-layers"), readouts=[r.strip() for r in readouts.split(",") if r.strip()], dtype=dtype, batch_size=batch_size, limit=limit, max_length=max_length,
                         donor_input=donor_input, shard_rows=shard_rows, codec=codec, device=device,
-                        device_map=device_map, trust_remote_code=trust_remote_code)
+                        device_map=device_map, trust_remote_code=trust_remote_code, threads=threads)
+    on_interrupt(lambda: _harvest_resumes(cfg.out))
     path = harvest(cfg)
     if cfg.rank == 0:  # under torchrun every rank runs this; one summary is enough
         typer.echo(Store(path).info())
+
+
+def _harvest_resumes(out: str) -> str:
+    n = len(list((Path(out) / "_commits").glob("s*.json")))
+    return (f"{n} shard(s) committed: the same command resumes after them" if n
+            else "no shard committed yet: the same command starts over")
 
 
 @store_app.command("info")
@@ -149,9 +184,13 @@ def store_info(path: Annotated[str, typer.Argument(help="Store folder or fsspec 
 
 @store_app.command("verify")
 def store_verify(path: Annotated[str, typer.Argument(help="Store folder or fsspec URL.")]) -> None:
-    """Check every shard: committed, readable, right shape and dtype, finite, checksum. Exit 1 if broken."""
-    from uav_cache.store import Store
+    """Check every shard (committed, readable, right shape and dtype, finite, checksum) and every table. Exit 1 if
+    broken."""
+    from uav_cache.store import Store, damaged_root
 
+    if damaged_root(path):  # a store that lost its metadata is broken, not "not a store"
+        typer.echo(f"BROKEN {damaged_root(path)}", err=True)
+        raise typer.Exit(1)
     st = Store(path)
     problems = st.verify()
     for p in problems:

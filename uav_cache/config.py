@@ -129,3 +129,23 @@ def field_help(module: str, name: str) -> dict[str, str]:
         if above:
             out[node.target.id] = " ".join(above)
     return out
+
+
+@functools.cache
+def field_defaults(module: str, name: str) -> dict[str, str]:
+    """The default of each field of dataclass ``name`` in ``module`` whose default is a literal, as a recipe would
+    write it ("8", "mlp", "true", "none"): what `uav train --help` shows, since its options default to "not given"
+    (the recipe's value, else this one). Read from the source, like :func:`field_help`."""
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+    out = {}
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            try:
+                v = ast.literal_eval(node.value)
+            except ValueError:  # field(default_factory=…), a name: no literal to show
+                continue
+            out[node.target.id] = {True: "true", False: "false", None: "none"}.get(v, str(v)) \
+                if isinstance(v, (bool, type(None))) else str(v)
+    return out

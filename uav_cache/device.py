@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from uav_cache.errors import UavError
@@ -35,3 +37,21 @@ def pick_device(name: str = "auto", local_rank: int | None = None) -> torch.devi
     if not present:
         raise UavError(f"device {name!r} is not available on this machine", "use --device auto or cpu")
     return dev
+
+
+@contextmanager
+def cpu_threads(n: int | None):
+    """Run the block with ``n`` intra-op CPU threads (None: leave torch's count), restoring the count after. The
+    thread count decides how BLAS splits a matrix product, so the last bit of a result depends on it: two runs are
+    bit-identical only with the same count (torchrun starts each process with 1)."""
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise UavError(f"--threads must be ≥ 1, got {n}", "e.g. --threads 1, or leave it out for torch's default")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

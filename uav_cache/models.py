@@ -130,8 +130,9 @@ def list_models() -> list[ModelSpec]:
     return sorted((_spec_from_toml(p) for p in sorted(d.glob("*.toml"))), key=lambda s: s.name)
 
 
-def resolve(name_or_path: str) -> ModelSpec:
-    """A registry name, a registry hub_id, or a local folder with config.json -> ModelSpec."""
+def resolve(name_or_path: str, flag: str = "--donor") -> ModelSpec:
+    """A registry name, a registry hub_id, or a local folder with config.json -> ModelSpec. ``flag`` is the option
+    the name came from, for the fix line (--donor, --decoder)."""
     specs = list_models()
     for s in specs:
         if s.name == name_or_path:
@@ -144,7 +145,7 @@ def resolve(name_or_path: str) -> ModelSpec:
             return s
     names = ", ".join(s.name for s in specs) or "(none)"
     raise UavError(f"unknown model {name_or_path!r}",
-                   f"use one of: {names}; or a local folder with config.json (e.g. --donor /path/to/model)")
+                   f"use one of: {names}; or a local folder with config.json (e.g. {flag} /path/to/model)")
 
 
 def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -25,10 +25,11 @@ import google_crc32c
 import numpy as np
 import torch
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 
 from uav_cache import __version__
 from uav_cache.errors import UavError
+from uav_cache.examples.schema import SPLITS
 from uav_cache.files import write_json_atomic
 
 FORMAT = "uav-activation-store"
@@ -111,9 +112,31 @@ def _codecs(codec: str) -> dict:
     """create_array keyword arguments for an activation array encoded with ``codec``."""
     if codec == "raw":
         return {"serializer": BytesCodec(), "compressors": Crc32cCodec()}
-    if codec == "zstd":
-        return {"compressors": _compressor()}
+    if codec == "zstd":  # a CRC32C after the compressor: a flipped byte is named on read, not decoded silently
+        return {"compressors": (_compressor(), Crc32cCodec())}
     raise UavError(f"unknown store codec {codec!r}", f"use one of: {', '.join(CODECS)}")
+
+
+# The tables written once, when a store is created (docs/store-format.md §1): `uav store verify` checks each of them,
+# and training and evaluation refuse a store whose tables are damaged before any work starts.
+TABLES = ("examples/id", "examples/split", "examples/task", "examples/source", "examples/record", "examples/n_tokens",
+          "examples/truncated", "tokens/offsets", "tokens/ids")
+# tables only some stores have (token positions, token character spans): checked when present
+OPTIONAL_TABLES = ("positions/start", "positions/offsets", "tokens/spans")
+# tables whose fill value is a valid entry: a store written before tables carried checksums may lack an all-fill chunk
+_FILL_IS_VALID = ("examples/task", "examples/source", "examples/truncated")
+
+
+def _table_sha256(values: np.ndarray) -> str:
+    """A table's checksum: its values' bytes, or for strings each one's UTF-8 bytes after its length."""
+    if values.dtype.kind not in "OT":
+        return _sha256(values)
+    h = hashlib.sha256()
+    for v in values.tolist():
+        b = v.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
 
 
 def codec_of(meta: dict) -> str:
@@ -272,6 +295,8 @@ class StoreWriter:
                            "pick shard_rows as a multiple of chunk_rows, or at most chunk_rows")
         if path.exists() and not (path.is_dir() and not any(path.iterdir())):
             existing = _read_meta_or_none(path)
+            if existing is None and damaged_root(path):
+                raise UavError(f"store {path} is damaged: {damaged_root(path)}", ROOT_FIX)
             if existing is None:
                 raise UavError(f"{path} exists and is not a uav activation store",
                                "choose another --out path (nothing was written)")
@@ -415,10 +440,13 @@ def _create_layout(tmp: Path, meta: dict, examples: list[dict], token_ids: list[
     g.attrs["uav_store"] = {**meta, "complete": False}
 
     def table(name: str, values: np.ndarray, chunk: int = meta["chunk_rows"]) -> None:
-        # chunked like the activations, so a streaming reader decodes only the rows it is reading
+        # chunked like the activations, so a streaming reader decodes only the rows it is reading; every chunk written
+        # and CRC32C-checked, and the whole table's checksum in its attributes (verify compares it)
+        text = values.dtype == np.dtypes.StringDType()
         arr = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=(max(1, min(len(values), chunk)),),
-                             compressors=_compressor() if values.dtype != np.dtypes.StringDType() else "auto")
-        arr[...] = values
+                             compressors=(ZstdCodec(level=0) if text else _compressor(), Crc32cCodec()),
+                             attributes={"sha256": _table_sha256(values)})
+        arr.with_config(_WRITE_ALL)[...] = values
 
     table("examples/id", np.array([e["id"] for e in examples], dtype=np.dtypes.StringDType()))
     table("examples/split", np.array([e.get("split", "train") for e in examples], dtype=np.dtypes.StringDType()))
@@ -488,6 +516,23 @@ def check_range_requests(path: str) -> None:
                        "storage; not `python -m http.server`), or copy the store and read it locally")
 
 
+ROOT_FIX = ("restore zarr.json from a copy of the store; without it the store cannot say what its rows are: delete the "
+            "folder and harvest again")
+
+
+def damaged_root(path: str | Path) -> str | None:
+    """What is wrong with the root of a local folder that holds a store's arrays (_commits/, acts/, examples/) but no
+    readable uav metadata; None for a healthy store or for a folder that never was one."""
+    p = Path(path)
+    if "://" in str(path) or not p.is_dir() or _read_meta_or_none(p) is not None:
+        return None
+    if not any((p / d).is_dir() for d in ("_commits", "acts", "examples")):
+        return None
+    if not (p / "zarr.json").is_file():
+        return "its root zarr.json (the store's metadata) is missing"
+    return "its root zarr.json (the store's metadata) is unreadable or holds no uav_store metadata"
+
+
 def _read_meta_or_none(path: str | Path) -> dict | None:
     fs, root = _fs(path)
     try:
@@ -531,6 +576,9 @@ def _read_commit(path: str | Path, s: int) -> dict:
         return json.load(f)
 
 
+# eval, probe and explain have no --skip-corrupt: the fix names the one command that has it
+_CHUNK_FIX = ("run `uav store verify` on the store, then re-harvest the shard (delete its _commits file, re-run the "
+              "harvest); `uav train --skip-corrupt` trains without it")
 _NO_CHUNK = 2**64 - 1  # a shard index entry for an inner chunk that was never written (all fill value)
 
 
@@ -586,7 +634,7 @@ class _RawArray:
             if len(tail) != size or google_crc32c.value(tail[:-4]) != int.from_bytes(tail[-4:], "little"):
                 f.close()
                 raise UnreadableChunk(f"shard file {path} has a corrupt index (CRC32C mismatch)",
-                                      "run `uav store verify` on the store; re-harvest the shard or pass --skip-corrupt")
+                                      _CHUNK_FIX)
             entry = {"file": f, "index": np.frombuffer(tail[:-4], dtype="<u8").reshape(self.n_inner, 2), "map": None}
         self._open[i] = entry
         if len(self._open) > self.MAX_OPEN:
@@ -603,7 +651,7 @@ class _RawArray:
         if nbytes != self.chunk_bytes + 4 or len(raw) != nbytes \
                 or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
             raise UnreadableChunk(f"inner chunk {j} of {self.folder}/c/{i}/0 is corrupt (CRC32C mismatch)",
-                                  "run `uav store verify` on the store; re-harvest the shard or pass --skip-corrupt")
+                                  _CHUNK_FIX)
         self._checked.add((i, j))
         return off, raw
 
@@ -657,7 +705,7 @@ class _RawArray:
         n = int(np.flatnonzero(written).max()) + 1 if written.any() else 0  # the view ends at the last written chunk
         if n * step > len(raw):
             raise UnreadableChunk(f"shard file {self.folder}/c/{i}/0 is shorter than its index says",
-                                  "run `uav store verify` on the store; re-harvest the shard or pass --skip-corrupt")
+                                  _CHUNK_FIX)
         return np.lib.stride_tricks.as_strided(raw[: n * step].view("<u2"), shape=(n, self.chunk_rows, self.d),
                                                strides=(step, 2 * self.d, 2), writeable=False)
 
@@ -674,6 +722,8 @@ class Store:
         self.path = str(path)
         meta = _read_meta_or_none(path)
         if meta is None:
+            if damaged_root(path):
+                raise UavError(f"store {path} is damaged: {damaged_root(path)}", ROOT_FIX)
             raise UavError(f"{path} is not a uav activation store (no zarr.json with uav_store metadata)",
                            "pass the --out folder of a `uav harvest` run")
         if meta.get("format_version") != FORMAT_VERSION:
@@ -731,17 +781,36 @@ class Store:
         return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
 
     # ---- tables
+    def _table(self, name: str, sel: slice = slice(None)) -> np.ndarray:
+        """Rows of a table; an unreadable chunk (a CRC32C mismatch, a garbled or truncated file) is one line naming
+        the table and `uav store verify`, not a codec traceback."""
+        try:
+            return self.group[name][sel]
+        except Exception as e:  # noqa: BLE001 - zarr surfaces damage as codec, key or value errors
+            raise UavError(f"table {name} of store {self.path} is unreadable ({type(e).__name__}: {e})",
+                           f"run `uav store verify {self.path}`; a damaged table needs a new harvest") from e
+
+    def _records(self, start: int | None, stop: int | None) -> list[dict]:
+        out = []
+        for i, r in enumerate(self._table("examples/record", slice(start, stop))):
+            try:
+                out.append(json.loads(r))
+            except json.JSONDecodeError:
+                raise UavError(f"table examples/record of store {self.path} is damaged (row {(start or 0) + i} is not "
+                               "JSON)", f"run `uav store verify {self.path}`; a damaged table needs a new harvest") from None
+        return out
+
     def examples(self) -> list[dict]:
         """Every example record (text, task, qa, …), in row order."""
         if self._examples is None:
-            self._examples = [json.loads(r) for r in self.group["examples/record"][:]]
+            self._examples = self._records(None, None)
         return self._examples
 
     def records(self, start: int, stop: int) -> list[dict]:
         """Example records of rows [start, stop) only: what a streaming reader needs, without the table."""
         if self._examples is not None:
             return self._examples[start:stop]
-        return [json.loads(r) for r in self.group["examples/record"][start:stop]]
+        return self._records(start, stop)
 
     COLUMNS = ("id", "split", "task", "source", "n_tokens", "truncated")
 
@@ -750,7 +819,7 @@ class Store:
         ``n_tokens``, ``truncated``): readers ask by field, never by array path."""
         if name not in self.COLUMNS:
             raise UavError(f"no per-row column {name!r}", f"use one of {', '.join(self.COLUMNS)}")
-        return self.group[f"examples/{name}"][:]
+        return self._table(f"examples/{name}")
 
     def split_rows(self, split: str) -> np.ndarray:
         """Committed rows of one split, in row order."""
@@ -759,9 +828,8 @@ class Store:
         return rows[splits[rows] == split]
 
     def token_ids(self, row: int) -> np.ndarray:
-        off = self.group["tokens/offsets"]
-        a, b = int(off[row]), int(off[row + 1])
-        return self.group["tokens/ids"][a:b]
+        off = self._table("tokens/offsets", slice(row, row + 2))
+        return self._table("tokens/ids", slice(int(off[0]), int(off[1])))
 
     # ---- activations
     def resolve_layer(self, layer: str | int) -> str:
@@ -804,7 +872,8 @@ class Store:
                 if want is None or _sha256(arr[a:b] if "/all/" not in name else arr[:]) != want:
                     raise UnreadableChunk(f"{key} of store {self.path} is missing (rows {a}-{b - 1}, shard {s})",
                                           f"run `uav store verify {self.path}`; re-harvest the shard (delete "
-                                          f"_commits/s{s:05d}.json, re-run the harvest) or pass --skip-corrupt")
+                                          f"_commits/s{s:05d}.json, re-run the harvest); `uav train --skip-corrupt` trains "
+                                          "without it")
             self._present.add(key)
 
     @property
@@ -839,10 +908,14 @@ class Store:
         if self._raw[name] is not None:  # a local raw store: straight from the shard files
             raw = self._raw[name]
             bits = raw.span(span.start, span.start + len(rows)) if span is not None else raw.rows(rows)
-        elif span is not None:
-            bits = self.group[name][span]
         else:
-            bits = self.group[name].get_orthogonal_selection((rows, slice(None)))
+            try:
+                bits = self.group[name][span] if span is not None else \
+                    self.group[name].get_orthogonal_selection((rows, slice(None)))
+            except Exception as e:  # noqa: BLE001 - a CRC32C mismatch or a garbled chunk, as a codec error
+                shards = sorted({self.shard_of(int(r)) for r in rows})
+                raise UnreadableChunk(f"{name} of store {self.path} is unreadable in shard(s) {shards} "
+                                      f"({type(e).__name__}: {e})", _CHUNK_FIX) from e
         return from_bits(bits, self.meta["dtype"])
 
     def sink_only(self) -> np.ndarray:
@@ -966,16 +1039,60 @@ class Store:
                 x = from_bits(bits, m["dtype"])
                 if not torch.isfinite(x).all():
                     problems.append(f"shard {s}: {name} holds NaN/inf")
-        for name in ("examples/record", "tokens/ids", "tokens/offsets"):
-            try:
-                self.group[name][:]
-            except Exception as e:
-                problems.append(f"table {name} unreadable ({type(e).__name__}: {e})")
+        problems += self.check_tables()
         committed, stray = _commit_listing(self.path, m["n_shards"])
         problems += [f"_commits/{n} is not a commit file (a copy?): remove it" for n in stray]
         problems += [f"_commits/s{s:05d}.json commits shard {s}, but the store has {m['n_shards']} shards"
                      for s in sorted(committed) if s >= m["n_shards"]]
         return problems
+
+    def check_tables(self) -> list[str]:
+        """Every table (:data:`TABLES`): each chunk file present, decodable and equal to the table's checksum (stores
+        written since tables carry one), and the tables consistent with each other (records parse and carry their
+        row's id, splits are known, token offsets agree with the counts). The problems found, each naming its file."""
+        problems: list[str] = []
+        values: dict[str, np.ndarray] = {}
+        fs, root = _fs(self.path)
+        local = _is_local(fs)
+        optional = [t for t in OPTIONAL_TABLES if (Path(root) / t / "zarr.json").is_file()] if local else []
+        for name in (*TABLES, *optional):
+            try:
+                arr = self.group[name]
+            except Exception:  # noqa: BLE001 - a missing or garbled array zarr.json
+                problems.append(f"table {name} is missing or its {name}/zarr.json is unreadable")
+                continue
+            want, c, n = arr.attrs.get("sha256"), arr.chunks[0], arr.shape[0]
+            bad = False
+            for i in range(-(-n // c) if local else 0):  # a remote store: its CRC32Cs and checksums speak for it
+                key = "/".join([name, "c", str(i)] + ["0"] * (arr.ndim - 1))
+                if not (Path(root) / key).is_file() and (want or name not in _FILL_IS_VALID):
+                    problems.append(f"table {name}: chunk file {key} is missing (rows {i * c}-{min(n, (i + 1) * c) - 1})")
+                    bad = True
+            try:
+                v = arr[:]
+            except Exception as e:  # noqa: BLE001 - a CRC32C mismatch or a garbled chunk surfaces as a codec error
+                problems.append(f"table {name} is unreadable ({type(e).__name__}: {e})")
+                continue
+            if want and not bad and _table_sha256(v) != want:
+                problems.append(f"table {name} does not match its checksum (a chunk file was changed)")
+                bad = True
+            if not bad:
+                values[name] = v
+        return problems + _table_consistency(values, self.n_rows)
+
+    def check_usable(self, allow_incomplete: bool = False) -> None:
+        """Refuse, before any work starts, a store that training or evaluation would misread: a damaged table, or an
+        unfinished harvest (its missing shards' rows do not exist) unless ``allow_incomplete``."""
+        problems = self.check_tables()
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise UavError(f"store {self.path} is damaged: {problems[0]}{more}",
+                           f"run `uav store verify {self.path}` for every problem; harvest again into a new --out")
+        done, n = len(self.committed()), self.meta["n_shards"]
+        if done < n and not allow_incomplete:
+            raise UavError(f"store {self.path} is incomplete: {done} of {n} shards committed (the rows of the other "
+                           f"{n - done} do not exist yet)", "finish it (re-run the same `uav harvest` command), or pass "
+                           "--allow-incomplete to use the committed rows only")
 
     def info(self) -> str:
         """A human summary: identity, progress, splits, per-layer stats."""
@@ -995,7 +1112,8 @@ class Store:
             + "  ".join(f"{k} {v}" for k, v in splits.items()),
             f"rows       {m['n_rows']} in {m['n_shards']} shards of {m['shard_rows']} ({codec_of(m)} codec); "
             f"committed {done}/{m['n_shards']}"
-            + ("  (complete)" if m.get("complete") else ""),
+            + ("  (complete)" if done == m["n_shards"] else "  (INCOMPLETE: finalized once, now missing commit files; "
+               "run `uav store verify`)" if m.get("complete") else ""),
             f"truncated  {int(self.group['examples/truncated'][:].sum())} texts cut at {m['max_length']} tokens; "
             f"{int(self.sink_only().sum())} one-token texts (their read-outs are the attention-sink position)",
             f"created    {m['created']} by uav {m['uav_version']}",
@@ -1009,6 +1127,47 @@ class Store:
                     lines.append(f"stats      {layer} {r}: |x| {st['norm_mean']:.2f} ± {st['norm_std']:.2f}   "
                                  f"max|x_i| {st['max_abs']:.4g}   rms {st['rms']:.4g}")
         return "\n".join(lines)
+
+
+def _table_consistency(t: dict[str, np.ndarray], n: int) -> list[str]:
+    """What the tables that read back whole (``t``) say against each other: this catches damage a store written
+    before tables carried checksums cannot show otherwise (a lost chunk reads back as empty strings or zeros)."""
+    out: list[str] = []
+
+    def rows(mask: np.ndarray) -> str:
+        bad = np.flatnonzero(mask)
+        return ", ".join(map(str, bad[:3].tolist())) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else "")
+
+    for name, v in t.items():
+        want = {"tokens/offsets": n + 1, "positions/offsets": n + 1, "tokens/ids": None,
+                "tokens/spans": len(t["tokens/ids"]) if "tokens/ids" in t else None}.get(name, n)
+        if want is not None and len(v) != want:
+            out.append(f"table {name} has {len(v)} rows, the store {want}")
+            return out
+    if "examples/split" in t and (m := ~np.isin(t["examples/split"], SPLITS)).any():
+        out.append(f"table examples/split: rows {rows(m)} name no split ({', '.join(SPLITS)})")
+    if "examples/id" in t and (m := t["examples/id"] == "").any():
+        out.append(f"table examples/id: rows {rows(m)} are empty")
+    if "examples/record" in t:
+        ids = t.get("examples/id")
+        broken = np.zeros(n, dtype=bool)
+        for i, r in enumerate(t["examples/record"].tolist()):
+            try:
+                rec = json.loads(r)
+                broken[i] = ids is not None and rec.get("id") != ids[i]
+            except (json.JSONDecodeError, AttributeError):
+                broken[i] = True
+        if broken.any():
+            out.append(f"table examples/record: rows {rows(broken)} are not the JSON record of their example")
+    off = t.get("tokens/offsets")
+    if off is not None:
+        if off[0] != 0 or (np.diff(off) < 1).any():
+            out.append("table tokens/offsets does not start at 0 and rise by at least 1 per row")
+        elif "examples/n_tokens" in t and (m := np.diff(off) != t["examples/n_tokens"]).any():
+            out.append(f"tables tokens/offsets and examples/n_tokens disagree at rows {rows(m)}")
+        elif "tokens/ids" in t and off[-1] != len(t["tokens/ids"]):
+            out.append(f"table tokens/ids holds {len(t['tokens/ids'])} ids, tokens/offsets says {int(off[-1])}")
+    return out
 
 
 def check_compatible(store: Store, **want: Any) -> None:

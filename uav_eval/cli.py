@@ -27,11 +27,14 @@ def eval_command(
     controls: Annotated[str, typer.Option(help=f"Comma-separated controls: {','.join(CONTROLS)} (or none). shuffled "
                                                    "(another item's activation, same prompt) is what says whether the "
                                                    "decoder reads.")] = ",".join(CONTROLS),
-    compare: Annotated[bool, typer.Option("--compare", help="Only tabulate finished evaluations of several runs side by side.")] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="Only tabulate the finished evaluations of several runs side by "
+                                                            "side (with --limit N: those limited to N items), one row "
+                                                            "per run and dataset.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="With --compare: folder for compare.md/compare.png.")] = None,
     batch_size: Annotated[int, typer.Option(help=H["batch_size"])] = 16,
     no_similarity: Annotated[bool, typer.Option("--no-similarity", help=f"Skip the {H['similarity']}.")] = False,
     device: Annotated[str, typer.Option(help=H["device"])] = "auto",
+    allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help=H["allow_incomplete"])] = False,
 ) -> None:
     """Evaluate a run on the held-out test split against controls; write results.json, report.md, plots
     (with --limit N: results-limitN.json, report-limitN.md …, beside a full evaluation, never over it). Another
@@ -40,7 +43,7 @@ def eval_command(
     from uav_eval.results import suffix
 
     if compare:
-        typer.echo(compare_runs(runs, out))
+        typer.echo(compare_runs(runs, out, limit))
         return
     if len(runs) != 1:
         raise UavError(f"eval takes one run, got {len(runs)}", "pass one RUN, or add --compare to tabulate several")
@@ -48,7 +51,7 @@ def eval_command(
 
     methods = ["uav"] + [c for c in controls.split(",") if c and c != "none"]
     res = evaluate(EvalConfig(run=runs[0], store=store, data=data, split=split, limit=limit, methods=methods, batch_size=batch_size,
-                              similarity=not no_similarity, device=device))
+                              similarity=not no_similarity, device=device, allow_incomplete=allow_incomplete))
     typer.echo(summary_table(res))
     typer.echo(f"report → {res.folder() / f'report{suffix(limit)}.md'}")
 

@@ -42,6 +42,8 @@ def check_methods(methods: list[str], lr: LoadedRun | None = None) -> list[str]:
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise UavError(f"unknown control(s) {bad}", f"use any of {', '.join(CONTROLS)}")
+    if twice := sorted({m for m in methods if methods.count(m) > 1}):  # it would run, and be reported, twice
+        raise UavError(f"control(s) {twice} given twice", "list each control once")
     return [m for m in methods if lr is None or m != "selfie" or selfie_applicable(lr)]
 
 

@@ -45,6 +45,7 @@ class EvalConfig:
     data: str | None = None
     split: str | None = None  # test (default), val while choosing settings, or all; with data: all by default
     limit: int | None = None  # at most N items per source (the first N in store order)
+    allow_incomplete: bool = False  # evaluate on a store whose harvest has not finished (its committed shards only)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     batch_size: int = 16  # generation batch size
     max_new_tokens: dict = field(default_factory=lambda: dict(TASK_TOKENS))
@@ -65,7 +66,10 @@ def eval_items(store: Store, split: str, limit: int | None, spec: InputSpec) -> 
     ex = store.examples()
     rows = store.committed_rows() if split == "all" else store.split_rows(split)
     if len(rows) == 0:
-        raise UavError(f"store {store.path} has no committed {split!r} rows", "harvest a dataset with a test split")
+        fix = ("its rows are in shards not committed yet: finish the harvest (re-run the same command)"
+               if (store.column("split") == split).any() else f"evaluate a split the store has (--split val) or "
+               f"harvest a dataset with a {split} split")
+        raise UavError(f"store {store.path} has no committed {split!r} rows", fix)
     per_source: dict[str, int] = defaultdict(int)
     picked: list[tuple[int, dict]] = []
     for r in rows:
@@ -323,6 +327,7 @@ def evaluate(cfg: EvalConfig) -> Results:
         raise UavError("--store and --data both name what to evaluate on", "pass one of them")
     split = cfg.split or ("all" if cfg.data is not None else "test")
     store = harvest_for(cfg.run, rec, cfg.data, cfg.device, split) if cfg.data is not None else eval_store(cfg.store, rec)
+    store.check_usable(cfg.allow_incomplete)
     first = rec.stores[0]
     check_compatible(store, donor=rec.donor, d_model=first.d_model, weights_fingerprint=first.weights_fingerprint)
     spec = rec.input_spec()

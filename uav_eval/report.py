@@ -14,7 +14,7 @@ from typing import Any
 from uav_cache.examples import TASKS
 from uav_cache.errors import UavError
 from uav_eval.methods import METHODS, READING_METRIC
-from uav_eval.results import Results, suffix
+from uav_eval.results import Results, evaluations, suffix
 
 F1_BAR = 0.8  # classification token F1 the uav path must reach
 TEXT_MAX = 120  # characters per sample cell
@@ -458,28 +458,63 @@ def reading_compare(loaded: list[tuple[str, Results]]) -> str:
             probes = [(res.probe[s].get("run") or {}, res.probe[s].get("best") or {}) for s in srcs] if g == "classification" else []
             pr = lambda k: "–" if not probes or any(not p[k] for p in probes) else \
                 f"{sum(p[k]['test_acc'] for p in probes) / len(probes):.2f}"  # noqa: E731
-            rows.append([_cell(name), _cell(_short(res.donor)), g, m, str(d["n"]),
+            rows.append([_cell(name), _cell(_dataset(res)), _cell(_short(res.donor)), g, m, str(d["n"]),
                          _ci(_stat(res, "uav", g, m)), _ci(_stat(res, "shuffled", g, m)), _diff(d),
                          "**yes**" if d["reads"] else "no", _ci(_stat(res, "no_soft", g, m)),
                          pr(0) if probes else "–", pr(1) if probes else "–"])
-    return _md_table(["run", "donor", "task group", "metric", "n", "uav", "shuffled", "uav − shuffled", "reads",
+    return _md_table(["run", "dataset", "donor", "task group", "metric", "n", "uav", "shuffled", "uav − shuffled", "reads",
                       "no_soft", "probe (run's layer)", "probe (best)"], rows)
 
 
-def compare(runs: list[str | Path], out: Path | None = None) -> str:
-    """Markdown table of several runs' uav F1 per task group (rows = runs); with `out`, also compare.md/png."""
+def _dataset(res: Results) -> str:
+    """The dataset an evaluation scored: its name, fingerprint and split (results from before datasets were
+    recorded: the store's path)."""
+    name = f"{res.dataset} {res.dataset_fingerprint[:8]}" if res.dataset and res.dataset_fingerprint else \
+        (res.dataset or res.store or "?")
+    return name + ("" if res.split == "test" else f" ({res.split})")
+
+
+def compared(runs: list[str | Path], limit: int | None = None) -> list[tuple[str, Results]]:
+    """(label, results) of every evaluation the runs hold with this ``limit`` (the run's own test split and each
+    other dataset or split, :func:`uav_eval.results.evaluations`); a results*.json path is taken as it is. A run
+    with none is refused with what it does hold."""
+    want = f"results{suffix(limit)}.json"
+    out = []
+    for r in runs:
+        p = Path(r)
+        if p.is_file():
+            out.append((p.parent.name, Results.load(p)))
+            continue
+        if not p.is_dir():
+            raise UavError(f"{p} is not a run directory", "pass run folders (the --out of `uav train`)")
+        have = evaluations(p)
+        mine = [f for f in have if f.name == want]
+        if not mine and not have:
+            raise UavError(f"{p} has no evaluation", f"evaluate it first: uav eval {p}"
+                           + ("" if limit is None else f" --limit {limit}"))
+        if not mine:
+            listed = ", ".join(str(f.relative_to(p)) for f in have)
+            raise UavError(f"{p} has no {want} (it has {listed})", "compare what exists: --limit N for the "
+                           "results-limitN.json ones, no --limit for full evaluations")
+        out += [(p.name if f.parent == p else f"{p.name}/{f.parent.name}", Results.load(f)) for f in mine]
+    return out
+
+
+def compare(runs: list[str | Path], out: Path | None = None, limit: int | None = None) -> str:
+    """Markdown table of several runs' uav F1 per task group (rows = each run's evaluations with ``limit``, one per
+    dataset and split, named in the dataset column); with `out`, also compare.md/png."""
     if not runs:
         raise UavError("compare needs at least one run", "pass one or more run directories")
-    loaded = [(Path(r).name if Path(r).is_dir() else Path(r).parent.name, Results.load(r)) for r in runs]
+    loaded = compared(runs, limit)
     groups = _ordered({g for _, r in loaded for g in _groups(r)}, TASKS)
     rows = []
     for name, res in loaded:
-        rows.append([_cell(name), _cell(_short(res.donor)), _cell(_short(res.decoder)),
+        rows.append([_cell(name), _cell(_dataset(res)), _cell(_short(res.donor)), _cell(_short(res.decoder)),
                      _cell(res.adapter), _cell(res.lora or "none"), _params(res)]
                     + [_ci(_stat(res, "uav", g)) for g in groups + ["overall"]]
                     + [_ci(_stat(res, "no_soft", "overall")), _ci(_stat(res, "uav", "overall", "mention")),
                        _ci(_stat(res, "no_soft", "overall", "mention"))])
-    table = _md_table(["run", "donor", "decoder", "adapter", "LoRA", "params (adapter / LoRA)"]
+    table = _md_table(["run", "dataset", "donor", "decoder", "adapter", "LoRA", "params (adapter / LoRA)"]
                       + [f"uav {g}" for g in groups] + ["uav overall", "no_soft overall", "uav mentioned",
                                                         "no_soft mentioned"], rows)
     reads = reading_compare(loaded) if any(r.reading for _, r in loaded) else ""

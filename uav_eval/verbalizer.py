@@ -275,6 +275,8 @@ def explain(run: str, text: str, questions: list[str], *, max_new_tokens: int = 
     :meth:`Verbalizer.read`, without the controls)."""
     if not text.strip():
         raise UavError("--text is empty", "give the donor some text to read")
+    if not questions or not all(q.strip() for q in questions):
+        raise UavError("--question is empty", "ask something, e.g. --question 'What is the topic?'")
     if max_new_tokens < 1:
         raise UavError(f"--max-new-tokens must be ≥ 1, got {max_new_tokens}", "e.g. --max-new-tokens 32")
     RunInfo.open(run)  # a missing or unfinished run is refused before anything loads

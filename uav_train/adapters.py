@@ -107,7 +107,18 @@ def adapter_config(kind: str, **options) -> MLPConfig | QFormerConfig | AffineCo
     if bad:
         raise UavError(f"adapter {kind} has no option(s) {sorted(bad)}", f"valid options: {sorted(valid)}")
     check_types(cls, options, f"adapter {kind} options")
-    return cls(**options)
+    cfg = cls(**options)
+    for f in fields(cls):  # sizes and counts: k = 0 would train an adapter that emits nothing
+        v = getattr(cfg, f.name)
+        low = 0 if (kind, f.name) == ("pervector", "hidden") else 1  # pervector hidden 0: its linear skip path alone
+        if isinstance(v, int) and not isinstance(v, bool) and f.name != "seed" and v < low:
+            raise UavError(f"adapter {kind} option {f.name} = {v} must be ≥ {low}",
+                           f"set adapter_options.{f.name} to a positive number (default {getattr(cls(), f.name)})")
+    if not 0 <= getattr(cfg, "dropout", 0) < 1:
+        raise UavError(f"adapter {kind} option dropout = {cfg.dropout} is not in [0, 1)", "e.g. adapter_options.dropout = 0.1")
+    if getattr(cfg, "projection", "fixed") not in ("fixed", "learned"):
+        raise UavError(f"adapter {kind} option projection = {cfg.projection!r}", 'use "fixed" or "learned"')
+    return cfg
 
 
 def _unit_rms(x: torch.Tensor) -> torch.Tensor:

@@ -7,45 +7,83 @@ from typing import Annotated, Optional
 
 import typer
 
-from uav_cache.config import field_help
+from uav_cache.cli import on_interrupt
+from uav_cache.config import field_defaults, field_help
 from uav_cache.errors import UavError
 
 H = field_help("uav_train.trainer", "TrainConfig")  # `uav train` options: help from the fields' comments
+D = field_defaults("uav_train.trainer", "TrainConfig")  # … and the default each takes when neither flag nor recipe sets it
+
+
+def _h(name: str, prefix: str = "") -> str:
+    """An option's help: its field's comment and the default it falls back to."""
+    return f"{prefix}{H.get(name, name)} (default: {D[name]})" if name in D else prefix + H.get(name, name)
+
+
+def how_to_set(name: str) -> str:
+    """Where a user sets a training field: its `uav train` flag when it has one, and always the recipe key (fix lines
+    name only flags that exist)."""
+    import inspect
+
+    flag = f"--{name.replace('_', '-')} or " if name in inspect.signature(train_command).parameters else ""
+    return f"{flag}{name} = … in the recipe's [train] table"
+
+
+def store_paths(values: list[str] | None) -> list[str] | None:
+    """--store values (repeatable): each one a path or URL, or several joined by commas; a value that exists as it is
+    is one path, so a folder whose name holds a comma can be given."""
+    if not values:
+        return None
+    out: list[str] = []
+    for v in values:
+        out += [v] if "://" in v or Path(v).exists() else [p for p in v.split(",") if p]
+    return out
 
 
 def train_command(
-    store: Annotated[Optional[str], typer.Option(help="comma-separated: " + H["stores"] + "; default stores/DONOR")] = None,
-    decoder: Annotated[Optional[str], typer.Option(help=H["decoder"])] = None,
-    out: Annotated[Optional[str], typer.Option(help=H["out"])] = None,
-    recipe: Annotated[Optional[Path], typer.Option(help="TOML recipe with a [train] table (pipelines/recipes/).")] = None,
-    adapter: Annotated[Optional[str], typer.Option(help=H["adapter"])] = None,
-    stage: Annotated[Optional[str], typer.Option(help=H["stage"])] = None,
-    steps: Annotated[Optional[int], typer.Option(help=H["steps"])] = None,
-    stage1_steps: Annotated[Optional[int], typer.Option(help=H["stage1_steps"])] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=H["batch_size"])] = None,
+    store: Annotated[Optional[list[str]], typer.Option(help="repeatable or comma-separated: " + H["stores"]
+                                                            + " (default: stores/DONOR)")] = None,
+    decoder: Annotated[Optional[str], typer.Option(help=_h("decoder"))] = None,
+    out: Annotated[Optional[str], typer.Option(help=_h("out"))] = None,
+    recipe: Annotated[Optional[Path], typer.Option(help="TOML recipe with a \\[train] table (pipelines/recipes/); the "
+                                                        "options given here override it")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help=_h("adapter"))] = None,
+    stage: Annotated[Optional[str], typer.Option(help=_h("stage"))] = None,
+    steps: Annotated[Optional[int], typer.Option(help=_h("steps"))] = None,
+    stage1_steps: Annotated[Optional[int], typer.Option(help=_h("stage1_steps"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=_h("batch_size"))] = None,
+    lr_adapter: Annotated[Optional[float], typer.Option(help=_h("lr_adapter"))] = None,
+    lr_lora: Annotated[Optional[float], typer.Option(help=_h("lr_lora"))] = None,
     donor: Annotated[Optional[str], typer.Option(help="Donor whose store to use (stores/DONOR) when --store is not given.")] = None,
-    frozen_decoder: Annotated[Optional[str], typer.Option(help=H["frozen_decoder"])] = None,
+    frozen_decoder: Annotated[Optional[str], typer.Option(help=_h("frozen_decoder"))] = None,
     no_lora: Annotated[bool, typer.Option("--no-lora", help=H["no_lora"])] = False,
-    layers: Annotated[Optional[str], typer.Option(help="comma-separated: " + H["layers"])] = None,
-    readout: Annotated[Optional[str], typer.Option(help=H["readout"])] = None,
-    sources: Annotated[Optional[str], typer.Option(help="comma-separated: " + H["sources"])] = None,
-    seed: Annotated[Optional[int], typer.Option(help=H["seed"])] = None,
-    device: Annotated[Optional[str], typer.Option(help=H["device"])] = None,
+    layers: Annotated[Optional[str], typer.Option(help=_h("layers", "comma-separated: "))] = None,
+    readout: Annotated[Optional[str], typer.Option(help=_h("readout"))] = None,
+    sources: Annotated[Optional[str], typer.Option(help=_h("sources", "comma-separated: "))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=_h("seed"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=_h("device"))] = None,
     grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help=H["grad_checkpointing"])] = False,
-    precision: Annotated[Optional[str], typer.Option(help=H["precision"])] = None,
-    sharding: Annotated[Optional[str], typer.Option(help=H["sharding"])] = None,
+    precision: Annotated[Optional[str], typer.Option(help=_h("precision"))] = None,
+    sharding: Annotated[Optional[str], typer.Option(help=_h("sharding"))] = None,
+    threads: Annotated[Optional[int], typer.Option(help=_h("threads"))] = None,
     skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help=H["skip_corrupt"])] = False,
+    allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help=H["allow_incomplete"])] = False,
 ) -> None:
-    """Train an adapter (+ LoRA) that lets the decoder answer questions about a donor's activations."""
+    """Train an adapter (+ LoRA) that lets the decoder answer questions about a donor's activations.
+
+    Without --recipe the defaults below apply. The settings the README measured are the [train] table of
+    pipelines/recipes/demo.toml (mean read-out, warm start, stage 2 only): pass --recipe pipelines/recipes/demo.toml."""
     from uav_cache.distributed import Ranks
+    from uav_train.run import resume_hint
     from uav_train.trainer import TrainConfig, train
 
-    stores = store.split(",") if store else ([f"stores/{donor}"] if donor else None)
+    stores = store_paths(store) or ([f"stores/{donor}"] if donor else None)
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     layer_names = split(layers)  # module paths or block indices; the store resolves indices to its paths
     over = dict(stores=stores, decoder=decoder, out=out, adapter=adapter, stage=stage, steps=steps,
-                stage1_steps=stage1_steps, batch_size=batch_size, layers=layer_names, readout=readout, sources=split(sources), frozen_decoder=frozen_decoder, seed=seed, device=device,
+                stage1_steps=stage1_steps, batch_size=batch_size, lr_adapter=lr_adapter, lr_lora=lr_lora, layers=layer_names, readout=readout, sources=split(sources), frozen_decoder=frozen_decoder, seed=seed, device=device,
                 no_lora=no_lora or None, grad_checkpointing=grad_checkpointing or None, skip_corrupt=skip_corrupt or None,
+                allow_incomplete=allow_incomplete or None, threads=threads,
                 precision=precision, sharding=sharding)
     cfg = TrainConfig.from_recipe(recipe, **over) if recipe else TrainConfig.from_dict({k: v for k, v in over.items() if v is not None})
     if donor and store:
@@ -54,6 +92,7 @@ def train_command(
             if Store(s).meta["donor"] != donor:
                 raise UavError(f"--store {s} was harvested from {Store(s).meta['donor']}, not --donor {donor}",
                                "drop --donor or point --store at that donor's store")
+    on_interrupt(lambda: resume_hint(Path(cfg.out)))
     run = train(cfg)
     if Ranks.from_env().main:  # under torchrun every rank runs this; one line is enough
         typer.echo(f"run complete → {run} (adapter, lora/, metrics.jsonl, loss.png)")

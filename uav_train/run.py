@@ -43,7 +43,12 @@ METRICS = "metrics.jsonl"
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file of a run; a damaged one (truncated, garbled, not UTF-8) is one line naming it, not a traceback."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UavError(f"{path} is damaged (not valid JSON: {e})",
+                       "restore it from a copy, or train the run again into a new --out") from None
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -115,12 +120,28 @@ def adapter_description(folder: Path) -> Path | None:
     return None
 
 
+def check_tensors(path: Path, what: str) -> None:
+    """Refuse a missing or truncated safetensors file with one line naming it (the header and its data offsets are
+    checked against the file's size; the tensors are not read)."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise UavError(f"{what} {path} is missing", "restore it from a copy, or train the run again into a new --out")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise UavError(f"{what} {path} is damaged ({e})",
+                       "restore it from a copy, or train the run again into a new --out") from None
+
+
 def load_adapter(folder: Path) -> tuple[InputAdapter, dict]:
     folder = Path(folder)
     desc_path = adapter_description(folder)
     if not (folder / ADAPTER).exists() or desc_path is None:
         raise UavError(f"no adapter in {folder}",
                        f"pass a finished run directory (it holds {ADAPTER} and {ADAPTER_CONFIG})")
+    check_tensors(folder / ADAPTER, "adapter weights")
     desc = read_json(desc_path)
     adapter = adapter_from_description(desc)
     weights = load_file(str(folder / ADAPTER))
@@ -181,6 +202,28 @@ def load_checkpoint(run: Path, opt: torch.optim.Optimizer) -> tuple[dict, dict[s
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
     return state, load_file(str(ck / "weights.safetensors"))
+
+
+def check_out(out: str | Path, stores: list[Store]) -> None:
+    """Refuse a run folder that is one of the run's stores, or inside one: its files would land among the store's."""
+    o = Path(out).resolve()
+    for st in stores:
+        s = Path(st.path).resolve() if "://" not in st.path else None
+        if s is not None and (o == s or s in o.parents):
+            raise UavError(f"--out {out} is {'the store' if o == s else 'inside the store'} {st.path}",
+                           "choose a run folder outside the store, e.g. --out runs/NAME")
+
+
+def resume_hint(run: Path) -> str:
+    """What re-running an interrupted `uav train` does, from what the run folder holds now."""
+    try:
+        st = json.loads((Path(run) / CHECKPOINT / "state.json").read_text())
+        return f"checkpoint at stage {st['stage']} step {st['step']}: the same command resumes from it"
+    except (OSError, ValueError, KeyError):
+        pass
+    if adapter_description(Path(run) / "stage1") is not None:
+        return "stage 1 is saved: the same command resumes at stage 2"
+    return "no checkpoint written yet: the same command starts over"
 
 
 def plot_losses(run: Path) -> Path | None:
@@ -260,6 +303,7 @@ class StoreRecord:
     dataset_fingerprint: str | None = None
     weights_fingerprint: str | None = None
     n_rows: int | None = None
+    committed_rows: int | None = None  # rows the run could read: n_rows, fewer for an unfinished harvest (None: older)
 
     @classmethod
     def of(cls, s: Store) -> "StoreRecord":
@@ -269,7 +313,7 @@ class StoreRecord:
                    compute_dtype=m.get("compute_dtype"), dataset=m["dataset"]["name"], positions=m["positions"],
                    donor_input=m["donor_input"], max_length=m["max_length"],
                    dataset_fingerprint=m["dataset_fingerprint"], weights_fingerprint=m["weights_fingerprint"],
-                   n_rows=m["n_rows"])
+                   n_rows=m["n_rows"], committed_rows=len(s.committed_rows()))
 
     @classmethod
     def from_dict(cls, d: dict) -> "StoreRecord":
@@ -403,7 +447,28 @@ class RunInfo:
         if rec.status != "complete":
             raise UavError(f"run {p} has not finished training (status {rec.status!r})",
                            "re-run the same `uav train` command to resume it")
-        return cls(p, rec)
+        info = cls(p, rec)
+        info.check_files()
+        return info
+
+    def check_files(self) -> None:
+        """Every file the finished run answers with is there and whole, checked before any model is loaded: the
+        adapter (weights and description) and, when the record says the run has a LoRA, the PEFT folder. Without
+        this a deleted lora/ would be evaluated as the bare decoder, under the run's name."""
+        p = self.path
+        if adapter_description(p) is None:
+            raise UavError(f"run {p} has no {ADAPTER_CONFIG}", "restore it from a copy, or train the run again")
+        read_json(adapter_description(p))
+        check_tensors(p / ADAPTER, "adapter weights")
+        if self.record.lora is not None or (p / LORA).exists():  # "trained" or "frozen from RUN_A": saved with the run
+            if not (p / LORA).is_dir():
+                raise UavError(f"run {p} was trained with a LoRA ({self.record.lora}) but {p / LORA} is missing",
+                               "restore the lora/ folder from a copy, or train the run again")
+            if not (p / LORA / "adapter_config.json").is_file():
+                raise UavError(f"LoRA config {p / LORA / 'adapter_config.json'} is missing",
+                               "restore the lora/ folder from a copy, or train the run again")
+            read_json(p / LORA / "adapter_config.json")
+            check_tensors(p / LORA / "adapter_model.safetensors", "LoRA weights")
 
 
 @dataclass

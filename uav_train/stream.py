@@ -242,7 +242,7 @@ class ItemStream:
             only = f" of sources {sorted(self.sources)}" if self.sources else ""
             raise UavError(f"split {split!r} has no committed rows{only} with {mode} items in "
                            f"{', '.join(s.path for s in stores)}",
-                           "check the sources setting" if only else "harvest a dataset that has this split")
+                           "check the sources setting" if only else _empty_split_fix(stores, split))
 
     def _chunks(self) -> list[tuple[int, np.ndarray]]:
         out = []
@@ -374,6 +374,15 @@ class ItemStream:
             if not batch:
                 return
             yield batch[self.rank::self.world]
+
+
+def _empty_split_fix(stores: list[Store], split: str) -> str:
+    """Why a split yields no items, as a fix: its rows exist but carry no qa pairs, are not committed yet, or it has none."""
+    if any(len(st.split_rows(split)) for st in stores):
+        return "give the split's examples qa pairs (question and answer), or train stage 1 only (--stage 1)"
+    if any((st.column("split") == split).any() for st in stores):
+        return "its rows are in shards not committed yet: finish the harvest (re-run the same command)"
+    return "harvest a dataset that has this split"
 
 
 def derangement(items: list[Item], seed: int = 0) -> list[int]:

@@ -20,6 +20,7 @@ def _read_jsonl(path: Path) -> list[dict]:
         raise UavError(f"cannot read {path}: {e.strerror}", "check the path and its permissions") from None
     examples: list[dict] = []
     first_line: dict[str, int] = {}
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors write one): not part of line 1
     for lineno, bline in enumerate(raw.split(b"\n"), start=1):
         try:
             line = bline.decode("utf-8")

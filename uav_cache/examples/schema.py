@@ -132,13 +132,17 @@ def qa_phrasing(pair: dict) -> str:
     return pair.get("phrasing") or "seen"
 
 
-def _check_qa(qa: Any, where: str, fix: str) -> None:
+def _check_qa(qa: Any, where: str) -> None:
     if not isinstance(qa, list) or not all(
         isinstance(p, dict) and isinstance(p.get("question"), str) and isinstance(p.get("answer"), str) for p in qa
     ):
-        raise UavError(f"{where}: 'qa' must be a list of {{\"question\": str, \"answer\": str}}", fix)
+        raise UavError(f"{where}: 'qa' must be a list of {{\"question\": str, \"answer\": str}}",
+                       'write "qa": [{"question": "…", "answer": "…"}, …], or leave it out (no questions)')
     for i, p in enumerate(qa):
         at = f"{where}: qa[{i}]"
+        if not p["question"].strip() or not p["answer"].strip():  # an empty answer trains the decoder to stop at once
+            raise UavError(f"{where}: qa item {i} has an empty question or answer",
+                           "give every qa item a question and an answer, or drop the item")
         if "kind" in p and p["kind"] not in KINDS:
             raise UavError(f"{at} 'kind' must be one of {', '.join(KINDS)}, got {p['kind']!r}", "drop it or fix it")
         if p.get("kind") == "yesno" and yes_no(p["answer"]) is None:
@@ -158,23 +162,30 @@ def check_example(ex: Any, where: str = "example") -> dict:
         raise UavError(f"{where}: expected a JSON object, got {type(ex).__name__}", fix)
     ex_id = ex.get("id")
     if not isinstance(ex_id, str) or not ex_id:
-        raise UavError(f"{where}: 'id' must be a non-empty string", fix)
+        raise UavError(f"{where}: 'id' must be a non-empty string, got {ex_id!r}",
+                       'give "id" a unique string or number, or leave it out (user files then use the line number)')
     text = ex.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise UavError(f"{where} (id {ex_id!r}): 'text' is missing, not a string, or empty", fix)
+        raise UavError(f"{where} (id {ex_id!r}): 'text' is missing, not a string, or empty",
+                       'give "text" the text the donor reads, a non-empty string')
     task = ex.get("task")
     if not isinstance(task, str) or not task.strip() or task == "overall":  # "overall" is the report's pooled group
         raise UavError(f"{where} (id {ex_id!r}): 'task' must be a non-empty name other than 'overall' (e.g. "
-                       f"{', '.join(TASKS)}, or your own), got {task!r}", fix)
+                       f"{', '.join(TASKS)}, or your own), got {task!r}",
+                       'set "task" to a name, or leave it out (user files: classification with a label, else gist)')
     if ex.get("split") not in SPLITS:
-        raise UavError(f"{where} (id {ex_id!r}): 'split' must be one of {', '.join(SPLITS)}, got {ex.get('split')!r}", fix)
+        raise UavError(f"{where} (id {ex_id!r}): 'split' must be one of {', '.join(SPLITS)}, got {ex.get('split')!r}",
+                       f'set "split" to one of {", ".join(SPLITS)}, or leave it out (a hash of the id decides)')
     if not isinstance(ex.get("source"), str) or not ex["source"]:
-        raise UavError(f"{where} (id {ex_id!r}): 'source' must be a non-empty string", fix)
-    _check_qa(ex.get("qa"), f"{where} (id {ex_id!r})", fix)
+        raise UavError(f"{where} (id {ex_id!r}): 'source' must be a non-empty string, got {ex.get('source')!r}",
+                       'set "source" to a name, or leave it out (user files use the file name)')
+    _check_qa(ex.get("qa"), f"{where} (id {ex_id!r})")
     if "heldout_dataset" in ex and not isinstance(ex["heldout_dataset"], bool):
         raise UavError(f"{where} (id {ex_id!r}): 'heldout_dataset' must be true or false", "drop it or write true")
     if ex["task"] == "classification" and not (isinstance(ex.get("label"), str) and ex["label"]):
-        raise UavError(f"{where} (id {ex_id!r}): classification examples need a string 'label'", fix)
+        raise UavError(f"{where} (id {ex_id!r}): classification examples need a string 'label' (got "
+                       f"{ex.get('label')!r})", 'add "label": "<its class>" (the answer accuracy is scored against), '
+                       'or give the example another task, e.g. "task": "fact"')
     return ex
 
 

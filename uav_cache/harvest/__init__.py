@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from uav_cache import distributed
-from uav_cache.device import pick_device
+from uav_cache.device import cpu_threads, pick_device
 from uav_cache.errors import UavError
 from uav_cache.examples import ExampleSet, load_examples
 from uav_cache.models import (DEVICE_MAPS, ModelSpec, block_modules, hidden_size, input_device, layer_name, load,
@@ -66,6 +66,9 @@ class HarvestConfig:
     # device_map over accelerate); one process per node, never under torchrun
     device_map: str | None = None
     trust_remote_code: bool = False  # allow the donor's own modelling code (off by default)
+    # intra-op CPU threads per process (default: torch's; torchrun starts each process with 1); rows are bit-identical
+    # between harvests with the same count, and within 1 ulp of the storage dtype across counts
+    threads: int | None = None
     rank: int = field(default_factory=lambda: int(os.environ.get("RANK", 0)))  # torchrun sets these:
     world: int = field(default_factory=lambda: int(os.environ.get("WORLD_SIZE", 1)))  # shard s → rank s % world
     progress: bool = True
@@ -208,7 +211,8 @@ def harvest(cfg: HarvestConfig) -> Path:
     group = "MASTER_ADDR" in os.environ and distributed.init(job.ranks, job.device, timeout_s=7 * 24 * 3600,
                                                              backend="gloo")
     try:
-        job.run()
+        with cpu_threads(cfg.threads):
+            job.run()
         distributed.barrier()
         if job.ranks.main or not group:
             job.writer.finalize()

@@ -29,20 +29,21 @@ from tqdm.auto import tqdm
 from uav_cache import distributed
 from uav_cache.config import from_table, read_recipe, refuse_unknown
 from uav_cache.errors import UavError
-from uav_cache.files import share_mode
-from uav_cache.device import pick_device
+from uav_cache.files import share_mode, write_text_atomic
+from uav_cache.device import cpu_threads, pick_device
 from uav_cache.models import block_linears, embedding_norm, hidden_size, load, resolve, weights_fingerprint
 from uav_cache.store import READOUTS, Store, check_compatible
+from uav_train import budget
 from uav_train.adapters import (TOKEN_KINDS, AdapterInput, InputAdapter, MLPAdapter, PerVectorAdapter, adapter_config,
                                 build_adapter)
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
-from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, RunRecord, StoreRecord, adapter_description,
-                           load_adapter, load_checkpoint, plot_losses, read_json, replace_dir,
+from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, RunInfo, RunRecord, StoreRecord, adapter_description,
+                           check_out, load_adapter, load_checkpoint, plot_losses, read_json, replace_dir,
                            save_adapter, save_checkpoint, save_tensors, temp_dir_for)
 from uav_train.stream import FORMS, InputSpec, Item, ItemStream, derangement, read_rows, stack_x
 
 
-RECIPE_SECTIONS = ("data", "donors", "train", "runs", "eval")  # the tables a recipe may have (see demo.toml)
+RECIPE_SECTIONS = ("data", "donors", "train", "runs", "eval", "seeds")  # a recipe's top-level keys (see demo.toml)
 PRECISIONS = ("auto", "fp32", "bf16")
 SHARDINGS = ("ddp", "fsdp")
 
@@ -83,7 +84,7 @@ class TrainConfig:
     batch_size: int = 8  # items per step
     lr_stage1: float = 1e-3  # adapter, stage 1
     lr_adapter: float = 5e-4  # adapter, stage 2
-    lr_lora: float = 2e-4
+    lr_lora: float = 2e-4  # LoRA, stage 2
     # the tokens adapter in stage 2 (default: lr_adapter); its warm-started skip path maps every token, so a step that
     # suits a pooled adapter undoes its closed-form fit (research log, run 1)
     lr_tokens: float | None = None
@@ -112,6 +113,7 @@ class TrainConfig:
     shuffle_buffer: int = 512
     max_bad_fraction: float = 0.01  # items with NaN/inf activations are skipped up to this fraction
     skip_corrupt: bool = False  # unreadable store chunks: skip them (counted, warned) instead of refusing
+    allow_incomplete: bool = False  # train on a store whose harvest has not finished (its committed shards only)
     seed: int = 0  # random seed
     device: str = "auto"  # auto, cpu, cuda …
     grad_checkpointing: bool = False  # trade compute for memory
@@ -121,6 +123,7 @@ class TrainConfig:
     # under torchrun: ddp (every rank holds the whole decoder) | fsdp (FSDP2: each decoder block's frozen weights
     # sharded over the ranks, for decoders that do not fit one GPU); the step is the same either way
     sharding: str = "ddp"
+    threads: int | None = None  # intra-op CPU threads (default: torch's); a resume is bit-identical with the same count
     progress: bool = True
 
     @classmethod
@@ -154,8 +157,9 @@ class TrainConfig:
 
         def at_least(name: str, value, low, strict: bool = False) -> None:
             if not (value > low if strict else value >= low):  # (NaN fails both)
-                raise UavError(f"{name} must be {'>' if strict else '≥'} {low}, got {value}",
-                               f"set {name} (--{name.replace('_', '-')}, or in a recipe) to a valid value")
+                from uav_train.cli import how_to_set
+
+                raise UavError(f"{name} must be {'>' if strict else '≥'} {low}, got {value}", f"set {how_to_set(name)}")
 
         for name in stages[self.stage]:
             at_least(name, getattr(self, name), 1)
@@ -214,7 +218,8 @@ class TrainConfig:
         d = asdict(self)
         # skip_corrupt is not identity: the stream is the same up to the first unreadable chunk, so a run that
         # stopped there resumes with --skip-corrupt exactly as a fresh --skip-corrupt run would go
-        for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt", "sharding"):
+        for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt", "allow_incomplete", "threads",
+                  "sharding"):
             d.pop(k)
         if d["precision"] == "auto":  # what every run did before the setting existed: their resumes still match
             d.pop("precision")
@@ -349,7 +354,8 @@ class Trainer:
             if self.frozen_run.status != "complete" or not (Path(cfg.frozen_decoder) / LORA).exists():
                 raise UavError(f"--frozen-decoder {cfg.frozen_decoder} is not a finished run with a LoRA",
                                "point it at a completed stage-2 run trained with LoRA")
-        spec = resolve(cfg.decoder)
+            RunInfo(Path(cfg.frozen_decoder), self.frozen_run).check_files()  # a damaged LoRA: refused before any write
+        spec = resolve(cfg.decoder, "--decoder")
         self.decoder_fingerprint = weights_fingerprint(spec)
         if self.frozen_run is not None:
             if self.frozen_run.decoder_weights() != self.decoder_fingerprint:
@@ -620,7 +626,8 @@ class Trainer:
             loss = distributed.all_sum(total.detach()) / n_all  # what is logged: the global batch's mean
             if not torch.isfinite(loss):
                 raise UavError(f"loss became {float(loss)} at stage {stage} step {step}",
-                               "lower the learning rates (lr_adapter / lr_lora) or check the store with `uav store verify`")
+                               "lower the learning rates (--lr-adapter / --lr-lora, or lr_adapter / lr_lora in the "
+                               "recipe) or check the store with `uav store verify`")
             loss_scaled.backward()
             gnorm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
             opt.step()
@@ -698,7 +705,7 @@ class Trainer:
         if p.exists() and self.ranks.main:
             keep = [ln for ln in p.read_text().splitlines()
                     if ln.strip() and not (json.loads(ln)["stage"] == stage and json.loads(ln)["step"] > step)]
-            p.write_text("".join(ln + "\n" for ln in keep))
+            write_text_atomic(p, "".join(ln + "\n" for ln in keep))  # a kill mid-write must not lose the log
 
     # ---- the whole run
     def fit(self) -> Path:
@@ -782,6 +789,10 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
     is a no-op only when its settings *and* its stores' contents are unchanged (a path can be re-harvested)."""
     cfg.validate()
     stores = open_stores(cfg.stores, cfg.layers, cfg.readout, cfg.token_layers)  # refuse bad stores before anything is written
+    check_out(cfg.out, stores)
+    for st in stores:
+        st.check_usable(cfg.allow_incomplete)  # damaged tables, an unfinished harvest
+    budget.preflight(cfg, stores, str(pick_device(cfg.device)))  # a batch beyond the split or the memory
     cfg = with_layer_paths(cfg, stores[0])  # a run names its layers as the store does, however they were typed
     done = Path(cfg.out) / CONFIG
     if done.exists():
@@ -793,6 +804,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
     ranks = distributed.Ranks.from_env()
     group = distributed.init(ranks, pick_device(cfg.device, ranks.device_rank)) if ranks.world > 1 else False
     try:
-        return Trainer(cfg, on_step).fit()
+        with cpu_threads(cfg.threads):
+            return Trainer(cfg, on_step).fit()
     finally:
         distributed.finish(group)
