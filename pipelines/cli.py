@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from uav_cache.cli import data_app, harvest_command, models_command, run_cli, store_app
+from uav_cache.config import field_help
 from uav_train.cli import train_command
 from uav_eval.cli import eval_command, explain_command
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+SERVE = field_help("pipelines.serve", "ServeConfig")  # `uav serve` options: help from the fields' comments
 
 app = typer.Typer(name="uav", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Universal Activation Verbalizer: a decoder LLM that explains other models' activations.")
@@ -50,6 +52,21 @@ def bench_command(
     from pipelines.bench import run_bench
 
     run_bench(out, scale=scale)
+
+
+@app.command("serve")
+def serve_command(
+    run: Annotated[str, typer.Argument(help=SERVE["run"])],
+    host: Annotated[str, typer.Option(help=SERVE["host"])] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help=SERVE["port"])] = 8000,
+    device: Annotated[str, typer.Option(help=SERVE["device"])] = "cpu",
+    donor: Annotated[Optional[str], typer.Option(help=SERVE["donor"])] = None,
+) -> None:
+    """A local explorer page over RUN (loaded once): paste a text, ask, see the answer beside its controls and
+    score, and for token-reading runs one answer per token. Ctrl-C stops it."""
+    from pipelines.serve import ServeConfig, serve
+
+    serve(ServeConfig(run=run, host=host, port=port, device=device, donor=donor))
 
 
 def main() -> None:
