@@ -13,12 +13,13 @@ RECIPE  ?= pipelines/recipes/demo.toml
 RUN     ?= runs/self
 DECODER ?= smollm2-135m
 NPROC   ?= 1
+DEVICE_MAP ?=
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-all harvest train eval demo bench clean
+.PHONY: setup test test-all harvest train eval demo bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -37,10 +38,11 @@ test: setup
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 # NPROC=N: N processes under torchrun (one per GPU; gloo on CPU). Same store / same run as one process.
+# DEVICE_MAP=auto: one harvest process spreads a donor too large for one GPU over every GPU of the node.
 LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc-per-node $(NPROC) -m)
 
 harvest: setup
-	$(if $(LAUNCH),$(LAUNCH) uav_cache.harvest,$(UAV) harvest) --donor $(DONOR) --data $(DATA) --out $(STORE) $(if $(LAYERS),--layers $(LAYERS))
+	$(if $(LAUNCH),$(LAUNCH) uav_cache.harvest,$(UAV) harvest) --donor $(DONOR) --data $(DATA) --out $(STORE) $(if $(LAYERS),--layers $(LAYERS)) $(if $(DEVICE_MAP),--device-map $(DEVICE_MAP))
 
 train: setup
 	$(if $(LAUNCH),$(LAUNCH) uav_train.trainer,$(UAV) train) --recipe $(RECIPE) --store $(STORE) --decoder $(DECODER) --out $(RUN)
@@ -53,6 +55,10 @@ demo: setup
 
 bench: setup
 	$(UAV) bench
+
+# On a GPU box: ≤ 10 min, one table (what passed, the rates). Without a GPU: its small CPU form (≤ 5 min).
+gpu-check: setup
+	$(UAV) gpu-check
 
 clean:
 	rm -rf stores runs data bench/tmp

@@ -9,6 +9,7 @@ only re-prints the results.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -20,11 +21,11 @@ from uav_cache.harvest import HarvestConfig, harvest
 from uav_eval.methods import CONTROLS
 from uav_eval.protocol import EvalConfig, evaluate
 from uav_eval.report import compare, summary_table
-from uav_eval.results import Results, suffix
+from uav_eval.results import Results, location, suffix
 from uav_train.trainer import RECIPE_SECTIONS, TrainConfig, train
 
 
-SECTIONS = {"data": {"recipe"}, "eval": {"limit", "controls", "controls_other", "compare_dir"}}
+SECTIONS = {"data": {"recipe"}, "eval": {"limit", "controls", "controls_other", "compare_dir", "data"}}
 
 
 def donor_config(rec: dict, donor: dict, path: Path) -> HarvestConfig:
@@ -69,6 +70,9 @@ def load_recipe(path: Path) -> dict:
     if len(set(outs)) != len(outs):
         raise UavError(f"recipe {path}: two runs share an out folder", "give each run its own out")
     ev = rec.get("eval", {})
+    if not isinstance(ev.get("data", []), list) or not all(isinstance(d, str) for d in ev.get("data", [])):
+        raise UavError(f"recipe {path} [eval]: data = {ev['data']!r} is not a list of dataset files",
+                       'e.g. data = ["pipelines/evalsets/new_entities.jsonl"]')
     for key in ("controls", "controls_other"):
         if not isinstance(ev.get(key, []), list) or set(ev.get(key, [])) - set(CONTROLS):
             raise UavError(f"recipe {path} [eval]: {key} = {ev[key]!r} is not a list of controls",
@@ -82,13 +86,18 @@ def load_recipe(path: Path) -> dict:
 
 
 def _current_results(cfg: EvalConfig) -> Results | None:
-    """The run's results.json when it was made with these settings after the run's weights were last written."""
+    """The evaluation's results.json when it was made with these settings after the run's weights were last written
+    (for a --data file: in the folder that dataset's results go to)."""
     run = Path(cfg.run)
-    p, weights = run / f"results{suffix(cfg.limit)}.json", run / "adapter.safetensors"
+    folder = run
+    if cfg.data is not None:
+        ex = load_examples(cfg.data)
+        folder = location(run, dataset=ex.name, fingerprint=ex.fingerprint, split=cfg.split or "all", own=False)
+    p, weights = folder / f"results{suffix(cfg.limit)}.json", run / "adapter.safetensors"
     if not p.exists() or not weights.exists() or p.stat().st_mtime < weights.stat().st_mtime:
         return None
     res = Results.load(p)
-    same = {k: res.config.get(k) == getattr(cfg, k) for k in ("limit", "methods", "split", "store")}
+    same = {k: res.config.get(k) == getattr(cfg, k) for k in ("limit", "methods", "split", "store", "data")}
     return res if all(same.values()) else None
 
 
@@ -123,6 +132,14 @@ def run_demo(recipe: Path, console: Console | None = None) -> str:
         res = _current_results(cfg) or evaluate(cfg)
         con.print(f"[bold]{r['name']}[/bold]  ({res.donor} → {res.decoder}, {res.adapter}, LoRA {res.lora or 'none'})")
         con.print(summary_table(res), markup=False, soft_wrap=True)
+
+    for data in ev.get("data", []):  # evaluation sets no run trained or was tuned on (e.g. pipelines/evalsets/)
+        con.rule(f"[bold]eval on {data}")
+        for i, r in enumerate(rec["runs"]):
+            cfg = replace(eval_config(rec, i, recipe), data=data, limit=None)
+            res = _current_results(cfg) or evaluate(cfg)
+            con.print(f"[bold]{r['name']}[/bold] on {res.dataset} ({res.n_items} items) → {res.folder()}")
+            con.print(summary_table(res), markup=False, soft_wrap=True)
 
     out = Path(ev.get("compare_dir", "runs"))
     sx = suffix(ev.get("limit"))

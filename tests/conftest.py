@@ -80,6 +80,78 @@ def tiny_gemma_dir(tmp_path_factory) -> Path:
     return _save(tmp_path_factory.mktemp("tiny_gemma"), Gemma3ForCausalLM(cfg).eval(), tok)
 
 
+# The registry's other families (pipelines/models/*.toml), built from their configs' classes with the real models'
+# special tokens but no chat template: the real templates are not available offline, so these decoders take uav's
+# no-template prompt. Shapes are tiny; what each family does differently (tied or untied embeddings, q/k norms,
+# sliding windows, a vision tower beside the language model) is kept.
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory) -> Path:
+    """Tiny random Qwen3 (3 blocks, d 32, q/k norms, tied embeddings), Qwen's specials, no pad/eos distinction lost."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = make_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos_token="<|im_end|>",
+                         pad_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return _save(tmp_path_factory.mktemp("tiny_qwen3"), Qwen3ForCausalLM(cfg).eval(), tok)
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_dir(tmp_path_factory) -> Path:
+    """Tiny random Mistral (3 blocks, d 32, sliding window 16, untied), <s>/</s> and no pad token, as Mistral ships."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    tok = make_tokenizer(["<unk>", "<s>", "</s>"], bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tok.add_bos_token = True
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                        sliding_window=16, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id)
+    return _save(tmp_path_factory.mktemp("tiny_mistral"), MistralForCausalLM(cfg).eval(), tok)
+
+
+@pytest.fixture(scope="session")
+def tiny_yi_dir(tmp_path_factory) -> Path:
+    """Tiny random Yi-1.5 (a Llama architecture: untied embeddings, GQA), Yi's specials, base model: no template."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer(["<unk>", "<|startoftext|>", "<|endoftext|>"], bos_token="<|startoftext|>",
+                         eos_token="<|endoftext|>", unk_token="<unk>", pad_token="<unk>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=256,
+                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id)
+    return _save(tmp_path_factory.mktemp("tiny_yi"), LlamaForCausalLM(cfg).eval(), tok)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_mm_dir(tmp_path_factory) -> Path:
+    """Tiny random Gemma-3 as the hub's 4B/12B ship it: Gemma3ForConditionalGeneration, a SigLIP vision tower beside
+    the language model (whose blocks are model.language_model.layers.N), Gemma's specials, no template."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    tok = make_tokenizer(["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                          "<end_of_image>", "<image_soft_token>"], eos_token="<eos>", pad_token="<pad>",
+                         bos_token="<bos>", unk_token="<unk>")
+    ids = tok.convert_tokens_to_ids
+    torch.manual_seed(0)
+    cfg = Gemma3Config(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                        max_position_embeddings=256, sliding_window=16, pad_token_id=tok.pad_token_id,
+                                        eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id),
+                       vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                          num_attention_heads=2, image_size=28, patch_size=14),
+                       mm_tokens_per_image=4, boi_token_index=ids("<start_of_image>"),
+                       eoi_token_index=ids("<end_of_image>"), image_token_index=ids("<image_soft_token>"),
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    return _save(tmp_path_factory.mktemp("tiny_gemma3_mm"), Gemma3ForConditionalGeneration(cfg).eval(), tok)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """Tiny random BERT encoder (2 blocks, d 32) with [CLS]/[SEP]/[PAD] tokens."""

@@ -390,17 +390,20 @@ def test_generalization_rows_yes_no_scoring_and_calibration(tiny_llama_dir, tmp_
                   {"question": "Would you call it red? Reply yes or no.", "answer": "yes" if colour == "red" else "no",
                    "kind": "yesno", "phrasing": "heldout"},
                   {"question": "What colour is it?", "answer": colour}]
+            extra = {"heldout_dataset": True} if i % 8 == 7 else {}  # its recipe held it out: never trained
+            src = "dye" if extra else src
             f.write(json.dumps({"id": f"y{i:02d}", "text": f"The {src} is {colour}.", "task": "classification",
-                                "label": colour, "source": src, "split": split, "qa": qa}) + "\n")
+                                "label": colour, "source": src, "split": split, "qa": qa, **extra}) + "\n")
     harvest(HarvestConfig(donor=str(tiny_llama_dir), data=str(p), out=str(tmp_path / "store"), layers=[1],
                           shard_rows=16, chunk_rows=8, progress=False))
     st = Store(tmp_path / "store")
     trained = list(ItemStream([st], "train", epochs=1))
     assert {it.question for it in trained} == {"Is it red? Answer yes or no.", "What colour is it?"}  # held out: never
-    assert {it.task for it in trained} == {"yesno", "classification"}
+    assert {it.task for it in trained} == {"yesno", "classification"} and "dye" not in {it.source for it in trained}
+    assert "dye" not in {it.source for it in ItemStream([st], "train", mode="text", epochs=1)}
     run = train(TrainConfig(stores=[str(tmp_path / "store")], out=str(tmp_path / "run"), decoder=str(tiny_llama_dir),
                             adapter="mlp", adapter_options={"k": 2, "hidden": 32}, stage="2", steps=2, batch_size=4,
-                            eval_every=2, val_items=4, sources=["paint"], progress=False))
+                            eval_every=2, val_items=4, sources=["paint", "dye"], progress=False))
     res = evaluate(EvalConfig(run=str(run), methods=["uav", "shuffled", "no_soft"], similarity=False, n_boot=20,
                               progress=False, probe=False))
     gen = res.reading["by_generalization"]
@@ -410,7 +413,8 @@ def test_generalization_rows_yes_no_scoring_and_calibration(tiny_llama_dir, tmp_
     assert n[f"yesno · {GENERALIZATION[1]}"] == n[f"yesno · {GENERALIZATION[0]}"] > 0
     uav = [r for r in res.items if r["method"] == "uav"]
     assert all(isinstance(r["score"], float) for r in uav)
-    assert {r["generalization"] for r in uav if r["source"] == "ink"} == {GENERALIZATION[2]}
+    assert {r["generalization"] for r in uav if r["source"] in ("ink", "dye")} == {GENERALIZATION[2]}
+    assert any(r["source"] == "dye" for r in uav)
     assert res.calibration["yesno"]["metric"] == "acc" and len(res.calibration["yesno"]["bins"]) == 3
     assert sum(b["n"] for b in res.calibration["yesno"]["bins"]) == res.calibration["yesno"]["n"]
     md = (run / "report.md").read_text()

@@ -184,7 +184,7 @@ def test_bad_user_jsonl(tmp_path, content, expected):
 def test_bad_sources(tmp_path):
     with pytest.raises(UavError, match="file not found"):
         load.load_examples(str(tmp_path / "missing.jsonl"))
-    with pytest.raises(UavError, match="not a .jsonl"):
+    with pytest.raises(UavError, match="neither a .jsonl nor a .txt"):
         load.load_examples(str(write(tmp_path, "a,b\n", "data.csv")))
     with pytest.raises(UavError, match="no examples.jsonl"):
         load.load_examples(str(tmp_path))

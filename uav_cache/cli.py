@@ -111,6 +111,7 @@ def harvest_command(
     shard_rows: Annotated[int, typer.Option(help=H["shard_rows"])] = 4096,
     codec: Annotated[str, typer.Option(help=H["codec"])] = "raw",
     device: Annotated[str, typer.Option(help=H["device"])] = "auto",
+    device_map: Annotated[Optional[str], typer.Option(help=H["device_map"])] = None,
     trust_remote_code: Annotated[bool, typer.Option(help=H["trust_remote_code"])] = False,
 ) -> None:
     """Run a donor once over a dataset and write (or resume) a Zarr activation store."""
@@ -120,7 +121,7 @@ def harvest_command(
     cfg = HarvestConfig(donor=donor, data=data, out=out or f"stores/{Path(donor).name}", layers=int_list(layers, "--layers"),
                         positions=positions, token_layers=int_list(token_layers, "--token-layers"), readouts=[r.strip() for r in readouts.split(",") if r.strip()], dtype=dtype, batch_size=batch_size, limit=limit, max_length=max_length,
                         donor_input=donor_input, shard_rows=shard_rows, codec=codec, device=device,
-                        trust_remote_code=trust_remote_code)
+                        device_map=device_map, trust_remote_code=trust_remote_code)
     path = harvest(cfg)
     if cfg.rank == 0:  # under torchrun every rank runs this; one summary is enough
         typer.echo(Store(path).info())

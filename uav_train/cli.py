@@ -32,6 +32,8 @@ def train_command(
     seed: Annotated[Optional[int], typer.Option(help=H["seed"])] = None,
     device: Annotated[Optional[str], typer.Option(help=H["device"])] = None,
     grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help=H["grad_checkpointing"])] = False,
+    precision: Annotated[Optional[str], typer.Option(help=H["precision"])] = None,
+    sharding: Annotated[Optional[str], typer.Option(help=H["sharding"])] = None,
     skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help=H["skip_corrupt"])] = False,
 ) -> None:
     """Train an adapter (+ LoRA) that lets the decoder answer questions about a donor's activations."""
@@ -43,7 +45,8 @@ def train_command(
     layer_names = split(layers)  # module paths or block indices; the store resolves indices to its paths
     over = dict(stores=stores, decoder=decoder, out=out, adapter=adapter, stage=stage, steps=steps,
                 stage1_steps=stage1_steps, batch_size=batch_size, layers=layer_names, readout=readout, sources=split(sources), frozen_decoder=frozen_decoder, seed=seed, device=device,
-                no_lora=no_lora or None, grad_checkpointing=grad_checkpointing or None, skip_corrupt=skip_corrupt or None)
+                no_lora=no_lora or None, grad_checkpointing=grad_checkpointing or None, skip_corrupt=skip_corrupt or None,
+                precision=precision, sharding=sharding)
     cfg = TrainConfig.from_recipe(recipe, **over) if recipe else TrainConfig.from_dict({k: v for k, v in over.items() if v is not None})
     if donor and store:
         from uav_cache.store import Store

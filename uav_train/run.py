@@ -419,12 +419,15 @@ class LoadedRun:
 
 
 def load_run(run: str | Path, device: str = "cpu") -> LoadedRun:
-    """Load the decoder named in the run, its LoRA (if any) and its adapter."""
+    """Load the decoder named in the run (in the precision it trained in), its LoRA (if any) and its adapter."""
     from uav_cache.models import load, resolve
     from uav_train.prompt import PromptTemplate
 
     info = RunInfo.open(run)
-    model, tok = load(resolve(info.record.decoder), device=device)
+    # the decoder in the precision the run trained in (bf16 runs: bf16 weights, as their frozen decoder was)
+    bf16 = info.record.train.get("precision") == "bf16" or (info.record.train.get("precision", "auto") == "auto"
+                                                             and str(device).startswith("cuda"))
+    model, tok = load(resolve(info.record.decoder), device=device, dtype=torch.bfloat16 if bf16 else torch.float32)
     has_lora = (info.path / LORA).exists()
     if has_lora:
         from peft import PeftModel

@@ -153,6 +153,7 @@ class Item:
     text: str
     kind: str = "open"  # open (a qa pair), yesno, context_own / context_before / context_after (self-supervised)
     phrasing: str = "seen"  # heldout: a question phrasing never trained on (evaluation only)
+    heldout_dataset: bool = False  # the item's dataset is held out of training (its recipe says so)
 
 
 def item_pairs(example: dict, mode: str) -> list[tuple[str, str]]:
@@ -252,9 +253,11 @@ class ItemStream:
             for lo, hi in st.chunk_spans():
                 rows = np.arange(lo, hi)
                 rows = rows[keep[rows]]
-                if self.mode == "qa" and not self.context and len(rows):  # qa pairs needed; records read per chunk
+                if len(rows):  # records read per chunk: held-out datasets never train; qa mode needs qa pairs
                     recs = st.records(lo, hi)
-                    rows = rows[[bool(item_pairs(recs[r - lo], self.mode)) for r in rows]]
+                    rows = rows[[not recs[r - lo].get("heldout_dataset") and (
+                        self.mode != "qa" or self.context > 0 or bool(item_pairs(recs[r - lo], self.mode)))
+                        for r in rows]]
                 if len(rows):
                     out.append((si, rows))
         return out
@@ -298,6 +301,8 @@ class ItemStream:
         """One row's items for this epoch: its qa pairs (each shown a form drawn from the spec's forms; stage 1: the
         whole text), and its self-supervised items, each repeated by its source's weight (2.5: twice, and a third
         time half of the epochs)."""
+        if e.get("heldout_dataset") and self.mode != "eval":  # a dataset held out of training: not even its text
+            return []
         source = e.get("source") or ""
         w = self.weights.get(source, 1)
         copies = lambda x: int(x) + bool(x % 1 and rng.random() < x % 1)  # noqa: E731

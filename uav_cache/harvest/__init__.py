@@ -27,7 +27,9 @@ from uav_cache import distributed
 from uav_cache.device import pick_device
 from uav_cache.errors import UavError
 from uav_cache.examples import ExampleSet, load_examples
-from uav_cache.models import ModelSpec, block_modules, layer_name, load, resolve, tokenizer_fingerprint, weights_fingerprint
+from uav_cache.models import (DEVICE_MAPS, ModelSpec, block_modules, hidden_size, input_device, layer_name, load,
+                              resolve,
+                              tokenizer_fingerprint, weights_fingerprint)
 from uav_cache.store import (CODECS, DEFAULT_CODEC, DEFAULT_READOUTS, FP16_MAX, READOUTS, STORAGE_DTYPES, StoreWriter,
                              new_meta, parse_positions, to_bits, window_start)
 
@@ -60,6 +62,9 @@ class HarvestConfig:
     # shipped over a network)
     codec: str = DEFAULT_CODEC
     device: str = "auto"  # auto, cpu, cuda, cuda:1 …
+    # auto | balanced | sequential: spread a donor too large for one GPU over every GPU of this node (transformers'
+    # device_map over accelerate); one process per node, never under torchrun
+    device_map: str | None = None
     trust_remote_code: bool = False  # allow the donor's own modelling code (off by default)
     rank: int = field(default_factory=lambda: int(os.environ.get("RANK", 0)))  # torchrun sets these:
     world: int = field(default_factory=lambda: int(os.environ.get("WORLD_SIZE", 1)))  # shard s → rank s % world
@@ -179,7 +184,7 @@ def plan_meta(cfg: HarvestConfig, spec: ModelSpec, model, tok, ex: ExampleSet, n
         readout={r: READOUTS[r] for r in cfg.readouts},
         dtype=dtype,
         compute_dtype=compute_dtype,  # bf16 (CUDA) and fp32 (CPU) rows must not mix in one store
-        d_model=int(model.config.hidden_size),
+        d_model=hidden_size(model),
         tokenizer=tokenizer_fingerprint(tok),
         donor_input=cfg.donor_input,
         max_length=max_length,
@@ -289,14 +294,16 @@ def plan(cfg: HarvestConfig, loaded: tuple[torch.nn.Module, Any] | None = None) 
     _validate(ex)
 
     ranks = distributed.Ranks(cfg.rank, cfg.world, distributed.Ranks.from_env().local_rank)
+    check_device_map(cfg)
     if loaded is None:
         device = pick_device(cfg.device, ranks.device_rank)
         compute = "bf16" if device.type == "cuda" else "fp32"
         model, tok = load(spec, dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[compute],
-                          device=str(device), trust_remote_code=cfg.trust_remote_code)
+                          device=str(device), trust_remote_code=cfg.trust_remote_code, device_map=cfg.device_map)
+        device = input_device(model)
     else:
         (model, tok), p = loaded, next(loaded[0].parameters())
-        device, compute = p.device, {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(p.dtype, "fp32")
+        device, compute = input_device(model), {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(p.dtype, "fp32")
     indices = list(cfg.layers) if cfg.layers else list(spec.layers)
     names = [layer_name(model, i) for i in indices]
     n_blocks = len(block_modules(model))
@@ -332,6 +339,22 @@ def plan(cfg: HarvestConfig, loaded: tuple[torch.nn.Module, Any] | None = None) 
                for e, t in zip(ex.examples, ids)] if width != 0 else None
     return Job(cfg, writer, model, tok, ids, [e["id"] for e in ex.examples], names, dtype, device, ranks, windows,
                writer.meta["token_layers"] if "token_layers" in writer.meta else None)
+
+
+def check_device_map(cfg: HarvestConfig) -> None:
+    """A donor spread over a node's GPUs is one process driving them all: torchrun's one process per GPU would
+    load it N times over the same GPUs."""
+    if cfg.device_map is None:
+        return
+    if cfg.device_map not in DEVICE_MAPS:
+        raise UavError(f"unknown --device-map {cfg.device_map!r}", f"use one of: {', '.join(DEVICE_MAPS)}")
+    if cfg.world > 1:
+        raise UavError(f"--device-map spreads one donor over this node's GPUs from one process; it cannot run as "
+                       f"{cfg.world} torchrun processes", "start `uav harvest --device-map auto` once per node, "
+                       "without torchrun (or drop --device-map to run one donor copy per GPU)")
+    if cfg.device not in ("auto", "cuda"):
+        raise UavError(f"--device-map places the donor itself; --device {cfg.device} would contradict it",
+                       "leave --device auto (choose the GPUs with CUDA_VISIBLE_DEVICES)")
 
 
 @torch.inference_mode()
@@ -374,7 +397,7 @@ def forward_shard(model, capture: Capture, ids: list[list[int]], names: list[str
                 for r in vecs:
                     vecs[r][name] = np.zeros((n, d), dtype=np.uint16)
             lens_d = lens.to(h.device)
-            vecs["last"][name][rows] = to_bits(h[torch.arange(len(rows)), lens_d - 1], dtype)
+            vecs["last"][name][rows] = to_bits(h[torch.arange(len(rows), device=h.device), lens_d - 1], dtype)
             # mean over positions 1..len-1 (the first is the attention sink); one-token texts keep position 0
             pos = torch.arange(h.shape[1], device=h.device)
             body = (pos[None, :] >= 1) & (pos[None, :] < lens_d[:, None])

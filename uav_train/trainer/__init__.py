@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from uav_cache.config import from_table, read_recipe, refuse_unknown
 from uav_cache.errors import UavError
 from uav_cache.files import share_mode
 from uav_cache.device import pick_device
-from uav_cache.models import embedding_norm, load, resolve, weights_fingerprint
+from uav_cache.models import block_linears, embedding_norm, hidden_size, load, resolve, weights_fingerprint
 from uav_cache.store import READOUTS, Store, check_compatible
 from uav_train.adapters import (TOKEN_KINDS, AdapterInput, InputAdapter, MLPAdapter, PerVectorAdapter, adapter_config,
                                 build_adapter)
@@ -42,6 +43,8 @@ from uav_train.stream import FORMS, InputSpec, Item, ItemStream, derangement, re
 
 
 RECIPE_SECTIONS = ("data", "donors", "train", "runs", "eval")  # the tables a recipe may have (see demo.toml)
+PRECISIONS = ("auto", "fp32", "bf16")
+SHARDINGS = ("ddp", "fsdp")
 
 
 @dataclass
@@ -81,8 +84,9 @@ class TrainConfig:
     lr_stage1: float = 1e-3  # adapter, stage 1
     lr_adapter: float = 5e-4  # adapter, stage 2
     lr_lora: float = 2e-4
-    lr_tokens: float | None = None  # the tokens adapter, both stages (default: as the pooled adapter); its warm-started
-    # skip path maps every token, so a step that suits a pooled adapter can undo its closed-form fit
+    # the tokens adapter in stage 2 (default: lr_adapter); its warm-started skip path maps every token, so a step that
+    # suits a pooled adapter undoes its closed-form fit (research log, run 1)
+    lr_tokens: float | None = None
     warmup: int = 10  # linear warm-up steps, then cosine to 10%
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -111,6 +115,12 @@ class TrainConfig:
     seed: int = 0  # random seed
     device: str = "auto"  # auto, cpu, cuda …
     grad_checkpointing: bool = False  # trade compute for memory
+    # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16: bf16 autocast with the frozen decoder weights in bf16; the
+    # adapter and LoRA weights (what the optimizer updates) stay fp32
+    precision: str = "auto"
+    # under torchrun: ddp (every rank holds the whole decoder) | fsdp (FSDP2: each decoder block's frozen weights
+    # sharded over the ranks, for decoders that do not fit one GPU); the step is the same either way
+    sharding: str = "ddp"
     progress: bool = True
 
     @classmethod
@@ -193,6 +203,10 @@ class TrainConfig:
         if self.warm_start and not skips:
             raise UavError("warm_start fits the skip path of a fresh mlp (pooled) or pervector (tokens) adapter",
                            "use adapter mlp or token_adapter pervector with skip = true, or drop warm_start")
+        if self.precision not in PRECISIONS:
+            raise UavError(f"unknown precision {self.precision!r}", f"use one of: {', '.join(PRECISIONS)}")
+        if self.sharding not in SHARDINGS:
+            raise UavError(f"unknown sharding {self.sharding!r}", f"use one of: {', '.join(SHARDINGS)}")
         pick_device(self.device)  # unknown or absent device
 
     def identity(self) -> dict:
@@ -200,9 +214,19 @@ class TrainConfig:
         d = asdict(self)
         # skip_corrupt is not identity: the stream is the same up to the first unreadable chunk, so a run that
         # stopped there resumes with --skip-corrupt exactly as a fresh --skip-corrupt run would go
-        for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt"):
+        for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt", "sharding"):
             d.pop(k)
+        if d["precision"] == "auto":  # what every run did before the setting existed: their resumes still match
+            d.pop("precision")
         return d
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"bf16" or "fp32" for a run on ``device``: auto is bf16 on CUDA (tensor cores; half the decoder's memory) and
+    fp32 elsewhere (what uav did before the setting existed; bf16 on a CPU: see the README's measurement)."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -237,19 +261,21 @@ def answer_loss(model, embeds: torch.Tensor, attention_mask: torch.Tensor, label
 
 
 def answer_losses(model, template: PromptTemplate, adapter: InputAdapter, x: AdapterInput, questions: list[str],
-                  answers: list[str], *, max_answer_tokens: int | None = None,
-                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                  answers: list[str], *, max_answer_tokens: int | None = None, device: torch.device | str = "cpu",
+                  precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """The one forward of a verbalizer on (activation, question) → answer, teacher-forced: the adapter's soft tokens
     go where each item's prompt puts them (as many as the item has), and the loss is read on the answer tokens only.
     Returns per item (summed cross-entropy of its answer tokens, their count). Training, validation and the
-    Verbalizer's scores (log-probability of an answer) all call this."""
+    Verbalizer's scores (log-probability of an answer) all call this. ``precision`` as TrainConfig's: bf16 runs under
+    autocast (auto: on CUDA)."""
     device = torch.device(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    bf16 = resolve_precision(precision, device) == "bf16"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         soft, soft_mask = adapter(x.to(device))
     encs = [template.encode(q, a, int(n), max_answer_tokens=max_answer_tokens)
             for q, a, n in zip(questions, answers, soft_mask.sum(1).tolist())]
     batch = {n: t.to(device) for n, t in collate(encs, template.tok.pad_token_id).items()}
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         emb = model.get_input_embeddings()(batch["input_ids"])
         emb = splice(emb, soft, batch["soft_positions"], soft_mask, batch["soft_mask"])
         return answer_loss(model, emb, batch["attention_mask"], batch["labels"], reduction="item")
@@ -329,9 +355,21 @@ class Trainer:
             if self.frozen_run.decoder_weights() != self.decoder_fingerprint:
                 raise UavError(f"--frozen-decoder run used decoder {self.frozen_run.train['decoder']} "
                                f"(other weights than {cfg.decoder})", "use the same --decoder as that run")
-        self.model, self.tok = load(spec, device=str(self.device))
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.fsdp = cfg.sharding == "fsdp" and self.ranks.world > 1
+        # FSDP2 moves each block to this rank's GPU as it shards it, so the whole decoder never lands on one GPU
+        self.model, self.tok = load(spec, device="cpu" if self.fsdp else str(self.device),
+                                    dtype=torch.bfloat16 if self.precision == "bf16" else torch.float32)
         for p in self.model.parameters():
             p.requires_grad_(False)
+        if self.fsdp:
+            from uav_train.sharding import shard_decoder, sharded_bytes
+            whole = sharded_bytes(self.model)
+            shard_decoder(self.model, self.device)
+            if self.ranks.main:
+                held = sharded_bytes(self.model)
+                tqdm.write(f"FSDP2: rank 0 holds {held / whole:.2f} of the decoder's weights ({held / 2**20:.1f} of "
+                           f"{whole / 2**20:.1f} MiB; blocks sharded over {self.ranks.world} ranks)", file=sys.stderr)
         if cfg.grad_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.template = PromptTemplate(self.tok)
@@ -342,7 +380,7 @@ class Trainer:
         self.peft = False
 
     def _new_adapter(self) -> InputAdapter:
-        cfg, d_in, d_out, spec = self.cfg, self.meta["d_model"], self.model.config.hidden_size, self.spec
+        cfg, d_in, d_out, spec = self.cfg, self.meta["d_model"], hidden_size(self.model), self.spec
         pooled = tokens = None
         if spec.pooled:
             pooled = build_adapter(adapter_config(cfg.adapter, **cfg.adapter_options), d_in, len(spec.layers), d_out,
@@ -390,7 +428,8 @@ class Trainer:
         """Per item: the summed cross-entropy of its answer tokens, and their count."""
         max_ans = self.cfg.max_target_tokens if mode != "qa" else self.cfg.max_answer_tokens
         return answer_losses(self.model, self.template, self.adapter, stack_x(items), [it.question for it in items],
-                             [it.answer for it in items], max_answer_tokens=max_ans, device=self.device)
+                             [it.answer for it in items], max_answer_tokens=max_ans, device=self.device,
+                             precision=self.precision)
 
     @torch.no_grad()
     def val_losses(self, items: list[Item], shuffled: list[Item] | None, mode: str) -> dict:
@@ -505,8 +544,9 @@ class Trainer:
             self.peft = True
         elif not self.cfg.no_lora:
             lc = self.cfg.lora
+            targets = block_linears(self.model) if lc.target_modules == "all-linear" else lc.target_modules
             self.model = get_peft_model(self.model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                               target_modules=lc.target_modules, task_type="CAUSAL_LM"))
+                                                               target_modules=targets, task_type="CAUSAL_LM"))
             self.peft = True
 
     def lora_params(self) -> dict[str, torch.nn.Parameter]:
@@ -530,7 +570,8 @@ class Trainer:
         cfg = self.cfg
         mode = ("context" if cfg.stage1_task == "context" else "text") if stage == 1 else "qa"
         lr = cfg.lr_stage1 if stage == 1 else cfg.lr_adapter
-        groups = [{"name": name, "params": list(branch.parameters()), "lr": cfg.lr_tokens or lr if name == "tokens" else lr}
+        groups = [{"name": name, "params": list(branch.parameters()),
+                   "lr": (cfg.lr_tokens or lr) if name == "tokens" and stage == 2 else lr}
                   for name, branch in (("adapter", self.adapter.pooled), ("tokens", self.adapter.tokens))
                   if branch is not None]
         lora = list(self.lora_params().values()) if stage == 2 else []
@@ -623,12 +664,19 @@ class Trainer:
     def _ddp(self) -> Callable[[list[Item], str], tuple[torch.Tensor, int]]:
         """:meth:`loss_terms` through DistributedDataParallel over the adapter and the decoder (built per stage:
         stage 2 adds the LoRA). Only parameters that train are DDP's: a frozen LoRA (adapter-only transfer) and
-        the frozen decoder weights take no part in the gradient all-reduce."""
+        the frozen decoder weights take no part in the gradient all-reduce. With ``sharding = "fsdp"`` the frozen
+        decoder blocks were sharded by FSDP2 when the decoder loaded (uav_train/sharding.py) and DDP is told to
+        leave every frozen weight alone: the trainable weights, small beside the decoder, stay whole on every rank,
+        so the optimizer, clipping, checkpoints and rank-0 writes are the same in both modes."""
         from torch.nn.parallel import DistributedDataParallel
 
+        joint = _Joint(self)
+        if self.fsdp:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                joint, [n for n, p in joint.named_parameters() if not p.requires_grad])
         # init_sync off: every rank built the same weights from the same seed and files; broadcasting the whole
         # frozen decoder from rank 0 would only cost time
-        ddp = DistributedDataParallel(_Joint(self), device_ids=None, broadcast_buffers=False, init_sync=False)
+        ddp = DistributedDataParallel(joint, device_ids=None, broadcast_buffers=False, init_sync=False)
         return lambda items, mode: ddp(items, mode)
 
     def _finish_stage(self, stage: int, st: dict, best_path: Path) -> dict:

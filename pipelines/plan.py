@@ -1,0 +1,317 @@
+"""`uav plan`: what a harvest and a training will cost, from the models' configs alone, before anything loads.
+
+Store bytes, donor and decoder memory per GPU for the chosen precision and sharding, and tokens to process. The
+sizes come from the registry's ``[arch]`` tables (pipelines/models/*.toml, copied from each model's published
+config.json) or a local folder's config.json; no weights, tokenizer or hub is touched. Every number is an estimate
+whose assumptions are printed with it (:data:`ASSUMPTIONS`); `tests/test_plan.py` checks them against what the
+CPU runs measure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from uav_cache.errors import UavError
+from uav_cache.models import ModelSpec, resolve
+
+GIB = 2**30
+CHARS_PER_TOKEN = 4.0  # English BPE: ~4 characters a token (SmolLM2 on the demo texts: 4.3; said in the output)
+CONTEXT_GIB = 1.0  # CUDA context, cuBLAS workspaces and allocator slack per GPU
+PROMPT_TOKENS = 40  # chat template + question + answer around the k soft tokens (the demo: 38 a item, measured)
+ASSUMPTIONS = [
+    f"text length: the data's characters ÷ {CHARS_PER_TOKEN:g} a token, capped at max_length (the store records the "
+    "real count)",
+    "store: 2 bytes a value (fp16/bf16), one vector per text, block and read-out; --positions all adds one per token",
+    "harvest: the donor's weights in bf16 on a GPU (fp32 on a CPU), nothing above the deepest read block runs, no "
+    "KV cache; --device-map divides the weights over the GPUs",
+    "training: frozen decoder weights in the precision's dtype; adapter and LoRA in fp32 with fp32 gradients and "
+    "AdamW's two moments (16 bytes a trainable parameter); every rank holds them whole",
+    "fsdp: each rank holds 1/N of the blocks' weights plus two gathered blocks; embeddings, final norm and LM head "
+    "stay whole",
+    f"activations: 2 bytes × (10·d + 4·intermediate) a token a block kept for backward (×2 in fp32); an item is k soft "
+    f"tokens + {PROMPT_TOKENS} tokens of template, question and answer; the LM head runs on answer tokens only",
+    f"+ {CONTEXT_GIB:g} GiB a GPU for the CUDA context and allocator slack; CPU runs count the process's own memory",
+]
+
+
+@dataclass
+class Arch:
+    """The sizes an estimate needs, read from a registry [arch] table or a config.json."""
+
+    name: str
+    kind: str  # causal | encoder
+    n_layers: int
+    d_model: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    params: int  # every weight, vision tower included where the checkpoint has one
+    extra_params: int = 0  # weights outside the language model (a vision tower): loaded, never run
+    source: str = ""
+
+    @property
+    def block_params(self) -> int:
+        d, hd = self.d_model, self.head_dim
+        attn = d * self.heads * hd * 2 + d * self.kv_heads * hd * 2
+        mlp = (2 if self.kind == "encoder" else 3) * d * self.intermediate
+        return attn + mlp
+
+    @property
+    def other_params(self) -> int:
+        """Weights outside the blocks: embeddings, LM head, final norm, a vision tower."""
+        return max(self.params - self.n_layers * self.block_params, 0)
+
+    def linears_per_block(self) -> list[tuple[int, int]]:
+        """(in, out) of each Linear in a block, as LoRA wraps them."""
+        d, hd = self.d_model, self.head_dim
+        attn = [(d, self.heads * hd), (d, self.kv_heads * hd), (d, self.kv_heads * hd), (self.heads * hd, d)]
+        mlp = [(d, self.intermediate)] * (1 if self.kind == "encoder" else 2) + [(self.intermediate, d)]
+        return attn + mlp
+
+
+def count_params(cfg: dict, kind: str) -> int:
+    """Weights of a decoder-only (Llama, Qwen3, Gemma-3, Mistral) or BERT model from its config's sizes: attention,
+    gated MLP, norms, embeddings (and an untied LM head). Exact for Llama-3.1-8B (8,030,261,248)."""
+    d, ff, n, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    heads = cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads") or heads
+    hd = cfg.get("head_dim") or d // heads
+    if kind == "encoder":  # BERT: biased Linears, LayerNorms, position and token-type embeddings, pooler
+        block = 4 * (d * d + d) + (d * ff + ff) + (ff * d + d) + 2 * 2 * d
+        emb = (v + cfg.get("max_position_embeddings", 512) + cfg.get("type_vocab_size", 2)) * d + 2 * d
+        return n * block + emb + d * d + d
+    block = d * heads * hd * 2 + d * kv * hd * 2 + 3 * d * ff + 2 * d
+    if cfg.get("model_type", "").startswith(("qwen3", "gemma3")):
+        block += 2 * hd  # q and k norms
+    if cfg.get("model_type", "").startswith("gemma3"):
+        block += 2 * d  # Gemma's extra pre/post feed-forward norms
+    return n * block + v * d * (1 if cfg.get("tie_word_embeddings", True) else 2) + d
+
+
+def _meta_params(spec: ModelSpec) -> int:
+    """A local folder's exact weight count: its config built on the meta device (no weights are read)."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(spec.path)
+    with torch.device("meta"):
+        model = (AutoModelForCausalLM if spec.kind == "causal" else AutoModel).from_config(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def arch_of(spec: ModelSpec) -> Arch:
+    """Sizes from a local folder's config.json, else from the registry entry's [arch] table."""
+    if spec.path:
+        p = Path(spec.path) / "config.json"
+        cfg = json.loads(p.read_text())
+        tc = {**cfg, **cfg["text_config"]} if isinstance(cfg.get("text_config"), dict) else cfg
+        tc.setdefault("model_type", cfg.get("model_type", ""))
+        tc["params"] = _meta_params(spec)
+        src, extra = str(p), tc["params"] - count_params(tc, spec.kind)
+    else:
+        tc = dict(spec.extra.get("arch") or {})
+        if not tc:
+            raise UavError(f"model {spec.name!r} has no [arch] table in the registry, so its size is unknown here",
+                           "add the published config.json's sizes as an [arch] table to its TOML (see qwen3-4b.toml), "
+                           "or pass a local folder")
+        tc.update(num_hidden_layers=spec.n_layers, hidden_size=spec.d_model, model_type=spec.family)
+        src, extra = f"pipelines/models/{spec.name}.toml [arch]", int(tc.get("vision_params", 0))
+    heads = tc["num_attention_heads"]
+    text = count_params(tc, spec.kind)
+    return Arch(name=spec.name, kind=spec.kind, n_layers=tc["num_hidden_layers"], d_model=tc["hidden_size"],
+                intermediate=tc["intermediate_size"], heads=heads, kv_heads=tc.get("num_key_value_heads") or heads,
+                head_dim=tc.get("head_dim") or tc["hidden_size"] // heads, vocab=tc["vocab_size"],
+                tied=bool(tc.get("tie_word_embeddings", True)), params=int(tc.get("params") or text + extra),
+                extra_params=extra, source=src)
+
+
+@dataclass
+class PlanInput:
+    """What `uav plan` takes: the harvest's and the training's options (or a recipe's)."""
+
+    donor: str = "smollm2-135m"
+    decoder: str = "smollm2-135m"
+    adapter: str = "mlp"
+    adapter_options: dict = field(default_factory=dict)
+    data: str = "demo"
+    texts: int | None = None  # texts to harvest (default: counted from --data when it is local)
+    chars_per_text: float | None = None  # (default: measured on --data when it is local)
+    tokens_per_text: float | None = None  # (default: characters ÷ CHARS_PER_TOKEN, capped at max_length)
+    layers: int = 1  # blocks harvested
+    readouts: int = 2  # pooled read-outs stored a block (last, mean)
+    positions: str = "last"
+    max_length: int | None = None
+    steps: int = 200
+    stage1_steps: int = 0
+    batch_size: int = 8
+    max_answer_tokens: int | None = None
+    precision: str = "auto"
+    sharding: str = "ddp"
+    nproc: int = 1  # training processes (GPUs)
+    donor_gpus: int = 1  # GPUs a --device-map harvest spreads the donor over
+    lora_r: int = 8
+    no_lora: bool = False
+    grad_checkpointing: bool = False
+    device: str = "cuda"  # cuda: the plan for a GPU box; cpu: for this machine (fp32 by default)
+    gpu_gib: float = 80.0  # one GPU's memory, for the fits / does not fit line
+
+
+def _data_size(data: str, limit: int | None = None) -> tuple[int, float] | None:
+    """(texts, mean characters) of local data (a recipe name, folder or JSONL): read, never a model."""
+    from uav_cache.examples import load_examples
+
+    try:
+        ex = load_examples(data, limit=limit)
+    except Exception:  # noqa: BLE001 - a hub dataset or a typo: the caller asks for --texts
+        return None
+    n = len(ex.examples)
+    return n, sum(len(e.get("text", "")) for e in ex.examples) / max(n, 1)
+
+
+def estimate(p: PlanInput) -> dict:
+    """Every figure of the plan (bytes, tokens) and the inputs it used."""
+    from uav_train.adapters import adapter_config, build_adapter
+
+    donor_spec, dec_spec = resolve(p.donor), resolve(p.decoder)
+    donor, dec = arch_of(donor_spec), arch_of(dec_spec)
+    gpu = p.device != "cpu"
+    precision = p.precision if p.precision != "auto" else ("bf16" if gpu else "fp32")
+    wbytes = 2 if precision == "bf16" else 4
+    max_len = p.max_length or donor_spec.max_length
+    known = p.texts and (p.chars_per_text or p.tokens_per_text)
+    size = None if known else _data_size(p.data)
+    if size is None and not known:
+        raise UavError(f"--data {p.data!r} is not local data, so the number and length of texts are unknown here",
+                       "pass --texts N and --chars-per-text C (or a local --data)")
+    texts = p.texts or size[0]
+    chars = p.chars_per_text or (size[1] if size else CHARS_PER_TOKEN * p.tokens_per_text)
+    tok_per_text = p.tokens_per_text or min(max_len, max(1.0, chars / CHARS_PER_TOKEN))
+    harvest_tokens = texts * tok_per_text
+
+    # the store: pooled vectors (and every token with --positions all), token ids and the examples table
+    value = 2
+    pooled = texts * p.layers * p.readouts * donor.d_model * value
+    all_tokens = harvest_tokens * p.layers * donor.d_model * value if p.positions == "all" else 0
+    tables = harvest_tokens * 4 + texts * (chars + 300)  # int32 ids; the examples table as JSON (text + QA)
+    store = pooled + all_tokens + tables
+
+    # the donor: weights (divided over --device-map GPUs), one batch's activations up to the deepest block
+    dbytes = 2 if gpu else 4
+    donor_w = donor.params * dbytes / max(p.donor_gpus, 1)
+    donor_act = 8 * max_len * (4 * donor.d_model + 2 * donor.intermediate) * dbytes  # batch 8, one block live
+    donor_total = donor_w + donor_act + (CONTEXT_GIB * GIB if gpu else 0)
+
+    # the decoder: frozen weights, trainables (adapter + LoRA) with grads and AdamW, activations
+    fsdp = p.sharding == "fsdp" and p.nproc > 1
+    blocks_w = dec.n_layers * dec.block_params * wbytes
+    other_w = dec.other_params * wbytes
+    frozen = (blocks_w / p.nproc + 2 * dec.block_params * wbytes + other_w) if fsdp else (blocks_w + other_w)
+    import torch
+
+    with torch.device("meta"):
+        ad = build_adapter(adapter_config(p.adapter, **p.adapter_options), donor.d_model, p.layers, dec.d_model, 1.0)
+    adapter_n = sum(x.numel() for x in ad.parameters() if x.requires_grad)
+    k = ad.k
+    lora_n = 0 if p.no_lora else dec.n_layers * sum(p.lora_r * (i + o) for i, o in dec.linears_per_block())
+    trainable = (adapter_n + lora_n) * 16
+    seq = k + PROMPT_TOKENS + (p.max_answer_tokens or 0)
+    per_rank_items = max(1, math.ceil(p.batch_size / p.nproc))
+    act_scale = 1 if precision == "bf16" else 2
+    per_tok_block = 2 * (10 * dec.d_model + 4 * dec.intermediate) * act_scale
+    if p.grad_checkpointing:
+        acts = per_rank_items * seq * (dec.n_layers * dec.d_model * wbytes + per_tok_block)
+    else:
+        acts = per_rank_items * seq * dec.n_layers * per_tok_block
+    answer_tokens = per_rank_items * (p.max_answer_tokens or 16)
+    logits = answer_tokens * dec.vocab * 4 * 3
+    dec_total = frozen + trainable + acts + logits + (CONTEXT_GIB * GIB if gpu else 0)
+
+    train_tokens = (p.steps + p.stage1_steps) * p.batch_size * seq
+    return {
+        "input": p.__dict__, "precision": precision, "donor": donor.__dict__, "decoder": dec.__dict__,
+        "texts": texts, "tokens_per_text": tok_per_text, "harvest_tokens": harvest_tokens, "store_bytes": store,
+        "store_parts": {"pooled": pooled, "all_tokens": all_tokens, "tables": tables},
+        "donor_bytes": donor_total, "donor_parts": {"weights": donor_w, "activations": donor_act},
+        "decoder_bytes": dec_total,
+        "decoder_parts": {"frozen_weights": frozen, "trainables_with_adam": trainable, "activations": acts,
+                          "logits": logits},
+        "adapter_params": adapter_n, "lora_params": lora_n, "k": k, "seq": seq, "train_tokens": train_tokens,
+        "fits": {"donor": donor_total <= p.gpu_gib * GIB, "decoder": dec_total <= p.gpu_gib * GIB},
+    }
+
+
+def _gib(x: float) -> str:
+    return f"{x / GIB:.1f} GiB" if x >= 0.1 * GIB else f"{x / 2**20:.0f} MiB"
+
+
+def render(e: dict) -> str:
+    p = e["input"]
+    d, c = e["donor"], e["decoder"]
+    where = "per GPU" if p["device"] != "cpu" else "in this process (CPU)"
+    mode = (f"FSDP2 over {p['nproc']} GPUs" if p["sharding"] == "fsdp" and p["nproc"] > 1 else
+            f"DDP over {p['nproc']} GPUs" if p["nproc"] > 1 else "one process")
+    fit = lambda ok: "fits" if ok else "does NOT fit"  # noqa: E731
+    room = p["gpu_gib"] * GIB - CONTEXT_GIB * GIB
+    need_donor = math.ceil(e["donor_parts"]["weights"] * p["donor_gpus"] / max(room - e["donor_parts"]["activations"], 1))
+    hint_donor = "" if e["fits"]["donor"] else f" (spread it: --device-map auto over ≥ {need_donor} GPUs)"
+    hint_dec = "" if e["fits"]["decoder"] else " (try --sharding fsdp with more --nproc, or --grad-checkpointing)"
+    lines = [
+        f"uav plan: {d['name']} ({d['params'] / 1e9:.2f}B) → {c['name']} ({c['params'] / 1e9:.2f}B), adapter "
+        f"{p['adapter']} (k {e['k']}), precision {e['precision']}, {mode}",
+        "",
+        f"harvest   {e['texts']} texts × ~{e['tokens_per_text']:.0f} tokens = {e['harvest_tokens'] / 1e6:.2f}M tokens "
+        f"through {d['name']}",
+        f"store     {_gib(e['store_bytes'])}  ({p['layers']} block(s) × {p['readouts']} read-outs × d {d['d_model']}"
+        + (f"; every token: {_gib(e['store_parts']['all_tokens'])}" if p["positions"] == "all" else "") + ")",
+        f"donor     {_gib(e['donor_bytes'])} {where}"
+        + (f" (spread over {p['donor_gpus']} GPUs by --device-map)" if p["donor_gpus"] > 1 else "")
+        + f": weights {_gib(e['donor_parts']['weights'])}, activations {_gib(e['donor_parts']['activations'])}"
+        + (f" — {fit(e['fits']['donor'])} a {p['gpu_gib']:g} GiB GPU{hint_donor}" if p["device"] != "cpu" else ""),
+        f"decoder   {_gib(e['decoder_bytes'])} {where}: frozen weights {_gib(e['decoder_parts']['frozen_weights'])}, "
+        f"adapter {e['adapter_params'] / 1e6:.1f}M + LoRA {e['lora_params'] / 1e6:.1f}M params with AdamW "
+        f"{_gib(e['decoder_parts']['trainables_with_adam'])}, activations {_gib(e['decoder_parts']['activations'])} "
+        f"({max(1, math.ceil(p['batch_size'] / p['nproc']))} items × {e['seq']} tokens), LM-head logits "
+        f"{_gib(e['decoder_parts']['logits'])}"
+        + (f" — {fit(e['fits']['decoder'])} a {p['gpu_gib']:g} GiB GPU{hint_dec}" if p["device"] != "cpu" else ""),
+        f"training  {p['steps'] + p['stage1_steps']} steps × {p['batch_size']} items × ~{e['seq']} tokens = "
+        f"{e['train_tokens'] / 1e6:.2f}M tokens through {c['name']}",
+        "",
+        "sizes from: " + "; ".join(f"{a['name']}: {a['source']}" for a in (d, c)),
+        "assumptions:",
+        *[f"  - {a}" for a in ASSUMPTIONS],
+    ]
+    return "\n".join(lines)
+
+
+def plan_from_recipe(path: Path, **over) -> PlanInput:
+    """A recipe's first donor and first run ([train] defaults under it), then the CLI's overrides."""
+    from pipelines.demo import run_config
+    from uav_cache.config import read_recipe
+    from uav_train.trainer import TrainConfig
+
+    rec = read_recipe(path)
+    if rec.get("runs"):
+        t = run_config(rec, rec["runs"][0])
+    else:
+        t = TrainConfig.from_dict(rec.get("train", {}), where=f"recipe {path} [train]")
+    donor = (rec.get("donors") or [{}])[0]
+    pi = PlanInput(donor=donor.get("name", "smollm2-135m"), decoder=t.decoder, adapter=t.adapter,
+                   adapter_options=dict(t.adapter_options), data=rec.get("data", {}).get("recipe", "demo"),
+                   layers=len(donor.get("layers") or [1]), positions=donor.get("positions", "last"),
+                   max_length=donor.get("max_length"), steps=t.steps if t.stage != "1" else 0,
+                   stage1_steps=t.stage1_steps if t.stage != "2" else 0, batch_size=t.batch_size,
+                   max_answer_tokens=t.max_answer_tokens, precision=t.precision, sharding=t.sharding,
+                   lora_r=t.lora.r, no_lora=t.no_lora, grad_checkpointing=t.grad_checkpointing)
+    for k, v in over.items():
+        if v is not None:
+            setattr(pi, k, v)
+    return pi
+
+
+__all__ = ["PlanInput", "estimate", "render", "plan_from_recipe", "arch_of", "count_params", "ASSUMPTIONS"]
