@@ -12,7 +12,11 @@ packages and an event loop for nothing it uses.
 
     GET  /            the page
     GET  /api/info    the run: donor, decoder, what it reads, its token cap, suggested questions
-    POST /api/ask     {"text", "question", "per_token"} → {"answer", "no_soft", "shuffled", "score", "tokens", …}
+    POST /api/ask     {"text", "question"} → {"answer", "no_soft", "shuffled", "score", "n_tokens", "seconds"}
+    POST /api/tokens  {"text", "question"} → {"tokens": [{"position", "token", "answer", "score"}, …], …}
+
+The page asks for the answer first (seconds on a CPU) and the per-token strip after it (one answer per token: many
+times longer), so the answer never waits for the strip; each request is its own read.
 """
 
 from __future__ import annotations
@@ -96,24 +100,37 @@ class Explorer:
     def info(self) -> dict:
         return self._info
 
-    def ask(self, body: dict) -> dict:
-        """One question about one text: the answer with its controls and score, and the per-token strip."""
+    def _read(self, body: dict):
+        """The text and question of a request, checked, and the donor's activations on the text (read, freed)."""
         text, question = body.get("text"), body.get("question")
         if not isinstance(text, str) or not text.strip():
             raise UavError("the text is empty", "paste a text for the donor to read")
         if not isinstance(question, str) or not question.strip():
             raise UavError("the question is empty", "pick a question or type one")
+        return self.v.read_acts(text, donor=self.cfg.donor, cut=False), question
+
+    def ask(self, body: dict) -> dict:
+        """One question about one text: the answer with its controls and score."""
         t0 = time.perf_counter()
         with self.lock:
-            acts = self.v.read_acts(text, donor=self.cfg.donor, cut=False)
+            acts, question = self._read(body)
             a = self.v.ask_acts(acts, [question], max_new_tokens=self.cfg.max_new_tokens)[0]
-            strip = None
-            if body.get("per_token", True) and self.v.spec.tokens:
-                strip = [{"position": t.position, "token": t.token, "answer": t.answer, "score": t.score}
-                         for t in self.v.per_token_acts(acts, question, labels=self.v.last_labels,
-                                                        max_new_tokens=self.cfg.token_new_tokens)]
+            n = len(self.v.last_labels)
         return {"question": question, "answer": a.answer, "no_soft": a.no_soft, "shuffled": a.shuffled,
-                "score": a.score, "n_tokens": len(self.v.last_labels), "tokens": strip,
+                "score": a.score, "n_tokens": n, "seconds": round(time.perf_counter() - t0, 2)}
+
+    def tokens(self, body: dict) -> dict:
+        """The per-token strip: the question about each token's vectors alone, with its score."""
+        if not self.v.spec.tokens:
+            raise UavError("this run reads pooled vectors only: it has no answer per token",
+                           "ask about the whole text")
+        t0 = time.perf_counter()
+        with self.lock:
+            acts, question = self._read(body)
+            strip = [{"position": t.position, "token": t.token, "answer": t.answer, "score": t.score}
+                     for t in self.v.per_token_acts(acts, question, labels=self.v.last_labels,
+                                                    max_new_tokens=self.cfg.token_new_tokens)]
+        return {"question": question, "tokens": strip, "n_tokens": len(strip),
                 "per_token_note": self._info["per_token_note"], "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -146,7 +163,8 @@ def handler(explorer: Explorer, quiet: bool = False) -> type[BaseHTTPRequestHand
                 self._json(404, {"error": f"no page {path}"})
 
         def do_POST(self):  # noqa: N802
-            if self.path != "/api/ask":
+            answer = {"/api/ask": explorer.ask, "/api/tokens": explorer.tokens}.get(self.path)
+            if answer is None:
                 self._json(404, {"error": f"no endpoint {self.path}"})
                 return
             try:
@@ -156,7 +174,7 @@ def handler(explorer: Explorer, quiet: bool = False) -> type[BaseHTTPRequestHand
                 body = json.loads(self.rfile.read(n) or b"{}")
                 if not isinstance(body, dict):
                     raise UavError("the request is not a JSON object", "send {\"text\": …, \"question\": …}")
-                self._json(200, explorer.ask(body))
+                self._json(200, answer(body))
             except UavError as e:  # the page shows it as one line
                 self._json(400, {"error": f"{e.problem}" + (f" ({e.fix})" if e.fix else "")})
             except json.JSONDecodeError as e:

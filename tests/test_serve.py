@@ -40,9 +40,9 @@ def servers(tiny_runs):
         srv.server_close()
 
 
-def post(url: str, body) -> tuple[int, dict]:
+def post(url: str, body, path: str = "/api/ask") -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url + "/api/ask", data=data, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
@@ -61,21 +61,25 @@ def test_the_endpoint_answers_as_the_verbalizer_does_and_refuses_bad_input_in_on
     fresh = Verbalizer.load(tiny_runs["tokens"], device="cpu", references=2).read(TEXT, Q, max_new_tokens=4)[0]
     assert (d["answer"], d["no_soft"], d["shuffled"]) == (fresh.answer, fresh.no_soft, fresh.shuffled)
     assert d["score"] == pytest.approx(fresh.score, abs=1e-4)
-    assert len(d["tokens"]) == d["n_tokens"] and [t["position"] for t in d["tokens"]] == list(range(d["n_tokens"]))
-    assert all(isinstance(t["score"], float) for t in d["tokens"]) and "river" in "".join(t["token"] for t in d["tokens"])
-    assert post(url, {"text": TEXT, "question": Q, "per_token": False})[1]["tokens"] is None
+    code, s = post(url, {"text": TEXT, "question": Q}, "/api/tokens")
+    assert code == 200 and s["n_tokens"] == d["n_tokens"] == len(s["tokens"])
+    assert [t["position"] for t in s["tokens"]] == list(range(d["n_tokens"]))
+    assert all(isinstance(t["score"], float) for t in s["tokens"]) and "river" in "".join(t["token"] for t in s["tokens"])
     for body, code_, match in (({"text": "  ", "question": Q}, 400, "the text is empty"),
                                ({"text": TEXT, "question": ""}, 400, "the question is empty"),
                                ({"text": " ".join([TEXT] * 12), "question": Q}, 400,
                                 "tokens long; the run's donor reads at most 40"),
                                (b"{not json", 400, "not JSON"), (b"[1]", 400, "not a JSON object")):
-        code, d = post(url, body)
-        assert code == code_ and match in d["error"] and "\n" not in d["error"], d
+        for path in ("/api/ask", "/api/tokens"):
+            code, d = post(url, body, path)
+            assert code == code_ and match in d["error"] and "\n" not in d["error"], d
     url, ex = servers["pooled"]
     info = json.loads(urllib.request.urlopen(url + "/api/info", timeout=30).read())
     assert not info["per_token"] and "pooled vectors only" in info["per_token_note"]
     code, d = post(url, {"text": TEXT, "question": Q})
-    assert code == 200 and d["tokens"] is None and d["answer"] is not None
+    assert code == 200 and d["answer"] is not None and d["score"] is not None
+    code, d = post(url, {"text": TEXT, "question": Q}, "/api/tokens")
+    assert code == 400 and "reads pooled vectors only" in d["error"]
     with pytest.raises(UavError, match="not a uav run directory"):
         make_server(ServeConfig(run=str(Path(tiny_runs["tokens"]).parent / "nope"), port=0))
 
@@ -112,6 +116,7 @@ def test_a_person_asks_on_the_page_and_reads_the_answer(servers, browser, tmp_pa
 
     url, _ = servers["tokens"]
     expected = post(url, {"text": TEXT, "question": Q})[1]
+    strip = post(url, {"text": TEXT, "question": Q}, "/api/tokens")[1]["tokens"]
     d = browser
     d.get(url)
     wait = WebDriverWait(d, 60)
@@ -133,7 +138,8 @@ def test_a_person_asks_on_the_page_and_reads_the_answer(servers, browser, tmp_pa
     assert d.find_element(By.ID, "score").text == f"{expected['score']:+.2f}"
     cells = d.find_elements(By.CSS_SELECTOR, "#strip .tok")
     assert len(cells) == expected["n_tokens"]
-    assert [c.find_element(By.CLASS_NAME, "a").text for c in cells] == [t["answer"] or "–" for t in expected["tokens"]]
+    assert [c.find_element(By.CLASS_NAME, "a").text for c in cells] == [t["answer"] or "–" for t in strip]
+    assert "strip in" in d.find_element(By.ID, "status").text
     path = shot(d, tmp_path, "serve-tokens.png")
     assert path.stat().st_size > 10_000
 

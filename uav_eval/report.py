@@ -511,7 +511,7 @@ def model_card(results: Results) -> str:
         "## Evaluation", "",
         f"The held-out `{results.split}` split of its own dataset, {results.n_items} items"
         + (f" (at most {limit} per source)" if limit is not None else "")
-        + ". `shuffled`: the same question with another test item's activation from the same source: the answer "
+        + ". `shuffled`: the same question with another item's activation from the same source: the answer "
           "depends on the activation only where uav − shuffled is above 0 (`reads`). Ceilings: `input_text` (the "
           "decoder shown the text itself) and a linear probe on the same activations. Accuracy for "
           f"classification, token F1 otherwise. Full report: [report{suffix(limit)}.md](report{suffix(limit)}.md).",

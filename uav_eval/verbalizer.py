@@ -258,9 +258,14 @@ class Verbalizer:
         for i in range(0, len(out), batch_size):
             mine += self.logprob(one[i:i + batch_size], [question] * len(out[i:i + batch_size]),
                                  [a.answer for a in out[i:i + batch_size]])
-        base = {}  # mean log p of an answer over the references: once per distinct answer, not once per position
-        for ans in dict.fromkeys(a.answer for a in out) if refs else ():
-            base[ans] = float(np.mean(self.logprob(refs, [question] * len(refs), [ans] * len(refs))))
+        # mean log p of each distinct answer over the references (not once per position), in full batches
+        distinct = list(dict.fromkeys(a.answer for a in out)) if refs else []
+        pairs = [(r, ans) for ans in distinct for r in refs]
+        lps = []
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i:i + batch_size]
+            lps += self.logprob([r for r, _ in chunk], [question] * len(chunk), [ans for _, ans in chunk])
+        base = {ans: float(np.mean(lps[j * len(refs):(j + 1) * len(refs)])) for j, ans in enumerate(distinct)}
         for a, lp in zip(out, mine):
             a.no_soft, a.shuffled = no_soft, shuffled
             a.score = lp - base[a.answer] if refs else None
