@@ -13,10 +13,12 @@ from typing import Annotated, Optional
 import typer
 
 from uav_cache.cli import APP, data_app, harvest_command, models_command, on_interrupt, run_cli, store_app
+from uav_cache.config import field_help
 from uav_train.cli import train_command
 from uav_eval.cli import eval_command, explain_command
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+SERVE = field_help("pipelines.serve", "ServeConfig")  # `uav serve` options: help from the fields' comments
 
 app = typer.Typer(name="uav", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Universal Activation Verbalizer: a decoder LLM that explains other models' activations.", **APP)
@@ -118,6 +120,21 @@ def gpu_check_command(
 
     if any(r.ok is False for r in run_gpu_check(out, form)):
         raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve_command(
+    run: Annotated[str, typer.Argument(help=SERVE["run"])],
+    host: Annotated[str, typer.Option(help=SERVE["host"])] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help=SERVE["port"])] = 8000,
+    device: Annotated[str, typer.Option(help=SERVE["device"])] = "cpu",
+    donor: Annotated[Optional[str], typer.Option(help=SERVE["donor"])] = None,
+) -> None:
+    """A local explorer page over RUN (loaded once): paste a text, ask, see the answer beside its controls and
+    score, and for token-reading runs one answer per token. Ctrl-C stops it."""
+    from pipelines.serve import ServeConfig, serve
+
+    serve(ServeConfig(run=run, host=host, port=port, device=device, donor=donor))
 
 
 def main() -> None:

@@ -194,3 +194,36 @@ def _all_threads_for_slow_tests(request, _one_torch_thread):
     torch.set_num_threads(_one_torch_thread)
     yield
     torch.set_num_threads(1)
+
+
+THINGS = ["apple", "river", "castle", "piano", "garden", "rocket"]
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
+    """Two tiny trained runs on one store of 48 texts that each name a thing ("Which thing is named?"), harvested
+    with every token of blocks 1 and 2 and a token cap of 40: ``tokens`` reads block 2's mean read-out and block 1's
+    token vectors (whole texts and single tokens), ``pooled`` reads the read-out only. A few seconds on a CPU: for the
+    Verbalizer, the example script, the explorer page. Read-only."""
+    import json
+
+    from uav_cache.harvest import HarvestConfig, harvest
+    from uav_train.trainer import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    data = root / "things.jsonl"
+    with data.open("w") as f:
+        for i in range(48):
+            split = "train" if i % 6 < 4 else ("val" if i % 6 == 4 else "test")
+            f.write(json.dumps({"id": f"t{i:02d}", "text": f"Number {i} says the {THINGS[i % 6]} is here today.",
+                                "task": "fact", "source": "things", "split": split,
+                                "qa": [{"question": "Which thing is named?", "answer": THINGS[i % 6]}]}) + "\n")
+    harvest(HarvestConfig(donor=str(tiny_llama_dir), data=str(data), out=str(root / "store"), layers=[1, 2],
+                          positions="all", max_length=40, shard_rows=16, chunk_rows=8, progress=False))
+    common = dict(stores=[str(root / "store")], decoder=str(tiny_llama_dir), adapter="mlp",
+                  adapter_options={"k": 2, "hidden": 32, "skip": True}, layers=[2], readout="mean", stage="2",
+                  steps=24, batch_size=4, eval_every=12, val_items=8, checkpoint_every=24, progress=False)
+    return {"tokens": train(TrainConfig(out=str(root / "tokens"), token_layers=[1], token_adapter="pervector",
+                                        token_adapter_options={"hidden": 32}, forms={"full": 1, "token": 1}, **common)),
+            "pooled": train(TrainConfig(out=str(root / "pooled"), **common)),
+            "store": root / "store"}

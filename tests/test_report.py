@@ -134,3 +134,40 @@ def test_compare_two_runs(tmp_path: Path) -> None:
 
 def test_fmt_params() -> None:
     assert [fmt_params(n) for n in (0, 577, 12_345, 5_300_000, 1_200_000_000)] == ["0", "577", "12.3K", "5.3M", "1.2B"]
+
+
+def test_the_runs_own_evaluation_writes_a_model_card_and_plain_peft_loads_its_lora(tiny_runs, tiny_llama_dir, tmp_path):
+    """RUN/README.md: donor, decoder, both adapter branches, data, the evaluation with shuffled and the input_text
+    ceiling, how to load it; written for the run's own test split only. Its lora/ loads with plain peft and gives the
+    decoder the Verbalizer runs."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from uav_eval.protocol import EvalConfig, evaluate
+    from uav_train.run import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs["tokens"], run)
+    quick = dict(run=str(run), limit=2, methods=["uav", "shuffled", "no_soft", "input_text"], similarity=False,
+                 probe=False, n_boot=20, progress=False)
+    evaluate(EvalConfig(**quick))
+    card = (run / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: peft\n")
+    for part in ("| donor (the model it reads) |", "`model.layers.2`", "token vectors of `model.layers.1`",
+                 "| adapter, pooled branch | `mlp` (", "| adapter, tokens branch | `pervector` (", "store dataset `things`",
+                 "uav − shuffled", "| input_text |", "at most 2 per source", "[report-limit2.md](report-limit2.md)",
+                 'Verbalizer.load("run")', 'v.ask({"model.layers.2": h2, "model.layers.1": h1}',
+                 'PeftModel.from_pretrained(base, "run/lora")'):
+        assert part in card, part
+    val = evaluate(EvalConfig(**quick, split="val"))
+    assert val.folder() != run and not (val.folder() / "README.md").exists()
+    assert (run / "README.md").read_text() == card  # another split leaves the run's card alone
+
+    ids = torch.tensor([[3, 17, 42, 9, 11]])
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)), str(run / "lora"))
+    ours = load_run(run).model
+    with torch.no_grad():
+        assert torch.allclose(plain.eval()(ids).logits, ours(ids).logits, atol=1e-6)

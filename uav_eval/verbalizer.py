@@ -3,6 +3,7 @@
     v = Verbalizer.load("runs/self")
     v.ask({23: hidden_states[24][0]}, ["What is the topic of this text?"])    # activations you already hold
     v.read("Montgomery is the capital of Alabama.", ["Which US state is mentioned?"])   # the donor reads the text
+    v.per_token("Arsenal won 2-0 at home.", "What is the topic of this text?")  # one answer per token (token runs)
 
 ``ask`` takes a block's residual output for one text, (tokens, d), from any hook (transformers'
 ``output_hidden_states`` — index i + 1 is block i's output —, nnsight, TransformerLens, or the store), keyed by the
@@ -42,6 +43,7 @@ class Answer:
     no_soft: str | None = None  # with no activation at all
     score: float | None = None  # mean log p(answer) per token: true activation − shuffled ones (nats)
     position: int | None = None  # the token position read, for one-token questions
+    token: str | None = None  # that token's characters in the text (per_token of a read text), for labels
 
 
 def donor_spec(rec: RunRecord, donor: str | None = None) -> ModelSpec:
@@ -166,9 +168,11 @@ class Verbalizer:
         return self.ask_acts(self.read_acts(text, positions, donor), questions, controls=controls,
                              max_new_tokens=max_new_tokens)
 
-    def read_acts(self, text: str, positions=None, donor: str | None = None) -> Acts:
-        """The donor's activations on ``text`` made into what the run reads, exactly as a harvest would store them."""
-        from uav_cache.harvest import read_out
+    def read_acts(self, text: str, positions=None, donor: str | None = None, *, cut: bool = True) -> Acts:
+        """The donor's activations on ``text`` made into what the run reads, exactly as a harvest would store them.
+        A text longer than the store's token cap is cut to it as the harvest cut its texts, or refused (``cut=False``:
+        an answer about the first N tokens of a longer text would look like one about the whole)."""
+        from uav_cache.harvest import read_out, tokenize
 
         if not isinstance(text, str) or not text.strip():
             raise UavError("the text is empty", "give the donor some text to read")
@@ -178,14 +182,23 @@ class Verbalizer:
             raise UavError(f"donor {spec.path or spec.name} here has other weights than the one the run was trained on",
                            "install the same donor weights, or pass --donor PATH to them (see the store's "
                            "weights_fingerprint)")
+        how = src.donor_reading(spec.max_length)
         model, tok = load(spec, device=str(self.device))
         try:
-            reading = read_out(model, tok, [text], self.layers, **src.donor_reading(spec.max_length),
-                               keep_tokens=self.spec.tokens)[0]
+            if not cut:
+                n = len(tokenize(tok, [text], 1 << 30, how["donor_input"])[0][0])
+                if n > how["max_length"]:
+                    raise UavError(f"the text is {n} tokens long; the run's donor reads at most {how['max_length']} "
+                                   "(the cap its store was harvested with)",
+                                   f"shorten the text to {how['max_length']} tokens or fewer")
+            reading = read_out(model, tok, [text], self.layers, **how, keep_tokens=self.spec.tokens)[0]
+            pieces = [tok.decode([i]) for i in reading.ids]
         finally:
             del model, tok  # donor and decoder are never in memory together for longer than this
             gc.collect()
         self.last_reading = reading  # token ids and their characters: what a per-token view labels positions with
+        # each token's label: its characters in the text, or the decoded token where it has none (BOS, template)
+        self.last_labels = [text[a:b] if a >= 0 else p for (a, b), p in zip(reading.spans, pieces)]
         hidden = {}
         for n in self.layers:  # the read-out is taken from the stored dtype's values, as the harvest took it
             hidden[n] = reading.tokens[n] if reading.tokens is not None else None
@@ -199,22 +212,96 @@ class Verbalizer:
                            "ask about the whole text, or use a run trained with token_layers")
         return Acts(torch.stack([reading.pooled[self.spec.readout][n] for n in self.spec.layers]))
 
+    # ---- one answer per token
+    def per_token(self, text: str, question: str, *, positions=None, donor: str | None = None, controls: bool = True,
+                  max_new_tokens: int = 12, batch_size: int = 16) -> list[Answer]:
+        """Read ``text`` with the donor (loaded, read, freed), then :meth:`per_token_acts`: where in the text does the
+        answer show? Each Answer carries its token's characters (``token``)."""
+        self._need_tokens()
+        acts = self.read_acts(text, donor=donor)
+        return self.per_token_acts(acts, question, positions=positions, labels=self.last_labels, controls=controls,
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+    def per_token_acts(self, acts: Acts, question: str, *, positions=None, labels: list[str] | None = None,
+                       controls: bool = True, max_new_tokens: int = 12, batch_size: int = 16) -> list[Answer]:
+        """One Answer per token position of ``acts`` (all, or the token positions in ``positions``): ``question``
+        asked about that one token's vectors alone, generated in batches of ``batch_size`` positions, each scored
+        against the shuffled references (one token of each reference text). The no-activation and shuffled answers
+        do not depend on the position: they are generated once and shared."""
+        self._need_tokens()
+        if not isinstance(question, str) or not question.strip():
+            raise UavError("the question is empty", "ask something, e.g. \"What is the topic of this text?\"")
+        if acts.tokens is None or acts.positions is None:
+            raise UavError("these activations hold no token vectors", "pass the whole text's acts (positions=None)")
+        if batch_size < 1:
+            raise UavError(f"batch_size must be ≥ 1, got {batch_size}", "e.g. 16")
+        have = [int(p) for p in acts.positions]
+        want = have if positions is None else np.atleast_1d(np.asarray(positions, dtype=np.int64)).tolist()
+        missing = [p for p in want if p not in have]
+        if missing or not want:
+            raise UavError(f"positions {missing or want} are not among this text's tokens (0 … {max(have)})",
+                           f"use positions between {min(have)} and {max(have)}")
+        one = [Acts(None, acts.tokens[have.index(p):have.index(p) + 1], np.array([p])) for p in want]
+        out = []
+        for i in range(0, len(one), batch_size):
+            chunk = one[i:i + batch_size]
+            for a, ans in zip(chunk, self._generate(chunk, [question] * len(chunk), max_new_tokens)):
+                p = int(a.positions[0])
+                out.append(Answer(question, ans, position=p,
+                                  token=labels[p] if labels is not None and p < len(labels) else None))
+        if not controls:
+            return out
+        no_soft = self._generate([None], [question], max_new_tokens)[0]
+        refs = self.references(like=one[0])
+        shuffled = self._generate([refs[0]], [question], max_new_tokens)[0] if refs else None
+        mine = []  # log p of each position's answer given its own token
+        for i in range(0, len(out), batch_size):
+            mine += self.logprob(one[i:i + batch_size], [question] * len(out[i:i + batch_size]),
+                                 [a.answer for a in out[i:i + batch_size]])
+        # mean log p of each distinct answer over the references (not once per position), in full batches
+        distinct = list(dict.fromkeys(a.answer for a in out)) if refs else []
+        pairs = [(r, ans) for ans in distinct for r in refs]
+        lps = []
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i:i + batch_size]
+            lps += self.logprob([r for r, _ in chunk], [question] * len(chunk), [ans for _, ans in chunk])
+        base = {ans: float(np.mean(lps[j * len(refs):(j + 1) * len(refs)])) for j, ans in enumerate(distinct)}
+        for a, lp in zip(out, mine):
+            a.no_soft, a.shuffled = no_soft, shuffled
+            a.score = lp - base[a.answer] if refs else None
+        return out
+
+    def _need_tokens(self) -> None:
+        if not self.spec.tokens:
+            raise UavError("this run reads pooled vectors only: it has no answer per token",
+                           "ask about the whole text, or use a run trained with token_layers")
+
     # ---- controls and scores
+    def store(self) -> Store | None:
+        """The run's own store where it recorded it (absolute path, or as typed), or None when it is not at hand."""
+        rec = self.rec.stores[0]
+        path = next((p for p in (rec.abspath, rec.path) if p and ("://" in p or Path(p).exists())), None)
+        try:
+            return Store(path) if path else None
+        except (UavError, OSError, ValueError):
+            return None
+
     def references(self, like: Acts | None = None) -> list[Acts]:
         """Other texts' activations from the run's own store (val split, fixed by the seed), shown as ``like`` is
         shown (a whole text, one token, a window): the shuffled control. [] when the store is not at hand."""
         if self._refs is None:
-            self._refs = []
+            self._refs, self._ref_rows = [], []
+            store = self.store()
             try:
-                rec = self.rec.stores[0]
-                store = Store(next(p for p in (rec.abspath, rec.path) if p and ("://" in p or Path(p).exists())))
+                if store is None:
+                    return []
                 rows = store.split_rows("val")
                 rows = rows if len(rows) else store.split_rows("train")
                 pick = np.sort(np.random.default_rng(self._seed).choice(rows, min(self._n_refs, len(rows)), replace=False))
                 self._ref_rows: list[RowActs] = read_rows(store, pick, self.spec)
                 self._refs = [ra.form(self.spec.eval_form()) for ra in self._ref_rows]
-            except (StopIteration, UavError, OSError, ValueError):
-                self._ref_rows = []
+            except (UavError, OSError, ValueError):
+                self._refs, self._ref_rows = [], []
         if like is None or like.pooled is not None or like.tokens is None:
             return self._refs
         rng = np.random.default_rng(self._seed + 1)  # a window as long as ``like``'s, from each reference text
