@@ -124,7 +124,8 @@ TABLES = ("examples/id", "examples/split", "examples/task", "examples/source", "
 # tables only some stores have (token positions, token character spans): checked when present
 OPTIONAL_TABLES = ("positions/start", "positions/offsets", "tokens/spans")
 # tables whose fill value is a valid entry: a store written before tables carried checksums may lack an all-fill chunk
-_FILL_IS_VALID = ("examples/task", "examples/source", "examples/truncated")
+# (positions/start is 0 for every row of a `--positions all` store)
+_FILL_IS_VALID = ("examples/task", "examples/source", "examples/truncated", "positions/start")
 
 
 def _table_sha256(values: np.ndarray) -> str:
