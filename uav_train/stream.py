@@ -361,7 +361,10 @@ class ItemStream:
                 self.seen += 1
                 yield item
         finally:
+            # a consumer that stops early (a break, the end of training) waits for the reader to notice: a daemon
+            # thread still inside zarr or torch when the interpreter exits can abort the process (SIGABRT)
             stop.set()
+            t.join(timeout=30)
 
     def batches(self, batch_size: int, skip: int = 0) -> Iterator[list[Item]]:
         """This rank's part of each global batch of ``batch_size`` items (all of it for one process); the first
