@@ -92,12 +92,10 @@ def assert_close_runs(a: Path, b: Path, files: tuple[str, ...]) -> None:
     assert json.loads((b / "config.json").read_text())["status"] == "complete"
 
 
-def test_ddp_resumes_a_one_process_run_and_ends_where_one_process_ends(recipe, ref_store, tiny_llama_dir,  # noqa: F811
-                                                                      tmp_path):
-    """Stop a one-process run in stage 1, resume it on two processes (stage 1, then stage 2 with a LoRA):
-    the result matches the uninterrupted one-process run."""
+def one_and_stopped(recipe, store, model, tmp_path) -> tuple[Path, Path]:
+    """A finished one-process run (tmp/one) and the same run stopped in stage 1 at step 2 (tmp/two, a checkpoint)."""
     ref = tmp_path / "one"
-    train(_one(recipe, ref_store, tiny_llama_dir, ref))
+    train(_one(recipe, store, model, ref))
 
     class Stop(Exception):
         pass
@@ -108,8 +106,16 @@ def test_ddp_resumes_a_one_process_run_and_ends_where_one_process_ends(recipe, r
 
     run = tmp_path / "two"
     with pytest.raises(Stop):
-        train(_one(recipe, ref_store, tiny_llama_dir, run), on_step=stop_at)
+        train(_one(recipe, store, model, run), on_step=stop_at)
     assert (run / "checkpoint").exists()
+    return ref, run
+
+
+def test_ddp_resumes_a_one_process_run_and_ends_where_one_process_ends(recipe, ref_store, tiny_llama_dir,  # noqa: F811
+                                                                      tmp_path):
+    """Stop a one-process run in stage 1, resume it on two processes (stage 1, then stage 2 with a LoRA):
+    the result matches the uninterrupted one-process run."""
+    ref, run = one_and_stopped(recipe, ref_store, tiny_llama_dir, tmp_path)
     r = torchrun("uav_train.trainer", *_cli(recipe, ref_store, tiny_llama_dir, run))
     assert r.stdout.count("run complete") == 1
     assert_close_runs(ref, run, ("adapter.safetensors", "stage1/adapter.safetensors", "lora/adapter_model.safetensors"))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_same_run
+from helpers import assert_same_run, run_uav
 import torch
 
 from test_harvest import _write_jsonl, assert_same_store
@@ -434,21 +434,6 @@ def _lines(err: str) -> list[str]:
     return [ln for ln in err.split("\n") if ln.strip() and "\r" not in ln]
 
 
-def _uav(argv: list[str], capsys) -> tuple[int, str, str]:
-    from pipelines.cli import main
-    old = sys.argv
-    sys.argv = ["uav", *argv]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.fixture
 def workdir(tmp_path, monkeypatch, train_store, tiny_llama_dir):
     """A working folder holding a store, a JSONL file and an unrelated run folder that nothing may touch."""
@@ -489,7 +474,7 @@ def test_bad_command_lines_fail_with_one_line_and_touch_nothing(workdir, capsys,
     before = _snapshot(workdir)
     failures = []
     for name, argv in bad_commands(str(tiny_llama_dir)).items():
-        code, _out, err = _uav(argv, capsys)
+        code, _out, err = run_uav(argv, capsys)
         lines = _lines(err)
         if code == 0 or len(lines) != 1 or "Traceback" in err or not lines[0].startswith("uav: error:"):
             failures.append((name, code, err))
@@ -511,7 +496,7 @@ USAGE_ERRORS = {
 @pytest.mark.parametrize("name", sorted(USAGE_ERRORS))
 def test_usage_errors_fail_with_one_line(name, workdir, capsys):
     before = _snapshot(workdir)
-    code, _out, err = _uav(USAGE_ERRORS[name], capsys)
+    code, _out, err = run_uav(USAGE_ERRORS[name], capsys)
     assert code == 2 and len(_lines(err)) == 1 and err.startswith("uav: error:"), err
     assert _snapshot(workdir) == before
 
@@ -519,7 +504,7 @@ def test_usage_errors_fail_with_one_line(name, workdir, capsys):
 def test_huge_text_is_truncated_or_refused_cleanly(workdir, capsys, tiny_llama_dir):
     (workdir / "huge.jsonl").write_text(json.dumps({"id": "big", "text": "The cat sat. " * 80_000}) + "\n"
                                         + json.dumps({"id": "small", "text": "Hi there."}) + "\n")
-    code, _out, err = _uav(["harvest", "--donor", str(tiny_llama_dir), "--data", "huge.jsonl", "--out", "huge",
+    code, _out, err = run_uav(["harvest", "--donor", str(tiny_llama_dir), "--data", "huge.jsonl", "--out", "huge",
                             "--max-length", "64", "--device", "cpu"], capsys)
     assert "Traceback" not in err
     if code == 0:

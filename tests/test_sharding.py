@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
-from test_distributed import _cli, _one, assert_close_runs, recipe, torchrun  # noqa: F401
+from test_distributed import _cli, _one, assert_close_runs, one_and_stopped, recipe, torchrun  # noqa: F401
 from test_harvest import data, ref_store  # noqa: F401  (module fixtures reused here)
 from uav_train.trainer import train
 
@@ -17,19 +17,7 @@ def test_fsdp_resumes_a_one_process_run_and_ends_where_one_process_ends(recipe, 
                                                                        tmp_path):
     """Stage 1 sharded from a one-process checkpoint, then stage 2's LoRA added onto the sharded blocks: the same
     weights and losses as the uninterrupted one-process run, and each rank held about half of the blocks."""
-    ref = tmp_path / "one"
-    train(_one(recipe, ref_store, tiny_llama_dir, ref))
-
-    class Stop(Exception):
-        pass
-
-    def stop_at(stage: int, step: int, loss: float) -> None:
-        if (stage, step) == (1, 2):
-            raise Stop
-
-    run = tmp_path / "two"
-    with pytest.raises(Stop):
-        train(_one(recipe, ref_store, tiny_llama_dir, run), on_step=stop_at)
+    ref, run = one_and_stopped(recipe, ref_store, tiny_llama_dir, tmp_path)
     r = torchrun("uav_train.trainer", *_cli(recipe, ref_store, tiny_llama_dir, run, "--sharding", "fsdp"))
     assert r.stdout.count("run complete") == 1
     held = [ln for ln in r.stderr.splitlines() if "FSDP2:" in ln]

@@ -202,3 +202,25 @@ def test_verbalizer_reads_hidden_states_from_a_plain_transformers_forward(stores
         v.ask(hidden, "q", positions=99)
     with pytest.raises(UavError, match="empty"):
         v.ask(hidden, [""])
+
+
+def test_every_token_option_is_a_train_flag(stores, tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    """`uav train` takes the token-level settings as flags (over a recipe's), and refuses a malformed one in a line."""
+    from helpers import run_uav
+
+    import uav_train.trainer as trainer
+    seen = []
+    monkeypatch.setattr(trainer, "train", lambda cfg: seen.append(cfg) or cfg.out)
+    code, _, err = run_uav(["train", "--store", stores["all"], "--decoder", str(tiny_llama_dir), "--out",
+                            str(tmp_path / "run"), "--token-layers", "1", "--token-adapter", "pervector",
+                            "--lr-tokens", "1e-4", "--context", "0.5", "--window", "2,6", "--forms", "full=1,tokens=0.5",
+                            "--warm-start", "--stage1-task", "context"], capsys)
+    assert code == 0, err
+    cfg = seen[0]
+    assert (cfg.token_layers, cfg.lr_tokens, cfg.context, cfg.window) == ([1], 1e-4, 0.5, [2, 6])
+    assert (cfg.forms, cfg.warm_start, cfg.stage1_task) == ({"full": 1.0, "tokens": 0.5}, True, "context")
+    for flag, value, says in (("--window", "2,x", "--window takes two token counts"),
+                              ("--forms", "full=lots", "is not FORM=WEIGHT")):
+        code, _, err = run_uav(["train", "--store", stores["all"], "--decoder", str(tiny_llama_dir), "--out",
+                                str(tmp_path / "bad"), "--token-layers", "1", flag, value], capsys)
+        assert code == 2 and says in err and len(err.strip().splitlines()) <= 2, err

@@ -40,12 +40,35 @@ def store_paths(values: list[str] | None) -> list[str] | None:
     return out
 
 
+def _int(value: str, flag: str) -> int | str:
+    """A block index as an int; a module path (token layers may be given either way) stays a string."""
+    if value.lstrip("-").isdigit():
+        return int(value)
+    if flag == "--window":
+        raise UavError(f"{flag} takes two token counts MIN,MAX, got {value!r}", f"e.g. {flag} 1,32")
+    return value
+
+
+def _forms(value: str | None) -> dict[str, float] | None:
+    """--forms full=1,pooled=0.5 → {"full": 1.0, "pooled": 0.5}."""
+    if not value:
+        return None
+    out = {}
+    for part in value.split(","):
+        name, eq, w = part.partition("=")
+        try:
+            out[name.strip()] = float(w) if eq else 1.0
+        except ValueError:
+            raise UavError(f"--forms: {part!r} is not FORM=WEIGHT", "e.g. --forms full=1,pooled=0.5") from None
+    return out
+
+
 def train_command(
     store: Annotated[Optional[list[str]], typer.Option(help="repeatable or comma-separated: " + H["stores"]
                                                             + " (default: stores/DONOR)")] = None,
     decoder: Annotated[Optional[str], typer.Option(help=_h("decoder"))] = None,
     out: Annotated[Optional[str], typer.Option(help=_h("out"))] = None,
-    recipe: Annotated[Optional[Path], typer.Option(help="TOML recipe with a \\[train] table (pipelines/recipes/); the "
+    recipe: Annotated[Optional[Path], typer.Option(help="TOML recipe with a [train] table (pipelines/recipes/); the "
                                                         "options given here override it")] = None,
     adapter: Annotated[Optional[str], typer.Option(help=_h("adapter"))] = None,
     stage: Annotated[Optional[str], typer.Option(help=_h("stage"))] = None,
@@ -63,6 +86,14 @@ def train_command(
     seed: Annotated[Optional[int], typer.Option(help=_h("seed"))] = None,
     device: Annotated[Optional[str], typer.Option(help=_h("device"))] = None,
     grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help=H["grad_checkpointing"])] = False,
+    token_layers: Annotated[Optional[str], typer.Option(help=_h("token_layers", "comma-separated: "))] = None,
+    token_adapter: Annotated[Optional[str], typer.Option(help=_h("token_adapter"))] = None,
+    lr_tokens: Annotated[Optional[float], typer.Option(help=_h("lr_tokens"))] = None,
+    context: Annotated[Optional[float], typer.Option(help=_h("context"))] = None,
+    window: Annotated[Optional[str], typer.Option(help=_h("window", "MIN,MAX: "))] = None,
+    forms: Annotated[Optional[str], typer.Option(help=_h("forms", "FORM=WEIGHT,…: "))] = None,
+    warm_start: Annotated[Optional[bool], typer.Option("--warm-start/--no-warm-start", help=_h("warm_start"))] = None,
+    stage1_task: Annotated[Optional[str], typer.Option(help=_h("stage1_task"))] = None,
     precision: Annotated[Optional[str], typer.Option(help=_h("precision"))] = None,
     sharding: Annotated[Optional[str], typer.Option(help=_h("sharding"))] = None,
     threads: Annotated[Optional[int], typer.Option(help=_h("threads"))] = None,
@@ -80,11 +111,14 @@ def train_command(
     stores = store_paths(store) or ([f"stores/{donor}"] if donor else None)
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     layer_names = split(layers)  # module paths or block indices; the store resolves indices to its paths
+    ints = lambda v, flag: [_int(x, flag) for x in split(v)] if v else None  # noqa: E731
     over = dict(stores=stores, decoder=decoder, out=out, adapter=adapter, stage=stage, steps=steps,
                 stage1_steps=stage1_steps, batch_size=batch_size, lr_adapter=lr_adapter, lr_lora=lr_lora, layers=layer_names, readout=readout, sources=split(sources), frozen_decoder=frozen_decoder, seed=seed, device=device,
                 no_lora=no_lora or None, grad_checkpointing=grad_checkpointing or None, skip_corrupt=skip_corrupt or None,
                 allow_incomplete=allow_incomplete or None, threads=threads,
-                precision=precision, sharding=sharding)
+                precision=precision, sharding=sharding, token_layers=ints(token_layers, "--token-layers"),
+                token_adapter=token_adapter, lr_tokens=lr_tokens, context=context, window=ints(window, "--window"),
+                forms=_forms(forms), warm_start=warm_start, stage1_task=stage1_task)
     cfg = TrainConfig.from_recipe(recipe, **over) if recipe else TrainConfig.from_dict({k: v for k, v in over.items() if v is not None})
     if donor and store:
         from uav_cache.store import Store

@@ -60,30 +60,19 @@ ORACLE_NOTE = ("held-out datasets: word_sentiment (known question, new data), ve
                "held-out phrasings: 3 of 12 templates per question family, asked on val/test examples only. "
                "Sized so a SmolLM2-135M harvest at max_length 48 takes <= 5 min on a 2-core CPU.")
 
+# The demo's sources and sizes, sized so `make demo` (two donors harvested, three runs trained) fits a 2-core CPU.
+DEMO_COUNTS = {"bbc_topic": 200, "tweet_sentiment": 150, "country_fact_text": 100, "country_fact_knowledge": 100,
+               "city_country": 80, "bbc_headline": 100, "aclsum": 120}
+
 RECIPES: dict[str, Recipe] = {
-    # Sized so `make demo` (two donors harvested, three runs trained) fits a 2-core CPU.
-    "demo": Recipe({
-        "bbc_topic": 200,
-        "tweet_sentiment": 150,
-        "country_fact_text": 100,
-        "country_fact_knowledge": 100,
-        "city_country": 80,
-        "bbc_headline": 100,
-        "aclsum": 120,
-    }),
+    "demo": Recipe(DEMO_COUNTS),
     "full": Recipe({name: ALL for name in DEMO_SOURCES}),
     # Issue 18's oracle mix: the demo sources, nine labeled sources from word lists and tables, and yes/no
     # questions over every labeled source. 2,356 texts: 850 demo + 1,506 new (short: a word or a sentence); a
     # harvest of SmolLM2-135M at max_length 48 reads ~46k tokens.
     "oracle": Recipe({
-        # training datasets
-        "bbc_topic": 200,
-        "tweet_sentiment": 150,
-        "country_fact_text": 100,
-        "country_fact_knowledge": 100,
-        "city_country": 80,
-        "bbc_headline": 100,
-        "aclsum": 120,
+        # training datasets: the demo's, and six more
+        **DEMO_COUNTS,
         "noun_number": 200,
         "unit_dimension": ALL,
         "holiday_month": 180,
