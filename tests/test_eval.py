@@ -109,6 +109,8 @@ def test_other_data_and_splits_never_overwrite_the_runs_own_results(run, data, t
 
     run_copy = tmp_path / "run"
     shutil.copytree(run, run_copy)
+    with pytest.raises(UavError, match="'vall' is not a split"):  # refused before anything loads or is written
+        evaluate(EvalConfig(run=str(run_copy), split="vall", progress=False))
     other = tmp_path / "other.jsonl"
     other.write_text("".join(data.read_text().splitlines(keepends=True)[:30]))
     harvest(HarvestConfig(donor=str(tiny_llama_dir), data=str(other), out=str(tmp_path / "other"), layers=[1],

@@ -220,6 +220,7 @@ def test_every_token_option_is_a_train_flag(stores, tiny_llama_dir, tmp_path, mo
     assert (cfg.token_layers, cfg.lr_tokens, cfg.context, cfg.window) == ([1], 1e-4, 0.5, [2, 6])
     assert (cfg.forms, cfg.warm_start, cfg.stage1_task) == ({"full": 1.0, "tokens": 0.5}, True, "context")
     for flag, value, says in (("--window", "2,x", "--window takes two token counts"),
+                              ("--window", "5", "--window takes two token counts"),
                               ("--forms", "full=lots", "is not FORM=WEIGHT")):
         code, _, err = run_uav(["train", "--store", stores["all"], "--decoder", str(tiny_llama_dir), "--out",
                                 str(tmp_path / "bad"), "--token-layers", "1", flag, value], capsys)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from uav_cache.examples import TASKS
+from uav_cache.examples import SPLITS, TASKS
 from uav_cache.errors import UavError
 from uav_cache.device import pick_device
 from uav_cache.models import weights_fingerprint
@@ -320,6 +320,8 @@ def evaluate(cfg: EvalConfig) -> Results:
         raise UavError(f"--limit must be ≥ 1, got {cfg.limit}", "leave --limit out to evaluate every test item")
     if cfg.batch_size < 1:
         raise UavError(f"--batch-size must be ≥ 1, got {cfg.batch_size}", "e.g. --batch-size 16")
+    if cfg.split is not None and cfg.split not in (*SPLITS, "all"):
+        raise UavError(f"--split {cfg.split!r} is not a split", f"use one of {', '.join(SPLITS)} or all")
     check_methods(cfg.methods)  # names, before the decoder is loaded
     t0 = time.perf_counter()
     rec = RunInfo.open(cfg.run).record  # the store is checked before the decoder is loaded

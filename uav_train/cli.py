@@ -112,6 +112,8 @@ def train_command(
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     layer_names = split(layers)  # module paths or block indices; the store resolves indices to its paths
     ints = lambda v, flag: [_int(x, flag) for x in split(v)] if v else None  # noqa: E731
+    if window is not None and len(split(window) or []) != 2:
+        raise UavError(f"--window takes two token counts MIN,MAX, got {window!r}", "e.g. --window 1,32")
     over = dict(stores=stores, decoder=decoder, out=out, adapter=adapter, stage=stage, steps=steps,
                 stage1_steps=stage1_steps, batch_size=batch_size, lr_adapter=lr_adapter, lr_lora=lr_lora, layers=layer_names, readout=readout, sources=split(sources), frozen_decoder=frozen_decoder, seed=seed, device=device,
                 no_lora=no_lora or None, grad_checkpointing=grad_checkpointing or None, skip_corrupt=skip_corrupt or None,
