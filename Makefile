@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-all harvest train eval demo bench gpu-check clean
+.PHONY: setup test test-all stress harvest train eval demo bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,12 @@ $(STAMP): pyproject.toml constraints.txt requirements-embedded.txt
 test: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# The kill/resume test files N times in a row beside LOAD busy processes, every run's failures kept in stress.log
+N    ?= 20
+LOAD ?= 2
+stress: setup
+	LOAD=$(LOAD) .ci/stress $(N)
 
 # NPROC=N: N processes under torchrun (one per GPU; gloo on CPU). Same store / same run as one process.
 # DEVICE_MAP=auto: one harvest process spreads a donor too large for one GPU over every GPU of the node.

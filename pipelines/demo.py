@@ -31,10 +31,12 @@ from uav_eval.protocol import EvalConfig, evaluate
 from uav_eval.report import compare, summary_table
 from uav_eval.results import Results, location, suffix
 from uav_eval.spread import beside_reference, load_reference, summarise, table as spread_table
+from uav_train.run import CONFIG, RunRecord
 from uav_train.trainer import RECIPE_SECTIONS, TrainConfig, train
 
 
-SECTIONS = {"data": {"recipe"}, "eval": {"limit", "controls", "controls_other", "compare_dir", "data"}}
+SECTIONS = {"data": {"recipe"},
+            "eval": {"limit", "controls", "controls_other", "compare_dir", "data", "data_runs"}}
 REFERENCES = Path(__file__).resolve().parent.parent / "docs" / "results"  # <recipe>-spread.json: the seed spreads
 
 
@@ -106,6 +108,11 @@ def check_recipe(rec: dict, path: Path) -> dict:
     if not isinstance(ev.get("data", []), list) or not all(isinstance(d, str) for d in ev.get("data", [])):
         raise UavError(f"recipe {path} [eval]: data = {ev['data']!r} is not a list of dataset files",
                        'e.g. data = ["pipelines/evalsets/new_entities.jsonl"]')
+    names = [r["name"] for r in rec["runs"]]
+    runs = ev.get("data_runs", names)
+    if not isinstance(runs, list) or set(runs) - set(names):
+        raise UavError(f"recipe {path} [eval]: data_runs = {runs!r} names no run of the recipe",
+                       f"use any of {', '.join(names)}, or leave it out (every run)")
     for key in ("controls", "controls_other"):
         if not isinstance(ev.get(key, []), list) or set(ev.get(key, [])) - set(CONTROLS):
             raise UavError(f"recipe {path} [eval]: {key} = {ev[key]!r} is not a list of controls",
@@ -128,7 +135,9 @@ def _current_results(cfg: EvalConfig) -> Results | None:
     folder = run
     if cfg.data is not None:
         ex = load_examples(cfg.data)
-        folder = location(run, dataset=ex.name, fingerprint=ex.fingerprint, split=cfg.split or "all", own=False)
+        own = (run / CONFIG).exists() and ex.fingerprint in {s.dataset_fingerprint for s in
+                                                             RunRecord.load(run / CONFIG).stores}
+        folder = location(run, dataset=ex.name, fingerprint=ex.fingerprint, split=cfg.split or "all", own=own)
     p, weights = folder / f"results{suffix(cfg.limit)}.json", run / "adapter.safetensors"
     if not p.exists() or not weights.exists() or p.stat().st_mtime < weights.stat().st_mtime:
         return None
@@ -169,19 +178,22 @@ def run_demo(recipe: Path, console: Console | None = None, seeds: int | None = N
     by_seed: dict[str, list[Results]] = {r["name"]: [] for r in rec["runs"]}
     for k in range(n_seeds):
         for i, r in enumerate(rec["runs"]):
-            cfg = eval_config(rec, i, recipe, k)
+            cfg, t = eval_config(rec, i, recipe, k), time.perf_counter()
             res = _current_results(cfg) or evaluate(cfg)
             by_seed[r["name"]].append(res)
             con.print(f"[bold]{r['name']}[/bold]{f' seed {k}' if n_seeds > 1 else ''}  ({res.donor} → {res.decoder}, "
-                      f"{res.adapter}, LoRA {res.lora or 'none'})")
+                      f"{res.adapter}, LoRA {res.lora or 'none'}; {time.perf_counter() - t:.0f} s)")
             con.print(summary_table(res), markup=False, soft_wrap=True)
 
     for data in ev.get("data", []):  # evaluation sets no run trained or was tuned on (e.g. pipelines/evalsets/)
         con.rule(f"[bold]eval on {data}")
         for i, r in enumerate(rec["runs"]):
-            cfg = replace(eval_config(rec, i, recipe), data=data, limit=None)
+            if r["name"] not in ev.get("data_runs", [r["name"]]):
+                continue
+            cfg, t = replace(eval_config(rec, i, recipe), data=data, limit=None), time.perf_counter()
             res = _current_results(cfg) or evaluate(cfg)
-            con.print(f"[bold]{r['name']}[/bold] on {res.dataset} ({res.n_items} items) → {res.folder()}")
+            con.print(f"[bold]{r['name']}[/bold] on {res.dataset} ({res.n_items} items) → {res.folder()} "
+                      f"({time.perf_counter() - t:.0f} s)")
             con.print(summary_table(res), markup=False, soft_wrap=True)
 
     out = Path(ev.get("compare_dir", "runs"))

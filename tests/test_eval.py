@@ -324,9 +324,12 @@ compare_dir = "{tmp_path / 'cmp'}"
 
 
 def test_demo_runs_the_recipe_and_a_second_run_is_a_no_op(tmp_path, tiny_llama_dir, data):
-    recipe = _recipe(tmp_path, tiny_llama_dir, data)
+    recipe = _recipe(tmp_path, tiny_llama_dir, data, f'data = ["{data}"]\ndata_runs = ["mlp-lora"]\n')
     table = run_demo(recipe, console=Console(file=io.StringIO()))
     runs = tmp_path / "runs"
+    # the extra dataset is evaluated for the runs data_runs names only, in its own folder
+    assert [p.name for p in (runs / "mlp-lora" / "evals").iterdir()][0].startswith(Path(data).stem)
+    assert not (runs / "affine-frozen" / "evals").exists()
     assert "mlp-lora" in table and "affine-frozen" in table
     assert "| affine | none | " in table  # the frozen-decoder run is shown as such, with its parameter count
     assert (tmp_path / "cmp" / "compare.md").exists() and (tmp_path / "cmp" / "compare.png").exists()
@@ -351,6 +354,7 @@ def test_shipped_recipes_load():
     ("\n[[runs]]\nname = 'x'", "lacks name or out"),
     ("\n[[donors]]\nname = 'd'\nstore = 's'\nmax_lenght = 3", "unknown key(s) ['max_lenght'] in [[donors]] d"),
     ("= broken", "not valid TOML"),
+    ("data_runs = ['mlp_lora']", "data_runs = ['mlp_lora'] names no run of the recipe"),
     ("\n[[runs]]\nname = 'x'\nout = 'y'\nno_lora = 'false'", "no_lora = 'false' must be true or false"),
     ("\n[[runs]]\nname = 'x'\nout = 'y'\nstage = 2", "stage = 2 must be a string"),
     ("\n[[donors]]\nname = 'd'\nstore = 's'\nbatch_size = '8'", "batch_size = '8' must be an integer"),

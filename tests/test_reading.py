@@ -260,15 +260,15 @@ def test_a_misspelt_control_is_refused_before_the_decoder_loads(run, monkeypatch
 
 @pytest.mark.parametrize("every", [1, 100], ids=["from-checkpoint", "before-first-checkpoint"])
 def test_demo_settings_resume_bit_identical(every, store, tiny_llama_dir, tmp_path):
-    """The demo's recipe shape (mean read-out, centring, warm start, source weights, stage 2 only): a killed run
-    re-run with the same command ends exactly like an uninterrupted one."""
+    """The demo's recipe shape (mean read-out, centring, warm start, source weights, length-grouped batches, stage 2
+    only): a killed run re-run with the same command ends exactly like an uninterrupted one."""
     from helpers import assert_same_tensors
 
     def cfg(out, **kw):
         return TrainConfig(stores=[str(store)], out=str(out), decoder=str(tiny_llama_dir), adapter="mlp", stage="2",
                            adapter_options={"k": 2, "hidden": 16, "center": True, "skip": True}, warm_start=True,
                            readout="mean", layers=[2], source_weights={"colour": 2, "city": 0.5}, steps=4,
-                           batch_size=4, eval_every=2, val_items=6, progress=False, **kw)
+                           batch_size=4, length_groups=2, eval_every=2, val_items=6, progress=False, **kw)
 
     ref = train(cfg(tmp_path / "ref"))
     summary = json.loads((ref / "config.json").read_text())["summary"]

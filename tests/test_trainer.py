@@ -537,6 +537,29 @@ def test_stream_ranks_split_each_global_batch(stores):
     assert {it.store for it in both} == {0, 1} and len(both) == 2 * 8
 
 
+def test_length_grouped_batches_pad_less_and_resume_exactly(stores):
+    """groups = G: each pool of G batches holds the same items as G plain batches, cut by length (the padding a
+    batch pays falls), in a fixed order, and a resume after any whole batch continues exactly."""
+    st = Store(stores["a"])
+    length = lambda it: it.row % 5  # noqa: E731  (any key: the test store's items all have one length)
+    plain = [[it.row for it in b] for b in ItemStream([st], "train", seed=2, epochs=2).batches(4)]
+    grouped = [[it.row for it in b] for b in ItemStream([st], "train", seed=2, epochs=2).batches(4, groups=4,
+                                                                                                 length=length)]
+    assert len(grouped) == len(plain) == 16
+    for p in range(0, 16, 4):  # pool by pool: the same items, each batch all one length bucket or sorted runs
+        assert sorted(sum(grouped[p:p + 4], [])) == sorted(sum(plain[p:p + 4], []))
+    spread = lambda bs: sum(max(r % 5 for r in b) * len(b) - sum(r % 5 for r in b) for b in bs)  # noqa: E731
+    assert spread(grouped) < spread(plain) / 2  # padding the batches pay
+    assert grouped != plain and sum(grouped, []) != sum(plain, [])
+    again = [[it.row for it in b] for b in ItemStream([st], "train", seed=2, epochs=2).batches(4, groups=4,
+                                                                                               length=length)]
+    assert again == grouped  # deterministic
+    for k in (1, 4, 6):  # resume after k whole batches: mid-pool and at a pool boundary
+        rest = [[it.row for it in b] for b in ItemStream([st], "train", seed=2, epochs=2).batches(
+            4, skip=4 * k, groups=4, length=length)]
+        assert rest == grouped[k:]
+
+
 def test_stream_buffer_is_bounded(stores, monkeypatch):
     """The producer reads a chunk only once the items in flight fit in shuffle_buffer (+ the queue)."""
     st = Store(stores["a"])

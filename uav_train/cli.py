@@ -75,6 +75,7 @@ def train_command(
     steps: Annotated[Optional[int], typer.Option(help=_h("steps"))] = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help=_h("stage1_steps"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=_h("batch_size"))] = None,
+    length_groups: Annotated[Optional[int], typer.Option(help=_h("length_groups"))] = None,
     lr_adapter: Annotated[Optional[float], typer.Option(help=_h("lr_adapter"))] = None,
     lr_lora: Annotated[Optional[float], typer.Option(help=_h("lr_lora"))] = None,
     donor: Annotated[Optional[str], typer.Option(help="Donor whose store to use (stores/DONOR) when --store is not given.")] = None,
@@ -115,7 +116,7 @@ def train_command(
     if window is not None and len(split(window) or []) != 2:
         raise UavError(f"--window takes two token counts MIN,MAX, got {window!r}", "e.g. --window 1,32")
     over = dict(stores=stores, decoder=decoder, out=out, adapter=adapter, stage=stage, steps=steps,
-                stage1_steps=stage1_steps, batch_size=batch_size, lr_adapter=lr_adapter, lr_lora=lr_lora, layers=layer_names, readout=readout, sources=split(sources), frozen_decoder=frozen_decoder, seed=seed, device=device,
+                stage1_steps=stage1_steps, batch_size=batch_size, length_groups=length_groups, lr_adapter=lr_adapter, lr_lora=lr_lora, layers=layer_names, readout=readout, sources=split(sources), frozen_decoder=frozen_decoder, seed=seed, device=device,
                 no_lora=no_lora or None, grad_checkpointing=grad_checkpointing or None, skip_corrupt=skip_corrupt or None,
                 allow_incomplete=allow_incomplete or None, threads=threads,
                 precision=precision, sharding=sharding, token_layers=ints(token_layers, "--token-layers"),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import queue
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -366,17 +366,37 @@ class ItemStream:
             stop.set()
             t.join(timeout=30)
 
-    def batches(self, batch_size: int, skip: int = 0) -> Iterator[list[Item]]:
+    def batches(self, batch_size: int, skip: int = 0, groups: int = 1,
+                length: Callable[[Item], int] | None = None) -> Iterator[list[Item]]:
         """This rank's part of each global batch of ``batch_size`` items (all of it for one process); the first
-        ``skip`` items of the global stream are dropped (resuming a run mid-stream)."""
+        ``skip`` items of the global stream are dropped (resuming a run mid-stream).
+
+        ``groups`` > 1 (with ``length``, an item's sequence length): ``groups`` batches' worth of items is drawn at
+        a time, sorted by length and cut into batches that go out in a fixed random order. A padded batch costs its
+        longest item times its size, so like lengths together cost less: the same items, in another order.
+        Deterministic per (seed, pool), so ``skip`` (whole batches consumed) resumes mid-pool exactly."""
+        if groups <= 1 or length is None:
+            groups = 1
+        pool_size = groups * batch_size
         it = iter(self)
-        for _ in range(skip):
+        pool_no, drop = divmod(skip, pool_size)
+        for _ in range(pool_no * pool_size if groups > 1 else skip):
             next(it)
+        drop = drop // batch_size if groups > 1 else 0
         while True:
-            batch = [item for _, item in zip(range(batch_size), it)]
-            if not batch:
+            pool = [item for _, item in zip(range(pool_size), it)]
+            if not pool:
                 return
-            yield batch[self.rank::self.world]
+            if groups > 1:
+                pool.sort(key=length)
+                cut = [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
+                order = np.random.default_rng([self.seed, 7919, pool_no]).permutation(len(cut))
+                batches = [cut[j] for j in order][drop:]
+                pool_no, drop = pool_no + 1, 0
+            else:
+                batches = [pool]
+            for batch in batches:
+                yield batch[self.rank::self.world]
 
 
 def _empty_split_fix(stores: list[Store], split: str) -> str:

@@ -82,6 +82,9 @@ class TrainConfig:
     stage1_steps: int = 100  # stage-1 steps
     steps: int = 200  # stage-2 steps
     batch_size: int = 8  # items per step
+    # batches per length-sorted pool: that many batches' items are drawn, sorted by sequence length and cut into
+    # batches, so a batch pads less (the same items, in another order; 1: off)
+    length_groups: int = 1
     lr_stage1: float = 1e-3  # adapter, stage 1
     lr_adapter: float = 5e-4  # adapter, stage 2
     lr_lora: float = 2e-4  # LoRA, stage 2
@@ -163,7 +166,8 @@ class TrainConfig:
 
         for name in stages[self.stage]:
             at_least(name, getattr(self, name), 1)
-        for name in ("batch_size", "eval_every", "val_items", "checkpoint_every", "patience", "max_target_tokens"):
+        for name in ("batch_size", "length_groups", "eval_every", "val_items", "checkpoint_every", "patience",
+                     "max_target_tokens"):
             at_least(name, getattr(self, name), 1)
         for name in ("warmup", "shuffle_buffer", "seed", "weight_decay", "max_bad_fraction"):
             at_least(name, getattr(self, name), 0)
@@ -221,8 +225,9 @@ class TrainConfig:
         for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt", "allow_incomplete", "threads",
                   "sharding"):
             d.pop(k)
-        if d["precision"] == "auto":  # what every run did before the setting existed: their resumes still match
-            d.pop("precision")
+        for k, before in (("precision", "auto"), ("length_groups", 1)):  # what every run did before the setting
+            if d[k] == before:  # existed: their resumes (and a demo's finished runs) still match
+                d.pop(k)
         return d
 
 
@@ -420,6 +425,14 @@ class Trainer:
         return (total / max(n, 1)).float()
 
     # ---- the one loss
+    def length(self, item: Item) -> int:
+        """About how many positions ``item`` takes in a batch (for length-grouped batches): its token vectors, its
+        question and its answer as cut for training (soft tokens per vector and the template's fixed part aside)."""
+        n = 0 if item.x.tokens is None else len(item.x.tokens)
+        tok = self.template.tok
+        return n + len(tok(item.question, add_special_tokens=False)["input_ids"]) + \
+            len(tok(item.answer, add_special_tokens=False)["input_ids"][:self.cfg.max_answer_tokens])
+
     def loss(self, items: list[Item], mode: str) -> torch.Tensor:
         """Mean cross-entropy over the answer tokens of ``items``."""
         total, n = self.loss_terms(items, mode)
@@ -613,7 +626,7 @@ class Trainer:
         bar = tqdm(total=steps, initial=st["step"], desc=f"stage {stage} ({'align' if stage == 1 else 'QA'})"
                    + (f" ×{world} processes" if world > 1 else ""), unit="step", disable=not (cfg.progress and self.ranks.main))
         t0 = time.perf_counter()
-        for batch in train.batches(cfg.batch_size, skip=st["consumed"]):
+        for batch in train.batches(cfg.batch_size, skip=st["consumed"], groups=cfg.length_groups, length=self.length):
             step = st["step"]
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * _lr_factor(step, steps, cfg.warmup)
