@@ -375,28 +375,22 @@ class ItemStream:
         a time, sorted by length and cut into batches that go out in a fixed random order. A padded batch costs its
         longest item times its size, so like lengths together cost less: the same items, in another order.
         Deterministic per (seed, pool), so ``skip`` (whole batches consumed) resumes mid-pool exactly."""
-        if groups <= 1 or length is None:
-            groups = 1
-        pool_size = groups * batch_size
         it = iter(self)
-        pool_no, drop = divmod(skip, pool_size)
-        for _ in range(pool_no * pool_size if groups > 1 else skip):
-            next(it)
-        drop = drop // batch_size if groups > 1 else 0
-        while True:
-            pool = [item for _, item in zip(range(pool_size), it)]
-            if not pool:
-                return
-            if groups > 1:
-                pool.sort(key=length)
-                cut = [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
-                order = np.random.default_rng([self.seed, 7919, pool_no]).permutation(len(cut))
-                batches = [cut[j] for j in order][drop:]
-                pool_no, drop = pool_no + 1, 0
-            else:
-                batches = [pool]
-            for batch in batches:
+        if groups <= 1 or length is None:
+            for _ in range(skip):
+                next(it)
+            while batch := [item for _, item in zip(range(batch_size), it)]:
                 yield batch[self.rank::self.world]
+            return
+        pool_no, drop = divmod(skip, groups * batch_size)
+        for _ in range(pool_no * groups * batch_size):
+            next(it)
+        drop //= batch_size
+        while pool := sorted((item for _, item in zip(range(groups * batch_size), it)), key=length):
+            cut = [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
+            for j in np.random.default_rng([self.seed, 7919, pool_no]).permutation(len(cut))[drop:]:
+                yield cut[j][self.rank::self.world]
+            pool_no, drop = pool_no + 1, 0
 
 
 def _empty_split_fix(stores: list[Store], split: str) -> str:
