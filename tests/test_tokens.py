@@ -115,15 +115,18 @@ def token_cfg(st, decoder, out, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def test_a_token_run_trains_resumes_and_evaluates(stores, tiny_llama_dir, tmp_path):
+def test_a_token_run_trains_resumes_and_evaluates(stores, tiny_llama_dir, tmp_path, capsys):
     """pooled + tokens, warm start of both skip paths, self-supervised items in the mix: trains, resumes bit for bit
     after a kill, records what it reads, and evaluates every item with the read-out and every token."""
     cfg = token_cfg(stores, tiny_llama_dir, tmp_path / "run", warm_start=True, context=0.5,
-                    forms={"full": 2, "window": 1, "pooled": 1})
+                    forms={"full": 2, "window": 1, "pooled": 1}, progress=True)
     run = train(cfg)
     rec = json.loads((run / "config.json").read_text())
     summary = {k: v for s in rec["summary"] for k, v in s.items()}
     assert summary["warm_start_tokens"] > 50 and summary["warm_start_tokens_r2"] > 0.1
+    said = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("warm start"))
+    assert (f"answer embeddings R² {summary['warm_start_r2']:.2f}" in said
+            and f"token embeddings R² {summary['warm_start_tokens_r2']:.2f} ({summary['warm_start_tokens']:,} tokens)" in said)
     assert rec["adapter"]["pooled"]["config"]["kind"] == "mlp" and rec["adapter"]["tokens"]["config"]["kind"] == "pervector"
     assert rec["train"]["token_layers"] == ["model.layers.1"]
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
