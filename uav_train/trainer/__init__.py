@@ -494,19 +494,15 @@ class Trainer:
             out.update(self._warm_start_pooled(max_items))
         if isinstance(self.adapter.tokens, PerVectorAdapter) and self.adapter.tokens.skip is not None:
             out.update(self._warm_start_tokens(max_tokens))
-        return out
-
-    def _announce(self, ws: dict) -> dict:
-        """Say how well each closed-form fit explains its target before the first step (a low R² is the first sign that
-        a layer or a donor will be hard to read), and pass the summary on."""
-        parts = ([f"read-out → answer embeddings R² {ws['warm_start_r2']:.2f} ({ws['warm_start_items']:,} answers)"]
-                 if "warm_start_r2" in ws else [])
-        if "warm_start_tokens_r2" in ws:
-            parts.append(f"token vectors → token embeddings R² {ws['warm_start_tokens_r2']:.2f} "
-                         f"({ws['warm_start_tokens']:,} tokens)")
+        # say how well each fit explains its target: a low R² is the first sign a layer or donor will be hard to read
+        parts = ([f"read-out → answer embeddings R² {out['warm_start_r2']:.2f} ({out['warm_start_items']:,} answers)"]
+                 if "warm_start_r2" in out else [])
+        if "warm_start_tokens_r2" in out:
+            parts.append(f"token vectors → token embeddings R² {out['warm_start_tokens_r2']:.2f} "
+                         f"({out['warm_start_tokens']:,} tokens)")
         if parts and self.cfg.progress and self.ranks.main:
             tqdm.write("warm start (train split): " + "; ".join(parts))
-        return ws
+        return out
 
     def _warm_start_pooled(self, max_items: int) -> dict:
         cfg, branch = self.cfg, self.adapter.pooled
@@ -744,7 +740,7 @@ class Trainer:
                 self.adapter.to(self.device)
             else:
                 if cfg.warm_start:  # the fresh adapter's closed-form start (deterministic: redone on resume)
-                    summary.append(self._announce(self.warm_start()))
+                    summary.append(self.warm_start())
                 summary.append(self._stage(1, cfg.stage1_steps))
                 if self.ranks.main:
                     save_adapter(self.run / "stage1", self.adapter, {"stage": 1})
@@ -753,7 +749,7 @@ class Trainer:
             # the LoRA init must not depend on whether stage 1 ran in this process or was loaded from disk
             torch.manual_seed(cfg.seed + 1)
             if cfg.warm_start and cfg.stage == "2":  # deterministic and cheap: redone on resume, then the
-                summary.append(self._announce(self.warm_start()))  # checkpoint's weights win
+                summary.append(self.warm_start())  # checkpoint's weights win
             self._add_lora()
             summary.append(self._stage(2, cfg.steps))
         self._save_final(summary)
