@@ -7,8 +7,8 @@ only re-prints the results.
 
 Seeds: a recipe's top-level ``seeds = N`` (or ``uav demo --seeds N``) trains and evaluates every run N times, with
 the [train] seed + 0 … N-1. Seed 0 is the run's own ``out`` (so a one-seed demo is seed 0 of the spread); seed k ≥ 1
-is ``<out>-seed<k>`` (runs/self-seed1, …), and a ``frozen_decoder`` naming another run of the recipe takes that
-run's folder of the same seed. With N ≥ 2 the demo writes ``<compare_dir>/seeds.json|md``: mean ± spread per
+is ``<out>-seed<k>`` (runs/self-seed1, …), and a ``frozen_decoder`` or ``init_from`` naming another run of the recipe
+takes that run's folder of the same seed. With N ≥ 2 the demo writes ``<compare_dir>/seeds.json|md``: mean ± spread per
 headline number (uav_eval.spread). A one-seed demo prints its numbers beside the reference spread saved for its
 recipe, docs/results/<recipe>-spread.json.
 """
@@ -46,15 +46,15 @@ def seed_out(out: str, k: int) -> str:
 
 
 def seed_runs(rec: dict, k: int) -> list[tuple[str, TrainConfig]]:
-    """Every [[runs]] entry as seed k: its own folder, the [train] seed + k, and a frozen_decoder that names another
-    run of the recipe moved to that run's seed-k folder."""
+    """Every [[runs]] entry as seed k: its own folder, the [train] seed + k, and a frozen_decoder or init_from that
+    names another run of the recipe moved to that run's seed-k folder."""
     outs = {r["out"] for r in rec["runs"]}
     out = []
     for r in rec["runs"]:
         cfg = run_config(rec, r)
-        frozen = cfg.frozen_decoder
-        cfg = replace(cfg, out=seed_out(cfg.out, k), seed=cfg.seed + k,
-                      frozen_decoder=seed_out(frozen, k) if frozen in outs else frozen)
+        same_seed = lambda other: seed_out(other, k) if other in outs else other  # noqa: E731
+        cfg = replace(cfg, out=seed_out(cfg.out, k), seed=cfg.seed + k, frozen_decoder=same_seed(cfg.frozen_decoder),
+                      init_from=same_seed(cfg.init_from))
         out.append((r["name"], cfg))
     return out
 

@@ -375,6 +375,22 @@ def test_recipe_runs_need_their_own_folders(tmp_path, tiny_llama_dir, data):
         load_recipe(recipe)
 
 
+def test_each_seed_of_a_curriculum_or_transfer_starts_from_the_same_seed_of_its_first_run():
+    """Seed k of a run whose init_from or frozen_decoder names another run of the recipe reads that run's seed-k
+    folder (a path outside the recipe stays as it is)."""
+    from pipelines.demo import seed_runs
+
+    rec = {"train": {"stage": "2", "stores": ["s"]},
+           "runs": [{"name": "labels", "out": "runs/labels"},
+                    {"name": "yesno", "out": "runs/yesno", "init_from": "runs/labels"},
+                    {"name": "transfer", "out": "runs/t", "frozen_decoder": "runs/labels"},
+                    {"name": "outside", "out": "runs/o", "init_from": "elsewhere/run"}]}
+    for k, suffix in ((0, ""), (2, "-seed2")):
+        cfgs = dict(seed_runs(rec, k))
+        assert cfgs["yesno"].init_from == cfgs["transfer"].frozen_decoder == "runs/labels" + suffix
+        assert cfgs["yesno"].out == "runs/yesno" + suffix and cfgs["outside"].init_from == "elsewhere/run"
+
+
 def test_demo_with_seeds_trains_each_run_per_seed_and_reports_the_spread(tmp_path, tiny_llama_dir, data):
     """seeds = 2 at the top of a recipe: each run trained and evaluated with the [train] seed + 0 and + 1 (seed 0 in the
     run's own folder, seed 1 beside it), then seeds.json|md with mean ± spread per run and task group. A one-seed demo
@@ -430,6 +446,10 @@ def test_generalization_rows_yes_no_scoring_and_calibration(tiny_llama_dir, tmp_
     assert {it.question for it in trained} == {"Is it red? Answer yes or no.", "What colour is it?"}  # held out: never
     assert {it.task for it in trained} == {"yesno", "classification"} and "dye" not in {it.source for it in trained}
     assert "dye" not in {it.source for it in ItemStream([st], "train", mode="text", epochs=1)}
+    # the yes/no weight (a curriculum's labels-first run: 0): the open questions stay as they are
+    kinds = {w: [it.kind for it in ItemStream([st], "train", epochs=1, yesno=w)] for w in (0.0, 1.0, 2.0)}
+    assert kinds[0.0].count("yesno") == 0 and kinds[2.0].count("yesno") == 2 * kinds[1.0].count("yesno") > 0
+    assert kinds[0.0].count("open") == kinds[1.0].count("open") == kinds[2.0].count("open") > 0
     run = train(TrainConfig(stores=[str(tmp_path / "store")], out=str(tmp_path / "run"), decoder=str(tiny_llama_dir),
                             adapter="mlp", adapter_options={"k": 2, "hidden": 32}, stage="2", steps=2, batch_size=4,
                             eval_every=2, val_items=4, sources=["paint", "dye"], progress=False))

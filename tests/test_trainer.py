@@ -312,6 +312,41 @@ def test_adapter_only_transfer_with_frozen_decoder(tmp_path, run_a, stores, tiny
                       stage="2"))
 
 
+def test_init_from_continues_another_runs_adapter_and_lora(tmp_path, run_a, stores, tiny_llama_dir):
+    """A curriculum: run B starts where run A ended (its best adapter and LoRA, both training on), so B's first
+    validation is A's best one; a run B could not have continued is refused before anything is written."""
+    run_a_dir, _ = run_a
+    run = tmp_path / "b"
+    seen = train_spy(cfg_for(stores, tiny_llama_dir, run, init_from=str(run_a_dir), stage="2", steps=3))
+    start = tensors(run_a_dir / "adapter.safetensors")
+    assert start.keys() == seen[2]["adapter"].keys()
+    assert all(torch.equal(start[k], v) for k, v in seen[2]["adapter"].items())  # A's adapter, not a fresh one
+    assert any("lora_" in n for n in seen[2]["decoder_trainable"])  # A's LoRA, loaded to train on
+    a_doc = json.loads((run_a_dir / "config.json").read_text())
+    a_best = next(s["best_val"] for s in a_doc["summary"] if s.get("stage") == 2)
+    assert all_metrics(run)[0]["step"] == 0 and all_metrics(run)[0]["val_loss"] == pytest.approx(a_best, rel=1e-5)
+    lora_a = tensors(run_a_dir / "lora" / "adapter_model.safetensors")
+    lora_b = tensors(run / "lora" / "adapter_model.safetensors")
+    assert any(not torch.equal(lora_a[k], lora_b[k]) for k in lora_a)  # and it trained on
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["status"] == "complete" and doc["train"]["init_from"] == str(run_a_dir) and doc["lora"] == "trained"
+
+    refused = [
+        (dict(stores=[stores["b"]]), "does not fit this run (donor:"),  # another donor's activations
+        (dict(adapter_options={**MLP, "hidden": 8}), "adapter is not the one this run's settings build"),
+        (dict(lora=LoraSettings(r=2)), "does not fit this run (lora:"),
+        (dict(init_from=str(tmp_path / "nowhere")), "is not a uav run directory"),
+    ]
+    for kw, problem in refused:
+        out = tmp_path / "refused"
+        with pytest.raises(UavError) as e:
+            train(cfg_for(stores, tiny_llama_dir, out, **{"init_from": str(run_a_dir), "stage": "2", **kw}))
+        assert problem in e.value.problem, (kw, e.value.problem)
+        assert not (out / "config.json").exists()
+    with pytest.raises(UavError, match="cannot run stage 1"):
+        cfg_for(stores, tiny_llama_dir, tmp_path / "r", init_from=str(run_a_dir), stage="both").validate()
+
+
 def test_no_lora_leaves_the_decoder_untouched(tmp_path, stores, tiny_llama_dir, run_a):
     from transformers import AutoModelForCausalLM
 
@@ -442,6 +477,8 @@ def test_settings_of_the_wrong_type_are_refused(settings, problem, tmp_path, sto
     ({"batch_size": 0}, "batch_size must be ≥ 1, got 0"),
     ({"lr_lora": 0.0}, "lr_lora must be > 0"),
     ({"eval_every": 0}, "eval_every must be ≥ 1"),
+    ({"yesno": -1.0}, "yesno must be ≥ 0"),
+    ({"init_from": "runs/a", "frozen_decoder": "runs/b", "stage": "2"}, "cannot also load a frozen_decoder"),
     ({"lora": LoraSettings(r=0)}, "lora.r must be ≥ 1"),
     ({"device": "foo"}, "unknown device 'foo'"),
     ({"device": "cuda:7"}, "device 'cuda:7' is not available on this machine"),

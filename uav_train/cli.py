@@ -80,6 +80,7 @@ def train_command(
     lr_lora: Annotated[Optional[float], typer.Option(help=_h("lr_lora"))] = None,
     donor: Annotated[Optional[str], typer.Option(help="Donor whose store to use (stores/DONOR) when --store is not given.")] = None,
     frozen_decoder: Annotated[Optional[str], typer.Option(help=_h("frozen_decoder"))] = None,
+    init_from: Annotated[Optional[str], typer.Option(help=_h("init_from"))] = None,
     no_lora: Annotated[bool, typer.Option("--no-lora", help=H["no_lora"])] = False,
     layers: Annotated[Optional[str], typer.Option(help=_h("layers", "comma-separated: "))] = None,
     readout: Annotated[Optional[str], typer.Option(help=_h("readout"))] = None,
@@ -91,6 +92,7 @@ def train_command(
     token_adapter: Annotated[Optional[str], typer.Option(help=_h("token_adapter"))] = None,
     lr_tokens: Annotated[Optional[float], typer.Option(help=_h("lr_tokens"))] = None,
     context: Annotated[Optional[float], typer.Option(help=_h("context"))] = None,
+    yesno: Annotated[Optional[float], typer.Option(help=_h("yesno"))] = None,
     window: Annotated[Optional[str], typer.Option(help=_h("window", "MIN,MAX: "))] = None,
     forms: Annotated[Optional[str], typer.Option(help=_h("forms", "FORM=WEIGHT,…: "))] = None,
     warm_start: Annotated[Optional[bool], typer.Option("--warm-start/--no-warm-start", help=_h("warm_start"))] = None,
@@ -116,11 +118,11 @@ def train_command(
     if window is not None and len(split(window) or []) != 2:
         raise UavError(f"--window takes two token counts MIN,MAX, got {window!r}", "e.g. --window 1,32")
     over = dict(stores=stores, decoder=decoder, out=out, adapter=adapter, stage=stage, steps=steps,
-                stage1_steps=stage1_steps, batch_size=batch_size, length_groups=length_groups, lr_adapter=lr_adapter, lr_lora=lr_lora, layers=layer_names, readout=readout, sources=split(sources), frozen_decoder=frozen_decoder, seed=seed, device=device,
+                stage1_steps=stage1_steps, batch_size=batch_size, length_groups=length_groups, lr_adapter=lr_adapter, lr_lora=lr_lora, layers=layer_names, readout=readout, sources=split(sources), frozen_decoder=frozen_decoder, init_from=init_from, seed=seed, device=device,
                 no_lora=no_lora or None, grad_checkpointing=grad_checkpointing or None, skip_corrupt=skip_corrupt or None,
                 allow_incomplete=allow_incomplete or None, threads=threads,
                 precision=precision, sharding=sharding, token_layers=ints(token_layers, "--token-layers"),
-                token_adapter=token_adapter, lr_tokens=lr_tokens, context=context, window=ints(window, "--window"),
+                token_adapter=token_adapter, lr_tokens=lr_tokens, context=context, yesno=yesno, window=ints(window, "--window"),
                 forms=_forms(forms), warm_start=warm_start, stage1_task=stage1_task)
     cfg = TrainConfig.from_recipe(recipe, **over) if recipe else TrainConfig.from_dict({k: v for k, v in over.items() if v is not None})
     if donor and store:

@@ -213,7 +213,7 @@ class ItemStream:
                  seed: int = 0, shuffle_buffer: int = 1024, rank: int = 0, world: int = 1,
                  prefetch: int = 512, epochs: int | None = None, skip_corrupt: bool = False, readout: str = "last",
                  sources: list[str] | None = None, weights: dict[str, float] | None = None,
-                 spec: InputSpec | None = None, context: float = 0.0):
+                 spec: InputSpec | None = None, context: float = 0.0, yesno: float = 1.0):
         """``mode``: "qa" (each example's qa pairs, plus ``context`` self-supervised items per text and epoch),
         "text" (stage 1: the whole text), "context" (self-supervised items only, ``context`` per text, at least 1).
         ``spec`` says what items show the adapter (default: the ``readout`` of ``layers``, pooled only)."""
@@ -228,6 +228,7 @@ class ItemStream:
         self.sources = set(sources) if sources else None  # only rows of these sources (None: every source)
         # source → expected copies of each of its items per epoch (default 1): 3 = three times, 0.5 = half of them
         self.weights = dict(weights or {})
+        self.yesno = yesno  # times each yes/no question is seen per epoch, on top of its source's weight
         bad = {k: v for k, v in self.weights.items() if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0}
         if bad:
             raise UavError(f"source weights must be numbers > 0, got {bad}", "e.g. source_weights = {bbc_topic = 3}")
@@ -310,7 +311,7 @@ class ItemStream:
         p = np.asarray(p, dtype=float) / sum(p)
         out = []
         for q, a in (item_pairs(e, self.mode) if self.mode != "context" else []):
-            for _ in range(copies(w)):
+            for _ in range(copies(w * self.yesno) if self.mode == "qa" and _kind(a) == "yesno" else copies(w)):
                 form = forms[int(rng.choice(len(forms), p=p))]
                 out.append(Item(ra.form(form, rng, self.spec.window), q, a, r, si, task_of(e, a), source,
                                 e["text"], kind=_kind(a)))

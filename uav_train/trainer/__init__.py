@@ -77,6 +77,9 @@ class TrainConfig:
     # self-supervised items per text and epoch in stage 2 (a window of token vectors → its own text, or the words
     # before or after it); they need token_layers and no labels
     context: float = 0.0
+    # times each yes/no question is seen per epoch, on top of its source's weight (0: none, e.g. the labels-first run
+    # of a curriculum whose next run, init_from it, adds them)
+    yesno: float = 1.0
     stage1_task: str = "text"  # stage 1's objective: text (the whole text from the run's input) or context (windows)
     stage: str = "both"  # "1" alignment only, "2" QA only (fresh adapter), "both" = 1 then 2
     stage1_steps: int = 100  # stage-1 steps
@@ -97,6 +100,9 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     no_lora: bool = False  # frozen decoder: only the adapter trains, in both stages
     frozen_decoder: str | None = None  # RUN_A: reuse its LoRA frozen, train only a new adapter (transfer)
+    # RUN_A: start from its adapter and LoRA, both training (a curriculum: a run that names labels, then yes/no
+    # questions about them; research log, run 24); the same decoder, donor, inputs and adapter as RUN_A, no warm start
+    init_from: str | None = None
     # stored layers to read, module paths or block indices (default: every stored layer); see `uav store info`
     layers: list[str | int] | None = None
     # stored read-out that feeds the adapter (store.READOUTS): last (last token) or mean (mean over the tokens after
@@ -202,6 +208,7 @@ class TrainConfig:
         if len(self.window) != 2 or not 1 <= self.window[0] <= self.window[1]:
             raise UavError(f"window must be [min, max] tokens with 1 ≤ min ≤ max, got {self.window}", "e.g. window = [1, 32]")
         at_least("context", self.context, 0)
+        at_least("yesno", self.yesno, 0)
         if self.stage1_task not in ("text", "context"):
             raise UavError(f"stage1_task must be text or context, got {self.stage1_task!r}", 'e.g. stage1_task = "context"')
         if (self.context or self.stage1_task == "context") and tc is None:
@@ -215,6 +222,10 @@ class TrainConfig:
             raise UavError(f"unknown precision {self.precision!r}", f"use one of: {', '.join(PRECISIONS)}")
         if self.sharding not in SHARDINGS:
             raise UavError(f"unknown sharding {self.sharding!r}", f"use one of: {', '.join(SHARDINGS)}")
+        if self.init_from and (self.stage != "2" or self.frozen_decoder):
+            raise UavError("init_from continues another run's adapter and LoRA in stage 2; it cannot "
+                           + ("run stage 1" if self.stage != "2" else "also load a frozen_decoder"),
+                           'use stage = "2" without frozen_decoder (or drop init_from)')
         pick_device(self.device)  # unknown or absent device
 
     def identity(self) -> dict:
@@ -225,7 +236,7 @@ class TrainConfig:
         for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt", "allow_incomplete", "threads",
                   "sharding"):
             d.pop(k)
-        for k, before in (("precision", "auto"), ("length_groups", 1)):  # what every run did before the setting
+        for k, before in (("precision", "auto"), ("length_groups", 1), ("init_from", None), ("yesno", 1.0)):  # what every run did before the setting
             if d[k] == before:  # existed: their resumes (and a demo's finished runs) still match
                 d.pop(k)
         return d
@@ -387,8 +398,43 @@ class Trainer:
         self.out_norm = embedding_norm(self.model)
         self.meta = self.stores[0].meta
         torch.manual_seed(cfg.seed)
-        self.adapter = self._new_adapter()
+        self.init_run = self._check_init_from() if cfg.init_from else None
+        self.adapter = self._new_adapter() if self.init_run is None else self._init_adapter()
         self.peft = False
+
+    def _check_init_from(self) -> RunRecord:
+        """The finished run ``init_from`` names, refused unless this run could have trained it: the same decoder,
+        donor (weights), inputs and LoRA settings. Checked before anything is written."""
+        cfg, path = self.cfg, Path(self.cfg.init_from)
+        fix = "point init_from at a finished run of the same decoder, donor and inputs, or drop it"
+        if not (path / CONFIG).exists():
+            raise UavError(f"init_from {path} is not a uav run directory", fix)
+        rec = RunRecord.load(path / CONFIG)
+        if rec.status != "complete":
+            raise UavError(f"init_from {path} has not finished training", "let it finish (run it again to resume)")
+        RunInfo(path, rec).check_files()
+        first, meta, spec, theirs = rec.stores[0], self.meta, self.spec, rec.input_spec()
+        bad = [f"{what}: {path.name} has {a}, this run {b}" for what, a, b in (
+            ("decoder", rec.decoder_weights()[:12], self.decoder_fingerprint[:12]),
+            ("donor", f"{first.donor} {(first.weights_fingerprint or '')[:12]}",
+             f"{meta['donor']} {meta['weights_fingerprint'][:12]}"),
+            ("layers", list(theirs.layers), list(spec.layers)), ("readout", theirs.readout, spec.readout),
+            ("token_layers", list(theirs.token_layers), list(spec.token_layers))) if a != b]
+        if rec.lora == "trained" and not cfg.no_lora and rec.train.get("lora") != asdict(cfg.lora):
+            bad.append(f"lora: {path.name} has {rec.train.get('lora')}, this run {asdict(cfg.lora)}")
+        if bad:
+            raise UavError(f"init_from {path} does not fit this run ({'; '.join(bad)})", fix)
+        return rec
+
+    def _init_adapter(self) -> InputAdapter:
+        """``init_from``'s adapter, refused if this run's settings would build another one."""
+        adapter, _ = load_adapter(Path(self.cfg.init_from))
+        fresh = self._new_adapter()
+        if adapter.describe() != fresh.describe():
+            raise UavError(f"init_from {self.cfg.init_from}'s adapter is not the one this run's settings build "
+                           f"({adapter.describe()} vs {fresh.describe()})",
+                           "use that run's adapter, adapter_options, token_adapter and token_adapter_options")
+        return adapter.to(self.device)
 
     def _new_adapter(self) -> InputAdapter:
         cfg, d_in, d_out, spec = self.cfg, self.meta["d_model"], hidden_size(self.model), self.spec
@@ -569,6 +615,9 @@ class Trainer:
         if self.cfg.frozen_decoder:
             self.model = PeftModel.from_pretrained(self.model, str(Path(self.cfg.frozen_decoder) / LORA), is_trainable=False)
             self.peft = True
+        elif self.init_run is not None and not self.cfg.no_lora and (Path(self.cfg.init_from) / LORA).exists():
+            self.model = PeftModel.from_pretrained(self.model, str(Path(self.cfg.init_from) / LORA), is_trainable=True)
+            self.peft = True
         elif not self.cfg.no_lora:
             lc = self.cfg.lora
             targets = block_linears(self.model) if lc.target_modules == "all-linear" else lc.target_modules
@@ -607,7 +656,7 @@ class Trainer:
         base_lrs = [g["lr"] for g in groups]
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         common = dict(mode=mode, shuffle_buffer=cfg.shuffle_buffer, skip_corrupt=cfg.skip_corrupt, sources=cfg.sources,
-                      spec=self.spec, context=cfg.context)
+                      spec=self.spec, context=cfg.context, yesno=cfg.yesno)
         train = ItemStream(self.stores, "train", seed=cfg.seed * 1000 + stage, weights=cfg.source_weights,
                            rank=self.ranks.rank, world=self.ranks.world, **common)
         val_stream = ItemStream(self.stores, "val", seed=cfg.seed, epochs=1, **common)
@@ -748,7 +797,7 @@ class Trainer:
         if cfg.stage in ("2", "both"):
             # the LoRA init must not depend on whether stage 1 ran in this process or was loaded from disk
             torch.manual_seed(cfg.seed + 1)
-            if cfg.warm_start and cfg.stage == "2":  # deterministic and cheap: redone on resume, then the
+            if cfg.warm_start and cfg.stage == "2" and not cfg.init_from:  # deterministic and cheap: redone on resume, then the
                 summary.append(self.warm_start())  # checkpoint's weights win
             self._add_lora()
             summary.append(self._stage(2, cfg.steps))
