@@ -450,13 +450,19 @@ def test_generalization_rows_yes_no_scoring_and_calibration(tiny_llama_dir, tmp_
     kinds = {w: [it.kind for it in ItemStream([st], "train", epochs=1, yesno=w)] for w in (0.0, 1.0, 2.0)}
     assert kinds[0.0].count("yesno") == 0 and kinds[2.0].count("yesno") == 2 * kinds[1.0].count("yesno") > 0
     assert kinds[0.0].count("open") == kinds[1.0].count("open") == kinds[2.0].count("open") > 0
+    # the closed-form start maps a read-out to its answer's words: never to "yes" or "no" (they follow from the question)
+    from uav_train.trainer import Trainer
+    ws = Trainer(TrainConfig(stores=[str(tmp_path / "store")], out=str(tmp_path / "ws"), decoder=str(tiny_llama_dir),
+                             adapter="mlp", adapter_options={"k": 2, "hidden": 32, "skip": True}, stage="2",
+                             warm_start=True, progress=False)).warm_start()
+    assert ws["warm_start_items"] == kinds[1.0].count("open")
     run = train(TrainConfig(stores=[str(tmp_path / "store")], out=str(tmp_path / "run"), decoder=str(tiny_llama_dir),
                             adapter="mlp", adapter_options={"k": 2, "hidden": 32}, stage="2", steps=2, batch_size=4,
                             eval_every=2, val_items=4, sources=["paint", "dye"], progress=False))
     res = evaluate(EvalConfig(run=str(run), methods=["uav", "shuffled", "no_soft"], similarity=False, n_boot=20,
                               progress=False, probe=False))
     gen = res.reading["by_generalization"]
-    assert set(gen) == {f"{t} · {g}" for t in ("yesno", "classification") for g in GENERALIZATION} - \
+    assert set(gen) == {f"{t} · {g}" for t in ("yesno", "classification") for g in GENERALIZATION[:3]} - \
         {f"classification · {GENERALIZATION[1]}"}  # the open question has no held-out phrasing
     n = {k: v["n"] for k, v in gen.items()}
     assert n[f"yesno · {GENERALIZATION[1]}"] == n[f"yesno · {GENERALIZATION[0]}"] > 0
@@ -468,4 +474,12 @@ def test_generalization_rows_yes_no_scoring_and_calibration(tiny_llama_dir, tmp_
     assert sum(b["n"] for b in res.calibration["yesno"]["bins"]) == res.calibration["yesno"]["n"]
     md = (run / "report.md").read_text()
     assert "## Questions it was never trained on" in md and "dataset never trained" in md
+    # a run trained with yesno = 0 (a curriculum's labels-first run) saw no yes/no question of any dataset
+    from uav_eval.protocol import eval_items, generalization
+    from uav_train.stream import InputSpec
+    items = eval_items(st, "test", None, InputSpec(layers=tuple(st.layers)))
+    assert {generalization(it, {"paint"}, yesno_trained=False) for it in items if it.kind == "yesno"} == \
+        {GENERALIZATION[3]}
+    assert {generalization(it, {"paint"}, yesno_trained=False) for it in items if it.kind == "open"} == \
+        {generalization(it, {"paint"}) for it in items if it.kind == "open"} == {GENERALIZATION[0], GENERALIZATION[2]}
     assert "## Is a confident answer a right one?" in md

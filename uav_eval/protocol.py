@@ -130,7 +130,8 @@ def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalC
     return preds
 
 
-GENERALIZATION = ("seen dataset, seen phrasing", "seen dataset, new phrasing", "dataset never trained")
+GENERALIZATION = ("seen dataset, seen phrasing", "seen dataset, new phrasing", "dataset never trained",
+                  "yes/no never trained")  # the last: a run trained with yesno = 0 (a curriculum's labels-first run)
 
 
 def answer_scores(lr: LoadedRun, items: list[Item], answers: list[str], other: list[int], batch_size: int) -> list[float]:
@@ -168,9 +169,12 @@ def calibration(rows: list[dict], bins: int = 3) -> dict:
     return out
 
 
-def generalization(item: Item, trained: set[str] | None) -> str:
+def generalization(item: Item, trained: set[str] | None, yesno_trained: bool = True) -> str:
     """Which of GENERALIZATION an item is, for a run trained on the sources ``trained`` (None: every source of its
-    training data, so only another dataset is new); a dataset its recipe held out (``heldout_dataset``) is new."""
+    training data, so only another dataset is new); a dataset its recipe held out (``heldout_dataset``) is new, and
+    so is every yes/no question for a run that trained on none (``yesno_trained`` false)."""
+    if item.kind == "yesno" and not yesno_trained:
+        return GENERALIZATION[3]
     if item.heldout_dataset or (trained is not None and item.source not in trained):
         return GENERALIZATION[2]
     return GENERALIZATION[1] if item.phrasing == "heldout" else GENERALIZATION[0]
@@ -186,7 +190,7 @@ def trained_sources(rec: RunRecord, store: Store) -> set[str] | None:
 
 
 def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[str]], similarity: bool,
-          trained: set[str] | None = None) -> list[dict]:
+          trained: set[str] | None = None, yesno_trained: bool = True) -> list[dict]:
     """One row per (method, item) with every metric, and where the item stands (:func:`generalization`)."""
     sim = metrics.Similarity() if similarity else None
     rows = []
@@ -198,9 +202,10 @@ def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[
         sims = sim.score(clean, golds) if sim else [float("nan")] * len(items)
         for it, raw, p, r, ri, sm in zip(items, ps, clean, rl, rl_in, sims):
             ls = labels.get(it.source) if it.task == "classification" else None
+            gen = generalization(it, trained, yesno_trained)
             rows.append({"method": m, "row": it.row, "source": it.source, "task": it.task, "question": it.question,
-                         "kind": it.kind, "phrasing": it.phrasing, "generalization": generalization(it, trained),
-                         "task_generalization": f"{it.task} · {generalization(it, trained)}",
+                         "kind": it.kind, "phrasing": it.phrasing, "generalization": gen,
+                         "task_generalization": f"{it.task} · {gen}",
                          "gold": it.answer, "raw": raw, "pred": p, **metrics.score_item(p, it.answer, label_set=ls),
                          "rougeL": r, "sim": sm, "rougeL_input": ri})
     return rows
@@ -342,7 +347,8 @@ def evaluate(cfg: EvalConfig) -> Results:
     methods = check_methods(cfg.methods, lr)
     items = eval_items(store, split, cfg.limit, spec)
     preds = run_methods(lr, items, methods, cfg)
-    rows = score(items, preds, label_sets(store), cfg.similarity, trained_sources(rec, store))
+    rows = score(items, preds, label_sets(store), cfg.similarity, trained_sources(rec, store),
+                 yesno_trained=rec.train.get("yesno", 1.0) > 0)
     if "uav" in preds and cfg.calibration:
         scores = answer_scores(lr, items, preds["uav"], derangement(items, seed=cfg.seed), cfg.batch_size)
         for r, sc in zip((r for r in rows if r["method"] == "uav"), scores):

@@ -197,7 +197,8 @@ def generalization_section(results: Results) -> list[str]:
                      "–" if not clean["n"] else f"{clean['mean']:.2f}"])
     return ["", "## Questions it was never trained on", "",
             "The same run on the datasets and question phrasings it trained on, on held-out phrasings of those datasets, "
-            "and on datasets it never trained on. Yes/no questions are scored by their leading yes or no (`acc`); "
+            "and on datasets it never trained on (a run trained without yes/no questions, `yesno = 0`: every yes/no "
+            "question is \"yes/no never trained\"). Yes/no questions are scored by their leading yes or no (`acc`); "
             "`clean` is the share of uav answers that are a plain yes or no.", "",
             _md_table(["task group", "where", "metric", "n", "uav", "shuffled", "uav − shuffled [95% CI]", "reads",
                        "no_soft", "clean"], rows)]

@@ -530,8 +530,8 @@ class Trainer:
     def warm_start(self, max_items: int = 4096, max_tokens: int = 20000) -> dict:
         """Closed-form warm start of a fresh adapter's skip paths (ridge regressions; train split only).
 
-        Pooled branch (mlp): from its input features to the mean input embedding of each training answer (its first
-        ``max_answer_tokens`` tokens): for a label the target *is* the label word's embedding, so the first soft tokens
+        Pooled branch (mlp): from its input features to the mean input embedding of each training answer but yes/no
+        ones (its first ``max_answer_tokens`` tokens): for a label the target *is* the label word's embedding, so the first soft tokens
         already say "sport" in the decoder's own vocabulary. Tokens branch (pervector): from each token's vectors to
         the decoder's embedding of that token's own text (self-supervised: no labels), so a window of soft tokens
         starts out as the decoder's own reading of those words, whatever the donor's tokenizer."""
@@ -553,8 +553,9 @@ class Trainer:
     def _warm_start_pooled(self, max_items: int) -> dict:
         cfg, branch = self.cfg, self.adapter.pooled
         only = replace(self.spec, token_layers=(), forms=(("pooled", 1.0),))
+        # no yes/no answers: "yes" follows from the question and the activation together, not from the activation
         stream = ItemStream(self.stores, "train", mode="qa", seed=cfg.seed, epochs=1, shuffle_buffer=cfg.shuffle_buffer,
-                            sources=cfg.sources, spec=only)
+                            sources=cfg.sources, spec=only, yesno=0.0)
         emb = self.model.get_input_embeddings()
         vs, ts = [], []
         for batch in stream.batches(256):
