@@ -236,8 +236,9 @@ class TrainConfig:
         for k in ("out", "progress", "device", "checkpoint_every", "skip_corrupt", "allow_incomplete", "threads",
                   "sharding"):
             d.pop(k)
-        for k, before in (("precision", "auto"), ("length_groups", 1), ("init_from", None), ("yesno", 1.0)):  # what every run did before the setting
-            if d[k] == before:  # existed: their resumes (and a demo's finished runs) still match
+        # what every run did before the setting existed: their resumes (and a demo's finished runs) still match
+        for k, before in (("precision", "auto"), ("length_groups", 1), ("init_from", None), ("yesno", 1.0)):
+            if d[k] == before:
                 d.pop(k)
         return d
 
@@ -531,10 +532,10 @@ class Trainer:
         """Closed-form warm start of a fresh adapter's skip paths (ridge regressions; train split only).
 
         Pooled branch (mlp): from its input features to the mean input embedding of each training answer but yes/no
-        ones (its first ``max_answer_tokens`` tokens): for a label the target *is* the label word's embedding, so the first soft tokens
-        already say "sport" in the decoder's own vocabulary. Tokens branch (pervector): from each token's vectors to
-        the decoder's embedding of that token's own text (self-supervised: no labels), so a window of soft tokens
-        starts out as the decoder's own reading of those words, whatever the donor's tokenizer."""
+        ones (its first ``max_answer_tokens`` tokens): for a label the target *is* the label word's embedding, so the
+        first soft tokens already say "sport" in the decoder's own vocabulary. Tokens branch (pervector): from each
+        token's vectors to the decoder's embedding of that token's own text (self-supervised: no labels), so a window
+        of soft tokens starts out as the decoder's own reading of those words, whatever the donor's tokenizer."""
         out = {}
         if isinstance(self.adapter.pooled, MLPAdapter) and self.adapter.pooled.skip is not None:
             out.update(self._warm_start_pooled(max_items))
@@ -798,8 +799,9 @@ class Trainer:
         if cfg.stage in ("2", "both"):
             # the LoRA init must not depend on whether stage 1 ran in this process or was loaded from disk
             torch.manual_seed(cfg.seed + 1)
-            if cfg.warm_start and cfg.stage == "2" and not cfg.init_from:  # deterministic and cheap: redone on resume, then the
-                summary.append(self.warm_start())  # checkpoint's weights win
+            # deterministic and cheap: redone on resume, then the checkpoint's weights win (init_from: that run's win)
+            if cfg.warm_start and cfg.stage == "2" and not cfg.init_from:
+                summary.append(self.warm_start())
             self._add_lora()
             summary.append(self._stage(2, cfg.steps))
         self._save_final(summary)
