@@ -237,7 +237,7 @@ def plot_losses(run: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     stages = sorted({r["stage"] for r in rows})
-    fig, axes = plt.subplots(1, len(stages), figsize=(6.5 * len(stages), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(stages), figsize=(8.5 * len(stages), 3.8), squeeze=False)
     for ax, stage in zip(axes[0], stages):
         tr = [(r["step"], r["loss"]) for r in rows if r["stage"] == stage and "loss" in r]
         va = [(r["step"], r["val_loss"]) for r in rows if r["stage"] == stage and "val_loss" in r]
@@ -257,9 +257,13 @@ def plot_losses(run: Path) -> Path | None:
             gaps = [(r["step"], r["reading_gap"]) for r in rows if r["stage"] == stage and "reading_gap" in r]
             g = ax.twinx()  # the gap itself on its own scale: a few hundredths of a nat would vanish on the loss axis
             g.plot(*zip(*gaps), "^-", color="tab:purple", lw=1.5, label="reading gap (right axis)")
+            groups = sorted({k for r in rows if r["stage"] == stage for k in r if k.startswith("gap_")})
+            for k, c in zip(groups if len(groups) > 1 else [], plt.cm.tab10.colors[5:] + plt.cm.Dark2.colors):
+                pts = [(r["step"], r[k]) for r in rows if r["stage"] == stage and k in r]  # which kinds it reads
+                g.plot(*zip(*pts), ".-", color=c, lw=1, alpha=0.8, label=f"gap: {k[4:]}")
             g.axhline(0, color="tab:purple", lw=0.8, ls=":")
             g.set_ylabel("reading gap = shuffled − true (nats)", color="tab:purple")
-            g.legend(loc="center right", fontsize=8)
+            g.legend(loc="upper left", bbox_to_anchor=(1.1, 1.0), fontsize=8)  # beside the axes: no curve hidden
         ax.set_title({1: "stage 1: alignment (adapter only)", 2: "stage 2: QA tuning"}.get(stage, f"stage {stage}"))
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy")
