@@ -339,6 +339,19 @@ def with_layer_paths(cfg: TrainConfig, store: Store) -> TrainConfig:
     return replace(cfg, layers=paths(cfg.layers), token_layers=paths(cfg.token_layers))
 
 
+def finished_run(path: str, flag: str, lora: bool) -> RunRecord:
+    """The finished run another run builds on (``flag``: --frozen-decoder, init_from), refused before anything is
+    written when it is not a run, has not finished (or lacks the LoRA it must bring), or its files are damaged."""
+    p, fix = Path(path), "point it at a completed stage-2 run" + (" trained with LoRA" if lora else "")
+    if not (p / CONFIG).exists():
+        raise UavError(f"{flag} {path} is not a uav run directory", fix)
+    rec = RunRecord.load(p / CONFIG)
+    if rec.status != "complete" or (lora and not (p / LORA).exists()):
+        raise UavError(f"{flag} {path} is not a finished run" + (" with a LoRA" if lora else ""), fix)
+    RunInfo(p, rec).check_files()  # a damaged adapter or LoRA
+    return rec
+
+
 def input_spec(cfg: TrainConfig, store: Store) -> InputSpec:
     """What the run feeds its adapter (cfg's layers already module paths): the stream, warm start and record use it."""
     pooled = cfg.adapter != "none"
@@ -363,15 +376,8 @@ class Trainer:
         cfg = self.cfg = with_layer_paths(cfg, self.stores[0])
         self.layers = cfg.layers or self.stores[0].layers
         self.spec = input_spec(cfg, self.stores[0])
-        if cfg.frozen_decoder and not (Path(cfg.frozen_decoder) / CONFIG).exists():
-            raise UavError(f"--frozen-decoder {cfg.frozen_decoder} is not a uav run directory",
-                           "point it at a completed stage-2 run trained with LoRA")
-        self.frozen_run = RunRecord.load(Path(cfg.frozen_decoder) / CONFIG) if cfg.frozen_decoder else None
-        if self.frozen_run is not None:
-            if self.frozen_run.status != "complete" or not (Path(cfg.frozen_decoder) / LORA).exists():
-                raise UavError(f"--frozen-decoder {cfg.frozen_decoder} is not a finished run with a LoRA",
-                               "point it at a completed stage-2 run trained with LoRA")
-            RunInfo(Path(cfg.frozen_decoder), self.frozen_run).check_files()  # a damaged LoRA: refused before any write
+        self.frozen_run = (finished_run(cfg.frozen_decoder, "--frozen-decoder", lora=True) if cfg.frozen_decoder
+                           else None)
         spec = resolve(cfg.decoder, "--decoder")
         self.decoder_fingerprint = weights_fingerprint(spec)
         if self.frozen_run is not None:
@@ -407,13 +413,7 @@ class Trainer:
         """The finished run ``init_from`` names, refused unless this run could have trained it: the same decoder,
         donor (weights), inputs and LoRA settings. Checked before anything is written."""
         cfg, path = self.cfg, Path(self.cfg.init_from)
-        fix = "point init_from at a finished run of the same decoder, donor and inputs, or drop it"
-        if not (path / CONFIG).exists():
-            raise UavError(f"init_from {path} is not a uav run directory", fix)
-        rec = RunRecord.load(path / CONFIG)
-        if rec.status != "complete":
-            raise UavError(f"init_from {path} has not finished training", "let it finish (run it again to resume)")
-        RunInfo(path, rec).check_files()
+        rec = finished_run(cfg.init_from, "init_from", lora=False)
         first, meta, spec, theirs = rec.stores[0], self.meta, self.spec, rec.input_spec()
         bad = [f"{what}: {path.name} has {a}, this run {b}" for what, a, b in (
             ("decoder", rec.decoder_weights()[:12], self.decoder_fingerprint[:12]),
@@ -424,20 +424,21 @@ class Trainer:
         if rec.lora == "trained" and not cfg.no_lora and rec.train.get("lora") != asdict(cfg.lora):
             bad.append(f"lora: {path.name} has {rec.train.get('lora')}, this run {asdict(cfg.lora)}")
         if bad:
-            raise UavError(f"init_from {path} does not fit this run ({'; '.join(bad)})", fix)
+            raise UavError(f"init_from {path} does not fit this run ({'; '.join(bad)})",
+                           "point init_from at a finished run of the same decoder, donor and inputs, or drop it")
         return rec
 
     def _init_adapter(self) -> InputAdapter:
         """``init_from``'s adapter, refused if this run's settings would build another one."""
         adapter, _ = load_adapter(Path(self.cfg.init_from))
-        fresh = self._new_adapter()
+        fresh = self._new_adapter(centre=False)  # only its description is compared: no pass over the store
         if adapter.describe() != fresh.describe():
             raise UavError(f"init_from {self.cfg.init_from}'s adapter is not the one this run's settings build "
                            f"({adapter.describe()} vs {fresh.describe()})",
                            "use that run's adapter, adapter_options, token_adapter and token_adapter_options")
         return adapter.to(self.device)
 
-    def _new_adapter(self) -> InputAdapter:
+    def _new_adapter(self, centre: bool = True) -> InputAdapter:
         cfg, d_in, d_out, spec = self.cfg, self.meta["d_model"], hidden_size(self.model), self.spec
         pooled = tokens = None
         if spec.pooled:
@@ -447,7 +448,7 @@ class Trainer:
             tokens = build_adapter(adapter_config(cfg.token_adapter, **cfg.token_adapter_options), d_in,
                                    len(spec.token_layers), d_out, self.out_norm)
         for branch, which in ((pooled, "pooled"), (tokens, "tokens")):
-            if branch is not None and hasattr(branch, "shift"):
+            if centre and branch is not None and hasattr(branch, "shift"):
                 branch.shift.copy_(self.train_mean(which))
         return InputAdapter(pooled, tokens).to(self.device)
 
