@@ -228,3 +228,65 @@ def test_every_token_option_is_a_train_flag(stores, tiny_llama_dir, tmp_path, mo
         code, _, err = run_uav(["train", "--store", stores["all"], "--decoder", str(tiny_llama_dir), "--out",
                                 str(tmp_path / "bad"), "--token-layers", "1", flag, value], capsys)
         assert code == 2 and says in err and len(err.strip().splitlines()) <= 2, err
+
+
+def test_overlap_weights_tokens_by_the_characters_they_share():
+    from uav_train.distill import _overlap
+
+    mine = np.array([[-1, -1], [0, 3], [3, 9]])  # a BOS, then two tokens
+    theirs = np.array([[0, 2], [2, 5], [5, 9], [-1, -1]])
+    np.testing.assert_array_equal(_overlap(mine, theirs), [[0, 0, 0, 0], [2, 1, 0, 0], [0, 2, 4, 0]])
+
+
+def test_distill_fits_a_transfer_adapter_to_the_frozen_runs_soft_tokens(stores, tiny_llama_dir, tiny_gemma_dir, data,
+                                                                        tmp_path):
+    """Adapter-only transfer to another donor: ``distill`` fits the new adapter to the soft tokens the frozen run's
+    adapter emits for the same texts, before the first decoder step; the val cosine it reports is the one the stage
+    starts from, and is higher than without it. Each target is the frozen adapter's output for the tokens that share
+    the characters (the same tokenizer here: exactly that token's)."""
+    from uav_train.distill import _cosine, teacher_pairs
+    from uav_train.run import RunRecord, load_adapter
+
+    gemma = tmp_path / "gemma"
+    harvest(HarvestConfig(donor=str(tiny_gemma_dir), data=str(data), out=str(gemma), layers=[1, 2], positions="all",
+                          shard_rows=16, chunk_rows=8, progress=False))
+    run_a = train(token_cfg(stores, tiny_llama_dir, tmp_path / "a", warm_start=True, steps=6))
+    teacher, _ = load_adapter(run_a)
+    a_spec = RunRecord.load(run_a / "config.json").input_spec()
+    own = teacher_pairs([Store(stores["all"])], a_spec, teacher, [Store(stores["all"])], a_spec, "val")
+    with torch.no_grad():  # a store paired with itself: every target is the teacher's output for that very input
+        assert _cosine(teacher, own)["tokens"] > 0.9999 and _cosine(teacher, own)["pooled"] > 0.9999
+
+    starts = {}
+    orig = __import__("uav_train.trainer", fromlist=["Trainer"]).Trainer._stage
+
+    def spy(self, stage, steps):
+        starts[self.cfg.out] = {k: v.detach().clone() for k, v in self.adapter.state_dict().items()}
+        return orig(self, stage, steps)
+
+    runs = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("uav_train.trainer.Trainer._stage", spy)
+        for name, n in (("plain", 0), ("distilled", 60)):
+            runs[name] = train(token_cfg(stores, tiny_llama_dir, tmp_path / name, stores=[str(gemma)], warm_start=True,
+                                         frozen_decoder=str(run_a), distill=n, steps=2))
+    rec = json.loads((runs["distilled"] / "config.json").read_text())
+    got = next(s for s in rec["summary"] if "distill_steps" in s)
+    b_spec = RunRecord.load(runs["distilled"] / "config.json").input_spec()
+    val = teacher_pairs([Store(str(gemma))], b_spec, teacher, [Store(stores["all"])], a_spec, "val")
+    assert val.n[0] == len(Store(str(gemma)).split_rows("val")) and val.n[1] > 3 * val.n[0]  # every text, its tokens
+    cos = {}
+    for name, run in runs.items():
+        student, _ = load_adapter(run)
+        student.load_state_dict(starts[str(run)])
+        with torch.no_grad():
+            cos[name] = {k: float(v) for k, v in _cosine(student, val).items()}
+    for branch in ("pooled", "tokens"):
+        assert cos["distilled"][branch] == pytest.approx(got[f"distill_val_cos_{branch}"], abs=1e-3)
+        assert cos["distilled"][branch] > cos["plain"][branch] + 0.1
+        assert got[f"distill_val_cos_{branch}"] > got[f"distill_val_cos_{branch}_before"]
+    with pytest.raises(UavError, match="no frozen_decoder"):
+        token_cfg(stores, tiny_llama_dir, tmp_path / "x", distill=5).validate()
+    with pytest.raises(UavError, match="emits 3 soft tokens"):
+        train(token_cfg(stores, tiny_llama_dir, tmp_path / "k", stores=[str(gemma)], frozen_decoder=str(run_a),
+                        distill=5, adapter_options={"k": 3, "hidden": 32, "skip": True}))

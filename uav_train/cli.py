@@ -81,6 +81,7 @@ def train_command(
     donor: Annotated[Optional[str], typer.Option(help="Donor whose store to use (stores/DONOR) when --store is not given.")] = None,
     frozen_decoder: Annotated[Optional[str], typer.Option(help=_h("frozen_decoder"))] = None,
     init_from: Annotated[Optional[str], typer.Option(help=_h("init_from"))] = None,
+    distill: Annotated[Optional[int], typer.Option(help=_h("distill"))] = None,
     no_lora: Annotated[bool, typer.Option("--no-lora", help=H["no_lora"])] = False,
     layers: Annotated[Optional[str], typer.Option(help=_h("layers", "comma-separated: "))] = None,
     readout: Annotated[Optional[str], typer.Option(help=_h("readout"))] = None,
@@ -118,7 +119,7 @@ def train_command(
     if window is not None and len(split(window) or []) != 2:
         raise UavError(f"--window takes two token counts MIN,MAX, got {window!r}", "e.g. --window 1,32")
     over = dict(stores=stores, decoder=decoder, out=out, adapter=adapter, stage=stage, steps=steps,
-                stage1_steps=stage1_steps, batch_size=batch_size, length_groups=length_groups, lr_adapter=lr_adapter, lr_lora=lr_lora, layers=layer_names, readout=readout, sources=split(sources), frozen_decoder=frozen_decoder, init_from=init_from, seed=seed, device=device,
+                stage1_steps=stage1_steps, batch_size=batch_size, length_groups=length_groups, lr_adapter=lr_adapter, lr_lora=lr_lora, layers=layer_names, readout=readout, sources=split(sources), frozen_decoder=frozen_decoder, init_from=init_from, distill=distill, seed=seed, device=device,
                 no_lora=no_lora or None, grad_checkpointing=grad_checkpointing or None, skip_corrupt=skip_corrupt or None,
                 allow_incomplete=allow_incomplete or None, threads=threads,
                 precision=precision, sharding=sharding, token_layers=ints(token_layers, "--token-layers"),

@@ -36,6 +36,7 @@ from uav_cache.store import READOUTS, Store, check_compatible
 from uav_train import budget
 from uav_train.adapters import (TOKEN_KINDS, AdapterInput, InputAdapter, MLPAdapter, PerVectorAdapter, adapter_config,
                                 build_adapter)
+from uav_train.distill import distill, teacher_pairs, teacher_stores
 from uav_train.prompt import IGNORE, PromptTemplate, collate, splice
 from uav_train.run import (CHECKPOINT, CONFIG, LORA, METRICS, RunInfo, RunRecord, StoreRecord, adapter_description,
                            check_out, load_adapter, load_checkpoint, plot_losses, read_json, replace_dir,
@@ -103,6 +104,9 @@ class TrainConfig:
     # RUN_A: start from its adapter and LoRA, both training (a curriculum: a run that names labels, then yes/no
     # questions about them; research log, run 24); the same decoder, donor, inputs and adapter as RUN_A, no warm start
     init_from: str | None = None
+    # with frozen_decoder: this many decoder-free steps first fit the new adapter to the soft tokens RUN_A's adapter
+    # emits for the same texts (uav_train.distill; both stores must hold the same dataset), then stage 2 as usual
+    distill: int = 0
     # stored layers to read, module paths or block indices (default: every stored layer); see `uav store info`
     layers: list[str | int] | None = None
     # stored read-out that feeds the adapter (store.READOUTS): last (last token) or mean (mean over the tokens after
@@ -209,6 +213,10 @@ class TrainConfig:
             raise UavError(f"window must be [min, max] tokens with 1 ≤ min ≤ max, got {self.window}", "e.g. window = [1, 32]")
         at_least("context", self.context, 0)
         at_least("yesno", self.yesno, 0)
+        at_least("distill", self.distill, 0)
+        if self.distill and not self.frozen_decoder:
+            raise UavError("distill fits a new adapter to a frozen run's soft tokens, and no frozen_decoder is set",
+                           "set frozen_decoder = RUN_A (adapter-only transfer), or distill = 0")
         if self.stage1_task not in ("text", "context"):
             raise UavError(f"stage1_task must be text or context, got {self.stage1_task!r}", 'e.g. stage1_task = "context"')
         if (self.context or self.stage1_task == "context") and tc is None:
@@ -237,7 +245,8 @@ class TrainConfig:
                   "sharding"):
             d.pop(k)
         # what every run did before the setting existed: their resumes (and a demo's finished runs) still match
-        for k, before in (("precision", "auto"), ("length_groups", 1), ("init_from", None), ("yesno", 1.0)):
+        for k, before in (("precision", "auto"), ("length_groups", 1), ("init_from", None), ("yesno", 1.0),
+                          ("distill", 0)):
             if d[k] == before:
                 d.pop(k)
         return d
@@ -611,6 +620,22 @@ class Trainer:
         r2 = branch.warm_start(torch.cat(vs), torch.cat(ts))
         return {"warm_start_tokens": n, "warm_start_tokens_r2": r2}
 
+    def distill_from_frozen(self) -> dict:
+        """Fit the fresh adapter to the frozen run's soft tokens for the same texts (uav_train.distill): the best
+        step by val cosine is kept. Deterministic, so a resume redoes it before its checkpoint's weights win."""
+        rec, cfg = self.frozen_run, self.cfg
+        teacher, _ = load_adapter(Path(cfg.frozen_decoder))
+        theirs = teacher_stores(rec.stores)
+        train, val = (teacher_pairs(self.stores, self.spec, teacher, theirs, rec.input_spec(), split, device=self.device)
+                      for split in ("train", "val"))
+        out = distill(self.adapter, teacher.to(self.device), train, val, cfg.distill, seed=cfg.seed)
+        if cfg.progress and self.ranks.main:
+            cos = ", ".join(f"{k} {out[f'distill_val_cos_{k}_before']:.2f} → {out[f'distill_val_cos_{k}']:.2f}"
+                            for k in ("pooled", "tokens") if f"distill_val_cos_{k}" in out)
+            tqdm.write(f"distill from {cfg.frozen_decoder} ({out['distill_pairs'][0]:,} texts, "
+                       f"{out['distill_pairs'][1]:,} tokens): val cosine to its soft tokens {cos}")
+        return out
+
     # ---- stages
     def _add_lora(self) -> None:
         from peft import LoraConfig, PeftModel, get_peft_model
@@ -803,6 +828,8 @@ class Trainer:
             # deterministic and cheap: redone on resume, then the checkpoint's weights win (init_from: that run's win)
             if cfg.warm_start and cfg.stage == "2" and not cfg.init_from:
                 summary.append(self.warm_start())
+            if cfg.distill and cfg.stage == "2":
+                summary.append(self.distill_from_frozen())
             self._add_lora()
             summary.append(self._stage(2, cfg.steps))
         self._save_final(summary)
