@@ -73,6 +73,9 @@ def teacher_pairs(student: list[Store], student_spec: InputSpec, teacher: InputA
                        "harvest both donors over the same dataset, or drop distill")
     want_pooled = teacher.pooled is not None and student_spec.pooled and teacher_spec.pooled
     want_tokens = teacher.tokens is not None and student_spec.tokens and teacher_spec.tokens
+    if not want_pooled and not want_tokens:
+        raise UavError("the new adapter and the frozen run's share no input branch (pooled read-out or token vectors)",
+                       "give this run the inputs the frozen run reads, or drop distill")
     px, py, tx, ty = [], [], [], []
     teacher = teacher.to(device).eval()
     groups: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (student store, teacher store) → row pairs
