@@ -27,3 +27,32 @@ def test_the_hooks_example_answers_as_a_read_of_the_same_text(tiny_runs, tiny_ll
     assert lines[0] == "Q: Which thing is named?" and lines[1] == f"A: {ref.answer}"
     assert f"shuffled: {ref.shuffled} | no activation: {ref.no_soft} | score: " in lines[2]
     assert float(lines[2].rsplit("score: ", 1)[1]) == pytest.approx(ref.score, abs=2e-3)
+
+
+def test_the_zeroshot_yesno_example_scores_every_yes_no_question_by_group(tmp_path, tiny_llama_dir):
+    """examples/zeroshot_yesno.py: every yes/no question of the split is scored once, grouped into seen and held-out
+    datasets; open questions and other splits are left out; AUC is 1 / 0 / 0.5 for perfect / reversed / no order."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from zeroshot_yesno import auc
+
+    assert auc([(2.0, True), (1.0, False)]) == 1 and auc([(1.0, True), (2.0, False)]) == 0
+    assert auc([(1.0, True), (1.0, False)]) == 0.5
+    data = tmp_path / "oracle.jsonl"
+    with data.open("w") as f:
+        for i in range(6):
+            held = i % 2 == 0
+            qa = [{"question": "What colour is it?", "answer": "red"},
+                  {"question": "Is it red? Answer yes or no.", "answer": "yes", "kind": "yesno"},
+                  {"question": "Is it blue? Answer yes or no.", "answer": "no", "kind": "yesno"}]
+            f.write(json.dumps({"id": f"x{i}", "text": f"The cat {i} is red.", "source": "held" if held else "seen",
+                                "split": "val" if i < 5 else "test", "qa": qa,
+                                **({"heldout_dataset": True} if held else {})}) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "zeroshot_yesno.py"), str(tiny_llama_dir), "--data",
+                          str(data), "--split", "val"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n = {ln.split("  ")[0].strip(): int(ln.split(" n ")[1].split()[0]) for ln in out.stdout.splitlines()}
+    assert n == {"held-out dataset": 6, "seen dataset": 4, "held": 6, "seen": 4}  # 3 + 2 val texts, 2 yes/no each
+    assert "AUC" in next(ln for ln in out.stdout.splitlines() if ln.startswith("held-out dataset"))

@@ -287,6 +287,8 @@ def test_distill_fits_a_transfer_adapter_to_the_frozen_runs_soft_tokens(stores, 
         assert got[f"distill_val_cos_{branch}"] > got[f"distill_val_cos_{branch}_before"]
     with pytest.raises(UavError, match="no frozen_decoder"):
         token_cfg(stores, tiny_llama_dir, tmp_path / "x", distill=5).validate()
+    with pytest.raises(UavError, match="this run has stage both"):
+        token_cfg(stores, tiny_llama_dir, tmp_path / "x", distill=5, frozen_decoder=str(run_a), stage="both").validate()
     with pytest.raises(UavError, match="emits 3 soft tokens"):
         train(token_cfg(stores, tiny_llama_dir, tmp_path / "k", stores=[str(gemma)], frozen_decoder=str(run_a),
                         distill=5, adapter_options={"k": 3, "hidden": 32, "skip": True}))

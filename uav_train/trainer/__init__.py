@@ -214,9 +214,10 @@ class TrainConfig:
         at_least("context", self.context, 0)
         at_least("yesno", self.yesno, 0)
         at_least("distill", self.distill, 0)
-        if self.distill and not self.frozen_decoder:
-            raise UavError("distill fits a new adapter to a frozen run's soft tokens, and no frozen_decoder is set",
-                           "set frozen_decoder = RUN_A (adapter-only transfer), or distill = 0")
+        if self.distill and (not self.frozen_decoder or self.stage != "2"):
+            raise UavError("distill fits a fresh stage-2 adapter to a frozen run's soft tokens, and "
+                           + ("no frozen_decoder is set" if not self.frozen_decoder else f"this run has stage {self.stage}"),
+                           'set frozen_decoder = RUN_A with stage = "2" (adapter-only transfer), or distill = 0')
         if self.stage1_task not in ("text", "context"):
             raise UavError(f"stage1_task must be text or context, got {self.stage1_task!r}", 'e.g. stage1_task = "context"')
         if (self.context or self.stage1_task == "context") and tc is None:
@@ -828,7 +829,7 @@ class Trainer:
             # deterministic and cheap: redone on resume, then the checkpoint's weights win (init_from: that run's win)
             if cfg.warm_start and cfg.stage == "2" and not cfg.init_from:
                 summary.append(self.warm_start())
-            if cfg.distill and cfg.stage == "2":
+            if cfg.distill:
                 summary.append(self.distill_from_frozen())
             self._add_lora()
             summary.append(self._stage(2, cfg.steps))
