@@ -268,7 +268,8 @@ def plot_losses(run: Path) -> Path | None:
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy")
         ax.grid(alpha=0.3)
-        ax.legend()
+        # with a gap axis both legends go beside the plot (losses below the gaps); inside they hid the curves
+        ax.legend(**({"loc": "lower left", "bbox_to_anchor": (1.1, 0.0), "fontsize": 8} if sh else {}))
     fig.suptitle(Path(run).name)
     fig.tight_layout()
     out = Path(run) / "loss.png"
