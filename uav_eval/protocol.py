@@ -223,8 +223,7 @@ def eval_store(explicit: str | None, rec: RunRecord) -> Store:
                   f"{store.meta['dataset_fingerprint'][:12]}), not the run's training dataset "
                   f"({first.dataset} {str(first.dataset_fingerprint)[:12]})", file=sys.stderr)
         return store
-    where = [p for p in (first.abspath, first.path) if p]
-    path = next((p for p in where if "://" in p or Path(p).exists()), where[0])
+    path = first.location() or first.abspath or first.path  # none at hand: Store() names the recorded one
     store = Store(path)
     if first.dataset_fingerprint not in (None, store.meta["dataset_fingerprint"]):
         raise UavError(f"store {path} now holds dataset {store.meta['dataset']['name']} "

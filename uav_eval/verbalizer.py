@@ -279,8 +279,7 @@ class Verbalizer:
     # ---- controls and scores
     def store(self) -> Store | None:
         """The run's own store where it recorded it (absolute path, or as typed), or None when it is not at hand."""
-        rec = self.rec.stores[0]
-        path = next((p for p in (rec.abspath, rec.path) if p and ("://" in p or Path(p).exists())), None)
+        path = self.rec.stores[0].location()
         try:
             return Store(path) if path else None
         except (UavError, OSError, ValueError):

@@ -11,7 +11,6 @@ on a 2-core CPU for the demo's adapters, against ~2.5 s for a decoder step), so 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -170,10 +169,10 @@ def distill(adapter: InputAdapter, teacher: InputAdapter, train: Pairs, val: Pai
 
 
 def teacher_stores(run_stores: list) -> list[Store]:
-    """The frozen run's stores, as its config.json records them (the path as given, else the absolute one)."""
+    """The frozen run's stores, where its config.json records them (StoreRecord.location)."""
     out = []
     for s in run_stores:
-        path = s.path if Path(s.path).exists() or "://" in s.path else s.abspath
+        path = s.location() or s.abspath or s.path
         try:
             out.append(Store(path))
         except UavError as e:

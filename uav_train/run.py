@@ -327,6 +327,11 @@ class StoreRecord:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def location(self) -> str | None:
+        """Where to open the store now: the absolute path recorded at training (the typed one may be relative to
+        another folder), else the path as typed; a URL as is. None when neither exists."""
+        return next((p for p in (self.abspath, self.path) if p and ("://" in p or Path(p).exists())), None)
+
     def donor_reading(self, registry_max_length: int) -> dict:
         """How the donor read the store's texts, as harvest.read_out takes it (dtype, max_length, donor_input)."""
         return {"dtype": self.dtype, "donor_input": self.donor_input or "raw",
