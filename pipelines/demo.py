@@ -135,8 +135,7 @@ def _current_results(cfg: EvalConfig) -> Results | None:
     folder = run
     if cfg.data is not None:
         ex = load_examples(cfg.data)
-        own = (run / CONFIG).exists() and ex.fingerprint in {s.dataset_fingerprint for s in
-                                                             RunRecord.load(run / CONFIG).stores}
+        own = (run / CONFIG).exists() and RunRecord.load(run / CONFIG).trained_on(ex.fingerprint)
         folder = location(run, dataset=ex.name, fingerprint=ex.fingerprint, split=cfg.split or "all", own=own)
     p, weights = folder / f"results{suffix(cfg.limit)}.json", run / "adapter.safetensors"
     if not p.exists() or not weights.exists() or p.stat().st_mtime < weights.stat().st_mtime:

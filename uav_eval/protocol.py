@@ -185,8 +185,7 @@ def trained_sources(rec: RunRecord, store: Store) -> set[str] | None:
     data when ``store`` holds that data, else none (a dataset the run never saw)."""
     if rec.train.get("sources"):
         return set(rec.train["sources"])
-    own = store.meta["dataset_fingerprint"] in {s.dataset_fingerprint for s in rec.stores}
-    return None if own else set()
+    return None if rec.trained_on(store.meta["dataset_fingerprint"]) else set()
 
 
 def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[str]], similarity: bool,
@@ -357,7 +356,7 @@ def evaluate(cfg: EvalConfig) -> Results:
     results = Results(
         run=str(lr.info.path), store=store.path, dataset=store.meta["dataset"]["name"],
         dataset_fingerprint=store.meta["dataset_fingerprint"],
-        own_dataset=store.meta["dataset_fingerprint"] in {s.dataset_fingerprint for s in rec.stores}, split=split, donor=rec.donor, decoder=rec.decoder,
+        own_dataset=rec.trained_on(store.meta["dataset_fingerprint"]), split=split, donor=rec.donor, decoder=rec.decoder,
         adapter=rec.adapter_kind, lora=rec.lora, trainable_params=rec.trainable_params,
         layers=rec.layers, readout=rec.readout,
         n_items=len(items), methods=methods, config=asdict(cfg), aggregates=agg,

@@ -384,6 +384,11 @@ class RunRecord:
     def save(self, path: str | Path) -> None:
         write_json_atomic(path, self.to_dict())
 
+    def trained_on(self, dataset_fingerprint: str | None) -> bool:
+        """Whether a store of this dataset is one the run was trained on (its own data: results go in the run folder,
+        and every source of it counts as seen)."""
+        return dataset_fingerprint is not None and dataset_fingerprint in {s.dataset_fingerprint for s in self.stores}
+
     @property
     def readout(self) -> str:
         """The stored read-out the adapter reads; runs from before read-outs read the last token."""
