@@ -194,3 +194,18 @@ def test_unknown_name_lists_recipes_and_suggests_jsonl():
     with pytest.raises(UavError, match=r"'no-such/dataset-xyz'.*demo, full") as err:
         load.load_examples("no-such/dataset-xyz")
     assert "JSONL" in err.value.fix
+
+
+def test_the_new_entity_sets_keep_choice_and_test_apart():
+    """Choices about new kinds of text are made on new_entities_val, the README's numbers come from new_entities:
+    each loads as a dataset, is all one split, asks about its own entity kinds, and the two share no text or kind."""
+    root = Path(__file__).resolve().parent.parent / "pipelines" / "evalsets"
+    sets = {split: load.load_examples(str(root / name)) for split, name in
+            (("test", "new_entities.jsonl"), ("val", "new_entities_val.jsonl"))}
+    kinds = {}
+    for split, ex in sets.items():
+        assert len(ex.examples) == 48 and {e["split"] for e in ex.examples} == {split}
+        assert all(e["qa"] and e["qa"][0]["answer"].lower() in e["text"].lower() for e in ex.examples)
+        kinds[split] = {e["source"] for e in ex.examples}
+    assert not kinds["test"] & kinds["val"]
+    assert not {e["text"] for e in sets["test"].examples} & {e["text"] for e in sets["val"].examples}
