@@ -473,6 +473,60 @@ def generation_ratio(model, tok, questions: list[str], max_new_tokens: int = 16,
             "same_answers": sum(a == b for a, b in zip(one, many))}
 
 
+# ---------------------------------------------------------------------------------------------- 6. merged LoRA
+
+def merged_lora_ratio(model, tok, questions: list[str], steps: int, batch: int = 8, max_new_tokens: int = 16,
+                      rounds: int = ROUNDS) -> dict:
+    """A frozen LoRA (r 8, all-linear, random so that merging changes the weights) folded into the decoder's bf16
+    weights ÷ the same LoRA through peft: the step time of adapter-only transfer (forward + backward into the
+    inputs, as the frozen run's adapter needs) and generation time, alternating. Also how many greedy answers
+    stay the same: merging rounds W + BA to bf16 once, where peft rounds x·A·B every step."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from uav_cache.models import block_linears
+    from uav_eval.generate import generate
+    from uav_train.prompt import PromptTemplate
+
+    torch.manual_seed(0)
+    base = copy.deepcopy(model).to(torch.bfloat16)
+    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=block_linears(base),
+                                                 init_lora_weights=False)).eval()
+    for p in peft_model.parameters():
+        p.requires_grad_(False)
+    merged = copy.deepcopy(peft_model).merge_and_unload().eval()
+    tpl = PromptTemplate(tok)
+    prompts = [tpl.prompt(q, 0) for q in questions]
+    stop = tpl.stop_ids()
+    enc = tok(questions[:batch], return_tensors="pt", padding=True)
+    emb = model.get_input_embeddings()(enc["input_ids"]).to(torch.bfloat16).detach()
+
+    def step(m):
+        x = emb.clone().requires_grad_(True)
+        m(inputs_embeds=x, attention_mask=enc["attention_mask"]).logits.float().logsumexp(-1).mean().backward()
+
+    def gen(m):
+        return [a for i in range(0, len(prompts), batch)
+                for a in generate(m, tok, prompts[i:i + batch], None, stop_ids=stop, max_new_tokens=max_new_tokens)]
+
+    step(peft_model), step(merged)  # warm-up
+    t_peft, t_merged = np.zeros(steps), np.zeros(steps)
+    for i in range(steps):
+        t_peft[i] = timed(lambda: step(peft_model))[0]
+        t_merged[i] = timed(lambda: step(merged))[0]
+    g_peft, g_merged = [], []
+    for _ in range(rounds):
+        tp, a_peft = timed(lambda: gen(peft_model))
+        tm, a_merged = timed(lambda: gen(merged))
+        g_peft.append(tp), g_merged.append(tm)
+    parts = np.array_split(np.arange(steps), min(rounds, steps))
+    return {"steps": steps, "step_s_peft": float(t_peft.mean()), "step_s_merged": float(t_merged.mean()),
+            **with_range("merged_step_ratio", [t_merged[p].sum() / t_peft[p].sum() for p in parts]),
+            **with_range("merged_generation_ratio", [m / p for p, m in zip(g_peft, g_merged)]),
+            "prompts": len(prompts), "same_answers": sum(a == b for a, b in zip(a_peft, a_merged))}
+
+
 # ---------------------------------------------------------------------------------------------- the run
 
 def _table(results: dict):
@@ -501,6 +555,11 @@ def _table(results: dict):
               f"({m['1x']['rows']} → {m['10x']['rows']} rows; above imports ×{m['above_import_ratio']:.2f})")
     t.add_row("batch-8 ÷ batch-1 generation tok/s", ranged(g, "generation_ratio"), "",
               f"{g['tok_s_batched']:.1f} vs {g['tok_s_batch1']:.1f} tok/s, {g['prompts']} prompts")
+    if mg := results.get("merged"):
+        t.add_row("merged ÷ peft LoRA: frozen step time", ranged(mg, "merged_step_ratio"), "",
+                  f"{mg['step_s_merged']:.2f} vs {mg['step_s_peft']:.2f} s (bf16; what adapter-only transfer trains)")
+        t.add_row("merged ÷ peft LoRA: generation time", ranged(mg, "merged_generation_ratio"), "",
+                  f"{mg['same_answers']} of {mg['prompts']} greedy answers the same (bf16)")
     f = Table(title=f"store formats ({results['formats'][0]['rows']}×{D_SYN} rows)")
     for c in ("format", "dtype", "size ÷ raw", "write MB/s", "read MB/s", "256-row batches/s"):
         f.add_column(c)
@@ -526,7 +585,12 @@ def _markdown(results: dict) -> str:
              f"| random 256-row batches/s, {DEFAULT_FORMAT} ÷ arrow (datasets), worse dtype | "
              f"{ranged(c, 'batches_vs_arrow')} | ≥ 1 |",
              f"| peak RSS, 10× ÷ 1× store | {ranged(m, 'memory_ratio_10x', 3)} | ≤ 1.10 |",
-             f"| batch-8 ÷ batch-1 generation tokens/s | {ranged(g, 'generation_ratio')} | |", "",
+             f"| batch-8 ÷ batch-1 generation tokens/s | {ranged(g, 'generation_ratio')} | |",
+             *([f"| merged ÷ peft LoRA, frozen step time (bf16; adapter-only transfer) | "
+                f"{ranged(results['merged'], 'merged_step_ratio')} | |",
+                f"| merged ÷ peft LoRA, generation time (bf16; {results['merged']['same_answers']} of "
+                f"{results['merged']['prompts']} greedy answers the same) | "
+                f"{ranged(results['merged'], 'merged_generation_ratio')} | |"] if "merged" in results else []), "",
              "## Store formats (same rows; MB/s of raw bytes; reads are page-cache hot)", "",
              "| format | dtype | size ÷ raw | write MB/s | read MB/s | 256-row batches/s |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['format']} | {r['dtype']} | {r['size_ratio']:.3f} | {r['write_mb_s']:.0f} | {r['read_mb_s']:.0f} | "
@@ -540,7 +604,7 @@ def _markdown(results: dict) -> str:
 
 
 def run_bench(out: Path, scale: float = 1.0, donor: str = "smollm2-135m") -> dict:
-    """Run the five measurements; print tables; write out/results.json and out/results.md."""
+    """Run the six measurements; print tables; write out/results.json and out/results.md."""
     from rich.console import Console
     from rich.progress import Progress
 
@@ -560,23 +624,25 @@ def run_bench(out: Path, scale: float = 1.0, donor: str = "smollm2-135m") -> dic
     console = Console()
     try:
         with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("loading the donor", total=5)
+            task = bar.add_task("loading the donor", total=6)
             model, tok = load(spec, dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device)
-            bar.update(task, description="1/5 harvest overhead")
+            bar.update(task, description="1/6 harvest overhead")
             results["harvest"] = harvest_overhead(model, tok, spec, sz(64, 16), work)
             store = Path(results["harvest"]["store"])
             real = Store(store).read_last(Store(store).layers[0], 0, Store(store).n_rows).float().numpy()
-            bar.update(task, advance=1, description="2/5 store formats")
+            bar.update(task, advance=1, description="2/6 store formats")
             results["formats"] = compare_formats(synthetic_rows(real, sz(20_000, 512)), work)
-            bar.update(task, advance=1, description="3/5 streaming vs RAM")
+            bar.update(task, advance=1, description="3/6 streaming vs RAM")
             results["streaming"] = streaming_ratio(store, donor, sz(12, ROUNDS), work)
             results["train_step"] = train_step_ratio(store, donor, sz(6, ROUNDS), work)
-            bar.update(task, advance=1, description="4/5 memory 1× vs 10×")
+            bar.update(task, advance=1, description="4/6 memory 1× vs 10×")
             examples = load_examples("demo").examples
             results["memory"] = memory_ratio(real, examples, sz(8192, 256), work)
-            bar.update(task, advance=1, description="5/5 generation batch 8 vs 1")
+            bar.update(task, advance=1, description="5/6 generation batch 8 vs 1")
             qs = [q["question"] for e in examples for q in e.get("qa", [])][: sz(16, 8)]
             results["generation"] = generation_ratio(model, tok, qs)
+            bar.update(task, advance=1, description="6/6 merged vs peft LoRA")
+            results["merged"] = merged_lora_ratio(model, tok, qs, sz(6, ROUNDS))
             bar.update(task, advance=1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -589,5 +655,5 @@ def run_bench(out: Path, scale: float = 1.0, donor: str = "smollm2-135m") -> dic
     return results
 
 
-__all__ = ["run_bench", "compare_formats", "harvest_overhead", "streaming_ratio", "train_step_ratio", "memory_ratio", "generation_ratio",
+__all__ = ["run_bench", "compare_formats", "harvest_overhead", "streaming_ratio", "train_step_ratio", "memory_ratio", "generation_ratio", "merged_lora_ratio",
            "synthetic_rows", "write_synthetic_store", "dir_bytes"]

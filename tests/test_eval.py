@@ -185,6 +185,23 @@ def test_evaluate_runs_every_method_on_the_test_split(run):
     assert "answer mentioned" in md and "selfie" in md
 
 
+def test_a_merged_lora_answers_as_peft_does_and_cannot_be_bypassed(run):
+    """Evaluations without a base-model control fold the LoRA into the weights (faster generation): the logits are
+    peft's, and bypassing a folded LoRA is refused rather than silently answering with it."""
+    peft_lr, merged_lr = load_run(run), load_run(run, merge=True)
+    assert peft_lr.has_lora and not peft_lr.merged and merged_lr.merged
+    assert not any("lora_" in n for n, _ in merged_lr.model.named_modules())
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    with torch.no_grad():
+        merged = merged_lr.model(input_ids=ids).logits
+        torch.testing.assert_close(merged, peft_lr.model(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
+        with MethodRunner(peft_lr).lora(False):
+            assert not torch.equal(peft_lr.model(input_ids=ids).logits, merged)  # the LoRA changed something
+    with pytest.raises(UavError, match="merged into the decoder"):
+        with MethodRunner(merged_lr).lora(False):
+            pass
+
+
 def test_a_limited_evaluation_never_replaces_the_full_one(run):
     """`uav eval RUN --limit 1` is a quick check: it goes to results-limit1.json / report-limit1.md."""
     quick = dict(run=str(run), methods=["uav"], similarity=False, n_boot=10, progress=False)

@@ -312,6 +312,25 @@ def test_adapter_only_transfer_with_frozen_decoder(tmp_path, run_a, stores, tiny
                       stage="2"))
 
 
+def test_a_frozen_lora_is_merged_and_gives_peft_s_loss(tmp_path, run_a, stores, tiny_llama_dir):
+    """Adapter-only transfer folds the frozen LoRA into the decoder's weights (a cheaper step): the loss it trains
+    on is the one through peft's LoRA layers."""
+    from peft import PeftModel
+
+    run_a_dir, _ = run_a
+    cfg = cfg_for(stores, tiny_llama_dir, tmp_path / "b", stores=[stores["b"]], frozen_decoder=str(run_a_dir),
+                  stage="2", steps=1)
+    merged, through_peft = Trainer(cfg), Trainer(cfg)
+    merged._add_lora()
+    assert not any("lora_" in n for n, _ in merged.model.named_modules())
+    through_peft.model = PeftModel.from_pretrained(through_peft.model, str(run_a_dir / "lora"), is_trainable=False)
+    batch = [it for _, it in zip(range(4), ItemStream([Store(stores["b"])], "train", seed=0))]
+    with torch.no_grad():
+        torch.testing.assert_close(merged.loss(batch, "qa"), through_peft.loss(batch, "qa"), atol=1e-5, rtol=1e-5)
+        with through_peft.model.disable_adapter():
+            assert abs(float(merged.loss(batch, "qa")) - float(through_peft.loss(batch, "qa"))) > 1e-6
+
+
 def test_init_from_continues_another_runs_adapter_and_lora(tmp_path, run_a, stores, tiny_llama_dir):
     """A curriculum: run B starts where run A ended (its best adapter and LoRA, both training on), so B's first
     validation is A's best one; a run B could not have continued is refused before anything is written."""

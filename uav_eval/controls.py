@@ -81,6 +81,9 @@ class MethodRunner:
         """The run's LoRA active or bypassed (peft's disable_adapter), for the base-model methods."""
         if on or not self.lr.has_lora:
             yield
+        elif self.lr.merged:
+            raise UavError("this run's LoRA was merged into the decoder, so it cannot be bypassed",
+                           "load the run with load_run(..., merge=False) for base_only or selfie")
         else:
             with self.lr.model.disable_adapter():
                 yield

@@ -16,5 +16,6 @@ METHODS = {
               "hidden state at the donor's layer is overwritten by the activation. Only when donor == decoder.",
 }
 CONTROLS = tuple(m for m in METHODS if m != "uav")
+BYPASS_LORA = ("base_only", "selfie")  # the methods that show the untuned decoder: the run's LoRA is bypassed
 # uav − shuffled is measured on this metric per task group; token F1 for every other group
 READING_METRIC = {"classification": "acc", "yesno": "acc"}

@@ -25,7 +25,7 @@ from uav_cache.models import weights_fingerprint
 from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods
-from uav_eval.methods import METHODS, READING_METRIC
+from uav_eval.methods import BYPASS_LORA, METHODS, READING_METRIC
 from uav_eval.results import Results
 from uav_eval.generate import generate
 from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
@@ -341,7 +341,8 @@ def evaluate(cfg: EvalConfig) -> Results:
     if spec.tokens and store.token_width == 0:
         raise UavError(f"the run reads token vectors, and store {store.path} holds pooled read-outs only",
                        "evaluate on a store harvested with --positions all or window:W (or use --data FILE)")
-    lr = load_run(cfg.run, device=str(pick_device(cfg.device)))
+    # the LoRA folded into the weights unless a control must bypass it
+    lr = load_run(cfg.run, device=str(pick_device(cfg.device)), merge=not set(cfg.methods) & set(BYPASS_LORA))
     methods = check_methods(cfg.methods, lr)
     items = eval_items(store, split, cfg.limit, spec)
     preds = run_methods(lr, items, methods, cfg)
