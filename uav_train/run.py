@@ -503,8 +503,8 @@ def load_run(run: str | Path, device: str = "cpu", merge: bool = False) -> Loade
     """Load the decoder named in the run (in the precision it trained in), its LoRA (if any) and its adapter.
 
     ``merge`` folds the LoRA into the decoder's weights (peft's merge_and_unload): generation then skips peft's
-    small per-layer matmuls (0.65× the time on a 2-core CPU, `make bench`), at the price of a LoRA that can no
-    longer be switched off for the base-model controls."""
+    small per-layer matmuls (0.82× the time on a 2-core CPU, `make bench`), at the price of a LoRA that can no
+    longer be switched off for the base-model controls, and of W + BA rounded once to the weights' dtype."""
     from uav_cache.models import load, resolve
     from uav_train.prompt import PromptTemplate
 

@@ -644,7 +644,7 @@ class Trainer:
         if self.cfg.frozen_decoder:
             self.model = PeftModel.from_pretrained(self.model, str(Path(self.cfg.frozen_decoder) / LORA), is_trainable=False)
             # frozen, so folded into the weights: only the adapter needs gradients, and a step skips peft's small
-            # per-layer matmuls (0.72× the time on a 2-core CPU; `make bench`). FSDP2 has sharded the weights already
+            # per-layer matmuls (0.75× the step time on a 2-core CPU, `make bench`). FSDP2 has sharded them already
             self.peft = self.fsdp
             if not self.fsdp:
                 self.model = self.model.merge_and_unload()
