@@ -14,7 +14,7 @@ from uav_cache.errors import UavError
 from uav_cache.models import hidden_size
 from uav_eval.generate import Patch
 from uav_train.adapters import AdapterInput, adapter_from_description
-from uav_eval.methods import CONTROLS, METHODS
+from uav_eval.methods import BYPASS_LORA, CONTROLS, METHODS
 from uav_train.run import LoadedRun
 
 
@@ -68,12 +68,13 @@ class MethodRunner:
         if method == "no_soft":
             return Setup([t.prompt(it.question, 0) for it in items], None, None, True)
         if method == "base_only":
-            return Setup([t.prompt(it.question, 0) for it in items], None, None, False)
+            return Setup([t.prompt(it.question, 0) for it in items], None, None, method not in BYPASS_LORA)
         if method == "input_text":
             return Setup([t.prompt(it.question, 0, context_text=it.text) for it in items], None, None, True)
         if method == "selfie":
             layer = lr.info.record.layers[0]
-            return Setup([t.prompt(it.question, 1) for it in items], None, Patch(layer, x.pooled[:, 0, :]), False)
+            return Setup([t.prompt(it.question, 1) for it in items], None, Patch(layer, x.pooled[:, 0, :]),
+                         method not in BYPASS_LORA)
         raise UavError(f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
 
     @contextmanager
