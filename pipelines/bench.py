@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from uav_cache.errors import UavError
-from uav_cache.device import pick_device
+from uav_cache.device import pick_device, resolve_precision
 from uav_cache.store import DEFAULT_CODEC, STORAGE_DTYPES, Store, StoreWriter, new_meta, to_bits
 
 D_SYN = 576  # SmolLM2-135M's width: the synthetic rows are shaped like its activations
@@ -477,10 +477,11 @@ def generation_ratio(model, tok, questions: list[str], max_new_tokens: int = 16,
 
 def merged_lora_ratio(model, tok, questions: list[str], steps: int, batch: int = 8, max_new_tokens: int = 16,
                       rounds: int = ROUNDS) -> dict:
-    """A frozen LoRA (r 8, all-linear, random so that merging changes the weights) folded into the decoder's bf16
+    """A frozen LoRA (r 8, all-linear, random so that merging changes the weights) folded into the decoder's
     weights ÷ the same LoRA through peft: the step time of adapter-only transfer (forward + backward into the
-    inputs, as the frozen run's adapter needs) and generation time, alternating. Also how many greedy answers
-    stay the same: merging rounds W + BA to bf16 once, where peft rounds x·A·B every step."""
+    inputs, as the frozen run's adapter needs) and generation time, alternating. Both in the precision a demo run
+    picks here (bf16 where the CPU has bf16 units, else fp32). Also how many greedy answers stay
+    the same: in bf16, merging rounds W + BA to bf16 once, where peft adds x·A·B in fp32 every step."""
     import copy
 
     from peft import LoraConfig, get_peft_model
@@ -490,7 +491,9 @@ def merged_lora_ratio(model, tok, questions: list[str], steps: int, batch: int =
     from uav_train.prompt import PromptTemplate
 
     torch.manual_seed(0)
-    base = copy.deepcopy(model).to(torch.bfloat16)
+    precision = resolve_precision("bf16", next(model.parameters()).device)  # the demo recipe's
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    base = copy.deepcopy(model).to(dtype)
     peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=block_linears(base),
                                                  init_lora_weights=False)).eval()
     for p in peft_model.parameters():
@@ -500,7 +503,7 @@ def merged_lora_ratio(model, tok, questions: list[str], steps: int, batch: int =
     prompts = [tpl.prompt(q, 0) for q in questions]
     stop = tpl.stop_ids()
     enc = tok(questions[:batch], return_tensors="pt", padding=True)
-    emb = model.get_input_embeddings()(enc["input_ids"]).to(torch.bfloat16).detach()
+    emb = model.get_input_embeddings()(enc["input_ids"]).to(dtype).detach()
 
     def step(m):
         x = emb.clone().requires_grad_(True)
@@ -521,7 +524,7 @@ def merged_lora_ratio(model, tok, questions: list[str], steps: int, batch: int =
         tm, a_merged = timed(lambda: gen(merged))
         g_peft.append(tp), g_merged.append(tm)
     parts = np.array_split(np.arange(steps), min(rounds, steps))
-    return {"steps": steps, "step_s_peft": float(t_peft.mean()), "step_s_merged": float(t_merged.mean()),
+    return {"precision": precision, "steps": steps, "step_s_peft": float(t_peft.mean()), "step_s_merged": float(t_merged.mean()),
             **with_range("merged_step_ratio", [t_merged[p].sum() / t_peft[p].sum() for p in parts]),
             **with_range("merged_generation_ratio", [m / p for p, m in zip(g_peft, g_merged)]),
             "prompts": len(prompts), "same_answers": sum(a == b for a, b in zip(a_peft, a_merged))}
@@ -557,9 +560,10 @@ def _table(results: dict):
               f"{g['tok_s_batched']:.1f} vs {g['tok_s_batch1']:.1f} tok/s, {g['prompts']} prompts")
     if mg := results.get("merged"):
         t.add_row("merged ÷ peft LoRA: frozen step time", ranged(mg, "merged_step_ratio"), "",
-                  f"{mg['step_s_merged']:.2f} vs {mg['step_s_peft']:.2f} s (bf16; what adapter-only transfer trains)")
+                  f"{mg['step_s_merged']:.2f} vs {mg['step_s_peft']:.2f} s ({mg.get('precision', 'bf16')}; what adapter-only "
+                  "transfer trains)")
         t.add_row("merged ÷ peft LoRA: generation time", ranged(mg, "merged_generation_ratio"), "",
-                  f"{mg['same_answers']} of {mg['prompts']} greedy answers the same (bf16)")
+                  f"{mg['same_answers']} of {mg['prompts']} greedy answers the same ({mg.get('precision', 'bf16')})")
     f = Table(title=f"store formats ({results['formats'][0]['rows']}×{D_SYN} rows)")
     for c in ("format", "dtype", "size ÷ raw", "write MB/s", "read MB/s", "256-row batches/s"):
         f.add_column(c)
@@ -586,9 +590,10 @@ def _markdown(results: dict) -> str:
              f"{ranged(c, 'batches_vs_arrow')} | ≥ 1 |",
              f"| peak RSS, 10× ÷ 1× store | {ranged(m, 'memory_ratio_10x', 3)} | ≤ 1.10 |",
              f"| batch-8 ÷ batch-1 generation tokens/s | {ranged(g, 'generation_ratio')} | |",
-             *([f"| merged ÷ peft LoRA, frozen step time (bf16; adapter-only transfer) | "
-                f"{ranged(results['merged'], 'merged_step_ratio')} | |",
-                f"| merged ÷ peft LoRA, generation time (bf16; {results['merged']['same_answers']} of "
+             *([f"| merged ÷ peft LoRA, frozen step time ({results['merged'].get('precision', 'bf16')}; adapter-only "
+                f"transfer) | {ranged(results['merged'], 'merged_step_ratio')} | |",
+                f"| merged ÷ peft LoRA, generation time ({results['merged'].get('precision', 'bf16')}; "
+                f"{results['merged']['same_answers']} of "
                 f"{results['merged']['prompts']} greedy answers the same) | "
                 f"{ranged(results['merged'], 'merged_generation_ratio')} | |"] if "merged" in results else []), "",
              "## Store formats (same rows; MB/s of raw bytes; reads are page-cache hot)", "",

@@ -146,7 +146,7 @@ def run_gpu_check(out: Path, form: str = "auto") -> list[Row]:
             metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
             last = [m for m in metrics if "val_loss" in m][-1]
             gap = last.get("reading_gap")
-            from uav_train.trainer import resolve_precision
+            from uav_cache.device import resolve_precision
 
             prec = resolve_precision(tcfg.precision, torch.device("cuda" if form == "cuda" else "cpu"))
             return (f"{steps} steps of batch {tcfg.batch_size} in {time.perf_counter() - t0:.0f} s, {prec}; val loss {last['val_loss']:.3f}" + (f", reading gap {gap:+.3f}" if gap is not None else ""))

@@ -11,16 +11,35 @@ import torch
 from test_trainer import cfg_for, data, metrics, stores  # noqa: F401  (module fixtures reused here)
 from uav_cache.errors import UavError
 from uav_train.stream import ItemStream
-from uav_train.trainer import TrainConfig, Trainer, resolve_precision, train
+from uav_cache.device import resolve_precision
+from uav_train.trainer import TrainConfig, Trainer, train
 
 
-def test_auto_is_bf16_on_cuda_and_fp32_elsewhere():
-    assert resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+@pytest.fixture
+def bf16_units(monkeypatch):
+    """Every device counts as having bf16 matrix units, so the bf16 path is tested on any CPU (tiny models)."""
+    from uav_cache import device as dev
+
+    monkeypatch.setattr(dev, "native_bf16", lambda d: True)
+    return monkeypatch
 
 
-def test_bf16_keeps_the_trained_weights_fp32_and_the_loss_close(tmp_path, stores, tiny_llama_dir):  # noqa: F811
+def test_bf16_only_where_the_device_multiplies_bf16_in_hardware(monkeypatch):
+    """auto: bf16 on a GPU with bf16 units, fp32 on a CPU. bf16: only where the device has bf16 units; on a CPU
+    without AVX-512/AMX a bf16 matmul runs ~100× slower than fp32 (native_bf16's docstring), so fp32 there."""
+    from uav_cache import device as dev
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_precision("bf16", cpu) == ("bf16" if dev.native_bf16(cpu) else "fp32")  # this machine
+    for units in (True, False):
+        monkeypatch.setattr(dev, "native_bf16", lambda d, units=units: units)
+        assert resolve_precision("auto", gpu) == ("bf16" if units else "fp32")
+        assert resolve_precision("auto", cpu) == "fp32"
+        assert resolve_precision("bf16", cpu) == resolve_precision("bf16", gpu) == ("bf16" if units else "fp32")
+        assert resolve_precision("fp32", gpu) == "fp32"
+
+
+def test_bf16_keeps_the_trained_weights_fp32_and_the_loss_close(tmp_path, stores, tiny_llama_dir, bf16_units):  # noqa: F811
     from uav_cache.store import Store
 
     batch = next(ItemStream([Store(stores["a"])], "train", seed=0).batches(4))
@@ -45,7 +64,7 @@ def test_bf16_keeps_the_trained_weights_fp32_and_the_loss_close(tmp_path, stores
     assert abs(losses["bf16"] - losses["fp32"]) < 0.02 * losses["fp32"], losses
 
 
-def test_a_bf16_run_trains_and_saves_fp32_weights(tmp_path, stores, tiny_llama_dir):  # noqa: F811
+def test_a_bf16_run_trains_and_saves_fp32_weights(tmp_path, stores, tiny_llama_dir, bf16_units):  # noqa: F811
     from safetensors.torch import load_file
 
     run = train(cfg_for(stores, tiny_llama_dir, tmp_path / "run", precision="bf16", device="cpu"))
@@ -53,11 +72,15 @@ def test_a_bf16_run_trains_and_saves_fp32_weights(tmp_path, stores, tiny_llama_d
     assert len(rows) == 7 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     for f in ("adapter.safetensors", "lora/adapter_model.safetensors"):
         assert all(v.dtype == torch.float32 for v in load_file(str(run / f)).values())
-    # evaluation loads the decoder as it trained (bf16), and answers
+    # evaluation loads the decoder as it trained (bf16) where bf16 has hardware, the same weights in fp32 elsewhere,
+    # and answers
+    from uav_cache import device as dev
     from uav_eval.protocol import EvalConfig, evaluate
     from uav_train.run import load_run
 
-    assert next(load_run(run).model.get_base_model().parameters()).dtype == torch.bfloat16
+    for units, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        bf16_units.setattr(dev, "native_bf16", lambda d, units=units: units)
+        assert next(load_run(run).model.get_base_model().parameters()).dtype == dtype
     res = evaluate(EvalConfig(run=str(run), methods=["uav", "shuffled"], limit=2, similarity=False, n_boot=10,
                               progress=False, probe=False))
     assert res.n_items > 0 and all(isinstance(r["score"], float) for r in res.items if r["method"] == "uav")

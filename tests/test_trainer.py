@@ -331,6 +331,22 @@ def test_a_frozen_lora_is_merged_and_gives_peft_s_loss(tmp_path, run_a, stores, 
             assert abs(float(merged.loss(batch, "qa")) - float(through_peft.loss(batch, "qa"))) > 1e-6
 
 
+def test_merge_lora_off_keeps_peft_s_frozen_layers_in_training_and_after(tmp_path, run_a, stores, tiny_llama_dir):
+    """merge_lora = false trains through peft's layers (the LoRA frozen, no gradient), and the run is then loaded
+    unmerged by evaluation and `uav explain` (load_run(merge=None) follows the run); a default run loads merged."""
+    run_a_dir, _ = run_a
+    cfg = cfg_for(stores, tiny_llama_dir, tmp_path / "b", stores=[stores["b"]], frozen_decoder=str(run_a_dir),
+                  stage="2", steps=1, merge_lora=False)
+    t = Trainer(cfg)
+    t._add_lora()
+    frozen = [p for n, p in t.model.named_parameters() if "lora_" in n]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    run = train(cfg)
+    assert json.loads((run / "config.json").read_text())["train"]["merge_lora"] is False
+    assert not load_run(run, merge=None).merged and load_run(run, merge=True).merged
+    assert load_run(run_a_dir, merge=None).merged  # the default: merged
+
+
 def test_init_from_continues_another_runs_adapter_and_lora(tmp_path, run_a, stores, tiny_llama_dir):
     """A curriculum: run B starts where run A ended (its best adapter and LoRA, both training on), so B's first
     validation is A's best one; a run B could not have continued is refused before anything is written."""

@@ -341,8 +341,8 @@ def evaluate(cfg: EvalConfig) -> Results:
     if spec.tokens and store.token_width == 0:
         raise UavError(f"the run reads token vectors, and store {store.path} holds pooled read-outs only",
                        "evaluate on a store harvested with --positions all or window:W (or use --data FILE)")
-    # the LoRA folded into the weights unless a control must bypass it
-    lr = load_run(cfg.run, device=str(pick_device(cfg.device)), merge=not set(cfg.methods) & set(BYPASS_LORA))
+    # the LoRA folded into the weights as the run says (merge_lora), unless a control must bypass it
+    lr = load_run(cfg.run, device=str(pick_device(cfg.device)), merge=False if set(cfg.methods) & set(BYPASS_LORA) else None)
     methods = check_methods(cfg.methods, lr)
     items = eval_items(store, split, cfg.limit, spec)
     preds = run_methods(lr, items, methods, cfg)

@@ -77,7 +77,7 @@ class Verbalizer:
     @classmethod
     def load(cls, run: str | Path, device: str = "auto", references: int = 8) -> "Verbalizer":
         """Load a finished run once; ``references`` texts of its store serve as the shuffled control."""
-        return cls(load_run(run, device=str(pick_device(device)), merge=True), references)  # nothing here bypasses it
+        return cls(load_run(run, device=str(pick_device(device)), merge=None), references)  # as the run says: nothing here bypasses it
 
     # ---- activations in
     @property

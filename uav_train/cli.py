@@ -97,6 +97,7 @@ def train_command(
     window: Annotated[Optional[str], typer.Option(help=_h("window", "MIN,MAX: "))] = None,
     forms: Annotated[Optional[str], typer.Option(help=_h("forms", "FORM=WEIGHT,…: "))] = None,
     warm_start: Annotated[Optional[bool], typer.Option("--warm-start/--no-warm-start", help=_h("warm_start"))] = None,
+    merge_lora: Annotated[Optional[bool], typer.Option("--merge-lora/--no-merge-lora", help=_h("merge_lora"))] = None,
     stage1_task: Annotated[Optional[str], typer.Option(help=_h("stage1_task"))] = None,
     precision: Annotated[Optional[str], typer.Option(help=_h("precision"))] = None,
     sharding: Annotated[Optional[str], typer.Option(help=_h("sharding"))] = None,
@@ -124,7 +125,7 @@ def train_command(
                 allow_incomplete=allow_incomplete or None, threads=threads,
                 precision=precision, sharding=sharding, token_layers=ints(token_layers, "--token-layers"),
                 token_adapter=token_adapter, lr_tokens=lr_tokens, context=context, yesno=yesno, window=ints(window, "--window"),
-                forms=_forms(forms), warm_start=warm_start, stage1_task=stage1_task)
+                forms=_forms(forms), warm_start=warm_start, stage1_task=stage1_task, merge_lora=merge_lora)
     cfg = TrainConfig.from_recipe(recipe, **over) if recipe else TrainConfig.from_dict({k: v for k, v in over.items() if v is not None})
     if donor and store:
         from uav_cache.store import Store

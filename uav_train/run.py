@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from uav_cache.device import resolve_precision
 from uav_cache.errors import UavError
 from uav_cache.files import share_mode, write_json_atomic
 from uav_train.adapters import InputAdapter, adapter_from_description
@@ -499,19 +500,21 @@ class LoadedRun:
     merged: bool = False  # the LoRA is folded into the decoder's weights: faster, and it can no longer be bypassed
 
 
-def load_run(run: str | Path, device: str = "cpu", merge: bool = False) -> LoadedRun:
+def load_run(run: str | Path, device: str = "cpu", merge: bool | None = False) -> LoadedRun:
     """Load the decoder named in the run (in the precision it trained in), its LoRA (if any) and its adapter.
 
     ``merge`` folds the LoRA into the decoder's weights (peft's merge_and_unload): generation then skips peft's
     small per-layer matmuls (0.82× the time on a 2-core CPU, `make bench`), at the price of a LoRA that can no
-    longer be switched off for the base-model controls, and of W + BA rounded once to the weights' dtype."""
+    longer be switched off for the base-model controls, and of W + BA rounded once to the weights' dtype.
+    ``None``: as the run's ``merge_lora`` setting (true unless it trained with it off)."""
     from uav_cache.models import load, resolve
     from uav_train.prompt import PromptTemplate
 
     info = RunInfo.open(run)
-    # the decoder in the precision the run trained in (bf16 runs: bf16 weights, as their frozen decoder was)
-    bf16 = info.record.train.get("precision") == "bf16" or (info.record.train.get("precision", "auto") == "auto"
-                                                             and str(device).startswith("cuda"))
+    merge = info.record.train.get("merge_lora", True) if merge is None else merge
+    # the decoder in the precision the run trains in on this device (bf16 runs: bf16 weights, as their frozen decoder
+    # was; on a device without bf16 units, the same weights in fp32: ~100× faster there)
+    bf16 = resolve_precision(info.record.train.get("precision", "auto"), torch.device(device)) == "bf16"
     model, tok = load(resolve(info.record.decoder), device=device, dtype=torch.bfloat16 if bf16 else torch.float32)
     has_lora = (info.path / LORA).exists()
     if has_lora:

@@ -30,7 +30,7 @@ from uav_cache import distributed
 from uav_cache.config import from_table, read_recipe, refuse_unknown
 from uav_cache.errors import UavError
 from uav_cache.files import share_mode, write_text_atomic
-from uav_cache.device import cpu_threads, pick_device
+from uav_cache.device import cpu_threads, pick_device, resolve_precision
 from uav_cache.models import block_linears, embedding_norm, hidden_size, load, resolve, weights_fingerprint
 from uav_cache.store import READOUTS, Store, check_compatible
 from uav_train import budget
@@ -107,6 +107,11 @@ class TrainConfig:
     # with frozen_decoder: this many decoder-free steps first fit the new adapter to the soft tokens RUN_A's adapter
     # emits for the same texts (uav_train.distill; both stores must hold the same dataset), then stage 2 as usual
     distill: int = 0
+    # fold a LoRA that no longer trains into the decoder's weights (peft's merge_and_unload): the frozen one of a
+    # transfer run, and any run's at evaluation and in `uav explain`. 0.75× the frozen step time and 0.82× the
+    # generation time (`make bench`); in a bf16 run, at the price of W + BA rounded once to bf16. False keeps peft's
+    # layers, whose LoRA path runs in fp32 beside the bf16 weights
+    merge_lora: bool = True
     # stored layers to read, module paths or block indices (default: every stored layer); see `uav store info`
     layers: list[str | int] | None = None
     # stored read-out that feeds the adapter (store.READOUTS): last (last token) or mean (mean over the tokens after
@@ -247,18 +252,10 @@ class TrainConfig:
             d.pop(k)
         # what every run did before the setting existed: their resumes (and a demo's finished runs) still match
         for k, before in (("precision", "auto"), ("length_groups", 1), ("init_from", None), ("yesno", 1.0),
-                          ("distill", 0)):
+                          ("distill", 0), ("merge_lora", True)):
             if d[k] == before:
                 d.pop(k)
         return d
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"bf16" or "fp32" for a run on ``device``: auto is bf16 on CUDA (tensor cores; half the decoder's memory) and
-    fp32 elsewhere (what uav did before the setting existed; bf16 on a CPU: see the README's measurement)."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -395,6 +392,9 @@ class Trainer:
                 raise UavError(f"--frozen-decoder run used decoder {self.frozen_run.train['decoder']} "
                                f"(other weights than {cfg.decoder})", "use the same --decoder as that run")
         self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.precision == "bf16" and self.precision == "fp32" and self.ranks.main:
+            print(f"note: precision bf16 asked, and {self.device} has no bf16 matrix units (a bf16 step would run ~100× "
+                  "slower than fp32): training in fp32", file=sys.stderr)
         self.fsdp = cfg.sharding == "fsdp" and self.ranks.world > 1
         # FSDP2 moves each block to this rank's GPU as it shards it, so the whole decoder never lands on one GPU
         self.model, self.tok = load(spec, device="cpu" if self.fsdp else str(self.device),
@@ -645,8 +645,8 @@ class Trainer:
             self.model = PeftModel.from_pretrained(self.model, str(Path(self.cfg.frozen_decoder) / LORA), is_trainable=False)
             # frozen, so folded into the weights: only the adapter needs gradients, and a step skips peft's small
             # per-layer matmuls (0.75× the step time on a 2-core CPU, `make bench`). FSDP2 has sharded them already
-            self.peft = self.fsdp
-            if not self.fsdp:
+            self.peft = self.fsdp or not self.cfg.merge_lora
+            if not self.peft:
                 self.model = self.model.merge_and_unload()
         elif self.init_run is not None and not self.cfg.no_lora and (Path(self.cfg.init_from) / LORA).exists():
             self.model = PeftModel.from_pretrained(self.model, str(Path(self.cfg.init_from) / LORA), is_trainable=True)
