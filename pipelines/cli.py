@@ -73,7 +73,7 @@ def plan_command(
     steps: Annotated[Optional[int], typer.Option(help="Training steps.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch (items a step).")] = None,
     max_answer_tokens: Annotated[Optional[int], typer.Option(help="Answer tokens an item.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 (auto: bf16 on a GPU).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 (auto: bf16 on a GPU; with --device cpu, bf16 only where this CPU has bf16 units).")] = None,
     sharding: Annotated[Optional[str], typer.Option(help="ddp | fsdp (with --nproc > 1).")] = None,
     nproc: Annotated[Optional[int], typer.Option(help="Training processes, one a GPU.")] = None,
     donor_gpus: Annotated[Optional[int], typer.Option(help="GPUs a --device-map harvest spreads the donor over.")] = None,

@@ -176,12 +176,18 @@ def _data_size(data: str, limit: int | None = None) -> tuple[int, float] | None:
 
 def estimate(p: PlanInput) -> dict:
     """Every figure of the plan (bytes, tokens) and the inputs it used."""
+    import torch
+
+    from uav_cache.device import resolve_precision
     from uav_train.adapters import adapter_config, build_adapter
 
     donor_spec, dec_spec = resolve(p.donor), resolve(p.decoder)
     donor, dec = arch_of(donor_spec), arch_of(dec_spec)
     gpu = p.device != "cpu"
-    precision = p.precision if p.precision != "auto" else ("bf16" if gpu else "fp32")
+    # a GPU box: bf16 units assumed (auto → bf16); this machine's CPU: what a run here would compute in (bf16 only
+    # where it has bf16 units: uav_cache.device.resolve_precision)
+    precision = (("bf16" if p.precision == "auto" else p.precision) if gpu
+                 else resolve_precision(p.precision, torch.device("cpu")))
     wbytes = 2 if precision == "bf16" else 4
     max_len = p.max_length or donor_spec.max_length
     known = p.texts and (p.chars_per_text or p.tokens_per_text)
