@@ -110,8 +110,7 @@ class TrainConfig:
     # fold a LoRA that no longer trains into the decoder's weights (peft's merge_and_unload): the frozen one of a
     # transfer run, and any run's at evaluation and in `uav explain`. 0.75× the frozen step time and 0.82× the
     # generation time in bf16, 0.92× and 0.80× in fp32 (`make bench`); in a bf16 run, at the price of W + BA rounded
-    # once to bf16. False keeps peft's
-    # layers, whose LoRA path runs in fp32 beside the bf16 weights
+    # once to bf16. False keeps peft's layers, whose LoRA path runs in fp32 beside the bf16 weights
     merge_lora: bool = True
     # stored layers to read, module paths or block indices (default: every stored layer); see `uav store info`
     layers: list[str | int] | None = None
