@@ -142,7 +142,9 @@ def _current_results(cfg: EvalConfig) -> Results | None:
         return None
     res = Results.load(p)
     same = {k: res.config.get(k) == getattr(cfg, k) for k in ("limit", "methods", "split", "store", "data")}
-    return res if all(same.values()) else None
+    # results without limit_counts predate stop 34 (limits counting questions, a shuffled control through a random
+    # adapter): evaluated again
+    return res if all(same.values()) and res.limit_counts == "texts" else None
 
 
 def run_demo(recipe: Path, console: Console | None = None, seeds: int | None = None) -> str:

@@ -49,7 +49,7 @@ class Form:
     name: str
     texts: int | None  # texts per donor harvest (None: the whole demo data)
     steps_factor: float  # × the recipe's steps
-    eval_limit: int | None  # items per source for the eval (None: no eval, explain one text instead)
+    eval_limit: int | None  # texts per source for the eval (None: no eval, explain one text instead)
     bench_scale: float | None  # the full bench at this scale (None: only the three ratios, small)
     overhead_texts: int
     ratio_steps: int

@@ -19,7 +19,7 @@ from pipelines.demo import load_recipe, run_demo
 from uav_eval.generate import generate
 from uav_eval.protocol import EvalConfig, eval_items, evaluate
 from uav_train.run import load_run
-from uav_train.stream import stack_x
+from uav_train.stream import derangement, stack_x
 from uav_train.trainer import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,6 +217,30 @@ def test_a_limited_evaluation_never_replaces_the_full_one(run):
             evaluate(EvalConfig(**{**quick, **bad}))
 
 
+def test_a_limit_counts_texts_and_scores_every_question_of_each(run, tiny_llama_dir, tmp_path):
+    """--limit N takes the first N texts of each source with all their questions. Counting questions instead scored
+    facts on 4 of 12 country texts at limit 20 (about six questions each; research log, run 41)."""
+    p = tmp_path / "multi.jsonl"
+    with p.open("w") as f:
+        for i in range(10):
+            noun, colour = NOUNS[i % 4], COLOURS[i % 3]
+            qa = [{"question": "Which thing?", "answer": noun}, {"question": "What colour?", "answer": colour},
+                  {"question": "Which number?", "answer": str(i)}] if i % 2 else \
+                [{"question": "What colour is it?", "answer": colour}]
+            f.write(json.dumps({"id": f"t{i}", "text": f"The {noun} is {colour}, number {i}.", "split": "test",
+                                "task": "fact" if i % 2 else "classification", "label": None if i % 2 else colour,
+                                "source": "facts" if i % 2 else "topic", "qa": qa}) + "\n")
+    harvest(HarvestConfig(donor=str(tiny_llama_dir), data=str(p), out=str(tmp_path / "store"), layers=[1],
+                          progress=False))
+    store, spec = Store(str(tmp_path / "store")), load_run(run).info.record.input_spec()
+    items = eval_items(store, "test", 2, spec)
+    assert [(it.source, it.text.split(",")[1]) for it in items] == \
+        [("topic", " number 0."), ("facts", " number 1."), ("facts", " number 1."), ("facts", " number 1."),
+         ("topic", " number 2."), ("facts", " number 3."), ("facts", " number 3."), ("facts", " number 3.")]
+    assert [it.answer for it in items if it.source == "facts"] == ["dog", "green", "1", "hat", "red", "3"]
+    assert len(eval_items(store, "test", None, spec)) == 5 * 3 + 5
+
+
 def test_batched_generation_matches_one_at_a_time(run):
     """Left padding, the splice and the selfie patch must not depend on who else is in the batch."""
     lr = load_run(run)
@@ -233,6 +257,23 @@ def test_batched_generation_matches_one_at_a_time(run):
 
     for method in ("uav", "no_soft", "input_text", "selfie"):
         assert answers(method, items) == [a for it in items for a in answers(method, [it])], method
+
+
+def test_shuffled_is_uav_shown_another_items_activation(run):
+    """The control the whole method rests on: the same trained adapter, LoRA and prompt, only the activation swapped.
+    (Until stop 34 it ran the random adapter on the swapped activation, a weaker control.)"""
+    from uav_eval.protocol import run_methods
+
+    lr = load_run(run)
+    items = eval_items(Store(lr.info.record.stores[0].path), "test", None, lr.info.record.input_spec())
+    other = derangement(items)
+    runner = MethodRunner(lr)
+    swapped = stack_x([items[o] for o in other])
+    shuffled, own = runner.setup("shuffled", items, swapped), runner.setup("uav", [items[o] for o in other], swapped)
+    torch.testing.assert_close(shuffled.soft, own.soft)  # the trained adapter's soft tokens of the other items
+    assert not torch.allclose(runner.setup("random_adapter", items, swapped).soft, own.soft)
+    preds = run_methods(lr, items, ["uav", "shuffled"], EvalConfig(run=str(run), progress=False))
+    assert preds["shuffled"] == [preds["uav"][o] for o in other]  # every question here is the same per source
 
 
 def test_own_task_names_get_the_default_answer_length(run, monkeypatch):
@@ -357,6 +398,10 @@ def test_demo_runs_the_recipe_and_a_second_run_is_a_no_op(tmp_path, tiny_llama_d
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
     assert run_demo(recipe, console=Console(file=io.StringIO())) == table
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == stamps  # nothing redone
+    older = runs / "mlp-lora" / "results-limit2.json"  # written before stop 34: no limit_counts, the old control
+    older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "limit_counts"}))
+    run_demo(recipe, console=Console(file=io.StringIO()))
+    assert json.loads(older.read_text())["limit_counts"] == "texts"  # evaluated again
 
 
 def test_shipped_recipes_load():

@@ -158,7 +158,7 @@ def test_the_runs_own_evaluation_writes_a_model_card_and_plain_peft_loads_its_lo
     assert card.startswith("---\nlibrary_name: peft\n")
     for part in ("| donor (the model it reads) |", "`model.layers.2`", "token vectors of `model.layers.1`",
                  "| adapter, pooled branch | `mlp` (", "| adapter, tokens branch | `pervector` (", "store dataset `things`",
-                 "uav − shuffled", "| input_text |", "at most 2 per source", "[report-limit2.md](report-limit2.md)",
+                 "uav − shuffled", "| input_text |", "every question of at most 2 texts per source", "[report-limit2.md](report-limit2.md)",
                  'Verbalizer.load("run")', 'v.ask({"model.layers.2": h2, "model.layers.1": h1}',
                  'PeftModel.from_pretrained(base, "run/lora")'):
         assert part in card, part

@@ -62,3 +62,16 @@ def test_the_shipped_reference_is_measured_and_a_placeholder_says_so():
     filled = {**ref, "seeds": [0, 1, 2], "runs": summarise({"self": [own["self"]] * 3}, [0, 1, 2])["runs"]}
     text = beside_reference(own, filled, "x.json")
     assert "| self | classification |" in text and "| yes |" in text  # this run's difference lies in the range
+
+
+def test_a_reference_whose_limit_counted_questions_is_flagged_beside_a_run_whose_limit_counts_texts():
+    """Spreads saved before --limit counted texts scored multi-question sources on other texts: say so."""
+    limited = lambda counts: Results(**{**vars(_seed([1.0] * 4, [0.0] * 4, 0.5, True)),  # noqa: E731
+                                        "config": {"limit": 20}, "limit_counts": counts})
+    new, old = limited("texts"), limited("questions")
+    assert summarise({"self": [new] * 3}, [0, 1, 2])["limit_counts"] == "texts"
+    ref = {"format": FORMAT, "version": 1, "seeds": [0, 1, 2], "runs": summarise({"self": [old] * 3}, [0, 1, 2])["runs"]}
+    assert "the reference's questions" in beside_reference({"self": new}, ref, "x.json")  # no key: saved before
+    assert "Note:" not in beside_reference({"self": new}, {**ref, "limit_counts": "texts"}, "x.json")
+    assert "Note:" not in beside_reference({"self": old}, ref, "x.json")
+    assert "Note: older control" in beside_reference({"self": old}, {**ref, "note": "older control"}, "x.json")

@@ -60,7 +60,8 @@ class MethodRunner:
         items' (the prompts stay the items' own)."""
         t, lr = self.lr.template, self.lr
         if method in ("uav", "shuffled", "random_adapter"):
-            adapter = lr.adapter if method == "uav" else self.random_adapter
+            # shuffled is exactly uav with another item's activation: the trained adapter, never the random one
+            adapter = self.random_adapter if method == "random_adapter" else lr.adapter
             with torch.no_grad():
                 soft, mask = adapter(x)
             return Setup([t.prompt(it.question, int(n)) for it, n in zip(items, mask.sum(1).tolist())], soft, None,

@@ -511,7 +511,8 @@ def model_card(results: Results) -> str:
         _md_table(["", "this run"], [[k, _cell(v, 400)] for k, v in facts]), "",
         "## Evaluation", "",
         f"The held-out `{results.split}` split of its own dataset, {results.n_items} items"
-        + (f" (at most {limit} per source)" if limit is not None else "")
+        + ("" if limit is None else f" (every question of at most {limit} texts per source)"
+           if results.limit_counts == "texts" else f" (at most {limit} questions per source)")
         + ". `shuffled`: the same question with another item's activation from the same source: the answer "
           "depends on the activation only where uav − shuffled is above 0 (`reads`). Ceilings: `input_text` (the "
           "decoder shown the text itself) and a linear probe on the same activations. Accuracy for "

@@ -40,6 +40,8 @@ class Results:
     n_items: int | None = None  # items per method
     methods: list[str] = field(default_factory=list)  # in the order they ran (uav first)
     config: dict = field(default_factory=dict)  # the EvalConfig, as a dict
+    # what config["limit"] counted: every question of N texts per source; older results counted N questions
+    limit_counts: str = "questions"
     aggregates: dict = field(default_factory=dict)  # {"by_task"|"by_source": {"METHOD/GROUP": {metric: stat}}}
     reading: dict = field(default_factory=dict)  # uav − shuffled per group (protocol.reading); {} without shuffled
     probe: dict = field(default_factory=dict)  # the linear-probe ceiling per classification source; {} without
@@ -54,7 +56,8 @@ class Results:
 
     @property
     def limit(self) -> int | None:
-        """At most this many items per source (None: every test item); it names the files (:func:`suffix`)."""
+        """At most this many texts per source (questions in older results, :attr:`limit_counts`; None: every test
+        item); it names the files (:func:`suffix`)."""
         return self.config.get("limit")
 
     @classmethod
@@ -104,7 +107,7 @@ def evaluations(run: str | Path) -> list[Path]:
 
 
 def suffix(limit: int | None) -> str:
-    """"" for a full evaluation, "-limitN" for one limited to N items per source: a quick `--limit 1` check is
+    """"" for a full evaluation, "-limitN" for one limited to N texts per source: a quick `--limit 1` check is
     written beside the full results.json/report.md (as results-limit1.json/report-limit1.md), never over them."""
     return "" if limit is None else f"-limit{limit}"
 

@@ -63,7 +63,9 @@ def verdict(per_seed_reads: list[bool], pooled_lo: float | None) -> str:
 def summarise(runs: dict[str, list[Results]], seeds: list[int], command: str = "") -> dict:
     """{format, seeds, command, runs: {run: {group: {metric, n, uav, shuffled, diff: stat, pooled, reads}}}} from
     each run's evaluations (one Results per seed, in ``seeds`` order)."""
-    out: dict = {"format": FORMAT, "version": 1, "seeds": list(seeds), "command": command, "runs": {}}
+    counts = {r.limit_counts for rs in runs.values() for r in rs if r.limit is not None}
+    out: dict = {"format": FORMAT, "version": 1, "seeds": list(seeds), "command": command,
+                 **({"limit_counts": counts.pop()} if len(counts) == 1 else {}), "runs": {}}
     for name, results in runs.items():
         groups = sorted({g for r in results for g in r.reading.get("by_task", {})},
                         key=lambda g: (TASKS.index(g) if g in TASKS else len(TASKS), g))
@@ -115,6 +117,17 @@ def load_reference(path: Path) -> dict | None:
     return doc if doc.get("format") == FORMAT else None
 
 
+def _limit_note(own: dict[str, Results], ref: dict) -> list[str]:
+    """A warning when this run's limit and the reference's counted different things (texts vs questions per
+    source): a source with several questions per text is then scored on other texts, and its rows compare badly."""
+    mine = {r.limit_counts for r in own.values() if r.limit is not None}
+    theirs = ref.get("limit_counts", "questions")  # spreads saved before limits counted texts
+    if not mine or mine == {theirs}:
+        return []
+    return ["", f"Note: this run's limit counts {'/'.join(sorted(mine))} per source, the reference's {theirs}: "
+            "sources with several questions per text (facts, yes/no) were scored on different texts."]
+
+
 def beside_reference(own: dict[str, Results], ref: dict | None, where: str) -> str:
     """This (one-seed) demo's uav − shuffled per run and task group next to the reference spread over seeds."""
     if ref is None:
@@ -122,6 +135,7 @@ def beside_reference(own: dict[str, Results], ref: dict | None, where: str) -> s
     if not ref.get("runs"):
         return f"reference spread ({where}): {ref.get('note') or 'not measured yet'}"
     lines = [f"This run beside the reference spread over {len(ref['seeds'])} seeds ({where}; {ref.get('command', '')}):",
+             *_limit_note(own, ref), *(["", f"Note: {ref['note']}"] if ref.get("note") else []),
              "", "| run | task group | uav (this run) | uav − shuffled (this run) | reference uav | "
              "reference uav − shuffled | inside the reference range |", "|---|---|---|---|---|---|---|"]
     for name, res in own.items():
