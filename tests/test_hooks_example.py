@@ -56,3 +56,25 @@ def test_the_zeroshot_yesno_example_scores_every_yes_no_question_by_group(tmp_pa
     n = {ln.split("  ")[0].strip(): int(ln.split(" n ")[1].split()[0]) for ln in out.stdout.splitlines()}
     assert n == {"held-out dataset": 6, "seen dataset": 4, "held": 6, "seen": 4}  # 3 + 2 val texts, 2 yes/no each
     assert "AUC" in next(ln for ln in out.stdout.splitlines() if ln.startswith("held-out dataset"))
+
+
+def test_the_unseen_headlines_example_holds_no_text_of_the_demo_data(tmp_path):
+    """examples/unseen_headlines.py: headline articles none of the demo's splits holds, the same ones for a seed,
+    loadable as `uav eval --data`."""
+    import json
+
+    from uav_cache.examples import corpora, load_examples
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from unseen_headlines import unseen
+
+    demo = corpora.build("demo").examples
+    out = unseen(30, seed=1)
+    assert len(out) == 30 and out == unseen(30, seed=1) and out != unseen(30, seed=2)
+    assert not {e["id"] for e in out} & {e["id"] for e in demo}
+    assert not {e["text"] for e in out} & {e["text"] for e in demo}
+    assert {(e["source"], e["split"], e["qa"][0]["question"]) for e in out} == \
+        {("bbc_headline", "test", "Write a headline for this text.")}
+    path = tmp_path / "headlines.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in out))
+    assert [e["id"] for e in load_examples(str(path)).examples] == [e["id"] for e in out]
