@@ -276,6 +276,37 @@ def test_shuffled_is_uav_shown_another_items_activation(run):
     assert preds["shuffled"] == [preds["uav"][o] for o in other]  # every question here is the same per source
 
 
+def test_question_only_methods_answer_each_distinct_question_once(run, monkeypatch):
+    """no_soft and base_only see the question alone: one generation per distinct question, the same answers as asking
+    every item (the demo's 190 test items ask 13 questions)."""
+    from uav_eval import protocol
+
+    lr = load_run(run, merge=False)  # base_only bypasses the LoRA
+    items = eval_items(Store(lr.info.record.stores[0].path), "test", None, lr.info.record.input_spec())
+    items[0].question = "Which word is it, really?"  # one item asks its own question
+    cfg = EvalConfig(run=str(run), progress=False)
+    full = {}
+    for m in protocol.QUESTION_ONLY:  # every item asked, one batch each
+        runner = MethodRunner(lr)
+        for i, it in enumerate(items):
+            s = runner.setup(m, [it], stack_x([it]))
+            with runner.lora(s.lora):
+                full[m, i] = generate(lr.model, lr.tok, s.prompts, None, stop_ids=lr.template.stop_ids(),
+                                      max_new_tokens=cfg.max_new_tokens.get(it.task, protocol.DEFAULT_TASK_TOKENS))[0]
+    asked, real = [], protocol.generate
+
+    def spy(model, tok, prompts, soft, **kw):
+        asked.extend(tuple(p) for p, _ in prompts)
+        return real(model, tok, prompts, soft, **kw)
+
+    monkeypatch.setattr(protocol, "generate", spy)
+    preds = protocol.run_methods(lr, items, list(protocol.QUESTION_ONLY), cfg)
+    distinct = {(it.task, it.question) for it in items}
+    assert len(distinct) < len(items) and len(asked) == len(distinct) * len(protocol.QUESTION_ONLY)
+    for m in protocol.QUESTION_ONLY:
+        assert preds[m] == [full[m, i] for i in range(len(items))], m
+
+
 def test_own_task_names_get_the_default_answer_length(run, monkeypatch):
     """A task outside the built-in groups is generated with DEFAULT_TASK_TOKENS and scored as its own group."""
     from uav_eval import protocol

@@ -25,7 +25,7 @@ from uav_cache.models import weights_fingerprint
 from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods
-from uav_eval.methods import BYPASS_LORA, METHODS, READING_METRIC
+from uav_eval.methods import BYPASS_LORA, METHODS, QUESTION_ONLY, READING_METRIC
 from uav_eval.results import Results
 from uav_eval.generate import generate
 from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
@@ -111,11 +111,18 @@ def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalC
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, it in enumerate(items):
         by_task[it.task].append(i)
-    n_batches = sum((len(ix) + cfg.batch_size - 1) // cfg.batch_size for ix in by_task.values()) * len(methods)
+    # a question-only method answers each distinct question once (first item asking it), copied to the others
+    asks: dict[str, dict[str, int]] = defaultdict(dict)
+    for task, idx in by_task.items():
+        for i in idx:
+            asks[task].setdefault(items[i].question, i)
+    first = {task: list(qs.values()) for task, qs in asks.items()}
+    todo = {m: first if m in QUESTION_ONLY else by_task for m in methods}
+    n_batches = sum((len(ix) + cfg.batch_size - 1) // cfg.batch_size for m in methods for ix in todo[m].values())
     device = next(lr.model.parameters()).device
     with tqdm(total=n_batches, desc=f"eval {Path(lr.info.path).name}", unit="batch", disable=not cfg.progress) as bar:
         for m in methods:
-            for task, idx in by_task.items():
+            for task, idx in todo[m].items():
                 for b in range(0, len(idx), cfg.batch_size):
                     ix = idx[b:b + cfg.batch_size]
                     batch = [items[i] for i in ix]
@@ -129,6 +136,9 @@ def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalC
                         preds[m][i] = p
                     bar.set_postfix(method=m, task=task)
                     bar.update(1)
+            if m in QUESTION_ONLY:
+                answer = {(items[i].task, items[i].question): preds[m][i] for ix in first.values() for i in ix}
+                preds[m] = [answer[it.task, it.question] for it in items]
     return preds
 
 
