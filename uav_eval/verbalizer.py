@@ -338,9 +338,9 @@ class Verbalizer:
 
 
 @torch.no_grad()
-def logprobs(lr: LoadedRun, acts: list[Acts], questions: list[str], answers: list[str]) -> list[float]:
-    """Mean log-probability per answer token of each answer (its end of turn included), teacher-forced, given each
-    item's activation: what the Verbalizer's and the evaluation's scores compare."""
+def logprobs(lr: LoadedRun, acts: list[Acts], questions: list[str], answers: list[str] | list[list[int]]) -> list[float]:
+    """Mean log-probability per answer token of each answer (its end of turn included; or token ids as generated),
+    teacher-forced, given each item's activation: what the Verbalizer's and the evaluation's scores compare."""
     sums, counts = answer_losses(lr.model, lr.template, lr.adapter, stack_acts(acts), questions, answers,
                                  device=next(lr.model.parameters()).device)
     return [float(-s / max(int(c), 1)) for s, c in zip(sums.double().cpu(), counts.cpu())]

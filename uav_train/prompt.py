@@ -98,9 +98,11 @@ class PromptTemplate:
     def answer_ids(self, answer: str, max_tokens: int | None = None) -> list[int]:
         return self.answer_tokens(answer, max_tokens) + self._ids(self.end_text)
 
-    def encode(self, question: str, answer: str, k: int, max_answer_tokens: int | None = None) -> Encoded:
+    def encode(self, question: str, answer: str | list[int], k: int, max_answer_tokens: int | None = None) -> Encoded:
+        """The prompt and its answer, labelled on the answer only. ``answer`` as text (its end of turn appended) or
+        as token ids, taken as they are (an answer exactly as the decoder generated it)."""
         ids, pos = self.prompt(question, k)
-        ans = self.answer_ids(answer, max_answer_tokens)
+        ans = list(answer) if isinstance(answer, list) else self.answer_ids(answer, max_answer_tokens)
         return Encoded(ids + ans, [IGNORE] * len(ids) + ans, pos)
 
     def stop_ids(self) -> list[int]:
