@@ -113,8 +113,8 @@ def _generate(model, tok, prompts, soft, *, stop_ids, max_new_tokens, patch, sof
                              output_logits=scored, return_dict_in_generate=True)
     seqs = out.sequences  # the new tokens only: generation started from embeddings
     if scored:  # (batch, steps): each written token's log-probability, from the raw logits of the step that wrote it
-        lp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.logits], 1)
-        lp = lp.gather(2, seqs[:, :lp.shape[1], None].to(lp.device))[..., 0].cpu()
+        lp = torch.stack([torch.log_softmax(s.float(), -1).gather(1, seqs[:, j, None].to(s.device))[:, 0]
+                          for j, s in enumerate(out.logits)], 1).cpu()
     texts, ids, logprob = [], [], []
     for r, row in enumerate(seqs.tolist()):
         cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
