@@ -27,7 +27,7 @@ from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods
 from uav_eval.methods import BYPASS_LORA, METHODS, QUESTION_ONLY, READING_METRIC
 from uav_eval.results import Results
-from uav_eval.generate import Scored, generate, generate_scored
+from uav_eval.generate import generate, generate_scored
 from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
 from uav_train.stream import InputSpec, Item, _kind, derangement, read_rows, stack_x, task_of
 
@@ -133,8 +133,8 @@ def run_methods(lr: LoadedRun, items: list[Item], methods: list[str], cfg: EvalC
                     n_new = cfg.max_new_tokens.get(task, DEFAULT_TASK_TOKENS)
                     with runner.lora(s.lora):
                         if m == "uav" and scored is not None:
-                            g: Scored = generate_scored(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop,
-                                                        max_new_tokens=n_new, soft_mask=s.soft_mask)
+                            g = generate_scored(lr.model, lr.tok, s.prompts, s.soft, stop_ids=stop,
+                                                max_new_tokens=n_new, soft_mask=s.soft_mask)
                             out = g.texts
                             scored.update(zip(ix, zip(g.ids, g.logprob)))
                         else:
