@@ -16,9 +16,9 @@ METHODS = {
               "hidden state at the donor's layer is overwritten by the activation. Only when donor == decoder.",
 }
 CONTROLS = tuple(m for m in METHODS if m != "uav")
-BYPASS_LORA = ("base_only", "selfie")
+BYPASS_LORA = ("base_only", "selfie")  # the methods that show the untuned decoder: the run's LoRA is bypassed
 # the methods that show the question alone: their greedy answer is the same for every item that asks the same question,
 # so the evaluation generates it once per distinct question (the demo's 190 test items ask 13)
-QUESTION_ONLY = ("no_soft", "base_only")  # the methods that show the untuned decoder: the run's LoRA is bypassed
+QUESTION_ONLY = ("no_soft", "base_only")
 # uav − shuffled is measured on this metric per task group; token F1 for every other group
 READING_METRIC = {"classification": "acc", "yesno": "acc"}

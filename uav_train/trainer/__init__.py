@@ -290,12 +290,12 @@ def answer_loss(model, embeds: torch.Tensor, attention_mask: torch.Tensor, label
 
 
 def answer_losses(model, template: PromptTemplate, adapter: InputAdapter, x: AdapterInput, questions: list[str],
-                  answers: list[str] | list[list[int]], *, max_answer_tokens: int | None = None, device: torch.device | str = "cpu",
-                  precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                  answers: list[str] | list[list[int]], *, max_answer_tokens: int | None = None,
+                  device: torch.device | str = "cpu", precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """The one forward of a verbalizer on (activation, question) → answer, teacher-forced: the adapter's soft tokens
     go where each item's prompt puts them (as many as the item has), and the loss is read on the answer tokens only
-    (answers as text, or as token ids: PromptTemplate.encode). Returns per item (summed cross-entropy of its answer tokens, their count). Training, validation and the
-    Verbalizer's scores (log-probability of an answer) all call this. ``precision`` as TrainConfig's: bf16 runs under
+    (answers as text, or as token ids: PromptTemplate.encode). Returns per item (summed cross-entropy of its answer
+    tokens, their count). Training, validation and the Verbalizer's scores (log-probability of an answer) all call this. ``precision`` as TrainConfig's: bf16 runs under
     autocast (auto: on CUDA)."""
     device = torch.device(device)
     bf16 = resolve_precision(precision, device) == "bf16"
