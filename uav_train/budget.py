@@ -21,7 +21,7 @@ from uav_cache.store import Store
 from uav_train.stream import item_pairs
 
 if TYPE_CHECKING:
-    from uav_train.trainer import TrainConfig
+    from uav_train.trainer.config import TrainConfig
 
 TEMPLATE_TOKENS = 48  # chat template and question tokens per item, a generous round figure (the demo's: ~25-40)
 DEFAULT_VOCAB = 65_536  # when the decoder's config does not say

@@ -11,22 +11,13 @@ from uav_cache.cli import on_interrupt
 from uav_cache.config import field_defaults, field_help
 from uav_cache.errors import UavError
 
-H = field_help("uav_train.trainer", "TrainConfig")  # `uav train` options: help from the fields' comments
-D = field_defaults("uav_train.trainer", "TrainConfig")  # … and the default each takes when neither flag nor recipe sets it
+H = field_help("uav_train.trainer.config", "TrainConfig")  # `uav train` options: help from the fields' comments
+D = field_defaults("uav_train.trainer.config", "TrainConfig")  # … and the default each takes when neither flag nor recipe sets it
 
 
 def _h(name: str, prefix: str = "") -> str:
     """An option's help: its field's comment and the default it falls back to."""
     return f"{prefix}{H.get(name, name)} (default: {D[name]})" if name in D else prefix + H.get(name, name)
-
-
-def how_to_set(name: str) -> str:
-    """Where a user sets a training field: its `uav train` flag when it has one, and always the recipe key (fix lines
-    name only flags that exist)."""
-    import inspect
-
-    flag = f"--{name.replace('_', '-')} or " if name in inspect.signature(train_command).parameters else ""
-    return f"{flag}{name} = … in the recipe's [train] table"
 
 
 def store_paths(values: list[str] | None) -> list[str] | None:

@@ -40,6 +40,14 @@ FORMS = {
     "window": "a window of consecutive stored tokens, its length drawn from the window range",
     "token": "one stored token's vectors",
 }
+
+
+def default_form(pooled: bool, tokens: bool) -> str:
+    """The form a run shows its QA items when its settings name none, and every evaluation item: everything it reads
+    about the whole text (the read-out and every stored token, or the one of them it reads)."""
+    return "full" if pooled and tokens else ("tokens" if tokens else "pooled")
+
+
 CONTEXT = {  # self-supervised questions: which text a window of token vectors is asked for
     "own": ("What do these tokens say?", "Repeat the text these activations encode.", "Which words are these?"),
     "before": ("What text comes right before this?", "What was written just before these words?",
@@ -72,7 +80,7 @@ class InputSpec:
 
     def eval_form(self) -> str:
         """The form every evaluation item is shown: everything the run reads about the whole text."""
-        return "full" if self.pooled and self.tokens else ("tokens" if self.tokens else "pooled")
+        return default_form(self.pooled, self.tokens)
 
 
 @dataclass
