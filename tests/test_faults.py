@@ -33,7 +33,7 @@ from helpers import assert_same_run, run_uav
 import torch
 
 from test_harvest import _write_jsonl, assert_same_store
-from uav_cache import store as st
+from uav_cache.store import reader as st
 from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_cache.store import Store, StoreWriter
@@ -74,7 +74,7 @@ def _bits(path: Path, layer: str = "model.layers.1") -> np.ndarray:
 _SERVER = textwrap.dedent("""
     import json, os, sys, time, traceback
     import torch, transformers, peft  # noqa: F401  (imported once, inherited by every fork)
-    from uav_cache import store
+    from uav_cache.store import reader as store
     from uav_cache.harvest import HarvestConfig, harvest
     from uav_train.trainer import TrainConfig, train
 

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 
 from conftest import SENTENCES
 from uav_cache import harvest as hv
-from uav_cache import store as st
+from uav_cache.store import reader as st
 from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_cache.store import Store, StoreWriter
@@ -279,7 +279,7 @@ def test_two_ranks_fill_one_store(ref_store, tiny_llama_dir, data, tmp_path):
 
 _CHILD = textwrap.dedent("""
     import sys, time
-    from uav_cache import store
+    from uav_cache.store import reader as store
     real = store.write_json_atomic
     def commit(path, obj):  # shard 0 commits; shard 1 waits, its arrays written, until the test kills the process
         if path.name == "s00001.json":

@@ -14,7 +14,7 @@ import pytest
 import torch
 import zarr
 
-from uav_cache import store as st
+from uav_cache.store import reader as st
 from uav_cache.errors import UavError
 from uav_cache.store import FORMAT, FORMAT_VERSION, Store, StoreWriter, check_compatible, from_bits, to_bits
 
