@@ -33,7 +33,7 @@ from helpers import assert_same_run, run_uav
 import torch
 
 from test_harvest import _write_jsonl, assert_same_store
-from uav_cache.store import reader as st
+from uav_cache.store import writer
 from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_cache.store import Store, StoreWriter
@@ -74,7 +74,7 @@ def _bits(path: Path, layer: str = "model.layers.1") -> np.ndarray:
 _SERVER = textwrap.dedent("""
     import json, os, sys, time, traceback
     import torch, transformers, peft  # noqa: F401  (imported once, inherited by every fork)
-    from uav_cache.store import reader as store
+    from uav_cache.store import writer as store
     from uav_cache.harvest import HarvestConfig, harvest
     from uav_train.trainer import TrainConfig, train
 
@@ -192,7 +192,7 @@ def test_inprocess_kill_then_rerun_equals_uninterrupted(seed, ref_store, tiny_ll
     n_shards = Store(ref_store).meta["n_shards"]
     kill_shard, mode = rng.randrange(n_shards), KILL_MODES[seed % len(KILL_MODES)]
     out = tmp_path / "store"
-    real_write, real_commit = StoreWriter.write_shard, st.write_json_atomic
+    real_write, real_commit = StoreWriter.write_shard, writer.write_json_atomic
 
     def dying_write(self, s, *args):
         if s == kill_shard and mode in ("before_arrays", "torn_arrays"):
@@ -210,13 +210,13 @@ def test_inprocess_kill_then_rerun_equals_uninterrupted(seed, ref_store, tiny_ll
         return real_commit(path, obj)
 
     monkeypatch.setattr(StoreWriter, "write_shard", dying_write)
-    monkeypatch.setattr(st, "write_json_atomic", dying_commit)
+    monkeypatch.setattr(writer, "write_json_atomic", dying_commit)
     with pytest.raises(RuntimeError, match="simulated kill"):
         harvest(_hcfg(tiny_llama_dir, data, out))
     partial = Store(out)
     assert partial.committed() == list(range(kill_shard)) and not partial.meta["complete"]
     monkeypatch.setattr(StoreWriter, "write_shard", real_write)
-    monkeypatch.setattr(st, "write_json_atomic", real_commit)
+    monkeypatch.setattr(writer, "write_json_atomic", real_commit)
     harvest(_hcfg(tiny_llama_dir, data, out))
     assert Store(out).verify() == []
     assert_same_store(out, ref_store)

@@ -23,7 +23,9 @@ from transformers import AutoTokenizer
 
 from conftest import SENTENCES
 from uav_cache import harvest as hv
-from uav_cache.store import reader as st
+from uav_cache import store as st
+from uav_cache.store import writer
+from uav_cache.store.format import read_commit
 from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_cache.store import Store, StoreWriter
@@ -83,7 +85,7 @@ def assert_same_store(a: Path, b: Path) -> None:
     sa, sb = Store(a), Store(b)
     assert sa.committed() == sb.committed() == list(range(sa.meta["n_shards"]))
     for s in sa.committed():
-        ca, cb = st._read_commit(a, s), st._read_commit(b, s)
+        ca, cb = read_commit(a, s), read_commit(b, s)
         assert (ca["rows"], ca["sha256"], ca["stats"]) == (cb["rows"], cb["sha256"], cb["stats"])
     drop = ("created",)
     assert {k: v for k, v in sa.meta.items() if k not in drop} == {k: v for k, v in sb.meta.items() if k not in drop}
@@ -279,7 +281,7 @@ def test_two_ranks_fill_one_store(ref_store, tiny_llama_dir, data, tmp_path):
 
 _CHILD = textwrap.dedent("""
     import sys, time
-    from uav_cache.store import reader as store
+    from uav_cache.store import writer as store
     real = store.write_json_atomic
     def commit(path, obj):  # shard 0 commits; shard 1 waits, its arrays written, until the test kills the process
         if path.name == "s00001.json":
@@ -461,7 +463,7 @@ def test_fp16_overflow_is_refused_with_nothing_committed(tiny_llama_dir, data, t
 
 def test_disk_full_mid_harvest_keeps_committed_shards(ref_store, tiny_llama_dir, data, tmp_path, monkeypatch):
     out = tmp_path / "store"
-    real = st.write_json_atomic
+    real = writer.write_json_atomic
     calls = {"n": 0}
 
     def full_disk(path, obj):
@@ -470,7 +472,7 @@ def test_disk_full_mid_harvest_keeps_committed_shards(ref_store, tiny_llama_dir,
             if calls["n"] == 3:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(path, obj)
-    monkeypatch.setattr(st, "write_json_atomic", full_disk)
+    monkeypatch.setattr(writer, "write_json_atomic", full_disk)
     with pytest.raises(UavError) as e:
         harvest(_cfg(tiny_llama_dir, data, out))
     assert "No space left" in e.value.problem and "shard 2" in e.value.problem
@@ -479,7 +481,7 @@ def test_disk_full_mid_harvest_keeps_committed_shards(ref_store, tiny_llama_dir,
     problems = s.verify()
     assert problems and all("not committed" in p for p in problems)
     assert not any(p.startswith(("shard 0", "shard 1 ")) for p in problems)
-    monkeypatch.setattr(st, "write_json_atomic", real)
+    monkeypatch.setattr(writer, "write_json_atomic", real)
     harvest(_cfg(tiny_llama_dir, data, out))
     assert_same_store(out, ref_store)
 

@@ -14,7 +14,9 @@ import pytest
 import torch
 import zarr
 
-from uav_cache.store import reader as st
+from uav_cache import store as st
+from uav_cache.store import format as layout, writer
+from uav_cache.store.raw import RawArray
 from uav_cache.errors import UavError
 from uav_cache.store import FORMAT, FORMAT_VERSION, Store, StoreWriter, check_compatible, from_bits, to_bits
 
@@ -244,7 +246,7 @@ def test_readers_see_only_committed_shards(tmp_path, monkeypatch):
     # shard 1's arrays are written, but the commit rename never happens (killed just before it)
     def no_commit(p, obj):
         raise OSError(errno.EIO, "simulated crash before commit")
-    monkeypatch.setattr(st, "write_json_atomic", no_commit)
+    monkeypatch.setattr(writer, "write_json_atomic", no_commit)
     a, b = w.shard_range(1)
     with pytest.raises(UavError, match="shard 1"):
         w.write_shard(1, {layer: to_bits(full[layer][a:b], "fp16") for layer in LAYERS})
@@ -402,7 +404,7 @@ def test_a_failed_layout_leaves_no_creating_folder(tmp_path, monkeypatch):
         tmp.mkdir()
         raise ValueError("a bug while building the layout")
 
-    monkeypatch.setattr(st, "_create_layout", broken)
+    monkeypatch.setattr(writer, "_create_layout", broken)
     with pytest.raises(ValueError):
         _open(tmp_path / "store", _meta())
     assert list(tmp_path.iterdir()) == []
@@ -586,16 +588,65 @@ def test_a_flipped_byte_in_a_zstd_chunk_is_named_on_read_not_decoded_silently(tm
     f.write_bytes(bytes(raw))
     s = Store(path)
     assert np.array_equal(_bits(s.read_last(LAYERS[0], 0, 8)), _bits(full[LAYERS[0]][:8]))  # other shards read
-    with pytest.raises(st.UnreadableChunk, match=r"shard\(s\) \[1\].*checksum"):
+    with pytest.raises(st.UnreadableChunk, match=r"shard\(s\) \[1\].*CRC32C mismatch"):
         s.read_last(LAYERS[0], 8, 12)
     with pytest.raises(st.UnreadableChunk, match=r"shard\(s\) \[1\]"):
         s.read_rows(LAYERS[0], np.array([9, 10]))
     assert any("shard 1" in p for p in s.verify())
 
 
+def test_pool_is_each_read_out_over_the_positions_that_count():
+    """One function makes every read-out (the harvest's and the Verbalizer's): ``last`` is the last position that
+    counts, ``mean`` leaves out position 0, the attention sink, unless it is all there is; a range that starts after
+    the sink is averaged whole."""
+    h = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    whole = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)  # a 3-token text and a 1-token text, padded
+    assert torch.equal(st.pool(h, whole, "last"), torch.stack([h[0, 2], h[1, 0]]))
+    assert torch.equal(st.pool(h, whole, "mean"), torch.stack([h[0, 1:3].mean(0), h[1, 0]]))
+    part = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 0]], dtype=torch.bool)
+    assert torch.equal(st.pool(h, part, "last"), torch.stack([h[0, 3], h[1, 2]]))
+    assert torch.equal(st.pool(h, part, "mean"), torch.stack([h[0, 2:4].mean(0), h[1, 1:3].mean(0)]))
+    assert st.pool(h.half(), whole, "mean").dtype == torch.float16
+    with pytest.raises(UavError, match="unknown read-out 'max'"):
+        st.pool(h, whole, "max")
+    with pytest.raises(ValueError, match="no position"):
+        st.pool(h, torch.zeros(2, 4, dtype=torch.bool), "mean")
+
+
+def test_a_checksum_mismatch_is_told_in_hex_with_the_chunks_file(tmp_path):
+    """zarr's own message gives a CRC32C mismatch as raw bytes (b'\\x12...'): reads and verify name the damaged file
+    and give both checksums in hex instead."""
+    import re
+
+    path = tmp_path / "store"
+    _fill(_open(path, _meta(n=24, shard_rows=8, codec="zstd")))
+    f = path / "acts" / LAYERS[0] / "last" / "c" / "1" / "0"
+    raw = bytearray(f.read_bytes())
+    raw[40] ^= 0x01  # inside the first inner chunk's data: its CRC32C no longer matches
+    f.write_bytes(bytes(raw))
+    table = path / "examples" / "n_tokens" / "c" / "1"
+    raw = bytearray(table.read_bytes())
+    raw[-1] ^= 0x01  # the table chunk's own CRC32C
+    table.write_bytes(bytes(raw))
+    s = Store(path)
+    hexed = re.compile(r"CRC32C mismatch: stored 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8}")
+    with pytest.raises(st.UnreadableChunk) as e:
+        s.read_last(LAYERS[0], 8, 12)
+    said = [str(e.value)]
+    said += [p for p in s.verify() if "shard 1" in p or "n_tokens" in p]
+    with pytest.raises(UavError) as e:
+        s.column("n_tokens")
+    said.append(str(e.value))
+    assert len(said) == 4, said
+    for line in said:
+        assert hexed.search(line) and "b'" not in line and "\\x" not in line, line
+    assert f"acts/{LAYERS[0]}/last/c/1/0" in said[0] and f"acts/{LAYERS[0]}/last/c/1/0" in said[1]
+    assert all("examples/n_tokens/c/1" in line for line in said[2:]), said[2:]
+
+
 def test_zstd_stores_written_before_the_chunk_checksum_still_read(tmp_path, monkeypatch):
     path = tmp_path / "store"
-    monkeypatch.setattr(st, "_codecs", lambda codec: {"compressors": st._compressor()})  # the old chain: Blosc alone
+    monkeypatch.setattr(writer, "codecs", lambda codec: {"compressors": layout.compressor()})  # the old chain: Blosc alone
     full = _fill(_open(path, _meta(n=24, shard_rows=8, codec="zstd")))
     monkeypatch.undo()
     s = Store(path)
@@ -608,9 +659,9 @@ def test_the_direct_reader_reads_a_raw_array_that_zarr_itself_wrote(tmp_path):
     """A raw-codec shard written by plain zarr (not by uav's one-write encoder) reads the same through uav's reader:
     the two agree on the layout."""
     g = zarr.open_group(str(tmp_path / "z"), mode="w")
-    a = g.create_array("x", shape=(44, 8), dtype="uint16", chunks=(4, 8), shards=(16, 8), fill_value=0, **st._codecs("raw"))
+    a = g.create_array("x", shape=(44, 8), dtype="uint16", chunks=(4, 8), shards=(16, 8), fill_value=0, **layout.codecs("raw"))
     v = np.random.default_rng(0).integers(0, 65535, (44, 8), dtype=np.uint16)
     a.with_config({"write_empty_chunks": True})[:] = v
-    r = st._RawArray.of(str(tmp_path / "z"), "x", a)
+    r = RawArray.of(str(tmp_path / "z"), "x", a)
     rows = np.array([43, 0, 5, 17, 17, 30])
     assert r is not None and np.array_equal(r.rows(rows), v[rows]) and np.array_equal(r.span(3, 40), v[3:40])

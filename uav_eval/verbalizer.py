@@ -28,7 +28,7 @@ import torch
 from uav_cache.device import pick_device
 from uav_cache.errors import UavError
 from uav_cache.models import ModelSpec, load, resolve, weights_fingerprint
-from uav_cache.store import STORAGE_DTYPES, Store
+from uav_cache.store import STORAGE_DTYPES, Store, pool
 from uav_eval.generate import generate
 from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
 from uav_train.stream import Acts, InputSpec, RowActs, read_rows, stack_acts
@@ -124,7 +124,8 @@ class Verbalizer:
         dt = STORAGE_DTYPES[self.dtype]
         pooled = None
         if self.spec.pooled and positions is None:
-            pooled = torch.stack([_readout(got[n].float(), self.spec.readout).to(dt) for n in self.spec.layers])
+            every = torch.ones(1, n_tok, dtype=torch.bool)  # the read-out of the whole text, as the harvest takes it
+            pooled = torch.stack([pool(got[n].float()[None], every, self.spec.readout)[0].to(dt) for n in self.spec.layers])
         tokens = pos = None
         if self.spec.tokens:
             pos = np.arange(n_tok) if positions is None else np.atleast_1d(np.asarray(positions, dtype=np.int64))
@@ -344,15 +345,6 @@ def logprobs(lr: LoadedRun, acts: list[Acts], questions: list[str], answers: lis
     sums, counts = answer_losses(lr.model, lr.template, lr.adapter, stack_acts(acts), questions, answers,
                                  device=next(lr.model.parameters()).device)
     return [float(-s / max(int(c), 1)) for s, c in zip(sums.double().cpu(), counts.cpu())]
-
-
-def _readout(h: torch.Tensor, readout: str) -> torch.Tensor:
-    """One read-out of one text's (tokens, d) states, as the harvest computes it (store.READOUTS)."""
-    if readout == "last":
-        return h[-1]
-    if readout == "mean":
-        return h[1:].mean(0) if h.shape[0] > 1 else h[0]
-    raise UavError(f"unknown read-out {readout!r}", "the run's store names its read-outs")
 
 
 def explain(run: str, text: str, questions: list[str], *, max_new_tokens: int = 32, device: str = "auto",

@@ -31,7 +31,7 @@ from uav_cache.models import (DEVICE_MAPS, ModelSpec, block_modules, hidden_size
                               resolve,
                               tokenizer_fingerprint, weights_fingerprint)
 from uav_cache.store import (CODECS, DEFAULT_CODEC, DEFAULT_READOUTS, FP16_MAX, READOUTS, STORAGE_DTYPES, StoreWriter,
-                             new_meta, parse_positions, to_bits, window_start)
+                             new_meta, parse_positions, pool, to_bits, window_start)
 
 
 @dataclass
@@ -384,7 +384,6 @@ def forward_shard(model, capture: Capture, ids: list[list[int]], names: list[str
             x[j, :len(ids[i])] = torch.tensor(ids[i])
             mask[j, :len(ids[i])] = 1
         out = capture.run(model, x.to(device), mask.to(device))
-        lens = torch.tensor([len(ids[i]) for i in rows])
         for name in names:
             h = out[name].float()
             if d is None:
@@ -397,17 +396,10 @@ def forward_shard(model, capture: Capture, ids: list[list[int]], names: list[str
             if dtype == "fp16" and peak > FP16_MAX:
                 raise UavError(f"activations at {name} reach {peak:.3g}, beyond fp16's {FP16_MAX:.0f}",
                                "re-run with --dtype bf16 (use a new --out: the store's dtype is fixed)")
-            if name not in vecs["last"]:
-                for r in vecs:
+            for r in vecs:
+                if name not in vecs[r]:
                     vecs[r][name] = np.zeros((n, d), dtype=np.uint16)
-            lens_d = lens.to(h.device)
-            vecs["last"][name][rows] = to_bits(h[torch.arange(len(rows), device=h.device), lens_d - 1], dtype)
-            # mean over positions 1..len-1 (the first is the attention sink); one-token texts keep position 0
-            pos = torch.arange(h.shape[1], device=h.device)
-            body = (pos[None, :] >= 1) & (pos[None, :] < lens_d[:, None])
-            body[lens_d == 1, 0] = True
-            w = body.to(h.dtype)
-            vecs["mean"][name][rows] = to_bits((h * w[..., None]).sum(1) / w.sum(1, keepdim=True), dtype)
+                vecs[r][name][rows] = to_bits(pool(h, real, r), dtype)
             if keep_all and name in per_row:
                 for j, i in enumerate(rows):
                     a, c = windows[i]
