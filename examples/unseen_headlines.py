@@ -16,7 +16,7 @@ import json
 import random
 import sys
 
-from uav_cache.examples import corpora
+from uav_cache.examples import recipes as corpora
 
 
 def unseen(n: int = 200, seed: int = 17, recipe: str = "demo") -> list[dict]:

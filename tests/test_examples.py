@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here; fai
 
 import pytest
 
-from uav_cache.examples import corpora, load, schema
+from uav_cache.examples import load, recipes as corpora, schema
 from uav_cache.errors import UavError
 
 

@@ -63,7 +63,7 @@ def test_the_unseen_headlines_example_holds_no_text_of_the_demo_data(tmp_path):
     loadable as `uav eval --data`."""
     import json
 
-    from uav_cache.examples import corpora, load_examples
+    from uav_cache.examples import load_examples, recipes as corpora
 
     sys.path.insert(0, str(ROOT / "examples"))
     from unseen_headlines import unseen

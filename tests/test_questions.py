@@ -70,7 +70,7 @@ def test_user_jsonl_with_yes_no_answers_loads(tmp_path):
 
 # --- the generator ----------------------------------------------------------------------------
 
-from uav_cache.examples import corpora, questions  # noqa: E402
+from uav_cache.examples import questions, recipes as corpora  # noqa: E402
 
 
 @pytest.mark.parametrize("family", sorted(questions.FAMILIES))

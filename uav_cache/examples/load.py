@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from uav_cache.errors import UavError
-from uav_cache.examples.corpora import RECIPES, build, recipe_meta
+from uav_cache.examples.recipes import RECIPES, build, recipe_meta
 from uav_cache.examples.schema import BUILDER_VERSION, ExampleSet, fingerprint, normalise
 
 
