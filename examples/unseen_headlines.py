@@ -16,13 +16,13 @@ import json
 import random
 import sys
 
-from uav_cache.examples import recipes as corpora
+from uav_cache.examples import recipes, texts
 
 
 def unseen(n: int = 200, seed: int = 17, recipe: str = "demo") -> list[dict]:
     """``n`` bbc_headline examples absent from ``recipe``'s data (every split), sorted by id, all in split test."""
-    drawn = {e["id"] for e in corpora.build(recipe).examples}
-    pool = [e for e in corpora.src_bbc_headline() if e["id"] not in drawn]
+    drawn = {e["id"] for e in recipes.build(recipe).examples}
+    pool = [e for e in texts.src_bbc_headline() if e["id"] not in drawn]
     if n > len(pool):
         sys.exit(f"only {len(pool)} headline articles are outside the {recipe!r} data: ask for at most that many (-n)")
     return sorted(({**e, "split": "test"} for e in random.Random(seed).sample(pool, n)), key=lambda e: e["id"])

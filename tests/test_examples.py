@@ -9,13 +9,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here; fai
 
 import pytest
 
-from uav_cache.examples import load, recipes as corpora, schema
+from uav_cache.examples import load, recipes, schema, texts
 from uav_cache.errors import UavError
 
 
 @pytest.fixture(scope="module")
 def demo() -> schema.ExampleSet:
-    return corpora.build("demo", seed=0)
+    return recipes.build("demo", seed=0)
 
 
 def by_source(es: schema.ExampleSet, source: str) -> list[dict]:
@@ -26,17 +26,17 @@ def by_source(es: schema.ExampleSet, source: str) -> list[dict]:
 
 
 def test_build_is_deterministic(demo):
-    again = corpora.build("demo", seed=0)
+    again = recipes.build("demo", seed=0)
     assert again.fingerprint == demo.fingerprint
     assert again.examples == demo.examples
-    assert corpora.build("demo", seed=1).fingerprint != demo.fingerprint
+    assert recipes.build("demo", seed=1).fingerprint != demo.fingerprint
 
 
 def test_demo_counts_follow_recipe(demo):
     counts = demo.source_counts()
-    for source, n in corpora.RECIPES["demo"].counts.items():
+    for source, n in recipes.RECIPES["demo"].counts.items():
         assert counts[source] == n, source
-    assert len(demo.examples) == sum(corpora.RECIPES["demo"].counts.values())
+    assert len(demo.examples) == sum(recipes.RECIPES["demo"].counts.values())
 
 
 def test_every_example_matches_schema(demo):
@@ -45,7 +45,7 @@ def test_every_example_matches_schema(demo):
     for e in demo.examples:
         schema.check_example(e)
         assert e["id"].startswith(e["source"] + "/")
-        assert len(e["text"].split()) <= corpora.MAX_WORDS
+        assert len(e["text"].split()) <= texts.MAX_WORDS
         assert e["qa"] and all(p["question"].strip() and p["answer"].strip() for p in e["qa"])
         assert ("label" in e) == (e["task"] == "classification")
 
@@ -85,13 +85,13 @@ def test_bbc_sources_share_no_text(demo):
     topic = {e["text"] for e in by_source(demo, "bbc_topic")}
     headline = {e["text"] for e in by_source(demo, "bbc_headline")}
     assert not topic & headline
-    assert not {e["id"].split("/", 1)[1] for e in corpora.src_bbc_topic()} & {
-        e["id"].split("/", 1)[1] for e in corpora.src_bbc_headline()}
+    assert not {e["id"].split("/", 1)[1] for e in texts.src_bbc_topic()} & {
+        e["id"].split("/", 1)[1] for e in texts.src_bbc_headline()}
 
 
 def test_unknown_recipe():
     with pytest.raises(UavError, match="demo"):
-        corpora.build("nope")
+        recipes.build("nope")
 
 
 # --- saving and loading -----------------------------------------------------------------------

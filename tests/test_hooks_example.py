@@ -63,12 +63,12 @@ def test_the_unseen_headlines_example_holds_no_text_of_the_demo_data(tmp_path):
     loadable as `uav eval --data`."""
     import json
 
-    from uav_cache.examples import load_examples, recipes as corpora
+    from uav_cache.examples import load_examples, recipes
 
     sys.path.insert(0, str(ROOT / "examples"))
     from unseen_headlines import unseen
 
-    demo = corpora.build("demo").examples
+    demo = recipes.build("demo").examples
     out = unseen(30, seed=1)
     assert len(out) == 30 and out == unseen(30, seed=1) and out != unseen(30, seed=2)
     assert not {e["id"] for e in out} & {e["id"] for e in demo}

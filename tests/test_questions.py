@@ -70,7 +70,7 @@ def test_user_jsonl_with_yes_no_answers_loads(tmp_path):
 
 # --- the generator ----------------------------------------------------------------------------
 
-from uav_cache.examples import questions, recipes as corpora  # noqa: E402
+from uav_cache.examples import questions, recipes, texts, wordlists  # noqa: E402
 
 
 @pytest.mark.parametrize("family", sorted(questions.FAMILIES))
@@ -179,7 +179,7 @@ def oracle(tmp_path_factory) -> tuple[schema.ExampleSet, dict]:
 
     socket.socket.connect = refuse
     try:
-        es = corpora.build("oracle", seed=0)
+        es = recipes.build("oracle", seed=0)
     finally:
         socket.socket.connect = real
     out = es.save(tmp_path_factory.mktemp("oracle"))
@@ -188,19 +188,19 @@ def oracle(tmp_path_factory) -> tuple[schema.ExampleSet, dict]:
 
 @pytest.mark.parametrize("source", NEW_SOURCES)
 def test_new_source_loads_offline_with_labels(source):
-    pool = corpora.SOURCES[source]()
+    pool = recipes.SOURCES[source]()
     assert len(pool) >= SMALL.get(source, 100)
     assert len({e["id"] for e in pool}) == len(pool) and len({e["text"] for e in pool}) == len(pool)
     for e in pool:
         schema.check_example({k: v for k, v in e.items() if not k.startswith("_")})
         assert e["_facts"] and e["qa"][0]["answer"] == next(iter(e["_facts"].values()))
         assert ("label" in e) == (e["task"] == "classification")
-        assert len(e["text"].split()) <= corpora.MAX_WORDS
-    assert source in corpora.YESNO and source in corpora.SOURCE_INFO
+        assert len(e["text"].split()) <= texts.MAX_WORDS
+    assert source in recipes.YESNO and source in recipes.SOURCE_INFO
 
 
 def test_labels_are_honest_on_known_cases():
-    by_text = lambda src: {e["id"].split("/", 1)[1]: e for e in corpora.SOURCES[src]()}  # noqa: E731
+    by_text = lambda src: {e["id"].split("/", 1)[1]: e for e in recipes.SOURCES[src]()}  # noqa: E731
     assert by_text("element_family")["Ne"]["label"] == "noble gas"
     assert by_text("element_family")["Fe"]["label"] == "transition metal"
     assert by_text("us_state")["OH"]["qa"][0]["answer"] == "Columbus"
@@ -208,19 +208,19 @@ def test_labels_are_honest_on_known_cases():
     assert units["kilometer"]["label"] == "length" and units["hectare"]["label"] == "area"
     words = by_text("word_sentiment")
     assert words["good"]["label"] == "positive" and words["bad"]["label"] == "negative"
-    for e in corpora.SOURCES["verb_tense"]():
+    for e in recipes.SOURCES["verb_tense"]():
         base = e["id"].split("/", 1)[1]
         assert (f" {base} " in f" {e['text']} ") == (e["label"] == "present"), e
-    cars = {e["text"]: e["label"] for e in corpora.SOURCES["car_origin"]()}
+    cars = {e["text"]: e["label"] for e in recipes.SOURCES["car_origin"]()}
     assert all(v == "Japan" for t, v in cars.items() if " toyota " in f" {t} ")
 
 
 def test_language_id_words_belong_to_one_language_only():
     by_lang: dict[str, set[str]] = {}
-    for e in corpora.SOURCES["language_id"]():
+    for e in recipes.SOURCES["language_id"]():
         by_lang.setdefault(e["label"], set()).update(w.strip(".").lower() for w in e["text"].split())
     langs = sorted(by_lang)
-    assert len(langs) == len(corpora.LANGUAGES)
+    assert len(langs) == len(wordlists.LANGUAGES)
     for i, a in enumerate(langs):
         for b in langs[i + 1:]:
             assert not by_lang[a] & by_lang[b], (a, b)
@@ -228,11 +228,11 @@ def test_language_id_words_belong_to_one_language_only():
 
 def test_oracle_counts_are_in_the_manifest(oracle):
     es, manifest = oracle
-    spec = corpora.RECIPES["oracle"]
+    spec = recipes.RECIPES["oracle"]
     assert manifest["source_counts"] == es.source_counts()
     for source, n in spec.counts.items():
         got = manifest["source_counts"][source]
-        assert got == n if n != corpora.ALL else got == len(corpora.SOURCES[source]()), source
+        assert got == n if n != recipes.ALL else got == len(recipes.SOURCES[source]()), source
     assert set(NEW_SOURCES) <= set(manifest["source_counts"])
     assert sum(1 for s in NEW_SOURCES if manifest["source_counts"][s] >= 100) >= 6
     for source in spec.counts:
@@ -244,10 +244,10 @@ def test_oracle_counts_are_in_the_manifest(oracle):
 def test_oracle_heldout_split_is_written_down(oracle):
     es, manifest = oracle
     held, train = set(manifest["heldout_sources"]), set(manifest["training_sources"])
-    assert len(held) >= 3 and not held & train and held | train == set(corpora.RECIPES["oracle"].counts)
-    assert held == set(corpora.ORACLE_HELDOUT) and manifest["note"]
+    assert len(held) >= 3 and not held & train and held | train == set(recipes.RECIPES["oracle"].counts)
+    assert held == set(recipes.ORACLE_HELDOUT) and manifest["note"]
     # of different kinds: held-out datasets ask different question families
-    families = {s: {r.family for r in corpora.YESNO[s]} for s in held}
+    families = {s: {r.family for r in recipes.YESNO[s]} for s in held}
     assert len(set().union(*families.values())) == len(held)
     for e in es.examples:
         assert e.get("heldout_dataset", False) == (e["source"] in held), e["id"]
@@ -257,7 +257,7 @@ def test_oracle_heldout_split_is_written_down(oracle):
 
 def test_oracle_yes_no_is_balanced_per_source_and_phrasing(oracle):
     es, manifest = oracle
-    labeled = [s for s in corpora.RECIPES["oracle"].counts if corpora.YESNO.get(s)]
+    labeled = [s for s in recipes.RECIPES["oracle"].counts if recipes.YESNO.get(s)]
     for source in labeled:
         pairs = [p for e in es.examples if e["source"] == source for p in e["qa"] if schema.qa_kind(p) == "yesno"]
         assert pairs, source
@@ -287,7 +287,7 @@ def test_oracle_heldout_phrasings_are_never_seen_and_never_on_train(oracle):
 
 def test_oracle_build_is_deterministic_and_splits_by_hash(oracle):
     es, _ = oracle
-    again = corpora.build("oracle", seed=0)
+    again = recipes.build("oracle", seed=0)
     assert again.fingerprint == es.fingerprint
     hashed = [e for e in es.examples if e["source"] != "aclsum"]
     assert all(e["split"] == schema.hash_split(e["id"]) for e in hashed)
@@ -295,7 +295,7 @@ def test_oracle_build_is_deterministic_and_splits_by_hash(oracle):
 
 def test_demo_and_full_carry_none_of_the_new_keys(tmp_path):
     """Old recipes build exactly as before: no yes/no pairs, no held-out marks, no private keys."""
-    demo = corpora.build("demo")
+    demo = recipes.build("demo")
     for e in demo.examples:
         assert not {"heldout_dataset"} & set(e) and not [k for k in e if k.startswith("_")]
         assert all(set(p) == {"question", "answer"} for p in e["qa"])
@@ -326,5 +326,5 @@ def test_data_build_cli_reports_the_split(oracle, tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert f"{len(es.examples)} examples" in out and "held-out templates: 39 of 156" in out
     held = [line.split()[0] for line in out.splitlines() if line.endswith("HELD-OUT DATASET")]
-    assert held == list(corpora.ORACLE_HELDOUT)
+    assert held == list(recipes.ORACLE_HELDOUT)
     assert json.loads((tmp_path / "o" / "manifest.json").read_text())["heldout_sources"] == held
