@@ -1,7 +1,7 @@
 """`uav plan`: what a harvest and a training will cost, from the models' configs alone, before anything loads.
 
 Store bytes, donor and decoder memory per GPU for the chosen precision and sharding, and tokens to process. The
-sizes come from the registry's ``[arch]`` tables (pipelines/models/*.toml, copied from each model's published
+sizes come from the registry's ``[arch]`` tables (uav_cache/registry/*.toml, copied from each model's published
 config.json) or a local folder's config.json; no weights, tokenizer or hub is touched. Every number is an estimate
 whose assumptions are printed with it (:data:`ASSUMPTIONS`); `tests/test_plan.py` checks them against what the
 CPU runs measure.
@@ -121,7 +121,7 @@ def arch_of(spec: ModelSpec) -> Arch:
                            "add the published config.json's sizes as an [arch] table to its TOML (see qwen3-4b.toml), "
                            "or pass a local folder")
         tc.update(num_hidden_layers=spec.n_layers, hidden_size=spec.d_model, model_type=spec.family)
-        src, extra = f"pipelines/models/{spec.name}.toml [arch]", int(tc.get("vision_params", 0))
+        src, extra = f"uav_cache/registry/{spec.name}.toml [arch]", int(tc.get("vision_params", 0))
     heads = tc["num_attention_heads"]
     text = count_params(tc, spec.kind)
     return Arch(name=spec.name, kind=spec.kind, n_layers=tc["num_hidden_layers"], d_model=tc["hidden_size"],

@@ -80,7 +80,7 @@ def tiny_gemma_dir(tmp_path_factory) -> Path:
     return _save(tmp_path_factory.mktemp("tiny_gemma"), Gemma3ForCausalLM(cfg).eval(), tok)
 
 
-# The registry's other families (pipelines/models/*.toml), built from their configs' classes with the real models'
+# The registry's other families (uav_cache/registry/*.toml), built from their configs' classes with the real models'
 # special tokens but no chat template: the real templates are not available offline, so these decoders take uav's
 # no-template prompt. Shapes are tiny; what each family does differently (tied or untied embeddings, q/k norms,
 # sliding windows, a vision tower beside the language model) is kept.

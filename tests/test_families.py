@@ -1,4 +1,4 @@
-"""Every registered architecture without the hub: a tiny random model of each registry family (pipelines/models/*.toml)
+"""Every registered architecture without the hub: a tiny random model of each registry family (uav_cache/registry/*.toml)
 goes through harvest → train (a few steps) → explain, with its block paths, LoRA targets and padding checked.
 
 Families: llama (llama-8b, smollm2-135m; tiny Llama with a ChatML template, SmolLM2's), qwen3 (qwen3-4b), gemma3

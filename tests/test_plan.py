@@ -77,7 +77,7 @@ def test_paper_scale_plan_prints_memory_and_assumptions():
                                  "--texts", "100000", "--chars-per-text", "1500"])
     assert r.exit_code == 0, r.output
     assert "donor     " in r.output and "GiB per GPU" in r.output and "fits a 80 GiB GPU" in r.output
-    assert "assumptions:" in r.output and "pipelines/models/qwen3-4b.toml [arch]" in r.output
+    assert "assumptions:" in r.output and "uav_cache/registry/qwen3-4b.toml [arch]" in r.output
     one = estimate(PlanInput(donor="llama-8b", decoder="qwen3-4b", adapter="qformer", texts=10, chars_per_text=100))
     assert 8 * GIB < one["decoder_bytes"] < 40 * GIB  # 7.5 GiB of bf16 weights, a 240M-parameter Q-Former, AdamW
     assert 15 * GIB < one["donor_bytes"] < 20 * GIB  # 8.03B × 2 bytes + activations + context

@@ -316,7 +316,7 @@ def test_help_keeps_brackets_shows_defaults_and_is_not_cut(capsys, monkeypatch):
     assert "(default: 8)" in " ".join(out.split())  # --batch-size
     assert "demo.toml" in out  # where the README's settings are
     code, out, _ = run_uav(["harvest", "--help"], capsys)
-    assert code == 0 and "--no-trust-remote-code" in out and "pipelines/models/*.toml" in out  # rich cut both at 80
+    assert code == 0 and "--no-trust-remote-code" in out and "uav_cache/registry/*.toml" in out  # rich cut both at 80
     code, out, _ = run_uav(["eval", "--help"], capsys)
     from uav_eval.methods import CONTROLS
     assert code == 0 and ",".join(CONTROLS) in "".join(out.split())  # the whole default list, wrapped, not cut

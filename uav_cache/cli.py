@@ -225,7 +225,7 @@ def store_probe(
 
 
 def models_command() -> None:
-    """List the model registry (pipelines/models/*.toml)."""
+    """List the model registry (uav_cache/registry/*.toml)."""
     from uav_cache.models import list_models
 
     for m in list_models():

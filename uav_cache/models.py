@@ -1,6 +1,6 @@
 """Models by name: the registry, and loading donors and decoders alike. Four groups, top to bottom:
 
-- registry: a model is named by a registry entry (one TOML per model in ``pipelines/models/``) or by a local
+- registry: a model is named by a registry entry (one TOML per model in ``uav_cache/registry/``) or by a local
   HF folder; :func:`resolve` turns either into a :class:`ModelSpec`.
 - fingerprints: weights and tokenizer identities, so a store or run names the exact weights it came from.
 - loading: :func:`load` gives (model, tokenizer) for a spec, donor or decoder. Weights come from the HF hub,
@@ -77,7 +77,7 @@ class ModelSpec:
 def models_dir() -> Path:
     """Registry folder; ``UAV_MODELS_DIR`` lets a user add donors without editing the package."""
     env = os.environ.get("UAV_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "pipelines" / "models"
+    return Path(env) if env else Path(__file__).resolve().parent / "registry"
 
 
 def cache_dir() -> Path:

@@ -38,7 +38,7 @@ from uav_cache.store import (CODECS, DEFAULT_CODEC, DEFAULT_READOUTS, FP16_MAX, 
 class HarvestConfig:
     """What to harvest. Every field that changes the rows is part of the store's identity."""
 
-    donor: str = "smollm2-135m"  # registry name (see `uav models`: pipelines/models/*.toml) or a local model folder
+    donor: str = "smollm2-135m"  # registry name (see `uav models`: uav_cache/registry/*.toml) or a local model folder
     data: str = "demo"  # built-in recipe name, a folder from `uav data build`, a JSONL file, or a hub dataset
     out: str = "stores/smollm2-135m"  # store folder (the CLI's default: stores/DONOR)
     layers: list[int] | None = None  # block indices to read, e.g. 15,20 (default: the registry's)
