@@ -9,13 +9,14 @@ CPU runs measure.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from uav_cache.arch import arch_of
 from uav_cache.errors import UavError
-from uav_cache.models import ModelSpec, resolve
+from uav_cache.models import resolve
+from uav_train.budget import frozen_bytes, lora_params, step_bytes, trainable_bytes
 
 GIB = 2**30
 CHARS_PER_TOKEN = 4.0  # English BPE: ~4 characters a token (SmolLM2 on the demo texts: 4.3; said in the output)
@@ -35,100 +36,6 @@ ASSUMPTIONS = [
     f"tokens + {PROMPT_TOKENS} tokens of template, question and answer; the LM head runs on answer tokens only",
     f"+ {CONTEXT_GIB:g} GiB a GPU for the CUDA context and allocator slack; CPU runs count the process's own memory",
 ]
-
-
-@dataclass
-class Arch:
-    """The sizes an estimate needs, read from a registry [arch] table or a config.json."""
-
-    name: str
-    kind: str  # causal | encoder
-    n_layers: int
-    d_model: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool
-    params: int  # every weight, vision tower included where the checkpoint has one
-    extra_params: int = 0  # weights outside the language model (a vision tower): loaded, never run
-    source: str = ""
-
-    @property
-    def block_params(self) -> int:
-        d, hd = self.d_model, self.head_dim
-        attn = d * self.heads * hd * 2 + d * self.kv_heads * hd * 2
-        mlp = (2 if self.kind == "encoder" else 3) * d * self.intermediate
-        return attn + mlp
-
-    @property
-    def other_params(self) -> int:
-        """Weights outside the blocks: embeddings, LM head, final norm, a vision tower."""
-        return max(self.params - self.n_layers * self.block_params, 0)
-
-    def linears_per_block(self) -> list[tuple[int, int]]:
-        """(in, out) of each Linear in a block, as LoRA wraps them."""
-        d, hd = self.d_model, self.head_dim
-        attn = [(d, self.heads * hd), (d, self.kv_heads * hd), (d, self.kv_heads * hd), (self.heads * hd, d)]
-        mlp = [(d, self.intermediate)] * (1 if self.kind == "encoder" else 2) + [(self.intermediate, d)]
-        return attn + mlp
-
-
-def count_params(cfg: dict, kind: str) -> int:
-    """Weights of a decoder-only (Llama, Qwen3, Gemma-3, Mistral) or BERT model from its config's sizes: attention,
-    gated MLP, norms, embeddings (and an untied LM head). Exact for Llama-3.1-8B (8,030,261,248)."""
-    d, ff, n, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    heads = cfg["num_attention_heads"]
-    kv = cfg.get("num_key_value_heads") or heads
-    hd = cfg.get("head_dim") or d // heads
-    if kind == "encoder":  # BERT: biased Linears, LayerNorms, position and token-type embeddings, pooler
-        block = 4 * (d * d + d) + (d * ff + ff) + (ff * d + d) + 2 * 2 * d
-        emb = (v + cfg.get("max_position_embeddings", 512) + cfg.get("type_vocab_size", 2)) * d + 2 * d
-        return n * block + emb + d * d + d
-    block = d * heads * hd * 2 + d * kv * hd * 2 + 3 * d * ff + 2 * d
-    if cfg.get("model_type", "").startswith(("qwen3", "gemma3")):
-        block += 2 * hd  # q and k norms
-    if cfg.get("model_type", "").startswith("gemma3"):
-        block += 2 * d  # Gemma's extra pre/post feed-forward norms
-    return n * block + v * d * (1 if cfg.get("tie_word_embeddings", True) else 2) + d
-
-
-def _meta_params(spec: ModelSpec) -> int:
-    """A local folder's exact weight count: its config built on the meta device (no weights are read)."""
-    import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    cfg = AutoConfig.from_pretrained(spec.path)
-    with torch.device("meta"):
-        model = (AutoModelForCausalLM if spec.kind == "causal" else AutoModel).from_config(cfg)
-    return sum(p.numel() for p in model.parameters())
-
-
-def arch_of(spec: ModelSpec) -> Arch:
-    """Sizes from a local folder's config.json, else from the registry entry's [arch] table."""
-    if spec.path:
-        p = Path(spec.path) / "config.json"
-        cfg = json.loads(p.read_text())
-        tc = {**cfg, **cfg["text_config"]} if isinstance(cfg.get("text_config"), dict) else cfg
-        tc.setdefault("model_type", cfg.get("model_type", ""))
-        tc["params"] = _meta_params(spec)
-        src, extra = str(p), tc["params"] - count_params(tc, spec.kind)
-    else:
-        tc = dict(spec.extra.get("arch") or {})
-        if not tc:
-            raise UavError(f"model {spec.name!r} has no [arch] table in the registry, so its size is unknown here",
-                           "add the published config.json's sizes as an [arch] table to its TOML (see qwen3-4b.toml), "
-                           "or pass a local folder")
-        tc.update(num_hidden_layers=spec.n_layers, hidden_size=spec.d_model, model_type=spec.family)
-        src, extra = f"uav_cache/registry/{spec.name}.toml [arch]", int(tc.get("vision_params", 0))
-    heads = tc["num_attention_heads"]
-    text = count_params(tc, spec.kind)
-    return Arch(name=spec.name, kind=spec.kind, n_layers=tc["num_hidden_layers"], d_model=tc["hidden_size"],
-                intermediate=tc["intermediate_size"], heads=heads, kv_heads=tc.get("num_key_value_heads") or heads,
-                head_dim=tc.get("head_dim") or tc["hidden_size"] // heads, vocab=tc["vocab_size"],
-                tied=bool(tc.get("tie_word_embeddings", True)), params=int(tc.get("params") or text + extra),
-                extra_params=extra, source=src)
 
 
 @dataclass
@@ -161,6 +68,25 @@ class PlanInput:
     device: str = "cuda"  # cuda: the plan for a GPU box; cpu: for this machine (fp32 by default)
     gpu_gib: float = 80.0  # one GPU's memory, for the fits / does not fit line
 
+    def check(self) -> None:
+        """Refuse a number that would divide by zero (``nproc`` 0) or plan nothing, naming its `uav plan` flag."""
+        for name, low, strict in NUMBERS:
+            v = getattr(self, name)
+            if v is not None and not (v > low if strict else v >= low):  # (NaN fails both)
+                flag = f"--{name.replace('_', '-')}" if name in FLAGS else name
+                raise UavError(f"{flag} must be {'>' if strict else '≥'} {low:g}, got {v}",
+                               f"pass {flag} with a number {'>' if strict else '≥'} {low:g}")
+
+
+# Every number a plan takes: (field, lowest value, strictly above it); None (not given) takes the default
+NUMBERS = (("texts", 1, False), ("chars_per_text", 0, True), ("tokens_per_text", 0, True), ("layers", 1, False),
+           ("readouts", 1, False), ("max_length", 1, False), ("steps", 0, False), ("stage1_steps", 0, False),
+           ("batch_size", 1, False), ("max_answer_tokens", 1, False), ("nproc", 1, False), ("donor_gpus", 1, False),
+           ("lora_r", 1, False), ("gpu_gib", 0, True))
+# the fields `uav plan` takes as flags of the same name (pipelines/cli.py)
+FLAGS = ("texts", "chars_per_text", "layers", "max_length", "steps", "batch_size", "max_answer_tokens", "nproc",
+         "donor_gpus", "gpu_gib")
+
 
 def _data_size(data: str, limit: int | None = None) -> tuple[int, float] | None:
     """(texts, mean characters) of local data (a recipe name, folder or JSONL): read, never a model."""
@@ -176,6 +102,7 @@ def _data_size(data: str, limit: int | None = None) -> tuple[int, float] | None:
 
 def estimate(p: PlanInput) -> dict:
     """Every figure of the plan (bytes, tokens) and the inputs it used."""
+    p.check()
     import torch
 
     from uav_cache.device import resolve_precision
@@ -188,7 +115,6 @@ def estimate(p: PlanInput) -> dict:
     # where it has bf16 units: uav_cache.device.resolve_precision)
     precision = (("bf16" if p.precision == "auto" else p.precision) if gpu
                  else resolve_precision(p.precision, torch.device("cpu")))
-    wbytes = 2 if precision == "bf16" else 4
     max_len = p.max_length or donor_spec.max_length
     known = p.texts and (p.chars_per_text or p.tokens_per_text)
     size = None if known else _data_size(p.data)
@@ -213,29 +139,20 @@ def estimate(p: PlanInput) -> dict:
     donor_act = 8 * max_len * (4 * donor.d_model + 2 * donor.intermediate) * dbytes  # batch 8, one block live
     donor_total = donor_w + donor_act + (CONTEXT_GIB * GIB if gpu else 0)
 
-    # the decoder: frozen weights, trainables (adapter + LoRA) with grads and AdamW, activations
-    fsdp = p.sharding == "fsdp" and p.nproc > 1
-    blocks_w = dec.n_layers * dec.block_params * wbytes
-    other_w = dec.other_params * wbytes
-    frozen = (blocks_w / p.nproc + 2 * dec.block_params * wbytes + other_w) if fsdp else (blocks_w + other_w)
-    import torch
-
+    # the decoder: frozen weights, trainables (adapter + LoRA) with grads and AdamW, one step's activations and logits
+    # (uav_train.budget, the memory model the training checks itself against)
+    frozen = frozen_bytes(dec, precision, p.nproc, fsdp=p.sharding == "fsdp" and p.nproc > 1)
     with torch.device("meta"):
         ad = build_adapter(adapter_config(p.adapter, **p.adapter_options), donor.d_model, p.layers, dec.d_model, 1.0)
     adapter_n = sum(x.numel() for x in ad.parameters() if x.requires_grad)
     k = ad.k
-    lora_n = 0 if p.no_lora else dec.n_layers * sum(p.lora_r * (i + o) for i, o in dec.linears_per_block())
-    trainable = (adapter_n + lora_n) * 16
+    lora_n = 0 if p.no_lora else lora_params(dec, p.lora_r)
+    trainable = trainable_bytes(adapter_n + lora_n)
     seq = k + PROMPT_TOKENS + (p.max_answer_tokens or 0)
     per_rank_items = max(1, math.ceil(p.batch_size / p.nproc))
-    act_scale = 1 if precision == "bf16" else 2
-    per_tok_block = 2 * (10 * dec.d_model + 4 * dec.intermediate) * act_scale
-    if p.grad_checkpointing:
-        acts = per_rank_items * seq * (dec.n_layers * dec.d_model * wbytes + per_tok_block)
-    else:
-        acts = per_rank_items * seq * dec.n_layers * per_tok_block
-    answer_tokens = per_rank_items * (p.max_answer_tokens or 16)
-    logits = answer_tokens * dec.vocab * 4 * 3
+    step = step_bytes(dec, items=per_rank_items, seq=seq, answer_tokens=p.max_answer_tokens or 16, precision=precision,
+                      grad_checkpointing=p.grad_checkpointing)
+    acts, logits = step["activations"], step["logits"]
     dec_total = frozen + trainable + acts + logits + (CONTEXT_GIB * GIB if gpu else 0)
 
     train_tokens = (p.steps + p.stage1_steps) * p.batch_size * seq
@@ -320,4 +237,4 @@ def plan_from_recipe(path: Path, **over) -> PlanInput:
     return pi
 
 
-__all__ = ["PlanInput", "estimate", "render", "plan_from_recipe", "arch_of", "count_params", "ASSUMPTIONS"]
+__all__ = ["PlanInput", "estimate", "render", "plan_from_recipe", "ASSUMPTIONS"]

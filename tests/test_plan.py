@@ -11,7 +11,8 @@ import zarr
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from pipelines.plan import GIB, PlanInput, arch_of, count_params, estimate
+from pipelines.plan import GIB, PlanInput, estimate
+from uav_cache.arch import arch_of, count_params
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_cache.models import list_models, load, resolve
 
@@ -106,6 +107,24 @@ def test_plan_refuses_unknown_sizes_and_data_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("UAV_MODELS_DIR", str(reg))
     with pytest.raises(UavError, match="no \\[arch\\] table"):
         estimate(PlanInput(donor="x", decoder="x", texts=1, chars_per_text=1))
+
+
+@pytest.mark.parametrize("flag,value", [("--nproc", "0"), ("--batch-size", "0"), ("--texts", "0"),
+                                        ("--chars-per-text", "-1"), ("--gpu-gib", "0"), ("--donor-gpus", "0"),
+                                        ("--max-length", "0"), ("--steps", "-1"), ("--max-answer-tokens", "0"),
+                                        ("--chars-per-text", "nan")])
+def test_every_number_plan_takes_is_checked_before_any_work(flag, value, capsys, monkeypatch):
+    """A number that would divide by zero (--nproc 0) or plan nothing is one line naming the flag, exit 2, before the
+    models' sizes are read."""
+    from helpers import run_uav
+
+    import pipelines.plan as plan
+
+    monkeypatch.setattr(plan, "resolve", lambda *a, **k: pytest.fail("read a model before checking the numbers"))
+    args = {"--texts": "10", "--chars-per-text": "100", flag: value}
+    code, out, err = run_uav(["plan", *[x for kv in args.items() for x in kv]], capsys)
+    assert code == 2 and "Traceback" not in err, (code, err[-2000:])
+    assert err.startswith(f"uav: error: {flag} must be") and f"got {value}" in err and "(fix: " in err, err
 
 
 _TRAIN_PEAK = """

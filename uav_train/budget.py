@@ -1,4 +1,5 @@
-"""What a training step will cost, checked before the first one: the training split's size and the step's memory.
+"""What a training step will cost: the memory model of one step on the decoder's side (`uav plan` prints it), and the
+checks before the first step, the training split's size and the step's memory.
 
 A batch larger than one pass over the training split only repeats items within the step, and a batch too large for
 the machine is killed by the kernel hours later, leaving a run stuck in status "training". Both are refused here, in
@@ -7,16 +8,16 @@ one line, before anything is written.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
+from uav_cache.arch import Arch, arch_of
+from uav_cache.device import resolve_precision
 from uav_cache.errors import UavError
-from uav_cache.models import ModelSpec
 from uav_cache.store import Store
 from uav_train.stream import item_pairs
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from uav_train.trainer.config import TrainConfig
 
 TEMPLATE_TOKENS = 48  # chat template and question tokens per item, a generous round figure (the demo's: ~25-40)
-DEFAULT_VOCAB = 65_536  # when the decoder's config does not say
 
 
 def epoch_items(stores: list[Store], mode: str, sources: list[str] | None = None,
@@ -55,23 +55,47 @@ def check_batch(batch_size: int, items: float, stage: str) -> None:
                        f"{stage})", f"use --batch-size {most} or less, or harvest more training data")
 
 
-def step_bytes(batch_size: int, spec: ModelSpec, *, soft_tokens: int, answer_tokens: int, d_in: int, n_inputs: int,
-               grad_checkpointing: bool, vocab: int) -> int:
-    """An upper estimate of one training step's memory beyond the weights: the decoder's activations kept for the
-    backward pass (fp32: ~70 bytes per token, layer and width unit without checkpointing, one layer input with it;
-    after Korthikanti et al. 2022), the answer logits with their gradient, and the adapter's inputs."""
-    tokens = soft_tokens + TEMPLATE_TOKENS + answer_tokens
-    per_layer = (8 if grad_checkpointing else 70) * tokens * spec.d_model
-    logits = 3 * 4 * answer_tokens * vocab
-    inputs = 4 * n_inputs * d_in
-    return int(batch_size * (spec.n_layers * per_layer + logits + inputs))
+# ---------------------------------------------------------------------------------------------- the memory model
+# One training step's memory on the decoder's side, per process: `uav plan` prints it with its assumptions, and
+# preflight() refuses a step that would not fit. tests/test_plan.py holds it against a real training's peak memory.
+
+
+def frozen_bytes(dec: Arch, precision: str, nproc: int = 1, fsdp: bool = False) -> float:
+    """The frozen decoder weights one process holds, in the precision's dtype: all of them, or with FSDP2 over
+    ``nproc`` ranks 1/nproc of the blocks plus two gathered blocks (embeddings, final norm and LM head stay whole)."""
+    wbytes = 2 if precision == "bf16" else 4
+    blocks, other = dec.n_layers * dec.block_params * wbytes, dec.other_params * wbytes
+    return (blocks / nproc + 2 * dec.block_params * wbytes + other) if fsdp else (blocks + other)
+
+
+def lora_params(dec: Arch, r: int) -> int:
+    """Trainable parameters of a rank-``r`` LoRA on every Linear of every block."""
+    return dec.n_layers * sum(r * (i + o) for i, o in dec.linears_per_block())
+
+
+def trainable_bytes(params: int) -> int:
+    """Adapter and LoRA weights in fp32 with fp32 gradients and AdamW's two moments: 16 bytes a parameter."""
+    return 16 * params
+
+
+def step_bytes(dec: Arch, *, items: int, seq: int, answer_tokens: int, precision: str,
+               grad_checkpointing: bool) -> dict[str, int]:
+    """What one step of ``items`` items of ``seq`` tokens each keeps beyond the weights: the activations kept for the
+    backward pass (2 bytes × (10·d + 4·intermediate) a token and block, twice that in fp32; with checkpointing, each
+    block's input and one block's worth), and the logits of the ``answer_tokens`` an item the LM head runs on, with
+    their gradient (fp32)."""
+    wbytes = 2 if precision == "bf16" else 4
+    per_tok_block = 2 * (10 * dec.d_model + 4 * dec.intermediate) * (1 if precision == "bf16" else 2)
+    if grad_checkpointing:
+        acts = items * seq * (dec.n_layers * dec.d_model * wbytes + per_tok_block)
+    else:
+        acts = items * seq * dec.n_layers * per_tok_block
+    return {"activations": acts, "logits": items * answer_tokens * dec.vocab * 4 * 3}
 
 
 def available_bytes(device: str) -> int | None:
     """Free memory of the device the step runs on: the GPU's free memory, else the host's MemAvailable."""
     if device.startswith("cuda"):
-        import torch
-
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -85,17 +109,6 @@ def available_bytes(device: str) -> int | None:
         return None
 
 
-def vocab_size(spec: ModelSpec) -> int:
-    """The decoder's vocabulary from its config.json when the folder is known, else a round default."""
-    if spec.path:
-        try:
-            cfg = json.loads((Path(spec.path) / "config.json").read_text())
-            return int(cfg.get("vocab_size") or cfg.get("text_config", {}).get("vocab_size") or DEFAULT_VOCAB)
-        except (OSError, ValueError, TypeError):
-            pass
-    return int(spec.extra.get("vocab_size", DEFAULT_VOCAB))
-
-
 def check_memory(need: int, free: int | None, batch_size: int) -> None:
     """Refuse a step estimated to need more memory than is free (nothing is known: nothing is refused)."""
     if free is not None and need > free:
@@ -103,8 +116,9 @@ def check_memory(need: int, free: int | None, batch_size: int) -> None:
                        f"more than the {free / 2**30:.1f} GiB free", "lower --batch-size, or pass --grad-checkpointing")
 
 
-def preflight(cfg: "TrainConfig", stores: list[Store], device: str) -> int:
-    """Both checks for every stage the run trains, before anything is written; returns the step estimate (bytes)."""
+def preflight(cfg: "TrainConfig", stores: list[Store], device: str) -> int | None:
+    """Both checks for every stage the run trains, before anything is written; returns the step estimate (bytes), None
+    where the decoder's sizes are unknown (nothing to estimate from, so nothing is refused)."""
     from uav_cache.models import resolve
     from uav_train.adapters import adapter_config
 
@@ -113,6 +127,10 @@ def preflight(cfg: "TrainConfig", stores: list[Store], device: str) -> int:
     for mode, name in stages[cfg.stage]:
         check_batch(cfg.batch_size, epoch_items(stores, mode, cfg.sources, cfg.source_weights, cfg.context), name)
     spec = resolve(cfg.decoder, "--decoder")
+    try:
+        dec = arch_of(spec, exact=False)
+    except UavError:  # a registry entry without [arch] sizes, a folder whose config.json lacks one
+        return None
     layers = len(cfg.layers or stores[0].layers) if cfg.adapter != "none" else 0
     soft = getattr(adapter_config(cfg.adapter, **cfg.adapter_options), "k", layers) if layers else 0
     vectors = 0
@@ -121,9 +139,10 @@ def preflight(cfg: "TrainConfig", stores: list[Store], device: str) -> int:
         tc = adapter_config(cfg.token_adapter, **cfg.token_adapter_options)
         vectors = len(cfg.token_layers) * longest
         soft += getattr(tc, "k", None) or getattr(tc, "m", 1) * longest
-    need = max(step_bytes(cfg.batch_size, spec, soft_tokens=soft, answer_tokens=answer,
-                          d_in=stores[0].meta["d_model"], n_inputs=layers + vectors,
-                          grad_checkpointing=cfg.grad_checkpointing, vocab=vocab_size(spec))
+    precision = resolve_precision(cfg.precision, torch.device(device))
+    inputs = cfg.batch_size * 4 * (layers + vectors) * stores[0].meta["d_model"]  # the adapter's input vectors, fp32
+    need = max(sum(step_bytes(dec, items=cfg.batch_size, seq=soft + TEMPLATE_TOKENS + answer, answer_tokens=answer,
+                              precision=precision, grad_checkpointing=cfg.grad_checkpointing).values()) + inputs
                for answer in (cfg.max_target_tokens, cfg.max_answer_tokens or 32))
     check_memory(need, available_bytes(device), cfg.batch_size)
     return need
