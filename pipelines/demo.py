@@ -31,7 +31,7 @@ from uav_eval.protocol import EvalConfig, evaluate
 from uav_eval.report import compare, summary_table
 from uav_eval.results import Results, location, suffix
 from uav_eval.spread import beside_reference, load_reference, summarise, table as spread_table
-from uav_train.run import CONFIG, RunRecord
+from uav_train.run import RunRecord
 from uav_train.trainer import RECIPE_SECTIONS, TrainConfig, train
 
 
@@ -135,7 +135,8 @@ def _current_results(cfg: EvalConfig) -> Results | None:
     folder = run
     if cfg.data is not None:
         ex = load_examples(cfg.data)
-        own = (run / CONFIG).exists() and RunRecord.load(run / CONFIG).trained_on(ex.fingerprint)
+        rec = RunRecord.of(run)
+        own = rec is not None and rec.trained_on(ex.fingerprint)
         folder = location(run, dataset=ex.name, fingerprint=ex.fingerprint, split=cfg.split or "all", own=own)
     p, weights = folder / f"results{suffix(cfg.limit)}.json", run / "adapter.safetensors"
     if not p.exists() or not weights.exists() or p.stat().st_mtime < weights.stat().st_mtime:

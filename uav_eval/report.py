@@ -454,10 +454,10 @@ def _branch(d: dict | None) -> str:
 def model_card(results: Results) -> str:
     """RUN/README.md from the run's own evaluation and its record: a Hugging Face-style model card (front matter for
     the hub: library peft, the decoder's hub id as base model where the registry knows it)."""
-    from uav_train.run import RunRecord
+    from uav_train.run import CONFIG, RunRecord
 
     run = Path(results.run)
-    rec = RunRecord.load(run / "config.json")
+    rec = RunRecord.load(run / CONFIG)
     t, st = rec.train, (rec.stores[0] if rec.stores else None)
     hub, origin = None, ""  # the hub id is the base model only where the weights are the hub's own
     try:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 CONFIG = "config.json"
 ADAPTER = "adapter.safetensors"
 ADAPTER_CONFIG = "uav_adapter.json"  # not PEFT's adapter_config.json, which PeftModel.from_pretrained(RUN) would read
-LEGACY_ADAPTER_CONFIG = "adapter_config.json"  # the name runs written before had; still read
+LEGACY_ADAPTER_CONFIG = "adapter_config.json"  # its name in a run folder without uav_adapter.json; still read
 LORA = "lora"
 CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
@@ -114,7 +114,7 @@ def save_adapter(folder: Path, adapter: InputAdapter, extra: dict | None = None)
 
 
 def adapter_description(folder: Path) -> Path | None:
-    """The adapter's description file in ``folder`` (uav_adapter.json, or adapter_config.json in older runs)."""
+    """The adapter's description file in ``folder`` (uav_adapter.json, else LEGACY_ADAPTER_CONFIG)."""
     for name in (ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG):
         if (Path(folder) / name).is_file():
             return Path(folder) / name
@@ -146,7 +146,7 @@ def load_adapter(folder: Path) -> tuple[InputAdapter, dict]:
     desc = read_json(desc_path)
     adapter = adapter_from_description(desc)
     weights = load_file(str(folder / ADAPTER))
-    if "config" in desc:  # a run from before the tokens branch: its one adapter is the pooled branch
+    if "config" in desc:  # the description of one adapter, without branches: it is the pooled branch
         weights = {f"pooled.{k}": v for k, v in weights.items()}
     adapter.load_state_dict(weights)
     return adapter, desc
@@ -290,26 +290,25 @@ STORE_CONTENT = ("donor", "weights_fingerprint", "dataset_fingerprint", "layers"
 class StoreRecord:
     """What config.json records of one training store: where it is (as typed and absolute) and what it holds.
 
-    Runs written before a key was recorded load it as None: unknown, so never compared (:meth:`changes`). Runs
-    before 743d1c8 recorded only path, donor, layers, d_model and weights_fingerprint; donor_path and
-    compute_dtype came later still."""
+    A key the record lacks loads as None: unknown, so never compared (:meth:`changes`). Only path, donor, layers,
+    d_model and weights_fingerprint are in every record."""
 
     path: str = ""  # as typed at training (may be relative to another folder, or an fsspec URL)
-    abspath: str | None = None  # absolute path (a URL as typed); None in older runs: use path
+    abspath: str | None = None  # absolute path (a URL as typed); None where not recorded: use path
     donor: str | None = None
-    donor_path: str | None = None  # the donor's local folder; older stores recorded only its name (donor)
+    donor_path: str | None = None  # the donor's local folder; None where only its name (donor) was recorded
     layers: list[str] = field(default_factory=list)
     d_model: int | None = None
     dtype: str | None = None
     compute_dtype: str | None = None
     dataset: str | None = None  # the dataset's name
     positions: str | None = None
-    donor_input: str | None = None  # None in older runs: raw text, the only input there was (see donor_reading)
-    max_length: int | None = None  # None in older runs: the donor's registry max_length (see donor_reading)
+    donor_input: str | None = None  # None where not recorded: raw text (see donor_reading)
+    max_length: int | None = None  # None where not recorded: the donor's registry max_length (see donor_reading)
     dataset_fingerprint: str | None = None
     weights_fingerprint: str | None = None
     n_rows: int | None = None
-    committed_rows: int | None = None  # rows the run could read: n_rows, fewer for an unfinished harvest (None: older)
+    committed_rows: int | None = None  # rows the run could read: n_rows, fewer for an unfinished harvest
 
     @classmethod
     def of(cls, s: Store) -> "StoreRecord":
@@ -349,13 +348,13 @@ class RunRecord:
     """A run's config.json: the resolved training settings and what the run was trained on. Written by the
     trainer when a run starts ("training") and when it ends ("complete"); read by resume, evaluation and explain.
 
-    ``to_dict``/``save`` write exactly these keys, in this order; ``from_dict``/``load`` accept older runs: a key
-    they lack takes the default given here (None: not recorded), and keys this version does not know are
-    dropped. The fallbacks a reader needs for an older run are here: :attr:`readout`, :meth:`input_spec`,
+    ``to_dict``/``save`` write exactly these keys, in this order; ``from_dict``/``load`` accept any record: a key it
+    lacks takes the default given here (None: not recorded), and keys this version does not know are dropped. The
+    fallbacks for a key a record lacks are here: :attr:`readout`, :meth:`input_spec`,
     :meth:`decoder_weights`, :meth:`StoreRecord.donor_reading`."""
 
     status: str | None = None  # "training" while it runs, "complete" once the final weights are written
-    # the resolved TrainConfig (asdict) as trained; a dict, not a TrainConfig: an older run's settings must load
+    # the resolved TrainConfig (asdict) as trained; a dict, not a TrainConfig: a recorded run's settings must load
     # even after a field is renamed or gone, and run.py sits below the trainer
     train: dict = field(default_factory=dict)
     identity: dict | None = None  # the settings a resume must match exactly (TrainConfig.identity())
@@ -363,7 +362,7 @@ class RunRecord:
     donor: str | None = None
     layers: list[str] = field(default_factory=list)  # module paths, as the store names them
     decoder: str | None = None  # as typed: a registry name, hub id or folder
-    decoder_fingerprint: str | None = None  # the decoder's weights; None in older runs (see decoder_weights)
+    decoder_fingerprint: str | None = None  # the decoder's weights; None where not recorded (see decoder_weights)
     adapter: dict = field(default_factory=dict)  # InputAdapter.describe(): each branch's kind, config, d_in, …
     trainable_params: dict = field(default_factory=dict)  # {"adapter": n, "lora": n}
     lora: str | None = None  # "trained", "frozen from RUN_A", or None (no LoRA)
@@ -382,6 +381,12 @@ class RunRecord:
     def load(cls, path: str | Path) -> "RunRecord":
         return cls.from_dict(read_json(path))
 
+    @classmethod
+    def of(cls, run: str | Path) -> "RunRecord | None":
+        """The record in the run folder ``run``; None where the folder holds none (no run has started there)."""
+        p = Path(run) / CONFIG
+        return cls.load(p) if p.exists() else None
+
     def save(self, path: str | Path) -> None:
         write_json_atomic(path, self.to_dict())
 
@@ -392,14 +397,14 @@ class RunRecord:
 
     @property
     def readout(self) -> str:
-        """The stored read-out the adapter reads; runs from before read-outs read the last token."""
+        """The stored read-out the adapter reads; settings that name none read the last token."""
         return self.train.get("readout", "last")
 
     @property
     def adapter_kind(self) -> str:
         """The adapter as reports name it: a branch's kind ("mlp") or both ("mlp+pervector")."""
         a = self.adapter
-        if "config" in a:  # one pooled adapter (runs before the tokens branch)
+        if "config" in a:  # the description of one adapter, without branches: the pooled one
             return a["config"]["kind"]
         return "+".join(a[k]["config"]["kind"] for k in ("pooled", "tokens") if a.get(k))
 
@@ -410,10 +415,10 @@ class RunRecord:
         return a.get("d_in") if "config" in a else next((a[k]["d_in"] for k in ("pooled", "tokens") if a.get(k)), None)
 
     def input_spec(self):
-        """What the run feeds its adapter (stream.InputSpec): runs from before token inputs read the pooled read-out
-        of their layers only. Runs of the old ``tokens = true`` experiment (every token through one pooled adapter)
-        are refused: retrain them with token_layers."""
-        from uav_train.stream import InputSpec
+        """What the run feeds its adapter (stream.InputSpec): settings without token_layers read the pooled read-out
+        of their layers only. Settings with ``tokens = true`` (every token through one pooled adapter, which this uav
+        does not read) are refused: retrain such a run with token_layers."""
+        from uav_train.stream import InputSpec, default_form
 
         t = self.train
         if t.get("tokens"):
@@ -421,14 +426,14 @@ class RunRecord:
                            "no longer reads", "retrain it with token_layers (see README: token-level inputs)")
         pooled = t.get("adapter", "mlp") != "none"
         token_layers = tuple(t.get("token_layers") or ())
-        forms = t.get("forms") or {"full" if pooled and token_layers else ("tokens" if token_layers else "pooled"): 1.0}
+        forms = t.get("forms") or {default_form(pooled, bool(token_layers)): 1.0}
         return InputSpec(layers=tuple(self.layers) if pooled else (), readout=self.readout if pooled else None,
                          token_layers=token_layers, forms=tuple(sorted(forms.items())),
                          window=tuple(t.get("window") or (1, 32)))
 
     def decoder_weights(self) -> str:
         """The weights fingerprint of the decoder: weights, not names, identify it ("smollm2-135m", its hub id,
-        "dir/" and "dir" agree). Recorded since decoder_fingerprint was; computed for runs written before."""
+        "dir/" and "dir" agree); computed from the decoder where the record has none."""
         from uav_cache.models import resolve, weights_fingerprint
 
         return self.decoder_fingerprint or weights_fingerprint(resolve(self.train["decoder"]))
@@ -454,15 +459,22 @@ class RunInfo:
     record: RunRecord
 
     @classmethod
-    def open(cls, run: str | Path) -> "RunInfo":
-        """A finished run's folder and record; refused with one line when it is not a run or not finished."""
+    def open(cls, run: str | Path, flag: str | None = None, lora: bool = False) -> "RunInfo":
+        """A finished run's folder and record, its files checked (:meth:`check_files`); refused with one line when it
+        is not a run or has not finished. ``flag``: the setting of another run that builds on this one
+        (--frozen-decoder, init_from), named in the refusal; ``lora``: this run must bring a LoRA."""
         p = Path(run)
-        if not (p / CONFIG).exists():
-            raise UavError(f"{p} is not a uav run directory (no {CONFIG})", "pass the --out folder of `uav train`")
-        rec = RunRecord.load(p / CONFIG)
+        rec = RunRecord.of(p)
+        fix = f"point {flag} at a completed stage-2 run" + (" trained with LoRA" if lora else "") if flag else None
+        if rec is None:
+            raise UavError(f"{f'{flag} {run}' if flag else p} is not a uav run directory (no {CONFIG})",
+                           fix or "pass the --out folder of `uav train`")
+        who = f"{flag} {run}" if flag else f"run {p}"
         if rec.status != "complete":
-            raise UavError(f"run {p} has not finished training (status {rec.status!r})",
-                           "re-run the same `uav train` command to resume it")
+            raise UavError(f"{who} has not finished training (status {rec.status!r})",
+                           fix or "re-run the same `uav train` command to resume it")
+        if lora and not (p / LORA).exists():
+            raise UavError(f"{who} has no LoRA ({p / LORA} is missing)", fix)
         info = cls(p, rec)
         info.check_files()
         return info

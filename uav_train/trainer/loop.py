@@ -88,19 +88,6 @@ def with_layer_paths(cfg: TrainConfig, store: Store) -> TrainConfig:
     return replace(cfg, layers=paths(cfg.layers), token_layers=paths(cfg.token_layers))
 
 
-def finished_run(path: str, flag: str, lora: bool) -> RunRecord:
-    """The finished run another run builds on (``flag``: --frozen-decoder, init_from), refused before anything is
-    written when it is not a run, has not finished (or lacks the LoRA it must bring), or its files are damaged."""
-    p, fix = Path(path), "point it at a completed stage-2 run" + (" trained with LoRA" if lora else "")
-    if not (p / CONFIG).exists():
-        raise UavError(f"{flag} {path} is not a uav run directory", fix)
-    rec = RunRecord.load(p / CONFIG)
-    if rec.status != "complete" or (lora and not (p / LORA).exists()):
-        raise UavError(f"{flag} {path} is not a finished run" + (" with a LoRA" if lora else ""), fix)
-    RunInfo(p, rec).check_files()  # a damaged adapter or LoRA
-    return rec
-
-
 def input_spec(cfg: TrainConfig, store: Store) -> InputSpec:
     """What the run feeds its adapter (cfg's layers already module paths): the stream, warm start and record use it."""
     pooled = cfg.adapter != "none"
@@ -125,7 +112,7 @@ class Trainer:
         cfg = self.cfg = with_layer_paths(cfg, self.stores[0])
         self.layers = cfg.layers or self.stores[0].layers
         self.spec = input_spec(cfg, self.stores[0])
-        self.frozen_run = (finished_run(cfg.frozen_decoder, "--frozen-decoder", lora=True) if cfg.frozen_decoder
+        self.frozen_run = (RunInfo.open(cfg.frozen_decoder, "--frozen-decoder", lora=True).record if cfg.frozen_decoder
                            else None)
         spec = resolve(cfg.decoder, "--decoder")
         self.decoder_fingerprint = weights_fingerprint(spec)
@@ -165,7 +152,7 @@ class Trainer:
         """The finished run ``init_from`` names, refused unless this run could have trained it: the same decoder,
         donor (weights), inputs and LoRA settings. Checked before anything is written."""
         cfg, path = self.cfg, Path(self.cfg.init_from)
-        rec = finished_run(cfg.init_from, "init_from", lora=False)
+        rec = RunInfo.open(cfg.init_from, "init_from").record
         first, meta, spec, theirs = rec.stores[0], self.meta, self.spec, rec.input_spec()
         bad = [f"{what}: {path.name} has {a}, this run {b}" for what, a, b in (
             ("decoder", rec.decoder_weights()[:12], self.decoder_fingerprint[:12]),
@@ -510,9 +497,8 @@ class Trainer:
         )
 
     def _check_resume(self) -> None:
-        p = self.run / CONFIG
-        if p.exists():
-            old = RunRecord.load(p)
+        old = RunRecord.of(self.run)
+        if old is not None:
             if old.identity != self.cfg.identity():
                 diff = [k for k in self.cfg.identity() if (old.identity or {}).get(k) != self.cfg.identity()[k]]
                 raise UavError(f"{self.run} holds a run with different settings ({', '.join(diff)})",
@@ -520,7 +506,7 @@ class Trainer:
             old.check_same_stores(self.run, self.stores)
         distributed.barrier()  # every rank has read the old record before rank 0 replaces it
         if self.ranks.main:
-            self._record("training").save(p)
+            self._record("training").save(self.run / CONFIG)
 
     def _save_final(self, summary: list) -> None:
         if not self.ranks.main:
@@ -561,13 +547,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
         st.check_usable(cfg.allow_incomplete)  # damaged tables, an unfinished harvest
     budget.preflight(cfg, stores, str(pick_device(cfg.device)))  # a batch beyond the split or the memory
     cfg = with_layer_paths(cfg, stores[0])  # a run names its layers as the store does, however they were typed
-    done = Path(cfg.out) / CONFIG
-    if done.exists():
-        old = RunRecord.load(done)
-        if old.identity == cfg.identity():
-            old.check_same_stores(Path(cfg.out), stores)
-            if old.status == "complete":
-                return Path(cfg.out)
+    old = RunRecord.of(cfg.out)
+    if old is not None and old.identity == cfg.identity():
+        old.check_same_stores(Path(cfg.out), stores)
+        if old.status == "complete":
+            return Path(cfg.out)
     ranks = distributed.Ranks.from_env()
     group = distributed.init(ranks, pick_device(cfg.device, ranks.device_rank)) if ranks.world > 1 else False
     try:
