@@ -29,7 +29,7 @@ from uav_eval.methods import BYPASS_LORA, METHODS, QUESTION_ONLY, READING_METRIC
 from uav_eval.results import Results
 from uav_eval.generate import generate, generate_scored
 from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
-from uav_train.stream import InputSpec, Item, _kind, derangement, read_rows, stack_x, task_of
+from uav_train.stream import InputSpec, Item, answer_kind, derangement, read_rows, stack_x, task_of
 
 # max new tokens by task group (classification, fact, gist; yes/no questions)
 TASK_TOKENS = {**dict(zip(TASKS, (8, 16, 32), strict=True)), "yesno": 4}
@@ -88,7 +88,7 @@ def eval_items(store: Store, split: str, limit: int | None, spec: InputSpec) -> 
     form = spec.eval_form()
     xs = {r: ra.form(form) for r, ra in zip(uniq.tolist(), read_rows(store, uniq, spec))}
     return [Item(xs[r], qa["question"], qa["answer"], r, 0, task_of(ex[r], qa["answer"]), ex[r].get("source") or "",
-                 ex[r]["text"], kind=_kind(qa["answer"]), phrasing=qa.get("phrasing") or "seen",
+                 ex[r]["text"], kind=answer_kind(qa["answer"]), phrasing=qa.get("phrasing") or "seen",
                  heldout_dataset=bool(ex[r].get("heldout_dataset"))) for r, qa in picked]
 
 

@@ -125,7 +125,8 @@ class Verbalizer:
         pooled = None
         if self.spec.pooled and positions is None:
             every = torch.ones(1, n_tok, dtype=torch.bool)  # the read-out of the whole text, as the harvest takes it
-            pooled = torch.stack([pool(got[n].float()[None], every, self.spec.readout)[0].to(dt) for n in self.spec.layers])
+            pooled = torch.stack([pool(got[n].float()[None], every, self.spec.readout)[0].to(dt)
+                                  for n in self.spec.layers])
         tokens = pos = None
         if self.spec.tokens:
             pos = np.arange(n_tok) if positions is None else np.atleast_1d(np.asarray(positions, dtype=np.int64))

@@ -12,7 +12,7 @@ from uav_cache.config import field_defaults, field_help
 from uav_cache.errors import UavError
 
 H = field_help("uav_train.trainer.config", "TrainConfig")  # `uav train` options: help from the fields' comments
-D = field_defaults("uav_train.trainer.config", "TrainConfig")  # … and the default each takes when neither flag nor recipe sets it
+D = field_defaults("uav_train.trainer.config", "TrainConfig")  # … and each one's default, where no flag or recipe sets it
 
 
 def _h(name: str, prefix: str = "") -> str:

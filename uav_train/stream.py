@@ -319,10 +319,10 @@ class ItemStream:
         p = np.asarray(p, dtype=float) / sum(p)
         out = []
         for q, a in (item_pairs(e, self.mode) if self.mode != "context" else []):
-            for _ in range(copies(w * self.yesno) if self.mode == "qa" and _kind(a) == "yesno" else copies(w)):
+            for _ in range(copies(w * self.yesno) if self.mode == "qa" and answer_kind(a) == "yesno" else copies(w)):
                 form = forms[int(rng.choice(len(forms), p=p))]
                 out.append(Item(ra.form(form, rng, self.spec.window), q, a, r, si, task_of(e, a), source,
-                                e["text"], kind=_kind(a)))
+                                e["text"], kind=answer_kind(a)))
         for _ in range(copies(self.context * w)):
             c = context_item(ra, e["text"], rng, self.spec.window)
             if c is not None:
@@ -435,14 +435,16 @@ def derangement(items: list[Item], seed: int = 0) -> list[int]:
     return out
 
 
-def _kind(answer: str) -> str:
+def answer_kind(answer: str) -> str:
+    """A question's kind from its answer: "yesno" when the answer is yes or no (any case, a trailing period or "!"),
+    else "open"."""
     return "yesno" if answer.strip().lower().rstrip(".!") in ("yes", "no") else "open"
 
 
 def task_of(example: dict, answer: str) -> str:
     """The group a question is reported in: "yesno" for a yes/no question (whatever its example's task), else the
     example's task."""
-    return "yesno" if _kind(answer) == "yesno" else (example.get("task") or "")
+    return "yesno" if answer_kind(answer) == "yesno" else (example.get("task") or "")
 
 
 def stack_acts(acts: list[Acts]) -> AdapterInput:

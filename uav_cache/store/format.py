@@ -281,8 +281,8 @@ def read_commit(path: str | Path, s: int) -> dict:
         return json.load(f)
 
 
-_CRC_MISMATCH = re.compile(r"Stored and computed checksum do not match\. Stored: (b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\")\. "
-                           r"Computed: (b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\")")
+_BYTES = r"(b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\")"  # a bytes object as repr() writes it
+_CRC_MISMATCH = re.compile(rf"Stored and computed checksum do not match\. Stored: {_BYTES}\. Computed: {_BYTES}")
 
 
 def why_unreadable(e: Exception) -> str:

@@ -112,7 +112,8 @@ class Store:
         try:
             return self.group[name][sel]
         except Exception as e:  # noqa: BLE001 - zarr surfaces damage as codec, key or value errors
-            raise UavError(f"table {name} of store {self.path} is unreadable ({self._why(name, e, sel.start, sel.stop)})",
+            why = self._why(name, e, sel.start, sel.stop)
+            raise UavError(f"table {name} of store {self.path} is unreadable ({why})",
                            f"run `uav store verify {self.path}`; a damaged table needs a new harvest") from e
 
     def _why(self, name: str, e: Exception, lo: int | None = None, hi: int | None = None) -> str:
@@ -376,7 +377,8 @@ class Store:
                     arr = self.group[name]
                     bits = arr[a:b] if per_row else arr[:]
                 except Exception as e:  # a truncated or garbled chunk surfaces as a codec/key error
-                    problems.append(f"shard {s}: {name} unreadable ({self._why(name, e, *((a, b) if per_row else ()))})")
+                    why = self._why(name, e, *((a, b) if per_row else ()))
+                    problems.append(f"shard {s}: {name} unreadable ({why})")
                     continue
                 if bits.dtype != np.uint16 or bits.shape[-1] != m["d_model"]:
                     problems.append(f"shard {s}: {name} has {bits.shape} {bits.dtype}, want (*, {m['d_model']}) uint16")
