@@ -24,8 +24,8 @@ export TOKENIZERS_PARALLELISM ?= false
 
 setup: $(STAMP)
 
-# torch first, pinned to the CPU wheel on our machines: anything that depends on torch would otherwise
-# pull a multi-GB CUDA build (NOTES.md). The constraints file keeps every later install on that wheel.
+# torch first, pinned to the CPU wheel on our machines: installing anything that depends on torch (peft, …) into an
+# environment without it pulls a multi-GB CUDA build. The constraints file keeps every later install on that wheel.
 $(STAMP): pyproject.toml constraints.txt requirements-embedded.txt
 	test -x .venv/bin/python || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
@@ -37,6 +37,10 @@ $(STAMP): pyproject.toml constraints.txt requirements-embedded.txt
 test: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# Both suites, then the GPU self-check in its small CPU form (what CI runs): a GPU box's full check is `make gpu-check`
+test-all: test
+	$(UAV) gpu-check --form cpu
 
 # The kill/resume test files N times in a row beside LOAD busy processes, every run's failures kept in stress.log
 N    ?= 20

@@ -59,7 +59,7 @@ def with_range(key: str, values: list[float]) -> dict:
 
 
 def ranged(results: dict, key: str, digits: int = 2) -> str:
-    """`1.02 (0.98–1.05)`, or the median alone for results written before ranges."""
+    """`1.02 (0.98–1.05)`, or the median alone for results without ranges."""
     lo_hi = results.get(f"{key}_range")
     v = results[key]
     return f"{v:.{digits}f}" + (f" ({lo_hi[0]:.{digits}f}–{lo_hi[1]:.{digits}f})" if lo_hi else "")
@@ -239,7 +239,7 @@ def store_claims(formats: list[dict]) -> dict:
     by = {(r["format"], r["dtype"]): r for r in formats}
     dtypes = sorted({r["dtype"] for r in formats})
     ours = [by[(DEFAULT_FORMAT, d)] for d in dtypes]
-    if "write_mb_s_rounds" not in ours[0]:  # results written before rounds were kept
+    if "write_mb_s_rounds" not in ours[0]:  # results that keep no rounds
         return {"writer_mb_s": min(r["write_mb_s"] for r in ours),
                 "batches_vs_arrow": min(by[(DEFAULT_FORMAT, d)]["batches_per_s"] / by[("arrow (datasets)", d)]["batches_per_s"]
                                         for d in dtypes),

@@ -143,8 +143,8 @@ def _current_results(cfg: EvalConfig) -> Results | None:
         return None
     res = Results.load(p)
     same = {k: res.config.get(k) == getattr(cfg, k) for k in ("limit", "methods", "split", "store", "data")}
-    # results without limit_counts predate stop 34 (limits counting questions, a shuffled control through a random
-    # adapter): evaluated again
+    # results without limit_counts counted their limit in questions and ran the shuffled control through a random
+    # adapter: evaluated again
     return res if all(same.values()) and res.limit_counts == "texts" else None
 
 

@@ -69,7 +69,7 @@ def test_a_ratio_is_the_median_of_its_rounds_printed_with_its_range():
     r = bench.with_range("harvest_overhead", [0.9, 1.02, 0.97])
     assert r == {"harvest_overhead": 0.97, "harvest_overhead_range": [0.9, 1.02], "rounds": 3}
     assert bench.ranged(r, "harvest_overhead") == "0.97 (0.90–1.02)"
-    assert bench.ranged({"x": 1.5}, "x") == "1.50"  # results written before ranges
+    assert bench.ranged({"x": 1.5}, "x") == "1.50"  # results without ranges
 
 
 def test_store_claims_take_each_round_against_arrow_in_the_same_round():

@@ -219,7 +219,7 @@ def test_a_limited_evaluation_never_replaces_the_full_one(run):
 
 def test_a_limit_counts_texts_and_scores_every_question_of_each(run, tiny_llama_dir, tmp_path):
     """--limit N takes the first N texts of each source with all their questions. Counting questions instead scored
-    facts on 4 of 12 country texts at limit 20 (about six questions each; research log, run 41)."""
+    facts on 4 of 12 country texts at limit 20 (about six questions each)."""
     p = tmp_path / "multi.jsonl"
     with p.open("w") as f:
         for i in range(10):
@@ -284,7 +284,7 @@ def test_an_answers_generated_logprob_is_its_teacher_forced_one(run):
 
 def test_shuffled_is_uav_shown_another_items_activation(run):
     """The control the whole method rests on: the same trained adapter, LoRA and prompt, only the activation swapped.
-    (Until stop 34 it ran the random adapter on the swapped activation, a weaker control.)"""
+    (Not the random adapter on the swapped activation: a weaker control.)"""
     from uav_eval.protocol import run_methods
 
     lr = load_run(run)
@@ -452,7 +452,7 @@ def test_demo_runs_the_recipe_and_a_second_run_is_a_no_op(tmp_path, tiny_llama_d
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
     assert run_demo(recipe, console=Console(file=io.StringIO())) == table
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == stamps  # nothing redone
-    older = runs / "mlp-lora" / "results-limit2.json"  # written before stop 34: no limit_counts, the old control
+    older = runs / "mlp-lora" / "results-limit2.json"  # as results without limit_counts are (the older control)
     older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "limit_counts"}))
     run_demo(recipe, console=Console(file=io.StringIO()))
     assert json.loads(older.read_text())["limit_counts"] == "texts"  # evaluated again

@@ -1,4 +1,4 @@
-"""The sweep of bad inputs and damaged files (issue 19), kept as tests so that it stays swept.
+"""Bad inputs and damaged files, swept through every command and kept as tests so that they stay swept.
 
 Each case is one thing a new user did to copies of the demo's stores and runs, and what uav must answer: one
 `uav: error:` line naming the problem and a fix that exists (exit 2), `BROKEN …` from verify (exit 1), or a refusal

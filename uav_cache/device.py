@@ -56,9 +56,9 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """"bf16" or "fp32", what a run on ``device`` computes in. auto: bf16 on a GPU with bf16 units (tensor cores;
-    half the decoder's memory), fp32 elsewhere (a CPU: what uav did before the setting existed; tiny models run
-    slower in bf16). bf16: bf16 where the device has bf16 units (a CPU with AVX-512 or AMX: 0.65× the fp32 step
-    time on the demo), fp32 where it has none, since there bf16 only costs time (~100× on an AVX2 CPU)."""
+    half the decoder's memory), fp32 elsewhere (a CPU, where tiny models run slower in bf16). bf16: bf16 where the
+    device has bf16 units (a CPU with AVX-512 or AMX: faster steps than fp32), fp32 where it has none, since there
+    bf16 only costs time (~100× on an AVX2 CPU)."""
     if precision == "auto":
         return "bf16" if device.type == "cuda" and native_bf16(device) else "fp32"
     if precision == "bf16":

@@ -65,7 +65,7 @@ def eval_items(store: Store, split: str, limit: int | None, spec: InputSpec) -> 
     held-out phrasings included; each shows the adapter what the run reads of the whole text (``spec.eval_form()``).
 
     The limit counts texts, not questions: a country text carries ~6 questions, and counting questions scored facts
-    on 4 of the 12 test texts at limit 20 (research log, run 41). A text is the unit a result generalises over."""
+    on 4 of the 12 test texts at limit 20. A text is the unit a result generalises over."""
     ex = store.examples()
     rows = store.committed_rows() if split == "all" else store.split_rows(split)
     if len(rows) == 0:

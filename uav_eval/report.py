@@ -253,7 +253,7 @@ def _other_metrics_table(results: Results) -> str:
     """Answer mentioned, ROUGE-L and similarity per group; accuracy only where it exists (classification)."""
     cols = _groups(results) + ["overall"]
     has_sim = any(_stat(results, m, "overall", "sim")["n"] for m in _methods(results))
-    has_mention = any(_stat(results, m, "overall", "mention")["n"] for m in _methods(results))  # older results lack it
+    has_mention = any(_stat(results, m, "overall", "mention")["n"] for m in _methods(results))  # results may lack it
     shown = [("mention", "answer mentioned")] * has_mention + [("rougeL", "ROUGE-L")] + [("sim", "similarity")] * has_sim
     rows = []
     for m in _methods(results):
@@ -585,8 +585,8 @@ def reading_compare(loaded: list[tuple[str, Results]]) -> str:
 
 
 def _dataset(res: Results) -> str:
-    """The dataset an evaluation scored: its name, fingerprint and split (results from before datasets were
-    recorded: the store's path)."""
+    """The dataset an evaluation scored: its name, fingerprint and split (results that do not record their dataset:
+    the store's path)."""
     name = f"{res.dataset} {res.dataset_fingerprint[:8]}" if res.dataset and res.dataset_fingerprint else \
         (res.dataset or res.store or "?")
     return name + ("" if res.split == "test" else f" ({res.split})")

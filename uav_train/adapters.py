@@ -427,8 +427,8 @@ class InputAdapter(nn.Module):
 
 
 def adapter_from_description(desc: dict) -> InputAdapter:
-    """Rebuild a run's adapter (random weights) from :meth:`InputAdapter.describe` output. Runs written before the
-    tokens branch existed described one pooled adapter ({"config", "d_in", …}): that is the pooled branch."""
+    """Rebuild a run's adapter (random weights) from :meth:`InputAdapter.describe` output. A description of one
+    adapter without branches ({"config", "d_in", …}) is the pooled branch."""
     if "config" in desc:
         return InputAdapter(_from_description(desc), None)
     return InputAdapter(*(_from_description(desc[k]) if desc.get(k) else None for k in ("pooled", "tokens")))

@@ -1,7 +1,7 @@
 """Yes/no questions over labeled examples: many phrasings per question family, some never trained.
 
-Why: a decoder trained on four fixed questions learns the answer format, not the question (issue 18: held-out
-yes/no questions scored at chance). Activation Oracles (arXiv 2512.15674) generalize to held-out datasets by
+Why: a decoder trained on four fixed questions learns the answer format, not the question (held-out yes/no
+questions score at chance). Activation Oracles (arXiv 2512.15674) generalize to held-out datasets by
 training on yes/no classification over many datasets with paraphrased questions and balanced answers.
 
 For every labeled fact of an example (a :class:`Relation`: "this article's topic is sport") the generator asks
