@@ -8,7 +8,8 @@ from pathlib import Path
 
 from uav_eval import metrics
 from uav_eval import report
-from uav_eval.report import bar_check, compare, fmt_params, summary_table, write_report
+from uav_eval.report import bar_check, compare, summary_table, write_report
+from uav_eval.tables import fmt_params
 from uav_eval.results import Results
 
 SOURCES = {"classification": "sst2", "fact": "trivia", "gist": "wiki"}

@@ -21,93 +21,11 @@ from uav_cache.errors import UavError
 from uav_cache.files import write_text_atomic
 from uav_eval.methods import METHODS, READING_METRIC
 from uav_eval.results import Results, evaluations, suffix
+from uav_eval.tables import (Stat, ci, cell, groups_of, md_table, methods_of, num, ordered, params_of, run_name,
+                             short_name, stat)
 
 F1_BAR = 0.8  # classification token F1 the uav path must reach
-TEXT_MAX = 120  # characters per sample cell
 DPI = 110
-
-
-Stat = dict[str, float]
-
-
-# --- small helpers ---------------------------------------------------------------------------------------
-
-
-def _num(x: Any) -> float:
-    """None (NaN after a JSON round trip) and missing values both read as NaN."""
-    return math.nan if x is None else float(x)
-
-
-def _stat(results: Results, method: str, group: str, metric: str = "f1", by: str = "by_task") -> Stat:
-    """One aggregate cell; an absent method/group/metric is all-NaN so tables and plots just show a gap."""
-    s = results.aggregates.get(by, {}).get(f"{method}/{group}", {}).get(metric)
-    if not s:
-        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
-    return {"mean": _num(s.get("mean")), "lo": _num(s.get("lo")), "hi": _num(s.get("hi")), "n": int(s.get("n") or 0)}
-
-
-def _ci(s: Stat) -> str:
-    """`0.83 [0.78, 0.88]`, or an en dash when there is nothing to show."""
-    if math.isnan(s["mean"]):
-        return "–"
-    return f"{s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]"
-
-
-def fmt_params(n: int | None) -> str:
-    """Compact parameter count: 577, 12.3K, 5.3M, 1.2B (0 stays 0: a frozen part is worth stating)."""
-    if n is None:
-        return "?"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(int(n))
-
-
-def _params(results: Results) -> str:
-    tp = results.trainable_params
-    return f"{fmt_params(tp.get('adapter'))} / {fmt_params(tp.get('lora'))}"
-
-
-def _cell(text: Any, limit: int = TEXT_MAX) -> str:
-    """Markdown-safe table cell: one line, `|` escaped, truncated so a long gist doesn't wreck the table."""
-    s = " ".join(str(text).split())
-    if len(s) > limit:
-        s = s[: limit - 1].rstrip() + "…"
-    return s.replace("|", "\\|")
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _ordered(names: set[str], order: tuple[str, ...]) -> list[str]:
-    return [n for n in order if n in names] + sorted(names - set(order))
-
-
-def _groups(results: Results, by: str = "by_task") -> list[str]:
-    """Groups present in the aggregates (known task order first), without "overall"."""
-    keys = results.aggregates.get(by, {})
-    names = {k.split("/", 1)[1] for k in keys if "/" in k} - {"overall"}
-    return _ordered(names, TASKS)
-
-
-def _methods(results: Results) -> list[str]:
-    """Methods that actually have aggregates, in results["methods"] order (uav first)."""
-    keys = results.aggregates.get("by_task", {})
-    present = {k.split("/", 1)[0] for k in keys}
-    listed = [m for m in results.methods if m in present]
-    return listed + _ordered(present - set(listed), tuple(METHODS))
-
-
-def _name(results: Results) -> str:
-    return Path(results.run or "run").name or results.run
-
-
-def _short(model: Any) -> str:
-    """Last path component of a model id/path, for plot labels."""
-    return Path(str(model)).name or str(model)
 
 
 # --- the bar ---------------------------------------------------------------------------------------------
@@ -120,8 +38,8 @@ def bar_check(results: Results) -> list[dict]:
     A missing no_soft makes the comparison impossible, so that group fails.
     """
     out = []
-    for task in _groups(results):
-        u, ns = _stat(results, "uav", task), _stat(results, "no_soft", task)
+    for task in groups_of(results):
+        u, ns = stat(results, "uav", task), stat(results, "no_soft", task)
         if math.isnan(u["mean"]):
             continue
         beats = bool(u["lo"] > ns["hi"])  # False when no_soft is NaN
@@ -136,9 +54,9 @@ def bar_check(results: Results) -> list[dict]:
 
 
 def _diff(d: dict | None) -> str:
-    if not d or d.get("mean") is None or math.isnan(_num(d.get("mean"))):
+    if not d or d.get("mean") is None or math.isnan(num(d.get("mean"))):
         return "–"
-    return f"{_num(d['mean']):+.2f} [{_num(d['lo']):+.2f}, {_num(d['hi']):+.2f}]"
+    return f"{num(d['mean']):+.2f} [{num(d['lo']):+.2f}, {num(d['hi']):+.2f}]"
 
 
 def _probe_cell(p: dict | None) -> str:
@@ -150,7 +68,7 @@ def _probe_cell(p: dict | None) -> str:
 def _of_text(results: Results, group: str, metric: str, by: str = "by_task") -> tuple[str, str]:
     """(input_text's score, uav as a fraction of it) for a group: how much of what the text itself gives the decoder
     the activation gives it."""
-    it, u = _stat(results, "input_text", group, metric, by=by), _stat(results, "uav", group, metric, by=by)
+    it, u = stat(results, "input_text", group, metric, by=by), stat(results, "uav", group, metric, by=by)
     if math.isnan(it["mean"]):
         return "–", "–"
     return f"{it['mean']:.2f}", (f"{u['mean'] / it['mean']:.2f}" if it["mean"] > 0 and not math.isnan(u["mean"]) else "–")
@@ -163,19 +81,19 @@ def reading_table(results: Results) -> str:
     rd, probe = results.reading, results.probe
     if not rd:
         return "_shuffled was not run, so whether the decoder reads the activation is not measured._"
-    ns_metric = lambda g, by: _stat(results, "no_soft", g, rd[by][g]["metric"], by=by)  # noqa: E731
+    ns_metric = lambda g, by: stat(results, "no_soft", g, rd[by][g]["metric"], by=by)  # noqa: E731
     rows = []
     for by in ("by_task", "by_source"):
-        for g in (_ordered(set(rd[by]), TASKS) if by == "by_task" else sorted(rd[by])):
+        for g in (ordered(set(rd[by]), TASKS) if by == "by_task" else sorted(rd[by])):
             d = rd[by][g]
             ns = ns_metric(g, by)
             p = probe.get(g) if by == "by_source" else None
-            rows.append([("" if by == "by_task" else "↳ ") + _cell(g or "(none)"), d["metric"], str(d["n"]),
+            rows.append([("" if by == "by_task" else "↳ ") + cell(g or "(none)"), d["metric"], str(d["n"]),
                          f"{d['uav']:.2f}", f"{d[rd.get('reference', 'shuffled')]:.2f}", _diff(d),
                          "**yes**" if d["reads"] else "no", "–" if math.isnan(ns["mean"]) else f"{ns['mean']:.2f}",
                          *_of_text(results, g, d["metric"], by),
                          _probe_cell((p or {}).get("run")), _probe_cell((p or {}).get("best"))])
-    return _md_table(["group / source", "metric", "n", "uav", "shuffled", "uav − shuffled [95% CI]", "reads",
+    return md_table(["group / source", "metric", "n", "uav", "shuffled", "uav − shuffled [95% CI]", "reads",
                       "no_soft", "input_text", "uav ÷ input_text", "probe (run's layer)", "probe (best on val)"], rows)
 
 
@@ -190,8 +108,8 @@ def generalization_section(results: Results) -> list[str]:
     for key, d in gen.items():
         task, where = key.split(" · ", 1)
         m = d["metric"]
-        ns = _stat(results, "no_soft", key, m, by="by_generalization")
-        clean = _stat(results, "uav", key, "clean", by="by_generalization")
+        ns = stat(results, "no_soft", key, m, by="by_generalization")
+        clean = stat(results, "uav", key, "clean", by="by_generalization")
         rows.append([task, where, m, str(d["n"]), f"{d['uav']:.2f}", f"{d['shuffled']:.2f}", _diff(d),
                      "**yes**" if d["reads"] else "no", "–" if math.isnan(ns["mean"]) else f"{ns['mean']:.2f}",
                      "–" if not clean["n"] else f"{clean['mean']:.2f}"])
@@ -200,7 +118,7 @@ def generalization_section(results: Results) -> list[str]:
             "and on datasets it never trained on (a run trained without yes/no questions, `yesno = 0`: every yes/no "
             "question is \"yes/no never trained\"). Yes/no questions are scored by their leading yes or no (`acc`); "
             "`clean` is the share of uav answers that are a plain yes or no.", "",
-            _md_table(["task group", "where", "metric", "n", "uav", "shuffled", "uav − shuffled [95% CI]", "reads",
+            md_table(["task group", "where", "metric", "n", "uav", "shuffled", "uav − shuffled [95% CI]", "reads",
                        "no_soft", "clean"], rows)]
 
 
@@ -215,12 +133,12 @@ def calibration_section(results: Results) -> list[str]:
         m = c["metric"]
         bins = " · ".join(f"{b[m]:.2f} (score {b['mean_score']:+.2f}, n {b['n']})" for b in c["bins"])
         rho = c.get("spearman")
-        rows.append([task, m, str(c["n"]), bins, "–" if rho is None or math.isnan(_num(rho)) else f"{_num(rho):+.2f}"])
+        rows.append([task, m, str(c["n"]), bins, "–" if rho is None or math.isnan(num(rho)) else f"{num(rho):+.2f}"])
     return ["", "## Is a confident answer a right one?", "",
             "Each uav answer's score is its mean log-probability per token given the true activation minus given the "
             "shuffled one (nats): near 0, the answer does not depend on the activation. The answers are split into "
             "thirds by score, low to high; a score that predicts correctness rises across the thirds.", "",
-            _md_table(["task group", "metric", "n", "correctness by score third (low → high)", "Spearman ρ"], rows)]
+            md_table(["task group", "metric", "n", "correctness by score third (low → high)", "Spearman ρ"], rows)]
 
 
 # --- tables ----------------------------------------------------------------------------------------------
@@ -228,14 +146,14 @@ def calibration_section(results: Results) -> list[str]:
 
 def summary_table(results: Results) -> str:
     """Fixed-width method × task-group token-F1 table for the console, mean [95% CI]."""
-    cols = _groups(results) + ["overall"]
-    rows = [[m] + [_ci(_stat(results, m, g)) for g in cols] for m in _methods(results)]
+    cols = groups_of(results) + ["overall"]
+    rows = [[m] + [ci(stat(results, m, g)) for g in cols] for m in methods_of(results)]
     header = ["token F1"] + cols
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
     rd = results.reading
-    for g in _ordered(set(rd.get("by_task", {})), TASKS):
+    for g in ordered(set(rd.get("by_task", {})), TASKS):
         d = rd["by_task"][g]
         it, frac = _of_text(results, g, d["metric"])
         lines.append(f"reads the activation? {g}: uav − shuffled {d['metric']} {_diff(d)} → "
@@ -244,61 +162,61 @@ def summary_table(results: Results) -> str:
 
 
 def _f1_table(results: Results) -> str:
-    cols = _groups(results) + ["overall"]
-    rows = [[m] + [_ci(_stat(results, m, g)) for g in cols] for m in _methods(results)]
-    return _md_table(["method"] + cols, rows)
+    cols = groups_of(results) + ["overall"]
+    rows = [[m] + [ci(stat(results, m, g)) for g in cols] for m in methods_of(results)]
+    return md_table(["method"] + cols, rows)
 
 
 def _other_metrics_table(results: Results) -> str:
     """Answer mentioned, ROUGE-L and similarity per group; accuracy only where it exists (classification)."""
-    cols = _groups(results) + ["overall"]
-    has_sim = any(_stat(results, m, "overall", "sim")["n"] for m in _methods(results))
-    has_mention = any(_stat(results, m, "overall", "mention")["n"] for m in _methods(results))  # results may lack it
+    cols = groups_of(results) + ["overall"]
+    has_sim = any(stat(results, m, "overall", "sim")["n"] for m in methods_of(results))
+    has_mention = any(stat(results, m, "overall", "mention")["n"] for m in methods_of(results))  # results may lack it
     shown = [("mention", "answer mentioned")] * has_mention + [("rougeL", "ROUGE-L")] + [("sim", "similarity")] * has_sim
     rows = []
-    for m in _methods(results):
+    for m in methods_of(results):
         for metric, label in shown:
-            rows.append([m, label] + [_ci(_stat(results, m, g, metric)) for g in cols])
+            rows.append([m, label] + [ci(stat(results, m, g, metric)) for g in cols])
         if "classification" in cols:
-            rows.append([m, "accuracy"] + [_ci(_stat(results, m, g, "acc")) if g == "classification" else "–"
+            rows.append([m, "accuracy"] + [ci(stat(results, m, g, "acc")) if g == "classification" else "–"
                                            for g in cols])
     note = "" if has_sim else "\n\nSimilarity was not computed (MiniLM off or unavailable)."
-    return _md_table(["method", "metric"] + cols, rows) + note
+    return md_table(["method", "metric"] + cols, rows) + note
 
 
 def _source_table(results: Results) -> str:
     """uav vs no_soft per source: shows which datasets carry the result."""
     task_of = {r.get("source"): r.get("task") for r in results.items}
     rows = []
-    for src in _groups(results, "by_source"):
-        u, ns = _stat(results, "uav", src, by="by_source"), _stat(results, "no_soft", src, by="by_source")
+    for src in groups_of(results, "by_source"):
+        u, ns = stat(results, "uav", src, by="by_source"), stat(results, "no_soft", src, by="by_source")
         delta = u["mean"] - ns["mean"]
-        rows.append([_cell(src or "(none)"), _cell(task_of.get(src, "")), str(u["n"]), _ci(u), _ci(ns),
+        rows.append([cell(src or "(none)"), cell(task_of.get(src, "")), str(u["n"]), ci(u), ci(ns),
                      "–" if math.isnan(delta) else f"{delta:+.2f}"])
-    return _md_table(["source", "task", "n", "uav F1", "no_soft F1", "Δ"], rows)
+    return md_table(["source", "task", "n", "uav F1", "no_soft F1", "Δ"], rows)
 
 
 def _samples(results: Results) -> str:
     """The 3 best and 3 worst uav answers per task group, so the numbers can be sanity-checked by eye."""
     items = [r for r in results.items if r.get("method") == "uav"]
     parts = []
-    for task in _ordered({r.get("task") or "" for r in items}, TASKS):
-        mine = sorted((r for r in items if (r.get("task") or "") == task), key=lambda r: -_num(r.get("f1")))
+    for task in ordered({r.get("task") or "" for r in items}, TASKS):
+        mine = sorted((r for r in items if (r.get("task") or "") == task), key=lambda r: -num(r.get("f1")))
         best = mine[:3]
         worst = list(reversed(mine[3:]))[:3]  # never repeat a best item when there are few
-        rows = [[kind, _cell(r.get("question", "")), _cell(r.get("gold", "")), _cell(r.get("pred", "")),
-                 f"{_num(r.get('f1')):.2f}"] for kind, rs in (("best", best), ("worst", worst)) for r in rs]
-        parts.append(f"### {task or '(no task)'}\n\n" + _md_table(["", "question", "gold", "uav answer", "F1"], rows))
+        rows = [[kind, cell(r.get("question", "")), cell(r.get("gold", "")), cell(r.get("pred", "")),
+                 f"{num(r.get('f1')):.2f}"] for kind, rs in (("best", best), ("worst", worst)) for r in rs]
+        parts.append(f"### {task or '(no task)'}\n\n" + md_table(["", "question", "gold", "uav answer", "F1"], rows))
     return "\n\n".join(parts) if parts else "_no uav items_"
 
 
 def _report_md(results: Results, plot_name: str) -> str:
-    methods = _methods(results)
+    methods = methods_of(results)
     checks = bar_check(results)
     lora = results.lora or "none (decoder untouched)"
     secs = results.seconds
     lines = [
-        f"# UAV evaluation: {_name(results)}",
+        f"# UAV evaluation: {run_name(results)}",
         "",
         f"- run: `{results.run}`",
         f"- store: `{results.store}` (split `{results.split}`)",
@@ -306,7 +224,7 @@ def _report_md(results: Results, plot_name: str) -> str:
         + (" (the run's own training dataset)" if results.own_dataset else " (not the data the run was trained on)"),
         f"- donor → decoder: `{results.donor}` → `{results.decoder}`",
         f"- adapter: {results.adapter}; LoRA: {lora}",
-        f"- trainable params (adapter / LoRA): {_params(results)}",
+        f"- trainable params (adapter / LoRA): {params_of(results)}",
         f"- items: {results.n_items}; methods: {', '.join(methods)}",
         f"- time: {secs if secs is not None else '?'} s",
         "",
@@ -329,12 +247,12 @@ def _report_md(results: Results, plot_name: str) -> str:
         "",
     ]
     if checks:
-        rows = [[c["task"], _ci({"mean": c["uav_f1"], "lo": c["uav_ci"][0], "hi": c["uav_ci"][1]}),
-                 _ci({"mean": c["no_soft_f1"], "lo": c["no_soft_ci"][0], "hi": c["no_soft_ci"][1]}),
+        rows = [[c["task"], ci({"mean": c["uav_f1"], "lo": c["uav_ci"][0], "hi": c["uav_ci"][1]}),
+                 ci({"mean": c["no_soft_f1"], "lo": c["no_soft_ci"][0], "hi": c["no_soft_ci"][1]}),
                  "yes" if c["beats_no_soft"] else "no",
                  "–" if c["f1_ok"] is None else ("yes" if c["f1_ok"] else "no"),
                  "**PASS**" if c["pass"] else "**FAIL**"] for c in checks]
-        lines += [_md_table(["task", "uav F1", "no_soft F1", "CIs apart", f"F1 ≥ {F1_BAR}", "result"], rows), ""]
+        lines += [md_table(["task", "uav F1", "no_soft F1", "CIs apart", f"F1 ≥ {F1_BAR}", "result"], rows), ""]
         failed = [c["task"] for c in checks if not c["pass"]]
         lines.append(f"**Overall: {'PASS' if not failed else 'FAIL'}**"
                      + (f" (failing: {', '.join(failed)})" if failed else " (every task group)"))
@@ -342,7 +260,7 @@ def _report_md(results: Results, plot_name: str) -> str:
             lines.append("\nno_soft was not run, so the bar cannot be passed.")
     else:
         lines.append("No uav results: the bar cannot be checked.")
-    recon_u, recon_t = _stat(results, "uav", "overall", "rougeL_input"), _stat(results, "input_text", "overall",
+    recon_u, recon_t = stat(results, "uav", "overall", "rougeL_input"), stat(results, "input_text", "overall",
                                                                                "rougeL_input")
     lines += [
         "", "## Token F1 (mean [95% CI])", "", _f1_table(results), "", f"![token F1 by task]({plot_name})",
@@ -352,8 +270,8 @@ def _report_md(results: Results, plot_name: str) -> str:
         "for length, as a frozen chat decoder gives.", "", _other_metrics_table(results),
         "", "## Per source (uav vs no_soft, token F1)", "", _source_table(results),
         "", "## How much is reconstruction",
-        "", f"ROUGE-L of the answer against the donor's input text: uav {_ci(recon_u)} vs input_text "
-            f"{_ci(recon_t)}. Close to input_text means uav answers mostly by reconstructing the input.",
+        "", f"ROUGE-L of the answer against the donor's input text: uav {ci(recon_u)} vs input_text "
+            f"{ci(recon_t)}. Close to input_text means uav answers mostly by reconstructing the input.",
         "", "## Sample uav answers (3 best, 3 worst per task group)", "", _samples(results),
         "", "## Methods", "",
     ]
@@ -380,19 +298,19 @@ def _err(stats: list[Stat]) -> list[list[float]]:
 
 def plot_tasks(results: Results, path: Path) -> None:
     """Grouped bars: x = task group (+ overall), one bar per method, token F1 mean with 95% CI."""
-    groups, methods = _groups(results) + ["overall"], _methods(results)
+    groups, methods = groups_of(results) + ["overall"], methods_of(results)
     fig = _figure(max(6.0, 1.1 * len(groups) * max(1, len(methods)) * 0.35 + 2), 4.2)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(methods))
     for i, m in enumerate(methods):
-        stats = [_stat(results, m, g) for g in groups]
+        stats = [stat(results, m, g) for g in groups]
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(groups))]
         ax.bar(xs, [s["mean"] for s in stats], width, yerr=_err(stats), capsize=2, label=m,
                hatch="//" if m == "no_soft" else None, edgecolor="black", linewidth=0.4)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("token F1 (mean, 95% CI)")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"{_name(results)}: {_short(results.donor)} → {_short(results.decoder)}, "
+    ax.set_title(f"{run_name(results)}: {short_name(results.donor)} → {short_name(results.decoder)}, "
                  f"{results.adapter}")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncols=max(1, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
@@ -400,13 +318,13 @@ def plot_tasks(results: Results, path: Path) -> None:
 
 
 def _run_label(results: Results, name: str) -> str:
-    return (f"{name} ({_short(results.donor)}→{_short(results.decoder)}, {results.adapter}, "
-            f"{_params(results)})")
+    return (f"{name} ({short_name(results.donor)}→{short_name(results.decoder)}, {results.adapter}, "
+            f"{params_of(results)})")
 
 
 def plot_compare(runs: list[tuple[str, Results]], path: Path) -> None:
     """Per task group, each run's uav F1 (coloured) next to its own no_soft (grey, hatched) for reference."""
-    groups = _ordered({g for _, r in runs for g in _groups(r)}, TASKS) + ["overall"]
+    groups = ordered({g for _, r in runs for g in groups_of(r)}, TASKS) + ["overall"]
     fig = _figure(max(7.0, 1.6 * len(groups) * max(1, len(runs)) * 0.5 + 3), 4.6)
     ax = fig.add_subplot()
     slot = 0.8 / max(1, len(runs))
@@ -414,9 +332,9 @@ def plot_compare(runs: list[tuple[str, Results]], path: Path) -> None:
     metric = lambda g: READING_METRIC.get(g, "f1")  # noqa: E731
     for i, (name, res) in enumerate(runs):
         base = [j + (i - (len(runs) - 1) / 2) * slot for j in range(len(groups))]
-        u = [_stat(res, "uav", g, metric(g)) for g in groups]
-        sh = [_stat(res, "shuffled", g, metric(g)) for g in groups]
-        ns = [_stat(res, "no_soft", g, metric(g)) for g in groups]
+        u = [stat(res, "uav", g, metric(g)) for g in groups]
+        sh = [stat(res, "shuffled", g, metric(g)) for g in groups]
+        ns = [stat(res, "no_soft", g, metric(g)) for g in groups]
         ax.bar([x - slot * 0.25 for x in base], [s["mean"] for s in u], slot * 0.45, yerr=_err(u), capsize=2,
                color=colors[i], edgecolor="black", linewidth=0.4, label=_run_label(res, name))
         ax.bar([x + slot * 0.1 for x in base], [s["mean"] for s in sh], slot * 0.25, yerr=_err(sh), capsize=1,
@@ -496,7 +414,7 @@ def model_card(results: Results) -> str:
         ["decoder", f"`{rec.decoder}`{origin}" + (f", weights sha256 `{fp[:12]}…`" if fp else "")],
         ["LoRA", lora_line],
         *[[f"adapter, {k} branch", _branch(v)] for k, v in branches.items()],
-        ["trainable parameters (adapter / LoRA)", _params(results)],
+        ["trainable parameters (adapter / LoRA)", params_of(results)],
         ["data", (f"store dataset `{st.dataset}` (fingerprint `{(st.dataset_fingerprint or '?')[:12]}`, "
                   f"{st.n_rows} rows); " if st else "") + f"sources {sources}"],
         ["training", f"stage {t.get('stage', '?')}, {t.get('steps', '?')} steps × batch {t.get('batch_size', '?')}, "
@@ -508,7 +426,7 @@ def model_card(results: Results) -> str:
         "A decoder LLM that answers questions in plain English about another model's hidden activations: an input "
         "adapter (`adapter.safetensors`, `uav_adapter.json`) turns the donor's vectors into soft tokens, and a "
         "LoRA-tuned decoder (`lora/`) answers. Made with uav (Universal Activation Verbalizer).", "",
-        _md_table(["", "this run"], [[k, _cell(v, 400)] for k, v in facts]), "",
+        md_table(["", "this run"], [[k, cell(v, 400)] for k, v in facts]), "",
         "## Evaluation", "",
         f"The held-out `{results.split}` split of its own dataset, {results.n_items} items"
         + ("" if limit is None else f" (every question of at most {limit} texts per source)"
@@ -569,18 +487,18 @@ def reading_compare(loaded: list[tuple[str, Results]]) -> str:
     rows = []
     for name, res in loaded:
         rd = res.reading
-        for g in _ordered(set(rd.get("by_task", {})), TASKS):
+        for g in ordered(set(rd.get("by_task", {})), TASKS):
             d = rd["by_task"][g]
             m = d["metric"]
             srcs = [s for s, v in rd.get("by_source", {}).items() if v["metric"] == m and s in res.probe]
             probes = [(res.probe[s].get("run") or {}, res.probe[s].get("best") or {}) for s in srcs] if g == "classification" else []
             pr = lambda k: "–" if not probes or any(not p[k] for p in probes) else \
                 f"{sum(p[k]['test_acc'] for p in probes) / len(probes):.2f}"  # noqa: E731
-            rows.append([_cell(name), _cell(_dataset(res)), _cell(_short(res.donor)), g, m, str(d["n"]),
-                         _ci(_stat(res, "uav", g, m)), _ci(_stat(res, "shuffled", g, m)), _diff(d),
-                         "**yes**" if d["reads"] else "no", _ci(_stat(res, "no_soft", g, m)),
+            rows.append([cell(name), cell(_dataset(res)), cell(short_name(res.donor)), g, m, str(d["n"]),
+                         ci(stat(res, "uav", g, m)), ci(stat(res, "shuffled", g, m)), _diff(d),
+                         "**yes**" if d["reads"] else "no", ci(stat(res, "no_soft", g, m)),
                          pr(0) if probes else "–", pr(1) if probes else "–"])
-    return _md_table(["run", "dataset", "donor", "task group", "metric", "n", "uav", "shuffled", "uav − shuffled", "reads",
+    return md_table(["run", "dataset", "donor", "task group", "metric", "n", "uav", "shuffled", "uav − shuffled", "reads",
                       "no_soft", "probe (run's layer)", "probe (best)"], rows)
 
 
@@ -624,15 +542,15 @@ def compare(runs: list[str | Path], out: Path | None = None, limit: int | None =
     if not runs:
         raise UavError("compare needs at least one run", "pass one or more run directories")
     loaded = compared(runs, limit)
-    groups = _ordered({g for _, r in loaded for g in _groups(r)}, TASKS)
+    groups = ordered({g for _, r in loaded for g in groups_of(r)}, TASKS)
     rows = []
     for name, res in loaded:
-        rows.append([_cell(name), _cell(_dataset(res)), _cell(_short(res.donor)), _cell(_short(res.decoder)),
-                     _cell(res.adapter), _cell(res.lora or "none"), _params(res)]
-                    + [_ci(_stat(res, "uav", g)) for g in groups + ["overall"]]
-                    + [_ci(_stat(res, "no_soft", "overall")), _ci(_stat(res, "uav", "overall", "mention")),
-                       _ci(_stat(res, "no_soft", "overall", "mention"))])
-    table = _md_table(["run", "dataset", "donor", "decoder", "adapter", "LoRA", "params (adapter / LoRA)"]
+        rows.append([cell(name), cell(_dataset(res)), cell(short_name(res.donor)), cell(short_name(res.decoder)),
+                     cell(res.adapter), cell(res.lora or "none"), params_of(res)]
+                    + [ci(stat(res, "uav", g)) for g in groups + ["overall"]]
+                    + [ci(stat(res, "no_soft", "overall")), ci(stat(res, "uav", "overall", "mention")),
+                       ci(stat(res, "no_soft", "overall", "mention"))])
+    table = md_table(["run", "dataset", "donor", "decoder", "adapter", "LoRA", "params (adapter / LoRA)"]
                       + [f"uav {g}" for g in groups] + ["uav overall", "no_soft overall", "uav mentioned",
                                                         "no_soft mentioned"], rows)
     reads = reading_compare(loaded) if any(r.reading for _, r in loaded) else ""
