@@ -4,18 +4,18 @@ in the same run (never against an absolute target), on the real embedded SmolLM2
 1. harvest overhead   harvest tokens/s ÷ bare truncated forward tokens/s (same Capture hooks, no writes)
 2. store formats      our Zarr store (raw, the default codec, and zstd) vs safetensors shards vs a `datasets`
                       Arrow dataset vs raw .npy: size, write and read MB/s, random 256-row batches/s
+                      (pipelines/store_formats.py)
 3. streaming          training step time from the store through ItemStream ÷ from items preloaded in RAM;
                       a full training step ÷ the bare decoder's forward + backward on the same batch
 4. memory             peak RSS of a streaming reader over a 10× store ÷ over the 1× store (subprocesses)
 5. generation         batched (8) generation tokens/s ÷ batch-1 tokens/s
 
 Every ratio is the median of ROUNDS (≥ 3) interleaved rounds, printed with its min–max: on a shared machine two
-runs of one ratio moved by 10–40% (harvest ÷ bare 0.90 vs 1.00; random batches ÷ Arrow 1.45 vs 2.04), so one
-round's figure says little, and the range says how much. Within a round the two sides of a ratio run back to back.
+runs of one ratio moved by 10–40%, so one round's figure says little, and the range says how much. Within a round the two sides of a ratio run back to back.
 
 Default sizes fit a busy 2-core CPU in a few minutes; on a GPU box pass ``--scale 10`` (or more) so the
-timed regions are long enough to mean something. Reads right after writes come from the page cache: the
-read columns compare formats' decode cost, not disks.
+timed regions are long enough to mean something. The measuring kit (timing, rounds, synthetic stores) is
+pipelines/measure.py.
 """
 
 from __future__ import annotations
@@ -29,227 +29,20 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from uav_cache.errors import UavError
+from pipelines.measure import (ROUNDS, bits_of, ranged, synthetic_rows, timed, with_range,
+                               write_synthetic_store)
+from pipelines.store_formats import DEFAULT_FORMAT, compare_formats, store_claims
 from uav_cache.device import pick_device, resolve_precision
-from uav_cache.store import DEFAULT_CODEC, STORAGE_DTYPES, Store, StoreWriter, new_meta, to_bits
+from uav_cache.errors import UavError
+from uav_cache.store import DEFAULT_CODEC, Store
 
 D_SYN = 576  # SmolLM2-135M's width: the synthetic rows are shaped like its activations
-ROUNDS = 3  # interleaved rounds behind every ratio (median, min, max)
 TARGETS = {"harvest_overhead": ("≥", 0.95), "streaming_step_ratio": ("≤", 1.05), "memory_ratio_10x": ("≤", 1.10),
            "writer_mb_s": ("≥", 300), "batches_vs_arrow": ("≥", 1.0)}
-
-
-# ---------------------------------------------------------------------------------------------- small helpers
-
-def spread(values: list[float]) -> dict:
-    """median, min and max of one ratio's rounds."""
-    v = [float(x) for x in values]
-    return {"median": float(np.median(v)), "min": min(v), "max": max(v), "rounds": len(v)}
-
-
-def with_range(key: str, values: list[float]) -> dict:
-    """``{key: median, key_range: [min, max], rounds}``: a ratio as every measurement reports it."""
-    s = spread(values)
-    return {key: s["median"], f"{key}_range": [s["min"], s["max"]], "rounds": s["rounds"]}
-
-
-def ranged(results: dict, key: str, digits: int = 2) -> str:
-    """`1.02 (0.98–1.05)`, or the median alone for results without ranges."""
-    lo_hi = results.get(f"{key}_range")
-    v = results[key]
-    return f"{v:.{digits}f}" + (f" ({lo_hi[0]:.{digits}f}–{lo_hi[1]:.{digits}f})" if lo_hi else "")
-
-
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
-
-
-def dir_bytes(path: Path) -> int:
-    path = Path(path)
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def write_synthetic_store(path: Path, bits: np.ndarray, dtype: str, examples: list[dict] | None = None,
-                          shard_rows: int = 4096, chunk_rows: int = 512, codec: str = DEFAULT_CODEC) -> StoreWriter:
-    """Rows (uint16 bit patterns) through our StoreWriter; ``examples`` default to tiny train-split records."""
-    writer = create_synthetic_store(path, len(bits), bits.shape[1], dtype, examples, shard_rows, chunk_rows, codec)
-    fill_synthetic_store(writer, bits)
-    return writer
-
-
-def create_synthetic_store(path: Path, n: int, d: int, dtype: str, examples: list[dict] | None = None,
-                           shard_rows: int = 4096, chunk_rows: int = 512, codec: str = DEFAULT_CODEC) -> StoreWriter:
-    """An empty store for n synthetic rows: the layout and the examples/token tables a harvest writes first."""
-    meta = new_meta(donor="bench", family="bench", weights_fingerprint="0" * 64, layers=["bench"], positions="last",
-                    readouts=["last"], dtype=dtype, compute_dtype="fp32", d_model=d, tokenizer={"name": "bench"},
-                    donor_input="raw", max_length=0, dataset_fingerprint="0" * 64, n_rows=n, shard_rows=shard_rows,
-                    chunk_rows=min(chunk_rows, shard_rows), codec=codec, n_tokens=n,
-                    dataset={"name": "bench", "fingerprint": "0" * 64, "split_sizes": {"train": n}, "n_examples": n})
-    ex = examples or [{"id": f"r{i}", "text": f"row {i}", "split": "train"} for i in range(n)]
-    return StoreWriter.create_or_open(path, meta, ex, [[1]] * n, [False] * n)
-
-
-def fill_synthetic_store(writer: StoreWriter, bits: np.ndarray) -> None:
-    """Every shard written and committed, then the store finalized: what a harvest's writer thread does."""
-    for s in range(writer.meta["n_shards"]):
-        a, b = writer.shard_range(s)
-        writer.write_shard(s, {"bench": bits[a:b]})
-    writer.finalize()
-
-
-def synthetic_rows(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """n float32 rows made from real activation rows: tiled, each copy perturbed by 1% multiplicative noise
-    (so compressors see realistic mantissas, not repeated rows)."""
-    rng = np.random.default_rng(seed)
-    rows = real[rng.integers(0, len(real), n)].astype(np.float32)
-    return rows * (1 + 0.01 * rng.standard_normal(rows.shape, dtype=np.float32))
-
-
-def bits_of(rows: np.ndarray, dtype: str) -> np.ndarray:
-    return to_bits(torch.from_numpy(rows), dtype)
-
-
-# ---------------------------------------------------------------------------------------------- 2. store formats
-
-def _random_batches(n: int, batch: int, count: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [np.sort(rng.choice(n, size=min(batch, n), replace=False)) for _ in range(count)]
-
-
-def _fmt_zarr(dir_: Path, bits: np.ndarray, dtype: str, batches: list[np.ndarray], codec: str = "raw") -> dict:
-    """Write MB/s counts the activations' shard writes, commits and finalize (what the harvest's writer thread
-    must sustain, and all the other formats write); the examples/token tables a store is created with are timed
-    apart (``create_s``)."""
-    path = dir_ / "zarr"
-    t_c, writer = timed(lambda: create_synthetic_store(path, len(bits), bits.shape[1], dtype, codec=codec))
-    t_w, _ = timed(lambda: fill_synthetic_store(writer, bits))
-    st = Store(path)
-    step = st.meta["shard_rows"]
-    t_r, _ = timed(lambda: [st.read_last("bench", a, min(a + step, len(bits))) for a in range(0, len(bits), step)])
-    t_b, _ = timed(lambda: [st.read_rows("bench", b) for b in batches])
-    assert np.array_equal(st.read_rows("bench", batches[0]).view(torch.int16).numpy().view(np.uint16), bits[batches[0]])
-    return {"bytes": dir_bytes(path / "acts"), "write_s": t_w, "read_s": t_r, "batches_s": t_b, "create_s": t_c}
-
-
-def _fmt_safetensors(dir_: Path, bits: np.ndarray, dtype: str, batches: list[np.ndarray], shard_rows: int = 4096) -> dict:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    path = dir_ / "safetensors"
-    path.mkdir()
-    x = torch.from_numpy(bits.view(np.int16)).view(STORAGE_DTYPES[dtype])
-
-    def write():
-        for k, a in enumerate(range(0, len(bits), shard_rows)):
-            save_file({"x": x[a:a + shard_rows].contiguous()}, str(path / f"shard_{k:05d}.safetensors"))
-
-    t_w, _ = timed(write)
-    files = sorted(path.glob("*.safetensors"))
-    t_r, _ = timed(lambda: [safe_open(str(f), "pt").get_tensor("x") for f in files])
-    handles = [safe_open(str(f), "pt").get_slice("x") for f in files]
-
-    def random_reads():
-        for b in batches:
-            torch.cat([handles[r // shard_rows][r % shard_rows:r % shard_rows + 1] for r in b.tolist()])
-
-    t_b, _ = timed(random_reads)
-    return {"bytes": dir_bytes(path), "write_s": t_w, "read_s": t_r, "batches_s": t_b}
-
-
-def _fmt_arrow(dir_: Path, bits: np.ndarray, dtype: str, batches: list[np.ndarray]) -> dict:
-    """A Hugging Face `datasets` Arrow dataset (Dataset.from_dict + save_to_disk), as SAELens caches
-    activations. Arrow has no bfloat16, so both dtypes are stored as their uint16 bit patterns."""
-    import pyarrow as pa
-    from datasets import Dataset, load_from_disk
-
-    path = dir_ / "arrow"
-    n, d = bits.shape
-
-    def write():
-        col = pa.FixedSizeListArray.from_arrays(pa.array(bits.reshape(-1)), d)
-        Dataset.from_dict({"x": col}).save_to_disk(str(path))
-
-    t_w, _ = timed(write)
-    ds = load_from_disk(str(path)).with_format("numpy")
-    step = 4096
-    t_r, _ = timed(lambda: [ds[a:a + step]["x"] for a in range(0, n, step)])
-    t_b, _ = timed(lambda: [ds[b]["x"] for b in batches])
-    return {"bytes": dir_bytes(path), "write_s": t_w, "read_s": t_r, "batches_s": t_b}
-
-
-def _fmt_npy(dir_: Path, bits: np.ndarray, dtype: str, batches: list[np.ndarray]) -> dict:
-    path = dir_ / "raw.npy"
-    t_w, _ = timed(lambda: np.save(path, bits))
-    t_r, _ = timed(lambda: np.load(path))
-    mm = np.load(path, mmap_mode="r")
-    t_b, _ = timed(lambda: [np.asarray(mm[b]) for b in batches])
-    return {"bytes": dir_bytes(path), "write_s": t_w, "read_s": t_r, "batches_s": t_b}
-
-
-FORMATS = {"zarr (uav, raw)": _fmt_zarr, "zarr (uav, zstd)": lambda *a: _fmt_zarr(*a, codec="zstd"),
-           "safetensors": _fmt_safetensors, "arrow (datasets)": _fmt_arrow, "raw .npy": _fmt_npy}
-DEFAULT_FORMAT = f"zarr (uav, {DEFAULT_CODEC})"
-
-
-def compare_formats(rows: np.ndarray, work: Path, dtypes=("fp16", "bf16"), n_batches: int = 20,
-                    batch: int = 256, formats: dict | None = None, repeats: int = ROUNDS) -> list[dict]:
-    """Each format × dtype on the same rows: size ÷ raw size, write/read MB/s (of raw bytes), random batches/s.
-    Each measurement is the median of ``repeats`` rounds, the formats taking turns within a round, so a busy
-    moment of a shared machine does not land on one format alone; one unmeasured round first warms every format
-    (imports, thread pools, allocator), so none pays it inside the clock."""
-    out = []
-    batches = _random_batches(len(rows), batch, n_batches)
-    for di, dtype in enumerate(dtypes):
-        bits = bits_of(rows, dtype)
-        raw = bits.nbytes
-        runs: dict[str, list[dict]] = {}
-        for r in range(repeats + (di == 0)):
-            for name, fn in (formats or FORMATS).items():
-                d = Path(tempfile.mkdtemp(dir=work, prefix="fmt-"))
-                try:
-                    m = fn(d, bits, dtype, batches)
-                    if r or di:  # round 0 of the first dtype is the warm-up
-                        runs.setdefault(name, []).append(m)
-                finally:
-                    shutil.rmtree(d, ignore_errors=True)
-        mb = raw / 1e6
-        for name, ms in runs.items():
-            med = {k: float(np.median([m[k] for m in ms])) for k in ms[0]}
-            out.append({"format": name, "dtype": dtype, "rows": len(rows), "raw_bytes": raw, "bytes": int(med["bytes"]),
-                        "size_ratio": med["bytes"] / raw, "write_mb_s": mb / med["write_s"], "read_mb_s": mb / med["read_s"],
-                        "batches_per_s": len(batches) / med["batches_s"], "repeats": repeats,
-                        # per round, so a ratio of two formats is taken within a round (store_claims)
-                        "write_mb_s_rounds": [mb / m["write_s"] for m in ms],
-                        "batches_per_s_rounds": [len(batches) / m["batches_s"] for m in ms],
-                        **({"create_s": med["create_s"]} if "create_s" in med else {})})
-    return out
-
-
-def store_claims(formats: list[dict]) -> dict:
-    """The writer and reader claims, from one compare_formats run: the default codec's write MB/s and its random
-    256-row batches/s ÷ Arrow's (Arrow's batches of the same round), each the worse of the two dtypes; the median
-    over rounds with its min–max."""
-    by = {(r["format"], r["dtype"]): r for r in formats}
-    dtypes = sorted({r["dtype"] for r in formats})
-    ours = [by[(DEFAULT_FORMAT, d)] for d in dtypes]
-    if "write_mb_s_rounds" not in ours[0]:  # results that keep no rounds
-        return {"writer_mb_s": min(r["write_mb_s"] for r in ours),
-                "batches_vs_arrow": min(by[(DEFAULT_FORMAT, d)]["batches_per_s"] / by[("arrow (datasets)", d)]["batches_per_s"]
-                                        for d in dtypes),
-                "create_s": max(r["create_s"] for r in ours), "rows": ours[0]["rows"]}
-    n = len(ours[0]["write_mb_s_rounds"])
-    writer = [min(r["write_mb_s_rounds"][i] for r in ours) for i in range(n)]
-    vs = [min(by[(DEFAULT_FORMAT, d)]["batches_per_s_rounds"][i] / by[("arrow (datasets)", d)]["batches_per_s_rounds"][i]
-              for d in dtypes) for i in range(n)]
-    return {**with_range("writer_mb_s", writer), **with_range("batches_vs_arrow", vs),
-            "create_s": max(r["create_s"] for r in ours), "rows": ours[0]["rows"]}
 
 
 # ---------------------------------------------------------------------------------------------- 1. harvest overhead
@@ -395,7 +188,7 @@ _READER = textwrap.dedent("""
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     import torch
     torch.set_num_threads(1)
-    from uav_cache.store import Store
+    from uav_cache.store import DEFAULT_CODEC, Store
     from uav_train.stream import ItemStream, stack_x
     base = peak_kb()
     n = 0
@@ -660,5 +453,5 @@ def run_bench(out: Path, scale: float = 1.0, donor: str = "smollm2-135m") -> dic
     return results
 
 
-__all__ = ["run_bench", "compare_formats", "harvest_overhead", "streaming_ratio", "train_step_ratio", "memory_ratio", "generation_ratio", "merged_lora_ratio",
-           "synthetic_rows", "write_synthetic_store", "dir_bytes"]
+__all__ = ["run_bench", "harvest_overhead", "streaming_ratio", "train_step_ratio", "memory_ratio", "generation_ratio",
+           "merged_lora_ratio"]

@@ -93,6 +93,8 @@ def run_gpu_check(out: Path, form: str = "auto") -> list[Row]:
     from uav_cache.store import Store
     from uav_train.trainer import train
     from pipelines import bench
+    from pipelines.measure import synthetic_rows
+    from pipelines.store_formats import DEFAULT_FORMAT, FORMATS, compare_formats, store_claims
     from pipelines.demo import donor_config, load_recipe, run_config
 
     if form == "auto":
@@ -183,9 +185,8 @@ def run_gpu_check(out: Path, form: str = "auto") -> list[Row]:
             ts = bench.train_step_ratio(Path(stores[donor]), run_cfg.decoder, f.ratio_steps, work / "ratio")
             st = Store(stores[donor])
             real = st.read_last(st.layers[0], 0, st.n_rows).float().numpy()
-            fm = bench.compare_formats(bench.synthetic_rows(real, f.writer_rows), work, dtypes=(st.meta["dtype"],),
-                                       formats={bench.DEFAULT_FORMAT: bench.FORMATS[bench.DEFAULT_FORMAT]},
-                                       repeats=1 if form == "cpu" else 3)
+            fm = compare_formats(synthetic_rows(real, f.writer_rows), work, dtypes=(st.meta["dtype"],),
+                                 formats={DEFAULT_FORMAT: FORMATS[DEFAULT_FORMAT]}, repeats=1 if form == "cpu" else 3)
             writer = fm[0]["write_mb_s"]
             n_layers = len(donor_config(rec, next(d for d in rec["donors"] if d["name"] == donor), RECIPE).layers or [1])
             donor_mb_s = h["bare_tok_s"] * n_layers * int(st.meta["d_model"]) * 2 / 1e6  # every token of every block
@@ -196,7 +197,7 @@ def run_gpu_check(out: Path, form: str = "auto") -> list[Row]:
         if f.bench_scale:
             def bench_all():
                 res = bench.run_bench(out / "bench", scale=f.bench_scale, donor=donor)
-                c = bench.store_claims(res["formats"])
+                c = store_claims(res["formats"])
                 return (f"scale {f.bench_scale}: harvest ÷ bare {res['harvest']['harvest_overhead']:.2f}, stream ÷ RAM "
                         f"{res['streaming']['streaming_step_ratio']:.2f}, writer {c['writer_mb_s']:.0f} MB/s, "
                         f"10× memory {res['memory']['memory_ratio_10x']:.2f} → {out / 'bench' / 'results.md'}")
