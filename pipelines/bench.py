@@ -11,7 +11,8 @@ in the same run (never against an absolute target), on the real embedded SmolLM2
 5. generation         batched (8) generation tokens/s ÷ batch-1 tokens/s
 
 Every ratio is the median of ROUNDS (≥ 3) interleaved rounds, printed with its min–max: on a shared machine two
-runs of one ratio moved by 10–40%, so one round's figure says little, and the range says how much. Within a round the two sides of a ratio run back to back.
+runs of one ratio moved by 10–40%, so one round's figure says little, and the range says how much. Within a round
+the two sides of a ratio run back to back.
 
 Default sizes fit a busy 2-core CPU in a few minutes; on a GPU box pass ``--scale 10`` (or more) so the
 timed regions are long enough to mean something. The measuring kit (timing, rounds, synthetic stores) is
