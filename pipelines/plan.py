@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from uav_cache.arch import arch_of
+from uav_cache.config import check_bound
 from uav_cache.errors import UavError
 from uav_cache.models import resolve
 from uav_train.budget import frozen_bytes, lora_params, step_bytes, trainable_bytes
@@ -71,11 +72,10 @@ class PlanInput:
     def check(self) -> None:
         """Refuse a number that would divide by zero (``nproc`` 0) or plan nothing, naming its `uav plan` flag."""
         for name, low, strict in NUMBERS:
-            v = getattr(self, name)
-            if v is not None and not (v > low if strict else v >= low):  # (NaN fails both)
+            if getattr(self, name) is not None:
                 flag = f"--{name.replace('_', '-')}" if name in FLAGS else name
-                raise UavError(f"{flag} must be {'>' if strict else '≥'} {low:g}, got {v}",
-                               f"pass {flag} with a number {'>' if strict else '≥'} {low:g}")
+                fix = f"pass {flag} with a number {'>' if strict else '≥'} {low}"
+                check_bound(flag, getattr(self, name), low, fix, strict)
 
 
 # Every number a plan takes: (field, lowest value, strictly above it); None (not given) takes the default

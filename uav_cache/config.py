@@ -89,6 +89,13 @@ def refuse_unknown(keys: Any, valid: Any, noun: str, where: str = "") -> None:
         raise UavError(f"unknown {noun}(s) {bad}" + (f" in {where}" if where else ""), f"valid: {sorted(valid)}")
 
 
+def check_bound(name: str, value: Any, low: float, fix: str, strict: bool = False) -> None:
+    """Refuse a setting below ``low`` (or at it, ``strict``), NaN too, in one line naming it: the bound that keeps a
+    run from dividing by zero or finishing having done nothing."""
+    if not (value > low if strict else value >= low):  # (NaN fails both)
+        raise UavError(f"{name} must be {'>' if strict else '≥'} {low}, got {value}", fix)
+
+
 def from_table(cls: type[T], table: dict, where: str, noun: str = "key", **fixed: Any) -> T:
     """A TOML table (or JSON object) → ``cls``: unknown keys refused, each value checked against its field's
     annotation, a nested dataclass field built from its own table the same way. ``fixed`` are fields the caller

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from uav_cache.config import from_table, read_recipe, refuse_unknown
+from uav_cache.config import check_bound, from_table, read_recipe, refuse_unknown
 from uav_cache.device import pick_device
 from uav_cache.errors import UavError
 from uav_cache.store import READOUTS
@@ -157,8 +157,7 @@ class TrainConfig:
                            'e.g. --stage both (in a recipe, a string: stage = "2")')
 
         def at_least(name: str, value, low, strict: bool = False) -> None:
-            if not (value > low if strict else value >= low):  # (NaN fails both)
-                raise UavError(f"{name} must be {'>' if strict else '≥'} {low}, got {value}", f"set {how_to_set(name)}")
+            check_bound(name, value, low, f"set {how_to_set(name)}", strict)
 
         for name in stages[self.stage]:
             at_least(name, getattr(self, name), 1)
