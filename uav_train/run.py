@@ -423,7 +423,7 @@ class RunRecord:
         t = self.train
         if t.get("tokens"):
             raise UavError("this run was trained with tokens = true (every token through one adapter), which this uav "
-                           "no longer reads", "retrain it with token_layers (see README: token-level inputs)")
+                           "no longer reads", "retrain it with token_layers (docs/method.md: token vectors)")
         pooled = t.get("adapter", "mlp") != "none"
         token_layers = tuple(t.get("token_layers") or ())
         forms = t.get("forms") or {default_form(pooled, bool(token_layers)): 1.0}
