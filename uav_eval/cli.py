@@ -64,9 +64,12 @@ def explain_command(
     device: Annotated[str, typer.Option(help=H["device"])] = "auto",
     donor: Annotated[Optional[str], typer.Option(help="The donor model (registry name or folder), when the run's "
                                                       "is not found: e.g. a local folder harvested elsewhere.")] = None,
+    cut: Annotated[bool, typer.Option("--cut", help="A text longer than the donor's token cap (the one its store was "
+                                                    "harvested with): read its first tokens, and say so, instead of "
+                                                    "refusing it.")] = False,
 ) -> None:
     """Run the donor on TEXT (loaded, read, freed), then the decoder: print its explanation."""
     from uav_eval.verbalizer import explain
 
-    for q, a in explain(run, text, question, max_new_tokens=max_new_tokens, device=device, donor=donor):
+    for q, a in explain(run, text, question, max_new_tokens=max_new_tokens, device=device, donor=donor, cut=cut):
         typer.echo(f"Q: {q}\nA: {a}")
