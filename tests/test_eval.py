@@ -599,3 +599,36 @@ def test_generalization_rows_yes_no_scoring_and_calibration(tiny_llama_dir, tmp_
     assert {generalization(it, {"paint"}, yesno_trained=False) for it in items if it.kind == "open"} == \
         {generalization(it, {"paint"}) for it in items if it.kind == "open"} == {GENERALIZATION[0], GENERALIZATION[2]}
     assert "## Is a confident answer a right one?" in md
+
+
+def test_a_source_that_mixes_tasks_is_scored_and_reported_per_task(tmp_path):
+    """A source with labels and facts: each item is scored by its own task's metric (accuracy for a label, token F1
+    for a fact), and the per-source tables list the source once per task."""
+    from uav_eval import metrics
+    from uav_eval.protocol import reading, score
+    from uav_eval.report import write_report
+    from uav_eval.results import Results
+    from uav_train.stream import Item
+
+    items = [Item(None, "What colour is it?", COLOURS[i % 3], i, 0, "classification", "mix", f"It is {COLOURS[i % 3]}.")
+             for i in range(6)] + \
+            [Item(None, "Which thing is it?", NOUNS[i % 4], 10 + i, 0, "fact", "mix", f"A {NOUNS[i % 4]}.")
+             for i in range(6)] + [Item(None, "Which thing is it?", "cat", 20, 0, "fact", "plain", "A cat.")]
+    preds = {"uav": [it.answer for it in items], "shuffled": ["red"] * 6 + ["the dog"] * 7}
+    rows = score(items, preds, {"mix": set(COLOURS)}, similarity=False)
+    rd = reading(rows, n_boot=50)
+    assert {r["source_task"] for r in rows} == {"mix · classification", "mix · fact", "plain"}
+    assert set(rd["by_source"]) == {"mix · classification", "mix · fact", "plain"}
+    cls, fact = rd["by_source"]["mix · classification"], rd["by_source"]["mix · fact"]
+    assert (cls["metric"], cls["n"], cls["uav"], cls["shuffled"]) == ("acc", 6, 1.0, pytest.approx(2 / 6))
+    assert (fact["metric"], fact["n"], fact["uav"]) == ("f1", 6, 1.0) and fact["shuffled"] == pytest.approx(2 / 6)  # "the dog" is "dog", twice
+    agg = {by: metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", key], n_boot=20)
+           for by, key in (("by_task", "task"), ("by_source", "source_task"))}
+    res = Results(run=str(tmp_path), split="test", methods=["uav", "shuffled"], n_items=len(items), aggregates=agg,
+                  reading=rd, items=rows, probe={"mix": {"run": None, "best": {"test_acc": 0.9, "test_lo": 0.8,
+                                                                                "test_hi": 1.0}}})
+    write_report(res, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("| ↳ mix · classification |"))
+    assert "| acc | 6 | 1.00 | 0.33 |" in line and "0.90 [0.80, 1.00]" in line  # the source's probe, for its labels
+    assert next(ln for ln in md.splitlines() if ln.startswith("| mix · fact | fact |"))

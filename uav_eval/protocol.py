@@ -211,8 +211,13 @@ def trained_sources(rec: RunRecord, store: Store) -> set[str] | None:
 
 def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[str]], similarity: bool,
           trained: set[str] | None = None, yesno_trained: bool = True) -> list[dict]:
-    """One row per (method, item) with every metric, and where the item stands (:func:`generalization`)."""
+    """One row per (method, item) with every metric, where the item stands (:func:`generalization`), and the group it
+    is reported in per source (``source_task``: the source, or "source · task" for a source that mixes tasks, each
+    scored by its own metric)."""
     sim = metrics.Similarity() if similarity else None
+    tasks: dict[str, set[str]] = defaultdict(set)
+    for it in items:
+        tasks[it.source].add(it.task)
     rows = []
     for m, ps in preds.items():
         clean = [metrics.strip_echo(p, it.question) for p, it in zip(ps, items)]
@@ -224,6 +229,7 @@ def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[
             ls = labels.get(it.source) if it.task == "classification" else None
             gen = generalization(it, trained, yesno_trained)
             rows.append({"method": m, "row": it.row, "source": it.source, "task": it.task, "question": it.question,
+                         "source_task": it.source if len(tasks[it.source]) == 1 else f"{it.source} · {it.task}",
                          "kind": it.kind, "phrasing": it.phrasing, "generalization": gen,
                          "task_generalization": f"{it.task} · {gen}",
                          "gold": it.answer, "raw": raw, "pred": p, **metrics.score_item(p, it.answer, label_set=ls),
@@ -306,10 +312,12 @@ def reading(rows: list[dict], *, n_boot: int = 1000, seed: int = 0, reference: s
         return {**d, "metric": metric, "uav": float(np.mean([u[metric] for u, _ in sel])),
                 reference: float(np.mean([v[metric] for _, v in sel])), "reads": bool(d["lo"] > 0)}
 
-    for by, field_ in (("by_task", "task"), ("by_source", "source")):
-        for g in sorted({u[field_] for u, _ in pairs}):
-            sel = [(u, v) for u, v in pairs if u[field_] == g]
-            out[by][g] = diff(sel, READING_METRIC.get(sel[0][0]["task"], "f1"))
+    group = {"by_task": lambda r: r["task"], "by_source": lambda r: r.get("source_task", r["source"])}
+    for by, of in group.items():
+        for g in sorted({of(u) for u, _ in pairs}):
+            sel = [(u, v) for u, v in pairs if of(u) == g]
+            tasks = {u["task"] for u, _ in sel}  # one, but for rows scored before sources were split by task
+            out[by][g] = diff(sel, READING_METRIC.get(tasks.pop(), "f1") if len(tasks) == 1 else "f1")
     gens = {(u["task"], u.get("generalization")) for u, _ in pairs if u.get("generalization")}
     if len({g for _, g in gens}) > 1 or any(g != GENERALIZATION[0] for _, g in gens):  # only when something is new
         out["by_generalization"] = {}
@@ -375,7 +383,7 @@ def evaluate(cfg: EvalConfig) -> Results:
         for r, sc in zip((r for r in rows if r["method"] == "uav"), scores):
             r["score"] = sc
     agg = {by: metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", key], n_boot=cfg.n_boot, seed=cfg.seed)
-           for by, key in (("by_task", "task"), ("by_source", "source"), ("by_generalization", "task_generalization"))}
+           for by, key in (("by_task", "task"), ("by_source", "source_task"), ("by_generalization", "task_generalization"))}
     results = Results(
         run=str(lr.info.path), store=store.path, dataset=store.meta["dataset"]["name"],
         dataset_fingerprint=store.meta["dataset_fingerprint"],

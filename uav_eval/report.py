@@ -156,6 +156,15 @@ def _of_text(results: Results, group: str, metric: str, by: str = "by_task") -> 
     return f"{it['mean']:.2f}", (f"{u['mean'] / it['mean']:.2f}" if it["mean"] > 0 and not math.isnan(u["mean"]) else "–")
 
 
+def _probe_of(probe: dict, group: str, metric: str) -> dict | None:
+    """The probe ceiling of a by-source group: its source's, for the classification part of a source that mixes
+    tasks ("source · classification")."""
+    if group in probe:
+        return probe[group]
+    source, _, task = group.rpartition(" · ")
+    return probe.get(source) if task == "classification" and metric == "acc" else None
+
+
 def reading_table(results: Results) -> str:
     """Per task group and per source: uav and shuffled on the same items, their paired difference with a 95%
     interval, the verdict, no_soft, the text-input ceiling (input_text, and uav as a fraction of it), and
@@ -169,7 +178,7 @@ def reading_table(results: Results) -> str:
         for g in (_ordered(set(rd[by]), TASKS) if by == "by_task" else sorted(rd[by])):
             d = rd[by][g]
             ns = ns_metric(g, by)
-            p = probe.get(g) if by == "by_source" else None
+            p = _probe_of(probe, g, d["metric"]) if by == "by_source" else None
             rows.append([("" if by == "by_task" else "↳ ") + _cell(g or "(none)"), d["metric"], str(d["n"]),
                          f"{d['uav']:.2f}", f"{d[rd.get('reference', 'shuffled')]:.2f}", _diff(d),
                          "**yes**" if d["reads"] else "no", "–" if math.isnan(ns["mean"]) else f"{ns['mean']:.2f}",
@@ -268,7 +277,7 @@ def _other_metrics_table(results: Results) -> str:
 
 def _source_table(results: Results) -> str:
     """uav vs no_soft per source: shows which datasets carry the result."""
-    task_of = {r.get("source"): r.get("task") for r in results.items}
+    task_of = {r.get("source_task", r.get("source")): r.get("task") for r in results.items}
     rows = []
     for src in _groups(results, "by_source"):
         u, ns = _stat(results, "uav", src, by="by_source"), _stat(results, "no_soft", src, by="by_source")
@@ -572,8 +581,8 @@ def reading_compare(loaded: list[tuple[str, Results]]) -> str:
         for g in _ordered(set(rd.get("by_task", {})), TASKS):
             d = rd["by_task"][g]
             m = d["metric"]
-            srcs = [s for s, v in rd.get("by_source", {}).items() if v["metric"] == m and s in res.probe]
-            probes = [(res.probe[s].get("run") or {}, res.probe[s].get("best") or {}) for s in srcs] if g == "classification" else []
+            found = [_probe_of(res.probe, s, v["metric"]) for s, v in rd.get("by_source", {}).items() if v["metric"] == m]
+            probes = [(p.get("run") or {}, p.get("best") or {}) for p in found if p] if g == "classification" else []
             pr = lambda k: "–" if not probes or any(not p[k] for p in probes) else \
                 f"{sum(p[k]['test_acc'] for p in probes) / len(probes):.2f}"  # noqa: E731
             rows.append([_cell(name), _cell(_dataset(res)), _cell(_short(res.donor)), g, m, str(d["n"]),
