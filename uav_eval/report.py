@@ -20,7 +20,7 @@ from uav_cache.examples import TASKS
 from uav_cache.errors import UavError
 from uav_cache.files import write_text_atomic
 from uav_eval.methods import METHODS, READING_METRIC
-from uav_eval.results import Results, evaluations, suffix
+from uav_eval.results import Results, evaluations, parse_name, suffix
 
 F1_BAR = 0.8  # classification token F1 the uav path must reach
 TEXT_MAX = 120  # characters per sample cell
@@ -301,6 +301,15 @@ def _samples(results: Results) -> str:
     return "\n\n".join(parts) if parts else "_no uav items_"
 
 
+def _setting(v: Any) -> str:
+    """One setting's value as the report lists it: a list or table compactly, without JSON's quotes."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_setting(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(map(_setting, v)) + "]"
+    return str(v)
+
+
 def _report_md(results: Results, plot_name: str) -> str:
     methods = _methods(results)
     checks = bar_check(results)
@@ -317,6 +326,9 @@ def _report_md(results: Results, plot_name: str) -> str:
         f"- adapter: {results.adapter}; LoRA: {lora}",
         f"- trainable params (adapter / LoRA): {_params(results)}",
         f"- items: {results.n_items}; methods: {', '.join(methods)}",
+        f"- files: `{results.file().name}`, `{results.file('report', 'md').name}`; settings: "
+        + (", ".join(f"{k} {_setting(v)}" for k, v in results.settings.items()) + " (the rest standard)"
+           if results.settings else "standard"),
         f"- time: {secs if secs is not None else '?'} s",
         "",
         "## Does the decoder read the activation?",
@@ -494,7 +506,7 @@ def model_card(results: Results) -> str:
     weights = {k: v for k, v in (t.get("source_weights") or {}).items()}
     sources = ", ".join(f"{s_} ×{weights[s_]}" if s_ in weights else s_ for s_ in t.get("sources") or []) or \
         "every source in the store"
-    limit = results.limit
+    limit, sx = results.limit, suffix(results.limit, results.tag)
     front = ["---", "library_name: peft", *([f"base_model: {hub}"] if hub else []),
              "tags: [uav, activation-verbalizer, interpretability, lora]", "---", ""]
     facts = [
@@ -525,7 +537,7 @@ def model_card(results: Results) -> str:
         + ". `shuffled`: the same question with another item's activation from the same source: the answer "
           "depends on the activation only where uav − shuffled is above 0 (`reads`). Ceilings: `input_text` (the "
           "decoder shown the text itself) and a linear probe on the same activations. Accuracy for "
-          f"classification, token F1 otherwise. Full report: [report{suffix(limit)}.md](report{suffix(limit)}.md).",
+          f"classification, token F1 otherwise. Full report: [report{sx}.md](report{sx}.md).",
         "", reading_table(results), "",
         "## How to load it", "",
         "With uav (`pip install` this repository), the run loads once and answers about any activation:", "",
@@ -548,7 +560,7 @@ def model_card(results: Results) -> str:
         "## Files", "",
         "`config.json` (the run record: training settings and the store it read) · `adapter.safetensors`, "
         "`uav_adapter.json` · `lora/` (PEFT) · `metrics.jsonl`, `loss.png` (training and the reading gap) · "
-        f"`results{suffix(limit)}.json`, `report{suffix(limit)}.md` (this evaluation)", "",
+        f"`results{sx}.json`, `report{sx}.md` (this evaluation)", "",
     ]
     return "\n".join(lines)
 
@@ -557,17 +569,17 @@ def model_card(results: Results) -> str:
 
 
 def write_report(results: Results, run_dir: Path) -> None:
-    """Write results.json (strict JSON), report.md and eval_tasks.png into the run directory (each name with
-    the suffix of a limited evaluation); the run's own evaluation also writes its model card (README.md), a limited
-    one only while no full evaluation is there."""
+    """Write results.json (strict JSON), report.md and eval_tasks.png into the run directory (each name with the
+    suffix of a limited evaluation or of other settings); the run's own evaluation also writes its model card
+    (README.md), a limited one or one with other settings only while no full standard evaluation is there."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    sx = suffix(results.limit)
+    sx = suffix(results.limit, results.tag)
     results.save(run_dir / f"results{sx}.json")
     (run_dir / f"report{sx}.md").write_text(_report_md(results, f"eval_tasks{sx}.png"))
     plot_tasks(results, run_dir / f"eval_tasks{sx}.png")
     own = run_dir.resolve() == Path(results.run).resolve() and (run_dir / "config.json").is_file()
-    if own and (results.limit is None or not (run_dir / "results.json").is_file()):
+    if own and (sx == "" or not (run_dir / "results.json").is_file()):
         write_text_atomic(run_dir / CARD, model_card(results))
 
 
@@ -603,8 +615,8 @@ def _dataset(res: Results) -> str:
 
 def compared(runs: list[str | Path], limit: int | None = None) -> list[tuple[str, Results]]:
     """(label, results) of every evaluation the runs hold with this ``limit`` (the run's own test split and each
-    other dataset or split, :func:`uav_eval.results.evaluations`); a results*.json path is taken as it is. A run
-    with none is refused with what it does hold."""
+    other dataset, split or setting, :func:`uav_eval.results.evaluations`); a results*.json path is taken as it is. A
+    run with none is refused with what it does hold."""
     want = f"results{suffix(limit)}.json"
     out = []
     for r in runs:
@@ -615,7 +627,7 @@ def compared(runs: list[str | Path], limit: int | None = None) -> list[tuple[str
         if not p.is_dir():
             raise UavError(f"{p} is not a run directory", "pass run folders (the --out of `uav train`)")
         have = evaluations(p)
-        mine = [f for f in have if f.name == want]
+        mine = [f for f in have if (parse_name(f.name) or (0, ""))[0] == limit]
         if not mine and not have:
             raise UavError(f"{p} has no evaluation", f"evaluate it first: uav eval {p}"
                            + ("" if limit is None else f" --limit {limit}"))
@@ -623,7 +635,8 @@ def compared(runs: list[str | Path], limit: int | None = None) -> list[tuple[str
             listed = ", ".join(str(f.relative_to(p)) for f in have)
             raise UavError(f"{p} has no {want} (it has {listed})", "compare what exists: --limit N for the "
                            "results-limitN.json ones, no --limit for full evaluations")
-        out += [(p.name if f.parent == p else f"{p.name}/{f.parent.name}", Results.load(f)) for f in mine]
+        out += [((p.name if f.parent == p else f"{p.name}/{f.parent.name}")
+                 + (f" ({parse_name(f.name)[1]})" if parse_name(f.name)[1] else ""), Results.load(f)) for f in mine]
     return out
 
 
