@@ -788,3 +788,21 @@ def test_an_interrupted_data_harvest_says_the_same_command_resumes_it(run, data,
     code, out, err = run_uav(argv, capsys)
     assert code == 0 and "report → " in out, err
     assert Store(store).meta["complete"]
+
+
+def test_a_data_file_keeps_token_vectors_of_the_layers_the_run_reads_them_from_only(tiny_runs, tmp_path):
+    """A run reading block 2's read-out and block 1's token vectors: --data stores both blocks' read-outs and block 1's
+    token vectors, not block 2's (a store of every block's tokens is many times larger, for nothing)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs["tokens"], run)
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_text("".join(json.dumps({"id": f"f{i}", "text": f"The {n} sits here.", "split": "test",
+                                         "qa": [{"question": "Which thing is named?", "answer": n}]}) + "\n"
+                             for i, n in enumerate(NOUNS)))
+    res = evaluate(EvalConfig(run=str(run), data=str(fresh), methods=["uav"], similarity=False, n_boot=10,
+                              progress=False, probe=False))
+    st = Store(res.store)
+    assert res.n_items == 4 and sorted(st.layers) == ["model.layers.1", "model.layers.2"]
+    assert st.token_layers == ["model.layers.1"] and st.token_width is None
