@@ -170,3 +170,26 @@ def test_inputs_of_the_wrong_type_or_positions_out_of_order_are_refused_with_the
             v.ask({1: t, 2: h[2]}, Q, max_new_tokens=2)
     assert v.ask(h, Q, positions=range(2, 5), max_new_tokens=2)[0].answer is not None  # a window, as given
     assert v.ask(h, Q, positions=np.int64(3), max_new_tokens=2)[0].position == 3
+
+
+def test_uav_explain_refuses_a_text_the_donor_reads_beyond_fp16_in_one_line(tiny_runs, monkeypatch, capsys):
+    from uav_eval import verbalizer
+
+    real = verbalizer.load
+
+    def overflowing(spec, **kw):  # a donor whose block 1 output exceeds fp16 from the second token on
+        model, tok = real(spec, **kw)
+
+        def hook(_module, _args, out):
+            (out[0] if isinstance(out, tuple) else out)[:, 1:] = 1e5
+            return out
+        model.model.layers[1].register_forward_hook(hook)
+        return model, tok
+
+    monkeypatch.setattr(verbalizer, "load", overflowing)
+    code, out, err = run_uav(["explain", "--run", tiny_runs["tokens"], "--text", TEXT, "--question", Q, "--device",
+                              "cpu"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.startswith("uav:")]
+    assert code == 2 and not out and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("uav: error: the donor's output at model.layers.") and ", position 1 (" in lines[0]
+    assert "exceeds ±65504, beyond the fp16 the run's store holds" in lines[0]
