@@ -736,10 +736,12 @@ def test_data_that_is_the_runs_own_training_file_is_its_own_test_split_not_a_new
     shutil.copytree(run, run_copy)
     monkeypatch.setattr("uav_cache.harvest.harvest", lambda cfg: pytest.fail("the run's own data was harvested again"))
     quick = dict(run=str(run_copy), methods=["uav"], similarity=False, n_boot=10, progress=False, probe=False)
+    evals = set(run_copy.glob("evals/*"))  # what other evaluations of the module's run left there
     res = evaluate(EvalConfig(**quick, data=str(data)))
     err = capsys.readouterr().err
     assert f"uav: note: {data} is the data the run was trained on" in err and "evaluating its test split" in err
-    assert res.split == "test" and res.own_dataset and res.folder() == run_copy and not (run_copy / "evals").exists()
+    assert res.split == "test" and res.own_dataset and res.folder() == run_copy
+    assert set(run_copy.glob("evals/*")) == evals  # nothing harvested, nothing written beside the run
     plain = evaluate(EvalConfig(**quick))  # the same evaluation as without --data
     assert [r["pred"] for r in res.items] == [r["pred"] for r in plain.items] and res.n_items == plain.n_items == 20
 

@@ -256,10 +256,11 @@ def settings(cfg: EvalConfig, rec: RunRecord | None = None, store: Store | None 
         if mine != std:
             out[k] = mine
     if store is not None and rec is not None:
-        first = rec.stores[0]
-        theirs = {"dtype": store.meta.get("dtype"), "max_length": store.meta.get("max_length"),
-                  "donor_input": store.meta.get("donor_input") or "raw"}
-        if theirs != {"dtype": first.dtype, "max_length": first.max_length, "donor_input": first.donor_input or "raw"}:
+        theirs = {k: store.meta.get(k) for k in READING}
+        own = {k: getattr(rec.stores[0], k) for k in READING}
+        for reading_ in (theirs, own):
+            reading_["donor_input"] = reading_["donor_input"] or "raw"  # stores from before chat input: raw text
+        if theirs != own:
             out["store_reading"] = theirs
         done, n = len(store.committed()), store.meta["n_shards"]
         if done < n:
@@ -343,6 +344,7 @@ def harvest_for(run: str, rec: RunRecord, data: str, device: str, split: str, ex
     if weights_fingerprint(donor) != src.weights_fingerprint:
         raise UavError(f"the run's donor {donor.path or donor.name} here has other weights than it was trained on",
                        "install the same donor weights to harvest --data with them")
+
     def block(layer: str) -> int:
         m = re.search(r"(\d+)$", layer)
         if m is None:
