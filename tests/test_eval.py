@@ -783,7 +783,11 @@ def test_an_interrupted_data_harvest_says_the_same_command_resumes_it(run, data,
 
     monkeypatch.setattr(h, "forward_shard", interrupted)
     code, _, err = run_uav(argv, capsys)
-    [store] = (run_copy / "evals").glob("fresh-*/store")
+    from uav_cache.examples import load_examples
+    from uav_eval.protocol import data_store
+
+    store = data_store(run_copy, load_examples(str(fresh)))
+    assert store.is_dir() and not Store(store).meta["complete"]
     assert code == 130 and err.strip().splitlines()[-1] == \
         f"uav: interrupted (the harvest of {fresh} into {store} is kept: the same command resumes it)", err
     monkeypatch.undo()
