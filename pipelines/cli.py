@@ -129,12 +129,16 @@ def serve_command(
     port: Annotated[int, typer.Option(help=SERVE["port"])] = 8000,
     device: Annotated[str, typer.Option(help=SERVE["device"])] = "cpu",
     donor: Annotated[Optional[str], typer.Option(help=SERVE["donor"])] = None,
+    max_question_tokens: Annotated[int, typer.Option(help=SERVE["max_question_tokens"])] = 128,
+    max_body: Annotated[int, typer.Option(help=SERVE["max_body"])] = 1 << 20,
+    read_timeout: Annotated[float, typer.Option(help=SERVE["read_timeout"])] = 10.0,
 ) -> None:
     """A local explorer page over RUN (loaded once): paste a text, ask, see the answer beside its controls and
     score, and for token-reading runs one answer per token. Ctrl-C stops it."""
     from pipelines.serve import ServeConfig, serve
 
-    serve(ServeConfig(run=run, host=host, port=port, device=device, donor=donor))
+    serve(ServeConfig(run=run, host=host, port=port, device=device, donor=donor, max_question_tokens=max_question_tokens,
+                      max_body=max_body, read_timeout=read_timeout))
 
 
 def main() -> None:

@@ -27,9 +27,9 @@ from uav_cache.examples import load_examples
 from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_eval.methods import CONTROLS
-from uav_eval.protocol import EvalConfig, evaluate
-from uav_eval.report import compare, summary_table
-from uav_eval.results import Results, location, suffix
+from uav_eval.protocol import SETTINGS, EvalConfig, evaluate, settings
+from uav_eval.report import compare, summary_table, write_report
+from uav_eval.results import Results, legacy_location, location, suffix, tag
 from uav_eval.spread import beside_reference, load_reference, summarise, table as spread_table
 from uav_train.run import RunRecord
 from uav_train.trainer import RECIPE_SECTIONS, TrainConfig, train
@@ -128,24 +128,38 @@ def check_recipe(rec: dict, path: Path) -> dict:
     return rec
 
 
-def _current_results(cfg: EvalConfig) -> Results | None:
-    """The evaluation's results.json when it was made with these settings after the run's weights were last written
-    (for a --data file: in the folder that dataset's results go to)."""
+def _current_results(cfg: EvalConfig, say=print) -> Results | None:
+    """The evaluation's results when they were made with these settings after the run's weights were last written:
+    at their key (results.location and the settings' suffix), or where they landed before the split "all" and the
+    settings were part of the key, then moved to their key (``say`` tells). None: evaluate (again)."""
     run = Path(cfg.run)
-    folder = run
+    own, dataset, fp = True, None, None
     if cfg.data is not None:
         ex = load_examples(cfg.data)
         rec = RunRecord.of(run)
         own = rec is not None and rec.trained_on(ex.fingerprint)
-        folder = location(run, dataset=ex.name, fingerprint=ex.fingerprint, split=cfg.split or "all", own=own)
-    p, weights = folder / f"results{suffix(cfg.limit)}.json", run / "adapter.safetensors"
-    if not p.exists() or not weights.exists() or p.stat().st_mtime < weights.stat().st_mtime:
-        return None
-    res = Results.load(p)
-    same = {k: res.config.get(k) == getattr(cfg, k) for k in ("limit", "methods", "split", "store", "data")}
-    # results without limit_counts counted their limit in questions and ran the shuffled control through a random
-    # adapter: evaluated again
-    return res if all(same.values()) and res.limit_counts == "texts" else None
+        dataset, fp = ex.name, ex.fingerprint
+    where = dict(dataset=dataset, fingerprint=fp, split=cfg.split or ("test" if own else "all"), own=own)
+    mine, weights = settings(cfg), run / "adapter.safetensors"
+    for p in dict.fromkeys((location(run, **where) / f"results{suffix(cfg.limit, tag(mine))}.json",
+                            legacy_location(run, **where) / f"results{suffix(cfg.limit)}.json")):
+        if not p.exists() or not weights.exists() or p.stat().st_mtime < weights.stat().st_mtime:
+            continue
+        res = Results.load(p)
+        # results without limit_counts "texts" were made with limits counting questions and a shuffled control
+        # through a random adapter: evaluated again, as are results made with any other setting
+        if res.limit_counts != "texts" or any(res.config.get(k) != getattr(cfg, k) for k in
+                                              ("limit", "split", "store", "data", *SETTINGS)):
+            say(f"{p} was made with other settings: evaluating again")
+            continue
+        res.settings = mine  # results written before the settings named the files do not list them
+        if res.file() != p:
+            write_report(res, res.folder())
+            for kind, ext in (("results", "json"), ("report", "md"), ("eval_tasks", "png")):
+                (p.parent / f"{kind}{suffix(cfg.limit)}.{ext}").unlink(missing_ok=True)
+            say(f"{p} is this evaluation: moved to {res.file()} (the name its settings give it)")
+        return res
+    return None
 
 
 def run_demo(recipe: Path, console: Console | None = None, seeds: int | None = None) -> str:
@@ -176,12 +190,13 @@ def run_demo(recipe: Path, console: Console | None = None, seeds: int | None = N
             con.print(f"{name} → {cfg.out} ({time.perf_counter() - t:.0f} s)")
 
     con.rule("[bold]4/4 eval")
+    say = lambda line: con.print(line, markup=False, soft_wrap=True)  # noqa: E731 - paths may hold [ ]
     ev = rec.get("eval", {})
     by_seed: dict[str, list[Results]] = {r["name"]: [] for r in rec["runs"]}
     for k in range(n_seeds):
         for i, r in enumerate(rec["runs"]):
             cfg, t = eval_config(rec, i, recipe, k), time.perf_counter()
-            res = _current_results(cfg) or evaluate(cfg)
+            res = _current_results(cfg, say) or evaluate(cfg)
             by_seed[r["name"]].append(res)
             con.print(f"[bold]{r['name']}[/bold]{f' seed {k}' if n_seeds > 1 else ''}  ({res.donor} → {res.decoder}, "
                       f"{res.adapter}, LoRA {res.lora or 'none'}; {time.perf_counter() - t:.0f} s)")
@@ -193,14 +208,14 @@ def run_demo(recipe: Path, console: Console | None = None, seeds: int | None = N
             if r["name"] not in ev.get("data_runs", [r["name"]]):
                 continue
             cfg, t = replace(eval_config(rec, i, recipe), data=data, limit=None), time.perf_counter()
-            res = _current_results(cfg) or evaluate(cfg)
+            res = _current_results(cfg, say) or evaluate(cfg)
             con.print(f"[bold]{r['name']}[/bold] on {res.dataset} ({res.n_items} items) → {res.folder()} "
                       f"({time.perf_counter() - t:.0f} s)")
             con.print(summary_table(res), markup=False, soft_wrap=True)
 
     out = Path(ev.get("compare_dir", "runs"))
-    sx = suffix(ev.get("limit"))
-    table = compare([Path(r["out"]) / f"results{sx}.json" for r in rec["runs"]], out)
+    own = [by_seed[r["name"]][0] for r in rec["runs"]]  # seed 0: each run's own folder
+    table = compare([res.file() for res in own], out)
     con.rule("[bold]comparison")
     con.print(table, markup=False, soft_wrap=True)
     ref_path = REFERENCES / f"{Path(recipe).stem}-spread.json"
@@ -218,6 +233,6 @@ def run_demo(recipe: Path, console: Console | None = None, seeds: int | None = N
         con.rule("[bold]this run beside the reference spread")
         con.print(beside_reference({n: v[0] for n, v in by_seed.items()}, load_reference(ref_path),
                                    str(ref_path.relative_to(REFERENCES.parent.parent))), markup=False, soft_wrap=True)
-    con.print(f"reports: {', '.join(str(Path(r['out']) / f'report{sx}.md') for r in rec['runs'])}; "
+    con.print(f"reports: {', '.join(str(res.file('report', 'md')) for res in own)}; "
               f"comparison: {out / 'compare.md'} and {out / 'compare.png'}  ({(time.perf_counter() - t0) / 60:.1f} min)")
     return table

@@ -18,6 +18,7 @@ from uav_eval.controls import METHODS, MethodRunner, check_methods, selfie_appli
 from pipelines.demo import load_recipe, run_demo
 from uav_eval.generate import generate
 from uav_eval.protocol import EvalConfig, eval_items, evaluate
+from uav_eval.results import Results, json_safe
 from uav_train.run import load_run
 from uav_train.stream import derangement, stack_x
 from uav_train.trainer import TrainConfig, train
@@ -101,8 +102,9 @@ def test_eval_scores_the_runs_own_dataset_from_any_folder(relative_run, monkeypa
 
 
 def test_other_data_and_splits_never_overwrite_the_runs_own_results(run, data, tiny_llama_dir, tmp_path):
-    """The run folder's results.json / report.md are only ever its own test split: another store's dataset lands in
-    evals/<dataset>-<fingerprint>/, the val split in its own folder; each is listed by `evaluations`."""
+    """The run folder's results.json / report.md are only ever its own test split with the standard settings: another
+    store's dataset lands in evals/<dataset>-<fingerprint>/, the val split in its own folder, other settings under
+    their own names; each is listed by `evaluations`."""
     import shutil
 
     from uav_eval.results import evaluations
@@ -117,23 +119,63 @@ def test_other_data_and_splits_never_overwrite_the_runs_own_results(run, data, t
                           shard_rows=16, chunk_rows=8, progress=False))
     quick = dict(run=str(run_copy), methods=["uav"], similarity=False, n_boot=10, progress=False, probe=False)
     own = evaluate(EvalConfig(**quick))
-    before = {n: (run_copy / n).read_bytes() for n in ("results.json", "report.md")}
+    before = {p: p.read_bytes() for p in (own.file(), own.file("report", "md"), run_copy / "README.md")}
     other = evaluate(EvalConfig(**quick, store=str(tmp_path / "other")))
     val = evaluate(EvalConfig(**quick, split="val"))
-    assert {n: (run_copy / n).read_bytes() for n in ("results.json", "report.md")} == before
+    assert {p: p.read_bytes() for p in before} == before
     assert own.folder() == run_copy and own.own_dataset
     assert other.folder() == run_copy / "evals" / f"other-{other.dataset_fingerprint[:12]}" and not other.own_dataset
     assert val.folder() == run_copy / "evals" / f"toy-{val.dataset_fingerprint[:12]}-val" and val.own_dataset
-    assert "(not the data the run was trained on)" in (other.folder() / "report.md").read_text()
+    assert "(not the data the run was trained on)" in other.file("report", "md").read_text()
     for res in (other, val):
-        assert json.loads((res.folder() / "results.json").read_text())["dataset_fingerprint"] == res.dataset_fingerprint
-    assert evaluations(run_copy) == [run_copy / "results.json", *sorted([other.folder() / "results.json",
-                                                                         val.folder() / "results.json"])]
+        assert json.loads(res.file().read_text())["dataset_fingerprint"] == res.dataset_fingerprint
+    assert evaluations(run_copy) == [own.file(), *sorted([other.file(), val.file()])]
+
+
+def test_evaluations_that_differ_in_anything_that_changes_a_result_keep_their_own_files(run, data, tiny_llama_dir,
+                                                                                       tmp_path):
+    """Dataset, split, limit, controls, the store's reading of the texts and the decoding settings each change the
+    numbers: two evaluations that differ in any of them both stay on disk, each file holding its own (a store's test
+    split beside the same data's every split, harvested from --data, was one file)."""
+    import shutil
+    from dataclasses import asdict
+
+    from uav_eval.results import evaluations
+
+    run_copy = tmp_path / "run"
+    shutil.copytree(run, run_copy)
+    fresh = tmp_path / "fresh.jsonl"  # new to the run: its test split and every split are two evaluations
+    fresh.write_text(data.read_text().replace("number", "item"))
+    for out, cap in (("fresh", None), ("fresh-short", 6)):
+        harvest(HarvestConfig(donor=str(tiny_llama_dir), data=str(fresh), out=str(tmp_path / out), layers=[1],
+                              shard_rows=16, chunk_rows=8, max_length=cap, progress=False))
+    quick = dict(run=str(run_copy), methods=["uav"], similarity=False, n_boot=10, progress=False, probe=False)
+    store = str(tmp_path / "fresh")
+    configs = [EvalConfig(**quick, store=store),  # its test split
+               EvalConfig(**quick, data=str(fresh)),  # every split, harvested with the run's own settings
+               EvalConfig(**quick, store=store, split="val"),
+               EvalConfig(**quick, store=store, limit=2),
+               EvalConfig(**quick, store=str(tmp_path / "fresh-short")),  # the same texts read up to 6 tokens
+               EvalConfig(**{**quick, "methods": ["uav", "no_soft"]}, store=store),
+               EvalConfig(**quick, store=store, max_new_tokens={"classification": 2, "fact": 3}),
+               EvalConfig(**quick, store=store, seed=3)]
+    results = [evaluate(cfg) for cfg in configs]
+    on_disk = {f: Results.load(f) for f in evaluations(run_copy)}
+    assert len(on_disk) == len(configs)
+    for cfg, res in zip(configs, results):
+        mine = [f for f, r in on_disk.items() if r.config == asdict(cfg)]
+        assert len(mine) == 1, cfg  # each evaluation has one file, and nothing overwrote it
+        assert on_disk[mine[0]].items == json_safe(res.items) and mine[0] == res.file()
+        assert res.file("report", "md").read_text().count(f"`{res.file().name}`") == 1  # the report names its files
+    assert results[1].split == "all" and results[1].folder().name.endswith("-all")
+    assert results[4].settings["store_reading"] == {"dtype": "fp16", "max_length": 6, "donor_input": "raw"}
+    assert results[5].settings == {"methods": ["no_soft", "uav"], "similarity": False, "probe": False, "n_boot": 10}
 
 
 def test_eval_on_any_data_file_harvests_it_with_the_runs_settings_once(run, tmp_path):
     """`uav eval RUN --data FILE.jsonl`: the file is harvested with the run's donor and store settings into the
-    run's evals/ folder (every split evaluated: the data is new to the run), and reused by the next evaluation."""
+    run's evals/ folder (every split evaluated: the data is new to the run), and reused by the next evaluation; a run
+    that reads no token vectors gets none stored."""
     new = tmp_path / "fresh.jsonl"
     new.write_text("".join(json.dumps({"id": f"f{i}", "text": f"The {n} is {c}.", "task": "classification",
                                        "source": "fresh", "label": c, "qa": [{"question": "What colour is it?",
@@ -143,17 +185,22 @@ def test_eval_on_any_data_file_harvests_it_with_the_runs_settings_once(run, tmp_
                  progress=False, probe=False)
     res = evaluate(EvalConfig(**quick))
     folder = res.folder()
-    assert folder.parent == run / "evals" and folder.name.startswith("fresh-") and not res.own_dataset
-    assert res.split == "all" and res.n_items == 12 and (folder / "results.json").exists()
-    st = Store(folder / "store")
+    assert folder.parent == run / "evals" and folder.name == f"fresh-{res.dataset_fingerprint[:12]}-all"
+    assert not res.own_dataset and res.split == "all" and res.n_items == 12 and res.file().exists()
+    store = folder.with_name(f"fresh-{res.dataset_fingerprint[:12]}") / "store"  # one per dataset, whatever the split
+    st = Store(store)
     rec = json.loads((run / "config.json").read_text())["stores"][0]
     for k in ("donor", "layers", "dtype", "max_length", "donor_input", "positions", "weights_fingerprint"):
         assert st.meta[k] == rec[k], k
-    stamp = (folder / "store" / "zarr.json").stat().st_mtime_ns
+    assert st.token_width == 0
+    stamp = (store / "zarr.json").stat().st_mtime_ns
     again = evaluate(EvalConfig(**quick))
-    assert (folder / "store" / "zarr.json").stat().st_mtime_ns == stamp and again.folder() == folder
+    assert (store / "zarr.json").stat().st_mtime_ns == stamp and again.file() == res.file()
+    test = evaluate(EvalConfig(**quick, split="test"))  # the same harvest, its test split beside every split
+    assert (store / "zarr.json").stat().st_mtime_ns == stamp and test.folder() == store.parent
+    assert test.n_items < res.n_items and res.file().exists()
     with pytest.raises(UavError, match="--store and --data"):
-        evaluate(EvalConfig(**quick, store=str(folder / "store")))
+        evaluate(EvalConfig(**quick, store=str(store)))
 
 
 def test_evaluate_runs_every_method_on_the_test_split(run):
@@ -178,10 +225,11 @@ def test_evaluate_runs_every_method_on_the_test_split(run):
     agg = res.aggregates["by_source"]
     assert all(agg[f"uav/{s}"]["f1"]["n"] == 3 for s in ("colour", "mood", "noun"))
     assert agg["uav/overall"]["f1"]["n"] == 9
-    for name in ("results-limit3.json", "report-limit3.md", "eval_tasks-limit3.png"):
-        assert (run / name).stat().st_size > 0
-    md = (run / "report-limit3.md").read_text()
-    assert "(eval_tasks-limit3.png)" in md
+    assert res.settings == {"similarity": False, "n_boot": 50}  # every control: the rest is standard
+    for kind, ext in (("results", "json"), ("report", "md"), ("eval_tasks", "png")):
+        assert res.file(kind, ext) == run / f"{kind}-limit3-{res.tag}.{ext}" and res.file(kind, ext).stat().st_size > 0
+    md = res.file("report", "md").read_text()
+    assert f"(eval_tasks-limit3-{res.tag}.png)" in md and "settings: similarity False, n_boot 50" in md
     assert "answer mentioned" in md and "selfie" in md
 
 
@@ -203,14 +251,15 @@ def test_a_merged_lora_answers_as_peft_does_and_cannot_be_bypassed(run):
 
 
 def test_a_limited_evaluation_never_replaces_the_full_one(run):
-    """`uav eval RUN --limit 1` is a quick check: it goes to results-limit1.json / report-limit1.md."""
+    """`uav eval RUN --limit 1` is a quick check: it goes to results-limit1[-<settings>].json / report-limit1….md."""
     quick = dict(run=str(run), methods=["uav"], similarity=False, n_boot=10, progress=False)
     full = evaluate(EvalConfig(**quick))
-    before = {n: (run / n).read_bytes() for n in ("results.json", "report.md", "eval_tasks.png")}
-    assert json.loads(before["results.json"])["n_items"] == full.n_items == 20
-    assert evaluate(EvalConfig(**quick, limit=1)).n_items == 3
-    assert {n: (run / n).read_bytes() for n in before} == before
-    assert json.loads((run / "results-limit1.json").read_text())["n_items"] == 3
+    before = {p: p.read_bytes() for p in (full.file(), full.file("report", "md"), full.file("eval_tasks", "png"))}
+    assert json.loads(before[full.file()])["n_items"] == full.n_items == 20
+    limited = evaluate(EvalConfig(**quick, limit=1))
+    assert limited.n_items == 3 and limited.file() == run / f"results-limit1-{full.tag}.json"
+    assert {p: p.read_bytes() for p in before} == before
+    assert json.loads(limited.file().read_text())["n_items"] == 3
     for bad, problem in (({"limit": 0}, "--limit must be ≥ 1, got 0"),
                          ({"batch_size": 0}, "--batch-size must be ≥ 1")):
         with pytest.raises(UavError, match=problem):
@@ -435,27 +484,55 @@ compare_dir = "{tmp_path / 'cmp'}"
     return p
 
 
-def test_demo_runs_the_recipe_and_a_second_run_is_a_no_op(tmp_path, tiny_llama_dir, data):
-    recipe = _recipe(tmp_path, tiny_llama_dir, data, f'data = ["{data}"]\ndata_runs = ["mlp-lora"]\n')
+def test_demo_runs_the_recipe_and_a_second_run_is_a_no_op(tmp_path, tiny_llama_dir, data, monkeypatch):
+    fresh = tmp_path / "fresh.jsonl"  # texts no run trained on
+    fresh.write_text(data.read_text().replace("number", "item"))
+    recipe = _recipe(tmp_path, tiny_llama_dir, data, f'data = ["{fresh}"]\ndata_runs = ["mlp-lora"]\n')
     table = run_demo(recipe, console=Console(file=io.StringIO()))
     runs = tmp_path / "runs"
-    # the extra dataset is evaluated for the runs data_runs names only, in its own folder
-    assert [p.name for p in (runs / "mlp-lora" / "evals").iterdir()][0].startswith(Path(data).stem)
+    # the extra dataset is evaluated for the runs data_runs names only, in its own folder (every split, harvested)
+    assert {p.name.split("-")[0] for p in (runs / "mlp-lora" / "evals").iterdir()} == {"fresh"}
+    [extra] = (runs / "mlp-lora" / "evals").glob("fresh-*-all/results-*.json")
     assert not (runs / "affine-frozen" / "evals").exists()
     assert "mlp-lora" in table and "affine-frozen" in table
     assert "| affine | none | " in table  # the frozen-decoder run is shown as such, with its parameter count
     assert (tmp_path / "cmp" / "compare.md").exists() and (tmp_path / "cmp" / "compare.png").exists()
-    first = json.loads((runs / "mlp-lora" / "results-limit2.json").read_text())
-    assert first["methods"] == ["uav", "no_soft", "selfie"]
-    assert json.loads((runs / "affine-frozen" / "results-limit2.json").read_text())["trainable_params"] == \
-        {"adapter": 32 + 1, "lora": 0}  # tiny llama: d_model 32
+    [mine] = (runs / "mlp-lora").glob("results-limit2-*.json")  # its controls are not every control: named so
+    first = json.loads(mine.read_text())
+    assert first["methods"] == ["uav", "no_soft", "selfie"] and first["settings"]["methods"] == ["no_soft", "selfie", "uav"]
+    [frozen] = (runs / "affine-frozen").glob("results-limit2-*.json")
+    assert json.loads(frozen.read_text())["trainable_params"] == {"adapter": 32 + 1, "lora": 0}  # tiny llama: d 32
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
     assert run_demo(recipe, console=Console(file=io.StringIO())) == table
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == stamps  # nothing redone
-    older = runs / "mlp-lora" / "results-limit2.json"  # as results without limit_counts are (the older control)
+
+    # results as they were named before the settings and the split "all" were part of the name: found, moved to
+    # their names, not evaluated again
+    def unnamed(path: Path, to: Path) -> None:
+        doc = json.loads(path.read_text())
+        to.write_text(json.dumps({k: v for k, v in doc.items() if k != "settings"}))
+        for kind, ext in (("results", "json"), ("report", "md"), ("eval_tasks", "png")):
+            path.with_name(path.name.replace("results", kind).replace(".json", f".{ext}")).unlink()
+
+    legacy = {mine: runs / "mlp-lora" / "results-limit2.json",
+              extra: extra.parent.with_name(extra.parent.name.removesuffix("-all")) / "results.json"}
+    items = {p: json.loads(p.read_text())["items"] for p in legacy}
+    for new, old in legacy.items():
+        unnamed(new, old)
+    monkeypatch.setattr("pipelines.demo.evaluate", lambda cfg: pytest.fail(f"evaluated again: {cfg}"))
+    said = io.StringIO()
+    assert run_demo(recipe, console=Console(file=said, width=400)) == table
+    for new, old in legacy.items():
+        assert not old.exists() and json.loads(new.read_text())["items"] == items[new]
+        assert new.with_name(new.name.replace("results", "report").replace(".json", ".md")).is_file()
+        assert f"{old} is this evaluation: moved to {new}" in said.getvalue()
+    monkeypatch.undo()
+    older = mine  # results without limit_counts: limits counted questions, and the shuffled control was another one
     older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "limit_counts"}))
-    run_demo(recipe, console=Console(file=io.StringIO()))
+    said = io.StringIO()
+    run_demo(recipe, console=Console(file=said, width=400))
     assert json.loads(older.read_text())["limit_counts"] == "texts"  # evaluated again
+    assert f"{older} was made with other settings: evaluating again" in said.getvalue()
 
 
 def test_shipped_recipes_load():
@@ -588,7 +665,7 @@ def test_generalization_rows_yes_no_scoring_and_calibration(tiny_llama_dir, tmp_
     assert any(r["source"] == "dye" for r in uav)
     assert res.calibration["yesno"]["metric"] == "acc" and len(res.calibration["yesno"]["bins"]) == 3
     assert sum(b["n"] for b in res.calibration["yesno"]["bins"]) == res.calibration["yesno"]["n"]
-    md = (run / "report.md").read_text()
+    md = res.file("report", "md").read_text()
     assert "## Questions it was never trained on" in md and "dataset never trained" in md
     # a run trained with yesno = 0 (a curriculum's labels-first run) saw no yes/no question of any dataset
     from uav_eval.protocol import eval_items, generalization
@@ -599,3 +676,139 @@ def test_generalization_rows_yes_no_scoring_and_calibration(tiny_llama_dir, tmp_
     assert {generalization(it, {"paint"}, yesno_trained=False) for it in items if it.kind == "open"} == \
         {generalization(it, {"paint"}) for it in items if it.kind == "open"} == {GENERALIZATION[0], GENERALIZATION[2]}
     assert "## Is a confident answer a right one?" in md
+
+
+def test_a_source_that_mixes_tasks_is_scored_and_reported_per_task(tmp_path):
+    """A source with labels and facts: each item is scored by its own task's metric (accuracy for a label, token F1
+    for a fact), and the per-source tables list the source once per task."""
+    from uav_eval import metrics
+    from uav_eval.protocol import reading, score
+    from uav_eval.report import write_report
+    from uav_eval.results import Results
+    from uav_train.stream import Item
+
+    items = [Item(None, "What colour is it?", COLOURS[i % 3], i, 0, "classification", "mix", f"It is {COLOURS[i % 3]}.")
+             for i in range(6)] + \
+            [Item(None, "Which thing is it?", NOUNS[i % 4], 10 + i, 0, "fact", "mix", f"A {NOUNS[i % 4]}.")
+             for i in range(6)] + [Item(None, "Which thing is it?", "cat", 20, 0, "fact", "plain", "A cat.")]
+    preds = {"uav": [it.answer for it in items], "shuffled": ["red"] * 6 + ["the dog"] * 7}
+    rows = score(items, preds, {"mix": set(COLOURS)}, similarity=False)
+    rd = reading(rows, n_boot=50)
+    assert {r["source_task"] for r in rows} == {"mix · classification", "mix · fact", "plain"}
+    assert set(rd["by_source"]) == {"mix · classification", "mix · fact", "plain"}
+    cls, fact = rd["by_source"]["mix · classification"], rd["by_source"]["mix · fact"]
+    assert (cls["metric"], cls["n"], cls["uav"], cls["shuffled"]) == ("acc", 6, 1.0, pytest.approx(2 / 6))
+    assert (fact["metric"], fact["n"], fact["uav"]) == ("f1", 6, 1.0) and fact["shuffled"] == pytest.approx(2 / 6)  # "the dog" is "dog", twice
+    agg = {by: metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", key], n_boot=20)
+           for by, key in (("by_task", "task"), ("by_source", "source_task"))}
+    res = Results(run=str(tmp_path), split="test", methods=["uav", "shuffled"], n_items=len(items), aggregates=agg,
+                  reading=rd, items=rows, probe={"mix": {"run": None, "best": {"test_acc": 0.9, "test_lo": 0.8,
+                                                                                "test_hi": 1.0}}})
+    write_report(res, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("| ↳ mix · classification |"))
+    assert "| acc | 6 | 1.00 | 0.33 |" in line and "0.90 [0.80, 1.00]" in line  # the source's probe, for its labels
+    assert next(ln for ln in md.splitlines() if ln.startswith("| mix · fact | fact |"))
+
+
+def test_a_data_file_without_questions_is_refused_before_any_donor_work(run, tmp_path, monkeypatch):
+    monkeypatch.setattr("uav_cache.harvest.harvest", lambda cfg: pytest.fail("the donor was run"))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("The cat is red.\n\nThe dog is blue.\n")
+    quick = dict(run=str(run), methods=["uav"], similarity=False, progress=False)
+    with pytest.raises(UavError, match=r"notes.txt has no questions to evaluate \(a .txt file holds texts only\)"):
+        evaluate(EvalConfig(**quick, data=str(notes)))
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({"id": f"p{i}", "text": f"The cat is {c}.", "split": "test"}) + "\n"
+                             for i, c in enumerate(COLOURS)))
+    with pytest.raises(UavError, match="plain.jsonl has no questions to evaluate .no example carries qa pairs"):
+        evaluate(EvalConfig(**quick, data=str(plain)))
+    with pytest.raises(UavError, match=r"plain.jsonl has no 'val' examples \(its splits: test\)"):
+        evaluate(EvalConfig(**quick, data=str(plain), split="val"))
+    assert not (run / "evals").exists() or not list((run / "evals").glob("notes-*")) + list((run / "evals").glob("plain-*"))
+
+
+def test_data_that_is_the_runs_own_training_file_is_its_own_test_split_not_a_new_harvest(run, data, tmp_path,
+                                                                                        monkeypatch, capsys):
+    import shutil
+
+    run_copy = tmp_path / "run"
+    shutil.copytree(run, run_copy)
+    monkeypatch.setattr("uav_cache.harvest.harvest", lambda cfg: pytest.fail("the run's own data was harvested again"))
+    quick = dict(run=str(run_copy), methods=["uav"], similarity=False, n_boot=10, progress=False, probe=False)
+    evals = set(run_copy.glob("evals/*"))  # what other evaluations of the module's run left there
+    res = evaluate(EvalConfig(**quick, data=str(data)))
+    err = capsys.readouterr().err
+    assert f"uav: note: {data} is the data the run was trained on" in err and "evaluating its test split" in err
+    assert res.split == "test" and res.own_dataset and res.folder() == run_copy
+    assert set(run_copy.glob("evals/*")) == evals  # nothing harvested, nothing written beside the run
+    plain = evaluate(EvalConfig(**quick))  # the same evaluation as without --data
+    assert [r["pred"] for r in res.items] == [r["pred"] for r in plain.items] and res.n_items == plain.n_items == 20
+
+
+def test_a_damaged_read_out_the_run_does_not_read_is_warned_about(run, tmp_path, capsys):
+    import shutil
+
+    rec = load_run(run).info.record
+    src = Path(rec.stores[0].location())
+    store = tmp_path / "store"
+    shutil.copytree(src, store)
+    other = next(r for r in Store(store).readouts if r != rec.readout)
+    chunk = store / "acts" / "model.layers.1" / other / "c" / "0" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[:32] = bytes(32)
+    chunk.write_bytes(bytes(raw))
+    res = evaluate(EvalConfig(run=str(run), store=str(store), methods=["uav"], similarity=False, n_boot=10,
+                              progress=False, probe=False))
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("uav: warning")]
+    assert res.n_items == 20 and len(err) == 1, err
+    assert err[0].startswith(f"uav: warning: store {store} is damaged where this run does not read: ")
+    assert f"model.layers.1/{other}" in err[0] and f"uav store verify {store}" in err[0]
+
+
+def test_an_interrupted_data_harvest_says_the_same_command_resumes_it(run, data, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from helpers import run_uav
+
+    run_copy = tmp_path / "run"
+    shutil.copytree(run, run_copy)
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_text(data.read_text().replace("number", "item"))
+    argv = ["eval", str(run_copy), "--data", str(fresh), "--controls", "none", "--no-similarity", "--device", "cpu"]
+    import uav_cache.harvest as h
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(h, "forward_shard", interrupted)
+    code, _, err = run_uav(argv, capsys)
+    from uav_cache.examples import load_examples
+    from uav_eval.protocol import data_store
+
+    store = data_store(run_copy, load_examples(str(fresh)))
+    assert store.is_dir() and not Store(store).meta["complete"]
+    assert code == 130 and err.strip().splitlines()[-1] == \
+        f"uav: interrupted (the harvest of {fresh} into {store} is kept: the same command resumes it)", err
+    monkeypatch.undo()
+    code, out, err = run_uav(argv, capsys)
+    assert code == 0 and "report → " in out, err
+    assert Store(store).meta["complete"]
+
+
+def test_a_data_file_keeps_token_vectors_of_the_layers_the_run_reads_them_from_only(tiny_runs, tmp_path):
+    """A run reading block 2's read-out and block 1's token vectors: --data stores both blocks' read-outs and block 1's
+    token vectors, not block 2's (a store of every block's tokens is many times larger, for nothing)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs["tokens"], run)
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_text("".join(json.dumps({"id": f"f{i}", "text": f"The {n} sits here.", "split": "test",
+                                         "qa": [{"question": "Which thing is named?", "answer": n}]}) + "\n"
+                             for i, n in enumerate(NOUNS)))
+    res = evaluate(EvalConfig(run=str(run), data=str(fresh), methods=["uav"], similarity=False, n_boot=10,
+                              progress=False, probe=False))
+    st = Store(res.store)
+    assert res.n_items == 4 and sorted(st.layers) == ["model.layers.1", "model.layers.2"]
+    assert st.token_layers == ["model.layers.1"] and st.token_width is None

@@ -194,7 +194,7 @@ def test_shuffled_control_shows_each_item_another_items_activation(run):
         assert sorted(items[("shuffled", r["row"], r["question"])]["raw"] for r in mine) == sorted(r["raw"] for r in mine)
     assert res.reading["by_task"].keys() == {r["task"] for r in uav}
     assert res.probe["colour"]["run"]["readout"] == "mean"
-    md = (run / "report.md").read_text()
+    md = res.file("report", "md").read_text()
     assert "Does the decoder read the activation?" in md and "uav − shuffled" in md
 
 
@@ -240,11 +240,13 @@ def test_source_weights_repeat_or_thin_a_source_per_epoch(store):
 def test_compare_puts_reading_and_probe_beside_each_run(run, tmp_path):
     from uav_eval.report import compare
 
-    evaluate(EvalConfig(run=str(run), methods=["uav", "shuffled", "no_soft"], similarity=False, n_boot=50, progress=False))
+    res = evaluate(EvalConfig(run=str(run), methods=["uav", "shuffled", "no_soft"], similarity=False, n_boot=50,
+                              progress=False))
     table = compare([run], tmp_path / "cmp")
     header = table.splitlines()[0]
     assert "uav − shuffled" in header and "probe (run's layer)" in header and "reads" in header
-    rows = [r for r in table.splitlines() if r.startswith(f"| {run.name} |") and "| classification |" in r]
+    # the row names the evaluation's settings (not the standard controls) as its files do
+    rows = [r for r in table.splitlines() if r.startswith(f"| {run.name} ({res.tag}) |") and "| classification |" in r]
     assert len(rows) == 1 and rows[0].count("[") >= 4  # uav, shuffled, difference, no_soft: all with intervals
     assert "Does the decoder read the activation?" in (tmp_path / "cmp" / "compare.md").read_text()
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"

@@ -154,12 +154,13 @@ def test_the_runs_own_evaluation_writes_a_model_card_and_plain_peft_loads_its_lo
     shutil.copytree(tiny_runs["tokens"], run)
     quick = dict(run=str(run), limit=2, methods=["uav", "shuffled", "no_soft", "input_text"], similarity=False,
                  probe=False, n_boot=20, progress=False)
-    evaluate(EvalConfig(**quick))
+    res = evaluate(EvalConfig(**quick))
     card = (run / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: peft\n")
+    report = res.file("report", "md").name  # report-limit2-<settings>.md: not the standard controls
     for part in ("| donor (the model it reads) |", "`model.layers.2`", "token vectors of `model.layers.1`",
                  "| adapter, pooled branch | `mlp` (", "| adapter, tokens branch | `pervector` (", "store dataset `things`",
-                 "uav − shuffled", "| input_text |", "every question of at most 2 texts per source", "[report-limit2.md](report-limit2.md)",
+                 "uav − shuffled", "| input_text |", "every question of at most 2 texts per source", f"[{report}]({report})",
                  'Verbalizer.load("run")', 'v.ask({"model.layers.2": h2, "model.layers.1": h1}',
                  'PeftModel.from_pretrained(base, "run/lora")'):
         assert part in card, part

@@ -59,7 +59,8 @@ def test_the_shipped_reference_is_measured_and_a_placeholder_says_so():
            "note": "not measured yet: no multi-seed run of this recipe has been recorded"}
     own = {"self": _seed([1.0] * 4, [0.0] * 4, 0.5, True)}
     assert "not measured yet" in beside_reference(own, ref, "docs/results/demo-spread.json")
-    filled = {**ref, "seeds": [0, 1, 2], "runs": summarise({"self": [own["self"]] * 3}, [0, 1, 2])["runs"]}
+    summary = summarise({"self": [own["self"]] * 3}, [0, 1, 2])  # as today's demo writes it: its control named
+    filled = {**ref, "seeds": [0, 1, 2], "runs": summary["runs"], "shuffled_control": summary["shuffled_control"]}
     text = beside_reference(own, filled, "x.json")
     assert "| self | classification |" in text and "| yes |" in text  # this run's difference lies in the range
 
@@ -75,3 +76,38 @@ def test_a_reference_whose_limit_counted_questions_is_flagged_beside_a_run_whose
     assert "Note:" not in beside_reference({"self": new}, {**ref, "limit_counts": "texts"}, "x.json")
     assert "Note:" not in beside_reference({"self": old}, ref, "x.json")
     assert "Note: older control" in beside_reference({"self": old}, {**ref, "note": "older control"}, "x.json")
+
+
+def test_a_healthy_run_is_compared_with_the_reference_only_on_what_was_measured_alike():
+    """The shipped reference was measured with a fresh adapter as its shuffled control and limits counting questions.
+    A healthy run today (each group's uav inside the reference's range, uav − shuffled lower: today's shuffled control
+    is the trained adapter) is compared on uav alone where the items are alike (one question per text), and a group
+    with several questions per text (other texts under the old limit) is said to be incomparable, not "no"."""
+    ref = load_reference(ROOT / "docs" / "results" / "demo-spread.json")
+    cls, fact = ref["runs"]["self"]["classification"], ref["runs"]["self"]["fact"]
+    u_cls, u_fact = ((c["uav"]["min"] + c["uav"]["max"]) / 2 for c in (cls, fact))
+
+    def healthy(uav: float, questions: int, task: str) -> dict:
+        return {"items": [{"method": "uav", "row": r, "question": f"q{q}", "task": task}
+                          for r in range(12) for q in range(questions)],
+                "cell": {"mean": uav - 0.45, "lo": uav - 0.6, "hi": uav - 0.3, "n": 12 * questions,
+                         "metric": "acc" if task == "classification" else "f1", "uav": uav, "shuffled": 0.45,
+                         "reads": True}}
+
+    parts = {"classification": healthy(u_cls, 1, "classification"), "fact": healthy(u_fact, 6, "fact")}
+    res = Results(reading={"by_task": {g: p["cell"] for g, p in parts.items()}}, config={"limit": 20},
+                  limit_counts="texts", items=[i for p in parts.values() for i in p["items"]])
+    assert not cls["diff"]["min"] <= res.reading["by_task"]["classification"]["mean"] <= cls["diff"]["max"]
+    text = beside_reference({"self": res}, ref, "docs/results/demo-spread.json")
+    rows = {ln.split(" | ")[1]: ln for ln in text.splitlines() if ln.startswith("| self |")}
+    assert rows["classification"].endswith("| uav: yes; uav − shuffled not comparable: the reference's shuffled "
+                                           "control was a fresh adapter, this run's the trained adapter |")
+    assert rows["fact"].endswith("| not comparable: the reference's limit counted questions, this run's texts: it "
+                                 "scored other fact texts (several questions per text) |")
+    assert not [ln for ln in rows.values() if ln.endswith("| no |")]
+    # measured alike (today's control, limits in texts): uav − shuffled is compared, and a real departure is flagged
+    alike = {**ref, "limit_counts": "texts", "shuffled_control": "trained adapter"}
+    rows = {ln.split(" | ")[1]: ln for ln in beside_reference({"self": res}, alike, "x").splitlines()
+            if ln.startswith("| self |")}
+    assert rows["classification"].endswith("| no |") and rows["fact"].endswith("| no |")
+    assert summarise({"self": [res] * 3}, [0, 1, 2])["shuffled_control"] == "trained adapter"

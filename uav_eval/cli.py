@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from uav_cache.cli import on_interrupt
 from uav_cache.config import field_help
 from uav_cache.errors import UavError
 from uav_eval.methods import CONTROLS
@@ -37,23 +38,25 @@ def eval_command(
     allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help=H["allow_incomplete"])] = False,
 ) -> None:
     """Evaluate a run on the held-out test split against controls; write results.json, report.md, plots
-    (with --limit N: results-limitN.json, report-limitN.md …, beside a full evaluation, never over it). Another
-    dataset (--store) or split lands in RUN/evals/<dataset>-<fingerprint>/, never over the run's own results."""
+    (with --limit N: results-limitN.json, report-limitN.md …, beside a full evaluation, never over it; other controls
+    add a digest of them: results-<settings>.json). Another dataset (--store, --data) or split lands in
+    RUN/evals/<dataset>-<fingerprint>[-<split>]/, never over the run's own results."""
     from uav_eval.report import compare as compare_runs, summary_table
-    from uav_eval.results import suffix
 
     if compare:
         typer.echo(compare_runs(runs, out, limit))
         return
     if len(runs) != 1:
         raise UavError(f"eval takes one run, got {len(runs)}", "pass one RUN, or add --compare to tabulate several")
-    from uav_eval.protocol import EvalConfig, evaluate
+    from uav_eval.protocol import EvalConfig, evaluate, harvest_hint
 
+    if data is not None:  # its harvest is kept when interrupted, and the same command resumes it
+        on_interrupt(lambda: harvest_hint(runs[0], data))
     methods = ["uav"] + [c for c in controls.split(",") if c and c != "none"]
     res = evaluate(EvalConfig(run=runs[0], store=store, data=data, split=split, limit=limit, methods=methods, batch_size=batch_size,
                               similarity=not no_similarity, device=device, allow_incomplete=allow_incomplete))
     typer.echo(summary_table(res))
-    typer.echo(f"report → {res.folder() / f'report{suffix(limit)}.md'}")
+    typer.echo(f"report → {res.file('report', 'md')}")
 
 
 def explain_command(
@@ -64,9 +67,12 @@ def explain_command(
     device: Annotated[str, typer.Option(help=H["device"])] = "auto",
     donor: Annotated[Optional[str], typer.Option(help="The donor model (registry name or folder), when the run's "
                                                       "is not found: e.g. a local folder harvested elsewhere.")] = None,
+    cut: Annotated[bool, typer.Option("--cut", help="A text longer than the donor's token cap (the one its store was "
+                                                    "harvested with): read its first tokens, and say so, instead of "
+                                                    "refusing it.")] = False,
 ) -> None:
     """Run the donor on TEXT (loaded, read, freed), then the decoder: print its explanation."""
     from uav_eval.verbalizer import explain
 
-    for q, a in explain(run, text, question, max_new_tokens=max_new_tokens, device=device, donor=donor):
+    for q, a in explain(run, text, question, max_new_tokens=max_new_tokens, device=device, donor=donor, cut=cut):
         typer.echo(f"Q: {q}\nA: {a}")

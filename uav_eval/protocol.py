@@ -40,8 +40,9 @@ DEFAULT_TASK_TOKENS = 24  # any other task name (user data may name its own task
 class EvalConfig:
     run: str
     store: str | None = None  # store to evaluate on (default: the run's training store, which must still hold its dataset)
-    # a dataset to evaluate on instead (JSONL, .txt, a `uav data build` folder or recipe): harvested once with the
-    # run's own donor and store settings into RUN/evals/<dataset>-<fingerprint>/store, then evaluated (every split)
+    # a dataset to evaluate on instead (JSONL, a `uav data build` folder or recipe, with qa pairs): harvested once with
+    # the run's own donor and store settings into RUN/evals/<dataset>-<fingerprint>/store, then evaluated (every
+    # split); the run's own training data is not harvested again: its store's test split is evaluated
     data: str | None = None
     split: str | None = None  # test (default), val while choosing settings, or all; with data: all by default
     limit: int | None = None  # every question of at most N texts per source (the first N in store order)
@@ -211,8 +212,13 @@ def trained_sources(rec: RunRecord, store: Store) -> set[str] | None:
 
 def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[str]], similarity: bool,
           trained: set[str] | None = None, yesno_trained: bool = True) -> list[dict]:
-    """One row per (method, item) with every metric, and where the item stands (:func:`generalization`)."""
+    """One row per (method, item) with every metric, where the item stands (:func:`generalization`), and the group it
+    is reported in per source (``source_task``: the source, or "source · task" for a source that mixes tasks, each
+    scored by its own metric)."""
     sim = metrics.Similarity() if similarity else None
+    tasks: dict[str, set[str]] = defaultdict(set)
+    for it in items:
+        tasks[it.source].add(it.task)
     rows = []
     for m, ps in preds.items():
         clean = [metrics.strip_echo(p, it.question) for p, it in zip(ps, items)]
@@ -224,11 +230,42 @@ def score(items: list[Item], preds: dict[str, list[str]], labels: dict[str, set[
             ls = labels.get(it.source) if it.task == "classification" else None
             gen = generalization(it, trained, yesno_trained)
             rows.append({"method": m, "row": it.row, "source": it.source, "task": it.task, "question": it.question,
+                         "source_task": it.source if len(tasks[it.source]) == 1 else f"{it.source} · {it.task}",
                          "kind": it.kind, "phrasing": it.phrasing, "generalization": gen,
                          "task_generalization": f"{it.task} · {gen}",
                          "gold": it.answer, "raw": raw, "pred": p, **metrics.score_item(p, it.answer, label_set=ls),
                          "rougeL": r, "sim": sm, "rougeL_input": ri})
     return rows
+
+
+# EvalConfig fields that change an evaluation's numbers besides its dataset, split and limit: where one differs from the
+# standard evaluation's, it is recorded (Results.settings) and named in the results' files (results.tag)
+SETTINGS = ("methods", "max_new_tokens", "similarity", "probe", "calibration", "n_boot", "seed")
+READING = ("dtype", "max_length", "donor_input")  # how a store's donor read its texts
+
+
+def settings(cfg: EvalConfig, rec: RunRecord | None = None, store: Store | None = None) -> dict:
+    """The settings of ``cfg`` that differ from the standard evaluation's (``EvalConfig``'s defaults: every control),
+    plus how ``store``'s donor read its texts where the run's own store read them otherwise, and the committed share
+    of an incomplete store: everything but the dataset, split and limit that changes the numbers."""
+    standard, out = EvalConfig(run=cfg.run), {}
+    for k in SETTINGS:
+        mine, std = getattr(cfg, k), getattr(standard, k)
+        if k == "methods":
+            mine, std = sorted(mine), sorted(std)
+        if mine != std:
+            out[k] = mine
+    if store is not None and rec is not None:
+        theirs = {k: store.meta.get(k) for k in READING}
+        own = {k: getattr(rec.stores[0], k) for k in READING}
+        for reading_ in (theirs, own):
+            reading_["donor_input"] = reading_["donor_input"] or "raw"  # stores from before chat input: raw text
+        if theirs != own:
+            out["store_reading"] = theirs
+        done, n = len(store.committed()), store.meta["n_shards"]
+        if done < n:
+            out["committed_shards"] = f"{done} of {n}"
+    return out
 
 
 def eval_store(explicit: str | None, rec: RunRecord) -> Store:
@@ -253,41 +290,102 @@ def eval_store(explicit: str | None, rec: RunRecord) -> Store:
     return store
 
 
-def harvest_for(run: str, rec: RunRecord, data: str, device: str, split: str) -> Store:
-    """The store of ``data`` as the run's donor reads it: harvested once with the run's own store settings (donor
-    weights, layers, positions, read-outs, max length, donor input, dtype) into RUN/evals/<dataset>-<fp>/store, and
-    reused while it holds the same rows (a harvest is a no-op on a finished store, and resumes a killed one)."""
+def check_questions(ex, data: str, split: str) -> None:
+    """Refuse ``data``'s examples ``ex`` before any donor work when the split to evaluate has none with questions (a
+    .txt file is texts only)."""
+    rows = [e for e in ex.examples if split == "all" or e.get("split") == split]
+    if not rows:
+        have = sorted({str(e.get("split")) for e in ex.examples})
+        raise UavError(f"{data} has no {split!r} examples (its splits: {', '.join(have)})",
+                       "pass --split all (or one of its splits)")
+    if not any(e.get("qa") for e in rows):
+        what = "a .txt file holds texts only" if str(data).lower().endswith(".txt") else "no example carries qa pairs"
+        raise UavError(f"{data} has no questions to evaluate ({what})",
+                       'give a JSONL file whose lines carry "qa": [{"question": …, "answer": …}]')
+
+
+def data_store(run: str | Path, ex) -> Path:
+    """The folder ``--data``'s examples ``ex`` are harvested into: RUN/evals/<dataset>-<fp>/store, one per dataset."""
+    from uav_eval.results import dataset_folder
+
+    return dataset_folder(run, ex.name, ex.fingerprint) / "store"
+
+
+def harvest_hint(run: str | Path, data: str) -> str:
+    """What `uav: interrupted` says of an evaluation on ``data`` stopped while its harvest is unfinished ("" once it
+    is finished, or before it started)."""
     from uav_cache.examples import load_examples
+
+    try:
+        out = data_store(run, load_examples(data))
+    except (UavError, OSError, ValueError):
+        return ""
+    if not out.exists():
+        return ""
+    try:
+        if Store(out).meta.get("complete"):
+            return ""
+    except (UavError, OSError, ValueError):  # begun, not yet a store a reader opens: the harvest resumes it all the same
+        pass
+    return f"the harvest of {data} into {out} is kept: the same command resumes it"
+
+
+def harvest_for(run: str, rec: RunRecord, data: str, device: str, split: str, ex) -> Store:
+    """The store of ``data`` as the run's donor reads it: harvested once with the run's own store settings (donor
+    weights, layers, read-outs, max length, donor input, dtype; token vectors only of the layers the run reads them
+    from) into :func:`data_store`, and reused while it holds the same rows (a harvest is a no-op on a finished store,
+    and resumes a killed one)."""
     from uav_cache.harvest import HarvestConfig, harvest
-    from uav_eval.results import location
+    from uav_eval.results import legacy_location
     from uav_eval.verbalizer import donor_spec
 
-    ex = load_examples(data)
     src, spec = rec.stores[0], rec.input_spec()
     donor = donor_spec(rec)
     if weights_fingerprint(donor) != src.weights_fingerprint:
         raise UavError(f"the run's donor {donor.path or donor.name} here has other weights than it was trained on",
                        "install the same donor weights to harvest --data with them")
-    blocks = []
-    for layer in dict.fromkeys((*spec.layers, *spec.token_layers)):
+
+    def block(layer: str) -> int:
         m = re.search(r"(\d+)$", layer)
         if m is None:
             raise UavError(f"cannot tell the block index of layer {layer!r}", "harvest the data yourself and pass --store")
-        blocks.append(int(m.group(1)))
-    out = location(run, dataset=ex.name, fingerprint=ex.fingerprint, split=split, own=False) / "store"
-    if out.exists():
-        try:
-            done = Store(out)
-            if done.meta.get("complete") and done.meta["dataset_fingerprint"] == ex.fingerprint:
-                return done  # harvested before: the donor is not loaded again
-        except UavError:
-            pass  # not a store yet (or a half-made one): the harvest below says what is wrong, or resumes it
+        return int(m.group(1))
+
+    blocks = [block(layer) for layer in dict.fromkeys((*spec.layers, *spec.token_layers))]
+    out = data_store(run, ex)
+    # a store harvested for one split before stores were kept per dataset is used as it is
+    older = legacy_location(run, dataset=ex.name, fingerprint=ex.fingerprint, split=split, own=False) / "store"
+    for where in dict.fromkeys((out, older)):
+        if where.exists():
+            try:
+                done = Store(where)
+                if done.meta.get("complete") and done.meta["dataset_fingerprint"] == ex.fingerprint:
+                    return done  # harvested before: the donor is not loaded again
+            except UavError:
+                pass  # not a store yet (or a half-made one): the harvest below says what is wrong, or resumes it
     readouts = ["last"] + ([spec.readout] if spec.readout not in (None, "last") else [])
+    tokens = spec.tokens and (src.positions or "last") != "last"
     harvest(HarvestConfig(donor=src.donor_path or rec.donor, data=data, out=str(out), layers=blocks,
-                          positions=src.positions or "last", readouts=readouts, dtype=src.dtype,
-                          max_length=src.max_length, donor_input=src.donor_input or "raw", device=device,
-                          progress=True))
+                          positions=src.positions if tokens else "last",
+                          token_layers=[block(t) for t in spec.token_layers] if tokens else None, readouts=readouts,
+                          dtype=src.dtype, max_length=src.max_length, donor_input=src.donor_input or "raw",
+                          device=device, progress=True))
     return Store(out)
+
+
+def unused_damage(store: Store, spec: InputSpec, rows: np.ndarray) -> list[str]:
+    """Problems (a corrupt or missing chunk) in the read-outs of ``rows`` the run does not read: the evaluation does
+    not need them, but the store is damaged there, and a later run reading them would stop."""
+    problems = []
+    for layer in store.layers:
+        for readout in store.readouts:
+            if layer in spec.layers and readout == spec.readout:
+                continue
+            try:
+                store.read_rows(layer, rows, readout)
+            except UavError as e:
+                problems.append(e.problem)
+    return problems
 
 
 def reading(rows: list[dict], *, n_boot: int = 1000, seed: int = 0, reference: str = "shuffled") -> dict:
@@ -306,10 +404,12 @@ def reading(rows: list[dict], *, n_boot: int = 1000, seed: int = 0, reference: s
         return {**d, "metric": metric, "uav": float(np.mean([u[metric] for u, _ in sel])),
                 reference: float(np.mean([v[metric] for _, v in sel])), "reads": bool(d["lo"] > 0)}
 
-    for by, field_ in (("by_task", "task"), ("by_source", "source")):
-        for g in sorted({u[field_] for u, _ in pairs}):
-            sel = [(u, v) for u, v in pairs if u[field_] == g]
-            out[by][g] = diff(sel, READING_METRIC.get(sel[0][0]["task"], "f1"))
+    group = {"by_task": lambda r: r["task"], "by_source": lambda r: r.get("source_task", r["source"])}
+    for by, of in group.items():
+        for g in sorted({of(u) for u, _ in pairs}):
+            sel = [(u, v) for u, v in pairs if of(u) == g]
+            tasks = {u["task"] for u, _ in sel}  # one, but for rows scored before sources were split by task
+            out[by][g] = diff(sel, READING_METRIC.get(tasks.pop(), "f1") if len(tasks) == 1 else "f1")
     gens = {(u["task"], u.get("generalization")) for u, _ in pairs if u.get("generalization")}
     if len({g for _, g in gens}) > 1 or any(g != GENERALIZATION[0] for _, g in gens):  # only when something is new
         out["by_generalization"] = {}
@@ -336,8 +436,10 @@ def probe_ceiling(store: Store, layers: list[str], readout: str) -> dict:
 
 def evaluate(cfg: EvalConfig) -> Results:
     """Run the protocol on one run; writes results.json, report.md and plots into :meth:`Results.folder`: the run
-    directory for the run's own test split, ``RUN/evals/<dataset>-<fingerprint>/`` for any other data or split
-    (results-limitN.json, report-limitN.md … for an evaluation limited to N texts per source)."""
+    directory for the run's own test split, ``RUN/evals/<dataset>-<fingerprint>[-<split>]/`` for any other data or
+    split (results-limitN.json, report-limitN.md … for an evaluation limited to N texts per source, and -<settings>
+    for other settings than the standard ones: :func:`settings`). ``--data`` naming the run's own training data
+    evaluates the run's own store (its test split by default), not a second harvest of it."""
     from uav_eval.report import write_report
 
     if cfg.limit is not None and cfg.limit < 1:
@@ -351,8 +453,24 @@ def evaluate(cfg: EvalConfig) -> Results:
     rec = RunInfo.open(cfg.run).record  # the store is checked before the decoder is loaded
     if cfg.store is not None and cfg.data is not None:
         raise UavError("--store and --data both name what to evaluate on", "pass one of them")
-    split = cfg.split or ("all" if cfg.data is not None else "test")
-    store = harvest_for(cfg.run, rec, cfg.data, cfg.device, split) if cfg.data is not None else eval_store(cfg.store, rec)
+    if cfg.data is not None:
+        from uav_cache.examples import load_examples
+
+        ex = load_examples(cfg.data)
+        own = rec.trained_on(ex.fingerprint)  # its items are training items: the run's own test split is what is new
+        split = cfg.split or ("test" if own else "all")
+        check_questions(ex, cfg.data, split)  # before any donor work
+        if own:
+            path = rec.stores[0].location()
+            print(f"uav: note: {cfg.data} is the data the run was trained on (dataset {ex.name} {ex.fingerprint[:12]}): "
+                  f"evaluating its {split} split" + (f" in the run's own store {path}, not harvested again" if path
+                                                      else ""), file=sys.stderr)
+            store = eval_store(None, rec) if path else harvest_for(cfg.run, rec, cfg.data, cfg.device, split, ex)
+        else:
+            store = harvest_for(cfg.run, rec, cfg.data, cfg.device, split, ex)
+    else:
+        split = cfg.split or "test"
+        store = eval_store(cfg.store, rec)
     store.check_usable(cfg.allow_incomplete)
     first = rec.stores[0]
     check_compatible(store, donor=rec.donor, d_model=first.d_model, weights_fingerprint=first.weights_fingerprint)
@@ -366,6 +484,11 @@ def evaluate(cfg: EvalConfig) -> Results:
     lr = load_run(cfg.run, device=str(pick_device(cfg.device)), merge=False if set(cfg.methods) & set(BYPASS_LORA) else None)
     methods = check_methods(cfg.methods, lr)
     items = eval_items(store, split, cfg.limit, spec)
+    damage = unused_damage(store, spec, np.unique([it.row for it in items]))
+    if damage:
+        print(f"uav: warning: store {store.path} is damaged where this run does not read: {damage[0]}"
+              + (f" (and {len(damage) - 1} more)" if len(damage) > 1 else "") + "; the evaluation stands (fix: "
+              f"`uav store verify {store.path}` lists every problem)", file=sys.stderr)
     scored: dict[int, tuple[list[int], float]] | None = {} if cfg.calibration else None
     preds = run_methods(lr, items, methods, cfg, scored)
     rows = score(items, preds, label_sets(store), cfg.similarity, trained_sources(rec, store),
@@ -375,14 +498,15 @@ def evaluate(cfg: EvalConfig) -> Results:
         for r, sc in zip((r for r in rows if r["method"] == "uav"), scores):
             r["score"] = sc
     agg = {by: metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", key], n_boot=cfg.n_boot, seed=cfg.seed)
-           for by, key in (("by_task", "task"), ("by_source", "source"), ("by_generalization", "task_generalization"))}
+           for by, key in (("by_task", "task"), ("by_source", "source_task"), ("by_generalization", "task_generalization"))}
     results = Results(
         run=str(lr.info.path), store=store.path, dataset=store.meta["dataset"]["name"],
         dataset_fingerprint=store.meta["dataset_fingerprint"],
         own_dataset=rec.trained_on(store.meta["dataset_fingerprint"]), split=split, donor=rec.donor, decoder=rec.decoder,
         adapter=rec.adapter_kind, lora=rec.lora, trainable_params=rec.trainable_params,
         layers=rec.layers, readout=rec.readout,
-        n_items=len(items), methods=methods, config=asdict(cfg), limit_counts="texts", aggregates=agg,
+        n_items=len(items), methods=methods, config=asdict(cfg), limit_counts="texts",
+        settings=settings(cfg, rec, store), aggregates=agg,
         reading=reading(rows, n_boot=cfg.n_boot, seed=cfg.seed), calibration=calibration(rows),
         probe=probe_ceiling(store, rec.layers, rec.readout) if cfg.probe else {}, items=rows,
         seconds=round(time.perf_counter() - t0, 1),

@@ -20,7 +20,7 @@ from uav_cache.examples import TASKS
 from uav_cache.errors import UavError
 from uav_cache.files import write_text_atomic
 from uav_eval.methods import METHODS, READING_METRIC
-from uav_eval.results import Results, evaluations, suffix
+from uav_eval.results import Results, evaluations, parse_name, suffix
 from uav_eval.tables import (Stat, ci, cell, groups_of, md_table, methods_of, num, ordered, params_of, run_name,
                              short_name, stat)
 
@@ -74,6 +74,15 @@ def _of_text(results: Results, group: str, metric: str, by: str = "by_task") -> 
     return f"{it['mean']:.2f}", (f"{u['mean'] / it['mean']:.2f}" if it["mean"] > 0 and not math.isnan(u["mean"]) else "–")
 
 
+def _probe_of(probe: dict, group: str, metric: str) -> dict | None:
+    """The probe ceiling of a by-source group: its source's, for the classification part of a source that mixes
+    tasks ("source · classification")."""
+    if group in probe:
+        return probe[group]
+    source, _, task = group.rpartition(" · ")
+    return probe.get(source) if task == "classification" and metric == "acc" else None
+
+
 def reading_table(results: Results) -> str:
     """Per task group and per source: uav and shuffled on the same items, their paired difference with a 95%
     interval, the verdict, no_soft, the text-input ceiling (input_text, and uav as a fraction of it), and
@@ -87,7 +96,7 @@ def reading_table(results: Results) -> str:
         for g in (ordered(set(rd[by]), TASKS) if by == "by_task" else sorted(rd[by])):
             d = rd[by][g]
             ns = ns_metric(g, by)
-            p = probe.get(g) if by == "by_source" else None
+            p = _probe_of(probe, g, d["metric"]) if by == "by_source" else None
             rows.append([("" if by == "by_task" else "↳ ") + cell(g or "(none)"), d["metric"], str(d["n"]),
                          f"{d['uav']:.2f}", f"{d[rd.get('reference', 'shuffled')]:.2f}", _diff(d),
                          "**yes**" if d["reads"] else "no", "–" if math.isnan(ns["mean"]) else f"{ns['mean']:.2f}",
@@ -186,7 +195,7 @@ def _other_metrics_table(results: Results) -> str:
 
 def _source_table(results: Results) -> str:
     """uav vs no_soft per source: shows which datasets carry the result."""
-    task_of = {r.get("source"): r.get("task") for r in results.items}
+    task_of = {r.get("source_task", r.get("source")): r.get("task") for r in results.items}
     rows = []
     for src in groups_of(results, "by_source"):
         u, ns = stat(results, "uav", src, by="by_source"), stat(results, "no_soft", src, by="by_source")
@@ -210,6 +219,15 @@ def _samples(results: Results) -> str:
     return "\n\n".join(parts) if parts else "_no uav items_"
 
 
+def _setting(v: Any) -> str:
+    """One setting's value as the report lists it: a list or table compactly, without JSON's quotes."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_setting(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(map(_setting, v)) + "]"
+    return str(v)
+
+
 def _report_md(results: Results, plot_name: str) -> str:
     methods = methods_of(results)
     checks = bar_check(results)
@@ -226,6 +244,9 @@ def _report_md(results: Results, plot_name: str) -> str:
         f"- adapter: {results.adapter}; LoRA: {lora}",
         f"- trainable params (adapter / LoRA): {params_of(results)}",
         f"- items: {results.n_items}; methods: {', '.join(methods)}",
+        f"- files: `{results.file().name}`, `{results.file('report', 'md').name}`; settings: "
+        + (", ".join(f"{k} {_setting(v)}" for k, v in results.settings.items()) + " (the rest standard)"
+           if results.settings else "standard"),
         f"- time: {secs if secs is not None else '?'} s",
         "",
         "## Does the decoder read the activation?",
@@ -403,7 +424,7 @@ def model_card(results: Results) -> str:
     weights = {k: v for k, v in (t.get("source_weights") or {}).items()}
     sources = ", ".join(f"{s_} ×{weights[s_]}" if s_ in weights else s_ for s_ in t.get("sources") or []) or \
         "every source in the store"
-    limit = results.limit
+    limit, sx = results.limit, suffix(results.limit, results.tag)
     front = ["---", "library_name: peft", *([f"base_model: {hub}"] if hub else []),
              "tags: [uav, activation-verbalizer, interpretability, lora]", "---", ""]
     facts = [
@@ -434,7 +455,7 @@ def model_card(results: Results) -> str:
         + ". `shuffled`: the same question with another item's activation from the same source: the answer "
           "depends on the activation only where uav − shuffled is above 0 (`reads`). Ceilings: `input_text` (the "
           "decoder shown the text itself) and a linear probe on the same activations. Accuracy for "
-          f"classification, token F1 otherwise. Full report: [report{suffix(limit)}.md](report{suffix(limit)}.md).",
+          f"classification, token F1 otherwise. Full report: [report{sx}.md](report{sx}.md).",
         "", reading_table(results), "",
         "## How to load it", "",
         "With uav (`pip install` this repository), the run loads once and answers about any activation:", "",
@@ -457,7 +478,7 @@ def model_card(results: Results) -> str:
         "## Files", "",
         "`config.json` (the run record: training settings and the store it read) · `adapter.safetensors`, "
         "`uav_adapter.json` · `lora/` (PEFT) · `metrics.jsonl`, `loss.png` (training and the reading gap) · "
-        f"`results{suffix(limit)}.json`, `report{suffix(limit)}.md` (this evaluation)", "",
+        f"`results{sx}.json`, `report{sx}.md` (this evaluation)", "",
     ]
     return "\n".join(lines)
 
@@ -466,17 +487,17 @@ def model_card(results: Results) -> str:
 
 
 def write_report(results: Results, run_dir: Path) -> None:
-    """Write results.json (strict JSON), report.md and eval_tasks.png into the run directory (each name with
-    the suffix of a limited evaluation); the run's own evaluation also writes its model card (README.md), a limited
-    one only while no full evaluation is there."""
+    """Write results.json (strict JSON), report.md and eval_tasks.png into the run directory (each name with the
+    suffix of a limited evaluation or of other settings); the run's own evaluation also writes its model card
+    (README.md), a limited one or one with other settings only while no full standard evaluation is there."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    sx = suffix(results.limit)
+    sx = suffix(results.limit, results.tag)
     results.save(run_dir / f"results{sx}.json")
     (run_dir / f"report{sx}.md").write_text(_report_md(results, f"eval_tasks{sx}.png"))
     plot_tasks(results, run_dir / f"eval_tasks{sx}.png")
     own = run_dir.resolve() == Path(results.run).resolve() and (run_dir / "config.json").is_file()
-    if own and (results.limit is None or not (run_dir / "results.json").is_file()):
+    if own and (sx == "" or not (run_dir / "results.json").is_file()):
         write_text_atomic(run_dir / CARD, model_card(results))
 
 
@@ -490,8 +511,8 @@ def reading_compare(loaded: list[tuple[str, Results]]) -> str:
         for g in ordered(set(rd.get("by_task", {})), TASKS):
             d = rd["by_task"][g]
             m = d["metric"]
-            srcs = [s for s, v in rd.get("by_source", {}).items() if v["metric"] == m and s in res.probe]
-            probes = [(res.probe[s].get("run") or {}, res.probe[s].get("best") or {}) for s in srcs] if g == "classification" else []
+            found = [_probe_of(res.probe, s, v["metric"]) for s, v in rd.get("by_source", {}).items() if v["metric"] == m]
+            probes = [(p.get("run") or {}, p.get("best") or {}) for p in found if p] if g == "classification" else []
             pr = lambda k: "–" if not probes or any(not p[k] for p in probes) else \
                 f"{sum(p[k]['test_acc'] for p in probes) / len(probes):.2f}"  # noqa: E731
             rows.append([cell(name), cell(_dataset(res)), cell(short_name(res.donor)), g, m, str(d["n"]),
@@ -512,8 +533,8 @@ def _dataset(res: Results) -> str:
 
 def compared(runs: list[str | Path], limit: int | None = None) -> list[tuple[str, Results]]:
     """(label, results) of every evaluation the runs hold with this ``limit`` (the run's own test split and each
-    other dataset or split, :func:`uav_eval.results.evaluations`); a results*.json path is taken as it is. A run
-    with none is refused with what it does hold."""
+    other dataset, split or setting, :func:`uav_eval.results.evaluations`); a results*.json path is taken as it is. A
+    run with none is refused with what it does hold."""
     want = f"results{suffix(limit)}.json"
     out = []
     for r in runs:
@@ -524,7 +545,7 @@ def compared(runs: list[str | Path], limit: int | None = None) -> list[tuple[str
         if not p.is_dir():
             raise UavError(f"{p} is not a run directory", "pass run folders (the --out of `uav train`)")
         have = evaluations(p)
-        mine = [f for f in have if f.name == want]
+        mine = [f for f in have if (parse_name(f.name) or (0, ""))[0] == limit]
         if not mine and not have:
             raise UavError(f"{p} has no evaluation", f"evaluate it first: uav eval {p}"
                            + ("" if limit is None else f" --limit {limit}"))
@@ -532,7 +553,8 @@ def compared(runs: list[str | Path], limit: int | None = None) -> list[tuple[str
             listed = ", ".join(str(f.relative_to(p)) for f in have)
             raise UavError(f"{p} has no {want} (it has {listed})", "compare what exists: --limit N for the "
                            "results-limitN.json ones, no --limit for full evaluations")
-        out += [(p.name if f.parent == p else f"{p.name}/{f.parent.name}", Results.load(f)) for f in mine]
+        out += [((p.name if f.parent == p else f"{p.name}/{f.parent.name}")
+                 + (f" ({parse_name(f.name)[1]})" if parse_name(f.name)[1] else ""), Results.load(f)) for f in mine]
     return out
 
 

@@ -1,9 +1,11 @@
 """results.json: what one evaluation of a run found, as a dataclass that round-trips the JSON (peft style).
 
-protocol.evaluate builds a :class:`Results`; report.py, the CLI and the demo read its fields. :func:`location` is the
-one rule for where an evaluation lands: the run's own ``results.json``/``report.md`` only ever hold the run's own test
-split; any other dataset (another store, a ``--data`` file) or split goes to ``RUN/evals/<dataset>-<fingerprint>/``,
-so a second dataset never overwrites the first. ``save`` writes
+protocol.evaluate builds a :class:`Results`; report.py, the CLI and the demo read its fields. :func:`location` and
+:func:`suffix` are the one rule for where an evaluation lands, keyed by everything that changes its numbers, so a
+second evaluation never overwrites another: the folder by dataset and split (the run folder for the run's own test
+split, ``RUN/evals/<dataset>-<fingerprint>[-<split>]/`` for any other dataset or split), the file names by the limit
+(``-limitN``) and by a digest of every other setting that differs from the standard evaluation's (``-<settings>``,
+:attr:`Results.settings` lists them; protocol.STANDARD). ``save`` writes
 strict JSON (NaN → null) with exactly these keys in this order; ``load``/``from_dict`` accept results written
 by older versions: a missing key (or a null list/table) takes the default given here, and keys this version
 does not know are dropped. No torch import here.
@@ -11,6 +13,7 @@ does not know are dropped. No torch import here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -42,6 +45,9 @@ class Results:
     config: dict = field(default_factory=dict)  # the EvalConfig, as a dict
     # what config["limit"] counted: every question of N texts per source; older results counted N questions
     limit_counts: str = "questions"
+    # the settings that change numbers and differ from the standard evaluation's (controls, answer lengths, seed,
+    # the store's reading …: protocol.settings); {} for the standard one. Their digest is in the file names (:attr:`tag`)
+    settings: dict = field(default_factory=dict)
     aggregates: dict = field(default_factory=dict)  # {"by_task"|"by_source": {"METHOD/GROUP": {metric: stat}}}
     reading: dict = field(default_factory=dict)  # uav − shuffled per group (protocol.reading); {} without shuffled
     probe: dict = field(default_factory=dict)  # the linear-probe ceiling per classification source; {} without
@@ -53,6 +59,15 @@ class Results:
         """Where this evaluation's files go (:func:`location`)."""
         return location(self.run, dataset=self.dataset, fingerprint=self.dataset_fingerprint, split=self.split,
                         own=self.own_dataset)
+
+    @property
+    def tag(self) -> str:
+        """The digest of :attr:`settings` that names this evaluation's files ("" for the standard settings)."""
+        return tag(self.settings)
+
+    def file(self, kind: str = "results", ext: str = "json") -> Path:
+        """One of this evaluation's files: results.json, report.md, eval_tasks.png, with its limit and settings."""
+        return self.folder() / f"{kind}{suffix(self.limit, self.tag)}.{ext}"
 
     @property
     def limit(self) -> int | None:
@@ -87,16 +102,28 @@ class Results:
 EVALS = "evals"  # RUN/evals/<dataset>-<fingerprint12>[-<split>]/: evaluations on anything but the run's own test split
 
 
+def dataset_folder(run: str | Path, dataset: str | None, fingerprint: str | None) -> Path:
+    """``RUN/evals/<dataset>-<fingerprint[:12]>``: a dataset's test-split evaluations, and the store a ``--data`` file
+    is harvested into (one per dataset, whatever split is evaluated)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset or "dataset").strip("._") or "dataset"
+    return Path(run) / EVALS / f"{name}-{(fingerprint or 'unknown')[:12]}"
+
+
 def location(run: str | Path, *, dataset: str | None, fingerprint: str | None, split: str, own: bool) -> Path:
     """The folder an evaluation's results.json/report.md go to: the run folder itself for the run's own dataset's
-    test split, else ``RUN/evals/<dataset>-<fingerprint[:12]>`` (``-<split>`` added for a split other than test, or all
-    for another dataset)."""
-    run = Path(run)
+    test split, else :func:`dataset_folder` with ``-<split>`` added for any split but test (all included)."""
     if own and split == "test":
-        return run
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset or "dataset").strip("._") or "dataset"
-    default = split == "test" or (split == "all" and not own)  # another dataset is new to the run: every split counts
-    return run / EVALS / (f"{name}-{(fingerprint or 'unknown')[:12]}" + ("" if default else f"-{split}"))
+        return Path(run)
+    folder = dataset_folder(run, dataset, fingerprint)
+    return folder if split == "test" else folder.with_name(f"{folder.name}-{split}")
+
+
+def legacy_location(run: str | Path, *, dataset: str | None, fingerprint: str | None, split: str, own: bool) -> Path:
+    """Where results written before the split "all" and the settings were part of the key landed (another dataset's
+    every-split evaluation shared the folder of its test split), so they can be found and moved to :func:`location`."""
+    if split == "all" and not own:
+        return dataset_folder(run, dataset, fingerprint)
+    return location(run, dataset=dataset, fingerprint=fingerprint, split=split, own=own)
 
 
 def evaluations(run: str | Path) -> list[Path]:
@@ -106,10 +133,27 @@ def evaluations(run: str | Path) -> list[Path]:
     return own + sorted((run / EVALS).glob("*/results*.json"))
 
 
-def suffix(limit: int | None) -> str:
-    """"" for a full evaluation, "-limitN" for one limited to N texts per source: a quick `--limit 1` check is
-    written beside the full results.json/report.md (as results-limit1.json/report-limit1.md), never over them."""
-    return "" if limit is None else f"-limit{limit}"
+def suffix(limit: int | None, settings: str = "") -> str:
+    """"" for a full evaluation with the standard settings; "-limitN" for one limited to N texts per source (a quick
+    `--limit 1` check is written beside the full results.json/report.md, as results-limit1.json, never over them); and
+    "-<settings>" (:func:`tag`) for one with other settings."""
+    return ("" if limit is None else f"-limit{limit}") + (f"-{settings}" if settings else "")
+
+
+def tag(settings: dict) -> str:
+    """Eight hex digits of the settings' canonical JSON ("" for none): the same settings always get the same name."""
+    if not settings:
+        return ""
+    return hashlib.sha256(json.dumps(json_safe(settings), sort_keys=True).encode()).hexdigest()[:8]
+
+
+NAME = re.compile(r"results(?:-limit(\d+))?(?:-([0-9a-f]{8}))?\.json")
+
+
+def parse_name(name: str) -> tuple[int | None, str] | None:
+    """(limit, settings tag) of a results file name; None for any other file."""
+    m = NAME.fullmatch(name)
+    return None if m is None else (int(m[1]) if m[1] else None, m[2] or "")
 
 
 def json_safe(x: Any) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ from uav_eval.metrics import paired_difference
 from uav_eval.results import Results
 
 FORMAT = "uav-seed-spread"  # the summary's "format" key, version 1: see docs/results/README.md
+SHUFFLED = "trained adapter"  # the shuffled control: the run's own adapter shown another item's activation
+FRESH = "fresh adapter"  # the shuffled control of older files: a freshly initialised adapter on the other activation
 
 
 def stat(values: list[float]) -> dict:
@@ -65,7 +68,8 @@ def summarise(runs: dict[str, list[Results]], seeds: list[int], command: str = "
     each run's evaluations (one Results per seed, in ``seeds`` order)."""
     counts = {r.limit_counts for rs in runs.values() for r in rs if r.limit is not None}
     out: dict = {"format": FORMAT, "version": 1, "seeds": list(seeds), "command": command,
-                 **({"limit_counts": counts.pop()} if len(counts) == 1 else {}), "runs": {}}
+                 **({"limit_counts": counts.pop()} if len(counts) == 1 else {}), "shuffled_control": SHUFFLED,
+                 "runs": {}}
     for name, results in runs.items():
         groups = sorted({g for r in results for g in r.reading.get("by_task", {})},
                         key=lambda g: (TASKS.index(g) if g in TASKS else len(TASKS), g))
@@ -128,8 +132,35 @@ def _limit_note(own: dict[str, Results], ref: dict) -> list[str]:
             "sources with several questions per text (facts, yes/no) were scored on different texts."]
 
 
+def shuffled_control(ref: dict) -> str:
+    """What a reference's shuffled control was. A file saved before it said so: the control changed together with the
+    limit's unit (from questions to texts), so one whose limit counted questions was measured with a fresh adapter."""
+    return ref.get("shuffled_control") or (SHUFFLED if ref.get("limit_counts") == "texts" else FRESH)
+
+
+def _unlike(res: Results, group: str, ref: dict) -> tuple[str, str]:
+    """Why this run's ``group`` cannot be compared with the reference's: (on uav, on uav − shuffled), "" where it can.
+    uav compares when both scored the same items: limits counted alike, or the group asks one question per text (N
+    questions are then N texts). uav − shuffled compares when uav does and both used the same shuffled control."""
+    theirs = ref.get("limit_counts", "questions")  # spreads saved before limits counted texts
+    per_text = Counter(r["row"] for r in res.items if r.get("method") == "uav" and r.get("task") == group)
+    items = ""
+    if res.limit is not None and res.limit_counts != theirs and (not per_text or max(per_text.values()) > 1):
+        items = (f"the reference's limit counted {theirs}, this run's {res.limit_counts}: it scored other {group} "
+                 "texts (several questions per text)")
+    control = shuffled_control(ref)
+    diff = items or ("" if control == SHUFFLED else f"the reference's shuffled control was a {control}, this run's "
+                                                    f"the {SHUFFLED}")
+    return items, diff
+
+
+def _inside(s: dict, v: float) -> str:
+    return "yes" if s.get("min") is not None and s["min"] <= v <= s["max"] else "no"
+
+
 def beside_reference(own: dict[str, Results], ref: dict | None, where: str) -> str:
-    """This (one-seed) demo's uav − shuffled per run and task group next to the reference spread over seeds."""
+    """This (one-seed) demo's uav − shuffled per run and task group next to the reference spread over seeds, each
+    row compared only on what the reference measured alike (:func:`_unlike`), and saying why where it cannot be."""
     if ref is None:
         return f"no reference spread for this recipe ({where} does not exist)"
     if not ref.get("runs"):
@@ -141,8 +172,16 @@ def beside_reference(own: dict[str, Results], ref: dict | None, where: str) -> s
     for name, res in own.items():
         for g, d in res.reading.get("by_task", {}).items():
             c = ref["runs"].get(name, {}).get(g)
-            inside = "–" if not c or c["diff"].get("min") is None else \
-                ("yes" if c["diff"]["min"] <= d["mean"] <= c["diff"]["max"] else "no")
+            if not c or c["diff"].get("min") is None:
+                inside = "–"
+            else:
+                items, diff = _unlike(res, g, ref)
+                if items:
+                    inside = f"not comparable: {items}"
+                elif diff:
+                    inside = f"uav: {_inside(c['uav'], d['uav'])}; uav − shuffled not comparable: {diff}"
+                else:
+                    inside = _inside(c["diff"], d["mean"])
             lines.append(f"| {name} | {g} | {d['uav']:.2f} | {d['mean']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] | "
                          f"{fmt(c['uav']) if c else '–'} | {fmt(c['diff'], signed=True) if c else '–'} | {inside} |")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,7 @@ class Verbalizer:
         self.dtype = self.rec.stores[0].dtype or "fp16"
         self.width = self.rec.donor_width
         self._refs: list[Acts] | None = None
+        self.last_cut: tuple[int, int] | None = None  # (tokens, cap) of the last text read_acts cut, else None
         self._n_refs, self._seed = references, seed
 
     @classmethod
@@ -117,6 +119,13 @@ class Verbalizer:
             if self.width is not None and h.shape[1] != self.width:
                 raise UavError(f"hidden states of {n} are {h.shape[1]} wide, the run's donor is {self.width}",
                                "pass activations of the donor the run was trained on")
+            if h.is_complex() or not h.is_floating_point():
+                raise UavError(f"hidden states of {n} are {str(h.dtype).removeprefix('torch.')}, not real floating-point "
+                               "numbers", "pass the block's output as it comes (float32, float16 or bfloat16)")
+            bad = ~torch.isfinite(h).all(1)
+            if bad.any():
+                raise UavError(f"hidden states of {n} are not finite (NaN or inf) at position {int(bad.nonzero()[0])}"
+                               + (f" and {int(bad.sum()) - 1} more" if bad.sum() > 1 else ""), NONFINITE_FIX)
         lengths = {h.shape[0] for h in got.values()}
         if len(lengths) != 1:
             raise UavError(f"blocks have different token counts {sorted(lengths)}", "pass one text's states per block")
@@ -129,14 +138,33 @@ class Verbalizer:
                                   for n in self.spec.layers])
         tokens = pos = None
         if self.spec.tokens:
-            pos = np.arange(n_tok) if positions is None else np.atleast_1d(np.asarray(positions, dtype=np.int64))
-            if len(pos) == 0 or pos.min() < 0 or pos.max() >= n_tok:
-                raise UavError(f"positions {positions} are outside this text's {n_tok} tokens", f"use 0 … {n_tok - 1}")
+            pos = np.arange(n_tok) if positions is None else _positions(positions, n_tok)
             tokens = torch.stack([got[n].float()[pos].to(dt) for n in self.spec.token_layers], 1)
         elif positions is not None:
             raise UavError("this run reads pooled read-outs only: it cannot be asked about one token or a window",
                            "ask about the whole text (positions=None), or use a run trained with token_layers")
-        return Acts(pooled, tokens, pos)
+        acts = Acts(pooled, tokens, pos)
+        self.check_finite(acts, f"in the run's storage dtype {self.dtype}")
+        return acts
+
+    def check_finite(self, acts: Acts, where: str = "") -> None:
+        """Refuse activations with a NaN or inf, naming the layer and the position: the decoder given one answers
+        nothing (an empty answer that looks like one). ``where`` says at which step (e.g. after the cast to the
+        run's dtype, where a value beyond fp16's ±65504 becomes inf)."""
+        if acts.finite():
+            return
+        if acts.pooled is not None and not torch.isfinite(acts.pooled).all():
+            i = int((~torch.isfinite(acts.pooled)).any(-1).nonzero()[0])
+            what = f"the {self.spec.readout} read-out of {self.spec.layers[i]}"
+            big = acts.pooled[i].float().abs().max()
+        else:
+            s, j = (int(x) for x in (~torch.isfinite(acts.tokens)).any(-1).nonzero()[0])
+            pos = int(acts.positions[s]) if acts.positions is not None else s
+            what = f"the token vector of {self.spec.token_layers[j]} at position {pos}"
+            big = acts.tokens[s, j].float().abs().max()
+        overflow = self.dtype == "fp16" and where and torch.isinf(big)
+        raise UavError(f"{what} is not finite (NaN or inf)" + (f" {where}" if where else "")
+                       + (": its values overflow fp16 (beyond ±65504)" if overflow else ""), NONFINITE_FIX)
 
     # ---- questions out
     def ask(self, hidden, questions: list[str] | str, *, positions=None, controls: bool = True,
@@ -146,10 +174,8 @@ class Verbalizer:
 
     def ask_acts(self, acts: Acts, questions: list[str] | str, *, controls: bool = True,
                  max_new_tokens: int = 32) -> list[Answer]:
-        questions = [questions] if isinstance(questions, str) else list(questions)
-        bad = [q for q in questions if not isinstance(q, str) or not q.strip()]
-        if bad or not questions:
-            raise UavError("a question is empty", "ask something, e.g. \"What is the topic of this text?\"")
+        questions = _questions(questions)
+        self.check_finite(acts)
         answers = self._generate([acts] * len(questions), questions, max_new_tokens)
         out = [Answer(q, a, position=int(acts.positions[0]) if acts.positions is not None and len(acts.positions) == 1
                       and acts.pooled is None else None) for q, a in zip(questions, answers)]
@@ -165,19 +191,21 @@ class Verbalizer:
         return out
 
     def read(self, text: str, questions: list[str] | str, *, positions=None, donor: str | None = None,
-             controls: bool = True, max_new_tokens: int = 32) -> list[Answer]:
-        """Run the donor on ``text`` (loaded, read, freed), then answer as :meth:`ask` does."""
-        return self.ask_acts(self.read_acts(text, positions, donor), questions, controls=controls,
+             controls: bool = True, max_new_tokens: int = 32, cut: bool = False) -> list[Answer]:
+        """Run the donor on ``text`` (loaded, read, freed), then answer as :meth:`ask` does (``cut``: see
+        :meth:`read_acts`)."""
+        questions = _questions(questions)  # refused before the donor is loaded
+        return self.ask_acts(self.read_acts(text, positions, donor, cut=cut), questions, controls=controls,
                              max_new_tokens=max_new_tokens)
 
-    def read_acts(self, text: str, positions=None, donor: str | None = None, *, cut: bool = True) -> Acts:
+    def read_acts(self, text: str, positions=None, donor: str | None = None, *, cut: bool = False) -> Acts:
         """The donor's activations on ``text`` made into what the run reads, exactly as a harvest would store them.
-        A text longer than the store's token cap is cut to it as the harvest cut its texts, or refused (``cut=False``:
-        an answer about the first N tokens of a longer text would look like one about the whole)."""
-        from uav_cache.harvest import read_out, tokenize
+        A text longer than the store's token cap is refused: an answer about its first N tokens would look like one
+        about the whole. ``cut=True`` reads those first N tokens, as the harvest cut its texts, and says so (a
+        warning; ``last_cut`` holds (tokens, cap), None when nothing was cut)."""
+        from uav_cache.harvest import NonFinite, read_out, tokenize
 
-        if not isinstance(text, str) or not text.strip():
-            raise UavError("the text is empty", "give the donor some text to read")
+        _text(text)
         src = self.rec.stores[0]
         spec = donor_spec(self.rec, donor)
         if weights_fingerprint(spec) != src.weights_fingerprint:
@@ -187,13 +215,25 @@ class Verbalizer:
         how = src.donor_reading(spec.max_length)
         model, tok = load(spec, device=str(self.device))
         try:
-            if not cut:
-                n = len(tokenize(tok, [text], 1 << 30, how["donor_input"])[0][0])
-                if n > how["max_length"]:
-                    raise UavError(f"the text is {n} tokens long; the run's donor reads at most {how['max_length']} "
-                                   "(the cap its store was harvested with)",
-                                   f"shorten the text to {how['max_length']} tokens or fewer")
-            reading = read_out(model, tok, [text], self.layers, **how, keep_tokens=self.spec.tokens)[0]
+            ids = tokenize(tok, [text], 1 << 30, how["donor_input"])[0][0]
+            n, cap = len(ids), how["max_length"]
+            self.last_cut = (n, cap) if n > cap else None
+            if n > cap and not cut:
+                raise UavError(f"the text is {n} tokens long; the run's donor reads at most {cap} (the cap its store "
+                               "was harvested with)", f"shorten the text to {cap} tokens or fewer, or have it cut to "
+                               "them (cut=True; uav explain --cut)")
+            if n > cap:
+                warnings.warn(f"the text is {n} tokens long: the donor read its first {cap} (the cap its store was "
+                              "harvested with)", stacklevel=3)
+            try:
+                reading = read_out(model, tok, [text], self.layers, **how, keep_tokens=self.spec.tokens)[0]
+            except NonFinite as e:  # the harvest's own check, said for one text and this run
+                what = (f"exceeds ±65504, beyond the {self.dtype} the run's store holds" if e.overflow
+                        else "is not finite (NaN or inf)")
+                raise UavError(f"the donor's output at {e.layer}, position {e.position} "
+                               f"({tok.decode([ids[e.position]])!r}), {what}",
+                               "this text cannot be read as the run was trained (a donor whose activations exceed "
+                               "fp16's range needs a run on a bf16 store); try another text") from None
             pieces = [tok.decode([i]) for i in reading.ids]
         finally:
             del model, tok  # donor and decoder are never in memory together for longer than this
@@ -208,19 +248,21 @@ class Verbalizer:
             acts = self.acts(hidden, positions)
             if acts.pooled is not None:  # the harvest's own read-out (computed before rounding), not a re-derivation
                 acts.pooled = torch.stack([reading.pooled[self.spec.readout][n] for n in self.spec.layers])
-            return acts
-        if positions is not None:
+        elif positions is not None:
             raise UavError("this run reads pooled read-outs only: it cannot be asked about one token or a window",
                            "ask about the whole text, or use a run trained with token_layers")
-        return Acts(torch.stack([reading.pooled[self.spec.readout][n] for n in self.spec.layers]))
+        else:
+            acts = Acts(torch.stack([reading.pooled[self.spec.readout][n] for n in self.spec.layers]))
+        return acts
 
     # ---- one answer per token
     def per_token(self, text: str, question: str, *, positions=None, donor: str | None = None, controls: bool = True,
-                  max_new_tokens: int = 12, batch_size: int = 16) -> list[Answer]:
+                  max_new_tokens: int = 12, batch_size: int = 16, cut: bool = False) -> list[Answer]:
         """Read ``text`` with the donor (loaded, read, freed), then :meth:`per_token_acts`: where in the text does the
         answer show? Each Answer carries its token's characters (``token``)."""
         self._need_tokens()
-        acts = self.read_acts(text, donor=donor)
+        _questions(question)
+        acts = self.read_acts(text, donor=donor, cut=cut)
         return self.per_token_acts(acts, question, positions=positions, labels=self.last_labels, controls=controls,
                                    max_new_tokens=max_new_tokens, batch_size=batch_size)
 
@@ -231,14 +273,14 @@ class Verbalizer:
         against the shuffled references (one token of each reference text). The no-activation and shuffled answers
         do not depend on the position: they are generated once and shared."""
         self._need_tokens()
-        if not isinstance(question, str) or not question.strip():
-            raise UavError("the question is empty", "ask something, e.g. \"What is the topic of this text?\"")
+        _questions(question)
         if acts.tokens is None or acts.positions is None:
             raise UavError("these activations hold no token vectors", "pass the whole text's acts (positions=None)")
         if batch_size < 1:
             raise UavError(f"batch_size must be ≥ 1, got {batch_size}", "e.g. 16")
+        self.check_finite(acts)
         have = [int(p) for p in acts.positions]
-        want = have if positions is None else np.atleast_1d(np.asarray(positions, dtype=np.int64)).tolist()
+        want = have if positions is None else _positions(positions).tolist()
         missing = [p for p in want if p not in have]
         if missing or not want:
             raise UavError(f"positions {missing or want} are not among this text's tokens (0 … {max(have)})",
@@ -334,6 +376,9 @@ class Verbalizer:
             return generate(lr.model, lr.tok, prompts, None, stop_ids=t.stop_ids(), max_new_tokens=max_new_tokens)
         with torch.no_grad():
             soft, mask = lr.adapter(stack_acts(acts).to(self.device))
+        if not torch.isfinite(soft[mask]).all():
+            raise UavError(f"the adapter's output is not finite (it overflows {str(soft.dtype).removeprefix('torch.')}) "
+                           f"for these activations, which reach {_largest(acts[0] if acts else None)}", NONFINITE_FIX)
         prompts = [t.prompt(q, int(n)) for q, n in zip(questions, mask.sum(1).tolist())]
         return generate(lr.model, lr.tok, prompts, soft, stop_ids=t.stop_ids(), max_new_tokens=max_new_tokens,
                         soft_mask=mask)
@@ -348,10 +393,64 @@ def logprobs(lr: LoadedRun, acts: list[Acts], questions: list[str], answers: lis
     return [float(-s / max(int(c), 1)) for s, c in zip(sums.double().cpu(), counts.cpu())]
 
 
+NONFINITE_FIX = ("pass finite activations: a NaN or inf has no answer (a donor whose activations exceed fp16's ±65504 "
+                 "needs bf16 or fp32)")
+
+
+def _largest(acts: Acts | None) -> str:
+    """The largest magnitude in ``acts``, for a message."""
+    parts = [t.float().abs().max() for t in (acts.pooled, acts.tokens) if t is not None] if acts else []
+    return f"|x| = {float(max(parts)):.3g}" if parts else "values the adapter cannot take"
+
+
+def _text(text) -> None:
+    """Refuse a text that is not a non-empty string, saying what was given."""
+    if not isinstance(text, str):
+        raise UavError(f"the text is a {type(text).__name__}, not a string", "pass the text itself, as a str")
+    if not text.strip():
+        raise UavError("the text is empty", "give the donor some text to read")
+
+
+def _questions(questions) -> list[str]:
+    """A question or a list of them, each a non-empty string; refused with what was given otherwise."""
+    qs = [questions] if isinstance(questions, str) else list(questions) if isinstance(questions, (list, tuple)) else None
+    if qs is None:
+        raise UavError(f"the questions are a {type(questions).__name__}", "pass a question (a str) or a list of them")
+    for i, q in enumerate(qs):
+        if not isinstance(q, str):
+            raise UavError(f"question {i + 1} is a {type(q).__name__}, not a string", "pass each question as a str")
+    if not qs or not all(q.strip() for q in qs):
+        raise UavError("a question is empty", "ask something, e.g. \"What is the topic of this text?\"")
+    return qs
+
+
+def _positions(positions, n_tok: int | None = None) -> np.ndarray:
+    """Token positions as given (an int, a range, a list, an array or a tensor), checked: whole numbers, each once, in
+    increasing order, inside the text's ``n_tok`` tokens. A rounded, re-ordered or repeated position would answer
+    about other tokens than the ones asked for."""
+    raw = positions.tolist() if isinstance(positions, (np.ndarray, torch.Tensor)) else positions
+    items = list(raw) if isinstance(raw, (list, tuple, range)) else [raw]
+    for p in items:
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, np.integer)):
+            raise UavError(f"position {p!r} is not a token index (a whole number), in positions {positions!r}",
+                           "pass whole numbers, e.g. 3, or range(2, 6) for a window")
+    if not items:
+        raise UavError("no positions given", "pass positions=None for the whole text, or an index")
+    for a, b in zip(items, items[1:]):
+        if b <= a:
+            raise UavError(f"positions {items} " + ("repeat " + str(b) if b == a else "are not in increasing order"),
+                           "pass each position once, in increasing order, e.g. range(2, 6)")
+    if n_tok is not None and (items[0] < 0 or items[-1] >= n_tok):
+        raise UavError(f"positions {items} are outside this text's {n_tok} tokens", f"use 0 … {n_tok - 1}")
+    return np.asarray(items, dtype=np.int64)
+
+
 def explain(run: str, text: str, questions: list[str], *, max_new_tokens: int = 32, device: str = "auto",
-            donor: str | None = None) -> list[tuple[str, str]]:
+            donor: str | None = None, cut: bool = False) -> list[tuple[str, str]]:
     """`uav explain`: answers to ``questions`` about the donor's activation on ``text`` (a thin wrapper over
-    :meth:`Verbalizer.read`, without the controls)."""
+    :meth:`Verbalizer.read`, without the controls; ``cut`` as there, the cut said on stderr)."""
+    import sys
+
     if not text.strip():
         raise UavError("--text is empty", "give the donor some text to read")
     if not questions or not all(q.strip() for q in questions):
@@ -360,5 +459,10 @@ def explain(run: str, text: str, questions: list[str], *, max_new_tokens: int = 
         raise UavError(f"--max-new-tokens must be ≥ 1, got {max_new_tokens}", "e.g. --max-new-tokens 32")
     RunInfo.open(run)  # a missing or unfinished run is refused before anything loads
     v = Verbalizer.load(run, device=device)
-    return [(a.question, a.answer) for a in v.read(text, questions, donor=donor, controls=False,
-                                                   max_new_tokens=max_new_tokens)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cut is said below, as one line
+        answers = v.read(text, questions, donor=donor, controls=False, max_new_tokens=max_new_tokens, cut=cut)
+    if v.last_cut:
+        print(f"uav: note: the text is {v.last_cut[0]} tokens long: the donor read its first {v.last_cut[1]}",
+              file=sys.stderr)
+    return [(a.question, a.answer) for a in answers]

@@ -126,6 +126,15 @@ def char_spans(tok, text: str, ids: list[int], donor_input: str = "raw") -> list
     return out
 
 
+class NonFinite(UavError):
+    """The donor's output holds a NaN or inf, or (``overflow``) values beyond what the store's fp16 holds: at
+    ``layer``, first in text ``example`` at token ``position``."""
+
+    def __init__(self, problem: str, fix: str, layer: str, example: str, position: int, overflow: bool = False):
+        super().__init__(problem, fix)
+        self.layer, self.example, self.position, self.overflow = layer, example, position, overflow
+
+
 class Capture:
     """Forward hooks on chosen blocks; ``outputs[name]`` holds each block's residual output."""
 
@@ -389,13 +398,19 @@ def forward_shard(model, capture: Capture, ids: list[list[int]], names: list[str
             if d is None:
                 d = h.shape[-1]
             real = mask.to(h.device).bool()
-            if not torch.isfinite(h[real]).all():
-                bad = [ex_ids[rows[j]] for j in range(len(rows)) if not torch.isfinite(h[j][real[j]]).all()]
-                raise UavError(f"donor produced NaN/inf at {name} for {bad[:3]}", "check the donor weights/dtype")
+            bad = (~torch.isfinite(h)).any(-1) & real
+            if bad.any():
+                j, p = (int(x) for x in bad.nonzero()[0])
+                texts = [ex_ids[rows[i]] for i in range(len(rows)) if bad[i].any()]
+                raise NonFinite(f"donor produced NaN/inf at {name} for {texts[:3]} (first at position {p} of "
+                                f"{ex_ids[rows[j]]})", "check the donor weights/dtype", name, ex_ids[rows[j]], p)
             peak = float(h[real].abs().max())
             if dtype == "fp16" and peak > FP16_MAX:
-                raise UavError(f"activations at {name} reach {peak:.3g}, beyond fp16's {FP16_MAX:.0f}",
-                               "re-run with --dtype bf16 (use a new --out: the store's dtype is fixed)")
+                j, p = (int(x) for x in ((h.abs() > FP16_MAX).any(-1) & real).nonzero()[0])
+                raise NonFinite(f"activations at {name} reach {peak:.3g}, beyond fp16's {FP16_MAX:.0f} (first at "
+                                f"position {p} of {ex_ids[rows[j]]})",
+                                "re-run with --dtype bf16 (use a new --out: the store's dtype is fixed)", name,
+                                ex_ids[rows[j]], p, overflow=True)
             for r in vecs:
                 if name not in vecs[r]:
                     vecs[r][name] = np.zeros((n, d), dtype=np.uint16)
