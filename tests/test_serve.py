@@ -351,17 +351,23 @@ def test_uav_serve_beyond_localhost_warns_and_ctrl_c_during_an_answer_exits_130(
         port = int(line.split(" on http://", 1)[1].split("/")[0].rsplit(":", 1)[1])
         url = f"http://127.0.0.1:{port}"
         assert json.loads(urllib.request.urlopen(url + "/api/info", timeout=30).read())["per_token"]
-        def strip():
+        done = []
+
+        def strips():  # asks again and again, so the model is always busy when the signal comes
             try:
-                post(url, {"text": TEXT, "question": Q}, "/api/tokens")
+                while True:
+                    post(url, {"text": TEXT, "question": Q}, "/api/tokens")
+                    done.append(1)
             except OSError:  # the server stopped under it: what this test does
                 pass
 
-        busy = [threading.Thread(target=strip, daemon=True) for _ in range(3)]
+        busy = [threading.Thread(target=strips, daemon=True) for _ in range(3)]
         for t in busy:
             t.start()
-        time.sleep(1.0)  # one strip is being computed, two wait for the model
-        assert any(t.is_alive() for t in busy)
+        deadline = time.monotonic() + 120
+        while not done and time.monotonic() < deadline:  # one strip answered: the others are queued or computing
+            time.sleep(0.05)
+        assert done and all(t.is_alive() for t in busy)
     finally:
         p.send_signal(signal.SIGINT)
         code = p.wait(timeout=60)
