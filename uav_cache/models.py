@@ -437,6 +437,12 @@ def block_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     return [(f"{name}.{i}" if name else str(i), m) for i, m in enumerate(ml)]
 
 
+def depth_blocks(n_layers: int) -> list[int]:
+    """The blocks at 0, ¼, ½, ¾ depth and the last: where a per-block view of a donor reads (SmolLM2's 30 blocks:
+    0, 7, 15, 22, 29)."""
+    return sorted({0, n_layers // 4, n_layers // 2, (3 * n_layers) // 4, n_layers - 1})
+
+
 def layer_name(model: torch.nn.Module, index: int) -> str:
     """Module path of block ``index`` (negative counts from the end, as in Python)."""
     blocks = block_modules(model)

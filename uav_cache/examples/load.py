@@ -9,7 +9,7 @@ from pathlib import Path
 
 from uav_cache.errors import UavError
 from uav_cache.examples.recipes import RECIPES, build, recipe_meta
-from uav_cache.examples.schema import BUILDER_VERSION, ExampleSet, fingerprint, normalise
+from uav_cache.examples.schema import BUILDER_VERSION, ExampleSet, fingerprint, normalise, with_alone_rows
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -66,6 +66,7 @@ def _limited(name: str, examples: list[dict], limit: int | None, meta: dict) -> 
         if limit < 1:
             raise UavError(f"limit must be at least 1, got {limit}", "pass a positive --limit or none")
         examples = examples[:limit]
+    examples = with_alone_rows(examples)
     return ExampleSet(name, examples, fingerprint(examples), meta)
 
 

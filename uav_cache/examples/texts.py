@@ -150,7 +150,7 @@ def country_names() -> dict[str, str]:
     return {code: c["name"] for code, c in data.items()}
 
 
-def _countries() -> list[dict]:
+def countries() -> list[dict]:
     """One record per sovereign-ish country with capital, region, subregion and a currency name."""
     import pycountry  # light: lazily loads its own JSON
 
@@ -197,7 +197,7 @@ def _countries() -> list[dict]:
 def src_country_fact_text() -> list[dict]:
     """Facts stated in the text: the donor only has to read them back."""
     out = []
-    for c in _countries():
+    for c in countries():
         text = (f"{c['name']} is a country in {c['subregion']}. Its capital is {c['capital']} "
                 f"and people there pay in {c['currency']}.")
         qa = [
@@ -222,7 +222,7 @@ def src_country_fact_knowledge() -> list[dict]:
     name overlaps the country's (Mexico City, Tunis, Singapore...) are skipped.
     """
     out = []
-    for c in _countries():
+    for c in countries():
         cap, name = c["capital"], c["name"]
         if cap.lower() in name.lower() or name.lower() in cap.lower():
             continue
@@ -236,7 +236,7 @@ def src_country_fact_knowledge() -> list[dict]:
 CITY_MIN_POPULATION = 500_000
 
 
-def _plain(name: str) -> str:
+def plain(name: str) -> str:
     """Drop diacritics ("Mazār-e Sharīf" -> "Mazar-e Sharif"): geonames' scholarly spellings are not how
     donors saw these names in pretraining text."""
     s = "".join(ch for ch in unicodedata.normalize("NFKD", name) if not unicodedata.combining(ch))
@@ -252,11 +252,11 @@ def src_city_country() -> list[dict]:
     big = [c for c in cities.values() if c["population"] >= CITY_MIN_POPULATION and c["countrycode"] in countries]
     name_count: dict[str, int] = {}
     for c in big:
-        name_count[_plain(c["name"])] = name_count.get(_plain(c["name"]), 0) + 1
+        name_count[plain(c["name"])] = name_count.get(plain(c["name"]), 0) + 1
     out = []
     for c in big:
         country = countries[c["countrycode"]]
-        city = _plain(c["name"])
+        city = plain(c["name"])
         if name_count[city] > 1 or country.lower() in city.lower() or city.lower() in country.lower():
             continue
         out.append(example("city_country", str(c["geonameid"]), city, "fact",

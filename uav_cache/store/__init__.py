@@ -15,10 +15,11 @@ from uav_cache.store.format import (CODECS, DEFAULT_CODEC, FORMAT, FORMAT_VERSIO
                                     damaged_root, from_bits, new_meta, to_bits)
 from uav_cache.store.reader import Store, check_compatible, check_range_requests
 from uav_cache.store.readouts import (DEFAULT_READOUTS, POSITIONS, READOUTS, parse_positions, pool, readouts_of,
-                                      token_layers_of, window_start)
+                                      token_layers_of, view_index, window_start)
 from uav_cache.store.writer import StoreWriter
 
 __all__ = ["CODECS", "DEFAULT_CODEC", "DEFAULT_READOUTS", "FORMAT", "FORMAT_VERSION", "FP16_MAX", "IDENTITY_KEYS",
            "OPTIONAL_TABLES", "POSITIONS", "READOUTS", "ROOT_FIX", "STORAGE_DTYPES", "TABLES", "Store", "StoreWriter",
            "UnreadableChunk", "check_compatible", "check_range_requests", "codec_of", "damaged_root", "from_bits",
-           "new_meta", "parse_positions", "pool", "readouts_of", "to_bits", "token_layers_of", "window_start"]
+           "new_meta", "parse_positions", "pool", "readouts_of", "to_bits", "token_layers_of", "view_index",
+           "window_start"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import torch
 
 from uav_cache.errors import UavError
@@ -83,3 +84,11 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, readout: str) -> torch.Tensor
         w = torch.where(body.any(1, keepdim=True), body, mask).to(hidden.dtype)
         return (hidden * w[..., None]).sum(1) / w.sum(1, keepdim=True)
     raise UavError(f"unknown read-out {readout!r}", f"use one of: {', '.join(READOUTS)}")
+
+
+def view_index(spans: np.ndarray, positions: np.ndarray, first_char: int) -> np.ndarray:
+    """Which of a row's stored token positions a view from character ``first_char`` on shows: those whose token
+    begins there or later (tokens that are no part of the text, span -1, never). Indices into ``positions``; position
+    0, the attention sink, is never among them, since a view starts after a character of the text."""
+    starts = spans[positions][:, 0]
+    return np.flatnonzero(starts >= max(int(first_char), 1))
