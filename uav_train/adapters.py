@@ -202,6 +202,34 @@ class MLPAdapter(Adapter):
         self.net[-1].weight.mul_(0.1), self.net[-1].bias.mul_(0.1)
         return r2
 
+    @torch.no_grad()
+    def warm_start_vocab(self, v: torch.Tensor, first: torch.Tensor, embeddings: torch.Tensor, *, steps: int = 300,
+                         lr: float = 1e-3, weight_decay: float = 0.01, seed: int = 0) -> tuple[float, int]:
+        """Set the skip path to a linear map from ``v`` whose output, scored against the decoder's input embeddings
+        of the words ``first`` holds (a softmax over those words), picks each item's own word; the MLP is damped as in
+        :meth:`warm_start`. Full-batch AdamW, seeded, on the features only (no decoder pass). Returns (the fit's
+        accuracy on (v, first), how many distinct words it chose among)."""
+        if self.skip is None:
+            raise UavError("warm start needs an mlp adapter with skip = true", "set adapter_options.skip = true")
+        words, y = torch.unique(first, return_inverse=True)
+        table = embeddings[words].to(v.dtype)
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        lin = nn.Linear(v.shape[1], self.d_out, dtype=v.dtype, device=v.device)
+        with torch.no_grad():
+            lin.weight.copy_((torch.rand(lin.weight.shape, generator=g) * 2 - 1).mul_(v.shape[1] ** -0.5))
+            lin.bias.zero_()
+        opt = torch.optim.AdamW(lin.parameters(), lr=lr, weight_decay=weight_decay)
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = F.cross_entropy(lin(v) @ table.T, y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        self.skip.weight.copy_(lin.weight.to(self.skip.weight.dtype))
+        self.skip.bias.copy_(lin.bias.to(self.skip.bias.dtype))
+        self.net[-1].weight.mul_(0.1), self.net[-1].bias.mul_(0.1)
+        return float(((lin(v) @ table.T).argmax(1) == y).float().mean()), len(words)
+
 
 class _CrossBlock(nn.Module):
     """Pre-norm cross-attention (queries → context) and a 4× GELU FFN, both residual."""

@@ -64,7 +64,9 @@ def _by_id(stores: list[Store], split: str) -> dict[str, tuple[Store, int]]:
 def teacher_pairs(student: list[Store], student_spec: InputSpec, teacher: InputAdapter, teacher_stores: list[Store],
                   teacher_spec: InputSpec, split: str = "train", max_texts: int = 4096,
                   device: torch.device | str = "cpu") -> Pairs:
-    """The (new adapter's input, frozen adapter's output) pairs of ``split``'s texts that both stores hold."""
+    """The (new adapter's input, frozen adapter's output) pairs of ``split``'s texts that both stores hold. With views
+    in both specs, a text with a ``shown_from`` adds a pooled pair for its view too (each donor's read-out pooled over
+    its own tokens from that character on): the frozen run's soft tokens for what the donor carried forward."""
     theirs = _by_id(teacher_stores, split)
     mine = [(sid, st, r) for sid, (st, r) in _by_id(student, split).items() if sid in theirs][:max_texts]
     if not mine:
@@ -72,6 +74,7 @@ def teacher_pairs(student: list[Store], student_spec: InputSpec, teacher: InputA
                        "harvest both donors over the same dataset, or drop distill")
     want_pooled = teacher.pooled is not None and student_spec.pooled and teacher_spec.pooled
     want_tokens = teacher.tokens is not None and student_spec.tokens and teacher_spec.tokens
+    views = want_pooled and student_spec.views and teacher_spec.views
     if not want_pooled and not want_tokens:
         raise UavError("the new adapter and the frozen run's share no input branch (pooled read-out or token vectors)",
                        "give this run the inputs the frozen run reads, or drop distill")
@@ -85,12 +88,19 @@ def teacher_pairs(student: list[Store], student_spec: InputSpec, teacher: InputA
     for (si, ti), pairs in groups.items():
         for c in range(0, len(pairs), 256):  # a chunk at a time: read_rows reads a shard's rows in one go
             rows = np.array(pairs[c:c + 256])
-            for a, b in zip(read_rows(stores[si], rows[:, 0], student_spec, spans=want_tokens),
-                            read_rows(stores[ti], rows[:, 1], teacher_spec, spans=want_tokens)):
-                if want_pooled:
-                    xb = b.pooled.float().unsqueeze(0).unsqueeze(1).to(device)  # (1, 1, layers, d_A)
+            recs = stores[si].examples() if views else None
+            for r, a, b in zip(rows[:, 0], read_rows(stores[si], rows[:, 0], student_spec, spans=want_tokens),
+                               read_rows(stores[ti], rows[:, 1], teacher_spec, spans=want_tokens)):
+                shown = recs[int(r)].get("shown_from") if views else None
+                seen = [(a.pooled, b.pooled)] if want_pooled else []
+                if shown:
+                    va, vb = a.view(shown), b.view(shown)
+                    if va is not None and vb is not None:
+                        seen.append((va.pooled, vb.pooled))
+                for xa, xb in seen:
+                    xb = xb.float().unsqueeze(0).unsqueeze(1).to(device)  # (1, 1, layers, d_A)
                     py.append(teacher.pooled(xb, torch.ones(1, 1, dtype=torch.bool, device=device))[0].cpu())
-                    px.append(a.pooled.float())
+                    px.append(xa.float())
                 if want_tokens:
                     m = teacher.tokens.config.m
                     yb = teacher.tokens(b.tokens.float().unsqueeze(0).to(device),

@@ -417,7 +417,8 @@ class RunRecord:
     def input_spec(self):
         """What the run feeds its adapter (stream.InputSpec): settings without token_layers read the pooled read-out
         of their layers only. Settings with ``tokens = true`` (every token through one pooled adapter, which this uav
-        does not read) are refused: retrain such a run with token_layers."""
+        does not read) are refused: retrain such a run with token_layers. Views are how training drew its items, not
+        what the adapter reads: a privileged evaluation asks for them itself (uav_eval.privileged.view_spec)."""
         from uav_train.stream import InputSpec, default_form
 
         t = self.train

@@ -2,6 +2,11 @@
 adapter (:class:`Acts`): a pooled read-out, one token's vectors, a window of consecutive tokens, or all of a text's
 stored tokens with or without its read-out (:data:`FORMS`), drawn per item in training.
 
+A *view* shows the positions from a point of the text on (:meth:`RowActs.view`): their token vectors, computed in
+context, and a read-out pooled over those positions only, from the stored token vectors of the pooled layers by the
+harvest's own pooling. An example's ``shown_from`` places it; training also places one after the last mention of an
+item's answer (:func:`answer_end`), so the question asks about what lies outside the positions shown.
+
 Self-supervised items need no labels (:func:`context_item`): from a window of token vectors, the decoder is asked
 for the window's own text, or the text just before or just after it (UAV's stage 1, Rep2Text's objective and
 Activation Oracles' context prediction in one). They come from any text with stored token vectors.
@@ -19,6 +24,7 @@ next to a decoder step).
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -28,7 +34,7 @@ import numpy as np
 import torch
 
 from uav_cache.errors import UavError
-from uav_cache.store import Store, UnreadableChunk
+from uav_cache.store import Store, UnreadableChunk, pool, view_index
 from uav_train.adapters import AdapterInput
 from uav_train.prompt import STAGE1_QUESTION
 
@@ -60,19 +66,27 @@ CONTEXT_WORDS = 12  # before/after targets: at most this many words next to the 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What a run feeds its adapter: the pooled read-out of ``layers`` (``readout``; None: no pooled branch) and/or
-    the token vectors of ``token_layers``; QA items are shown one of ``forms`` (weights), windows are drawn with a
-    length in ``window``. The run records it; evaluation shows every item :meth:`eval_form`."""
+    """What a run feeds its adapter: the pooled read-out of ``layers`` (``readout``, or several joined by "+":
+    "mean+last"; None: no pooled branch) and/or the token vectors of ``token_layers``; QA items are shown one of
+    ``forms`` (weights), windows are drawn with a length in ``window``. With ``views`` the token vectors of the pooled
+    layers are read too, so an item can be shown a view (a read-out pooled over its positions only). The run records
+    it; evaluation shows every item :meth:`eval_form`."""
 
     layers: tuple[str, ...] = ()
     readout: str | None = "last"
     token_layers: tuple[str, ...] = ()
     forms: tuple[tuple[str, float], ...] = (("pooled", 1.0),)
     window: tuple[int, int] = (1, 32)
+    views: bool = False
 
     @property
     def pooled(self) -> bool:
         return self.readout is not None and bool(self.layers)
+
+    @property
+    def readouts(self) -> tuple[str, ...]:
+        """The read-outs the pooled branch reads of each layer, in order: the adapter sees layers × read-outs."""
+        return tuple(self.readout.split("+")) if self.readout else ()
 
     @property
     def tokens(self) -> bool:
@@ -105,6 +119,28 @@ class RowActs:
     tokens: torch.Tensor | None
     positions: np.ndarray | None
     spans: np.ndarray | None = None
+    deep: torch.Tensor | None = None  # (S, pooled layers, d): the pooled layers' token vectors, for views
+    readouts: tuple[str, ...] = ()  # the pooled branch's read-outs (a view pools its positions the same way)
+
+    def view(self, first_char: int) -> Acts | None:
+        """The positions whose token begins at ``first_char`` or later: their token vectors in context, and each
+        pooled layer's read-outs pooled over them only (None when no stored token lies there). Position 0, the
+        attention sink, is never in a view (a view starts after a character of the text)."""
+        idx = view_index(self.spans, self.positions, first_char)
+        if not len(idx):
+            return None
+        tokens = self.tokens[idx] if self.tokens is not None else None
+        return Acts(self.pooled_over(idx), tokens, self.positions[idx])
+
+    def pooled_over(self, idx: np.ndarray) -> torch.Tensor | None:
+        """Each pooled layer's read-outs pooled over the stored positions ``idx`` only, by the harvest's pooling
+        (None without the pooled layers' token vectors)."""
+        if self.deep is None:
+            return None
+        mask = torch.zeros(1, len(self.positions), dtype=torch.bool)
+        mask[0, idx] = True
+        return torch.stack([pool(self.deep[None, :, j].float(), mask, r)[0].to(self.deep.dtype)
+                            for j in range(self.deep.shape[1]) for r in self.readouts])
 
     def form(self, form: str, rng: np.random.Generator | None = None, window: tuple[int, int] = (1, 32)) -> Acts:
         """The Acts of one form (:data:`FORMS`); windows and single tokens are drawn with ``rng``."""
@@ -122,6 +158,16 @@ class RowActs:
         n = len(self.positions)
         w = int(rng.integers(min(window[0], n), min(window[1], n) + 1))
         return int(rng.integers(0, n - w + 1)), w
+
+
+def answer_end(text: str, answer: str) -> int | None:
+    """Where the last mention of ``answer`` in ``text`` ends (a character offset; any case, whole words), or None when
+    the text never states it: a view from there asks about something only the positions before it said."""
+    a = answer.strip().rstrip(".").strip()
+    if not a:
+        return None
+    found = [m.end() for m in re.finditer(r"(?<!\w)" + re.escape(a) + r"(?!\w)", text, flags=re.IGNORECASE)]
+    return found[-1] if found else None
 
 
 def _piece(text: str, spans: np.ndarray) -> tuple[int, int] | None:
@@ -146,7 +192,10 @@ def context_item(row: RowActs, text: str, rng: np.random.Generator, window: tupl
     kind = kinds[int(rng.integers(len(kinds)))]
     answer = {"own": text[piece[0]:piece[1]], "before": " ".join(before), "after": " ".join(after)}[kind]
     question = CONTEXT[kind][int(rng.integers(len(CONTEXT[kind])))]
-    return Acts(None, row.tokens[a:a + w], pos), question, answer, f"context_{kind}"
+    # where the pooled layers' vectors are at hand (a run with views), the window's read-out pooled over it too: at
+    # depth its positions hold what came before them, which a "before" question asks for
+    pooled = row.pooled_over(np.arange(a, a + w)) if row.deep is not None and a > 0 else None
+    return Acts(pooled, row.tokens[a:a + w], pos), question, answer, f"context_{kind}"
 
 
 @dataclass
@@ -162,6 +211,7 @@ class Item:
     kind: str = "open"  # open (a qa pair), yesno, context_own / context_before / context_after (self-supervised)
     phrasing: str = "seen"  # heldout: a question phrasing never trained on (evaluation only)
     heldout_dataset: bool = False  # the item's dataset is held out of training (its recipe says so)
+    view_from: int | None = None  # the item is shown a view: the positions from this character of its text on
 
 
 def item_pairs(example: dict, mode: str) -> list[tuple[str, str]]:
@@ -176,42 +226,51 @@ def item_pairs(example: dict, mode: str) -> list[tuple[str, str]]:
 def read_rows(store: Store, rows: np.ndarray, spec: InputSpec, spans: bool = False) -> list[RowActs]:
     """What ``spec`` reads of each of ``rows`` (any order), token vectors read a shard at a time: a streaming chunk
     (consecutive rows) in one read per layer, scattered rows (an evaluation) one by one. Tensors keep the stored
-    dtype (half the memory of float32 in a shuffle buffer); :func:`stack_acts` makes them float32."""
+    dtype (half the memory of float32 in a shuffle buffer); :func:`stack_acts` makes them float32. A spec with views
+    also reads the pooled layers' token vectors and every row's character spans."""
     rows = np.asarray(rows, dtype=np.int64)
+    pairs = [(layer, r) for layer in spec.layers for r in spec.readouts] if spec.pooled else []
     pooled: list[torch.Tensor | None] = [None] * len(rows)
-    if spec.pooled and len(rows):
+    if pairs and len(rows):
         lo, hi = int(rows.min()), int(rows.max()) + 1
         if hi - lo <= 2 * len(rows):  # dense: one read of the span
-            block = torch.stack([store.read(layer, lo, hi, spec.readout) for layer in spec.layers], 1)
+            block = torch.stack([store.read(layer, lo, hi, r) for layer, r in pairs], 1)
             # clone: a view would keep the whole chunk alive while any one of its rows sits in the shuffle buffer
             pooled = [block[int(r) - lo].clone() for r in rows]
         else:
-            pooled = list(torch.stack([store.read_rows(layer, rows, spec.readout) for layer in spec.layers], 1))
-    tokens: list[torch.Tensor | None] = [None] * len(rows)
+            pooled = list(torch.stack([store.read_rows(layer, rows, r) for layer, r in pairs], 1))
+    groups = {"tokens": spec.token_layers, "deep": spec.layers if spec.views else ()}
+    got: dict[str, list[torch.Tensor | None]] = {k: [None] * len(rows) for k in groups}
     positions: list[np.ndarray | None] = [None] * len(rows)
-    if spec.tokens and len(rows):
+    if any(groups.values()) and len(rows):
         shard = rows // store.meta["shard_rows"]
         for s in np.unique(shard).tolist():
             idx = np.flatnonzero(shard == s)
             lo, hi = int(rows[idx].min()), int(rows[idx].max()) + 1
-            if hi - lo <= 2 * len(idx):
-                per_layer = [store.read_token_rows(layer, lo, hi) for layer in spec.token_layers]
-                got = {r: torch.stack([p[r - lo] for p in per_layer], 1) for r in range(lo, hi)}
-            else:
-                got = {int(r): torch.stack([store.read_tokens(layer, int(r)) for layer in spec.token_layers], 1)
-                       for r in rows[idx]}
+            dense = hi - lo <= 2 * len(idx)
+            for key, layers in groups.items():
+                if not layers:
+                    continue
+                if dense:
+                    per_layer = [store.read_token_rows(layer, lo, hi) for layer in layers]
+                    by_row = {r: torch.stack([p[r - lo] for p in per_layer], 1) for r in range(lo, hi)}
+                else:
+                    by_row = {int(r): torch.stack([store.read_tokens(layer, int(r)) for layer in layers], 1)
+                              for r in rows[idx]}
+                for i in idx:
+                    got[key][i] = by_row[int(rows[i])]
             for i in idx:
-                tokens[i] = got[int(rows[i])]
                 positions[i] = store.stored_positions(int(rows[i]))
     sp: list[np.ndarray | None] = [None] * len(rows)
-    if spans and len(rows):
+    if (spans or spec.views) and len(rows):
         lo, hi = int(rows.min()), int(rows.max()) + 1
         if hi - lo <= 2 * len(rows):
             block_spans = store.char_spans(lo, hi)
             sp = [block_spans[int(r) - lo] for r in rows]
         else:
             sp = [store.char_spans(int(r), int(r) + 1)[0] for r in rows]
-    return [RowActs(p, t, q, c) for p, t, q, c in zip(pooled, tokens, positions, sp)]
+    return [RowActs(p, t, q, c, d, spec.readouts)
+            for p, t, q, c, d in zip(pooled, got["tokens"], positions, sp, got["deep"])]
 
 
 class ItemStream:
@@ -221,10 +280,12 @@ class ItemStream:
                  seed: int = 0, shuffle_buffer: int = 1024, rank: int = 0, world: int = 1,
                  prefetch: int = 512, epochs: int | None = None, skip_corrupt: bool = False, readout: str = "last",
                  sources: list[str] | None = None, weights: dict[str, float] | None = None,
-                 spec: InputSpec | None = None, context: float = 0.0, yesno: float = 1.0):
+                 spec: InputSpec | None = None, context: float = 0.0, yesno: float = 1.0, views: float = 0.0):
         """``mode``: "qa" (each example's qa pairs, plus ``context`` self-supervised items per text and epoch),
         "text" (stage 1: the whole text), "context" (self-supervised items only, ``context`` per text, at least 1).
-        ``spec`` says what items show the adapter (default: the ``readout`` of ``layers``, pooled only)."""
+        ``spec`` says what items show the adapter (default: the ``readout`` of ``layers``, pooled only). With a spec
+        that has views, an example's ``shown_from`` places its items' view, and ``views`` is the share of the other
+        QA items whose answer their text states that are shown the view after its last mention."""
         if mode not in ("qa", "text", "context"):
             raise ValueError(f"unknown stream mode {mode!r}")
         self.stores, self.split, self.mode = stores, split, mode
@@ -237,6 +298,7 @@ class ItemStream:
         # source → expected copies of each of its items per epoch (default 1): 3 = three times, 0.5 = half of them
         self.weights = dict(weights or {})
         self.yesno = yesno  # times each yes/no question is seen per epoch, on top of its source's weight
+        self.views = views if self.spec.views and mode == "qa" else 0.0
         bad = {k: v for k, v in self.weights.items() if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0}
         if bad:
             raise UavError(f"source weights must be numbers > 0, got {bad}", "e.g. source_weights = {bbc_topic = 3}")
@@ -264,7 +326,7 @@ class ItemStream:
                 rows = rows[keep[rows]]
                 if len(rows):  # records read per chunk: held-out datasets never train; qa mode needs qa pairs
                     recs = st.records(lo, hi)
-                    rows = rows[[not recs[r - lo].get("heldout_dataset") and (
+                    rows = rows[[not recs[r - lo].get("heldout_dataset") and not recs[r - lo].get("alone_of") and (
                         self.mode != "qa" or self.context > 0 or bool(item_pairs(recs[r - lo], self.mode)))
                         for r in rows]]
                 if len(rows):
@@ -310,7 +372,7 @@ class ItemStream:
         """One row's items for this epoch: its qa pairs (each shown a form drawn from the spec's forms; stage 1: the
         whole text), and its self-supervised items, each repeated by its source's weight (2.5: twice, and a third
         time half of the epochs)."""
-        if e.get("heldout_dataset") and self.mode != "eval":  # a dataset held out of training: not even its text
+        if (e.get("heldout_dataset") or e.get("alone_of")) and self.mode != "eval":  # never trained on: not even its text
             return []
         source = e.get("source") or ""
         w = self.weights.get(source, 1)
@@ -321,13 +383,29 @@ class ItemStream:
         for q, a in (item_pairs(e, self.mode) if self.mode != "context" else []):
             for _ in range(copies(w * self.yesno) if self.mode == "qa" and answer_kind(a) == "yesno" else copies(w)):
                 form = forms[int(rng.choice(len(forms), p=p))]
-                out.append(Item(ra.form(form, rng, self.spec.window), q, a, r, si, task_of(e, a), source,
-                                e["text"], kind=answer_kind(a)))
+                at, x = self._view(e, a, ra, rng)
+                out.append(Item(x or ra.form(form, rng, self.spec.window), q, a, r, si, task_of(e, a), source,
+                                e["text"], kind=answer_kind(a), view_from=at if x is not None else None))
         for _ in range(copies(self.context * w)):
             c = context_item(ra, e["text"], rng, self.spec.window)
             if c is not None:
                 out.append(Item(c[0], c[1], c[2], r, si, "context", source, e["text"], kind=c[3]))
         return out
+
+    def _view(self, e: dict, answer: str, ra: RowActs, rng: np.random.Generator) -> tuple[int | None, Acts | None]:
+        """(where the view starts, what it shows) for one QA item, or (None, None) for the whole text: the example's
+        own ``shown_from`` where it has one, else, for a ``views`` share of the items whose answer the text states,
+        the positions after its last mention."""
+        if not self.spec.views or self.mode != "qa":
+            return None, None
+        at = e.get("shown_from")
+        if at is None:
+            if not self.views or rng.random() >= self.views:
+                return None, None
+            at = answer_end(e["text"], answer)
+            if at is None:
+                return None, None
+        return at, ra.view(at)
 
     def _unreadable(self, ci: int, st: Store, rows: np.ndarray, err: Exception) -> None:
         """Refuse with the store and shard named, or (skip_corrupt) count the chunk and warn once."""

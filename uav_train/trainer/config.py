@@ -98,14 +98,24 @@ class TrainConfig:
     # stored layers to read, module paths or block indices (default: every stored layer); see `uav store info`
     layers: list[str | int] | None = None
     # stored read-out that feeds the adapter (store.READOUTS): last (last token) or mean (mean over the tokens after
-    # the sink); `uav store probe` shows which carries more
+    # the sink), or both joined by "+" ("mean+last": the adapter reads each layer's two vectors); `uav store probe`
+    # shows which carries more
     readout: str = "last"
+    # views (stream.RowActs.view): unset, every item shows the whole text. Set, an example's shown_from places its
+    # items' view (the positions from there on, with read-outs pooled over them only: the pooled layers need stored
+    # token vectors), and this share of the other QA items whose answer the text states are shown the positions after
+    # its last mention: questions whose answer lies outside what is shown (0: shown_from only)
+    views: float | None = None
     sources: list[str] | None = None  # train (and validate) on these sources only (default: all)
     source_weights: dict[str, float] = field(default_factory=dict)  # source → times each of its items is seen per epoch
     max_answer_tokens: int | None = None  # stage-2 targets cut to N tokens (long gist answers cost the most per step)
     # before the first stage, fit the skip paths in closed form: the pooled mlp's to the mean embedding of each
     # answer, the pervector adapter's to the decoder's embedding of each token's own text (skip = true in both)
     warm_start: bool = False
+    # the pooled skip path's fit: ridge (to the mean input embedding of each answer) or vocab (a softmax over the
+    # decoder's vocabulary on each short answer's first token: the soft tokens then point at the answer's word
+    # rather than at an average of several)
+    pooled_fit: str = "ridge"
     max_target_tokens: int = 48  # stage-1 targets: the first N tokens of the donor's text
     eval_every: int = 25
     val_items: int = 64
@@ -174,8 +184,19 @@ class TrainConfig:
             raise UavError("max_bad_fraction and lora.dropout are fractions", "give values in [0, 1)")
         at_least("lora.r", self.lora.r, 1)
         at_least("lora.alpha", self.lora.alpha, 0, strict=True)
-        if self.readout not in READOUTS:
-            raise UavError(f"unknown read-out {self.readout!r}", f"use one of {', '.join(READOUTS)}")
+        parts = self.readout.split("+") if isinstance(self.readout, str) else [self.readout]
+        if not all(p in READOUTS for p in parts) or len(set(parts)) != len(parts):
+            raise UavError(f"unknown read-out {self.readout!r}",
+                           f"use one of {', '.join(READOUTS)}, or several joined by + (e.g. mean+last)")
+        if self.views is not None:
+            if not 0 <= self.views <= 1:
+                raise UavError(f"views must be a share in [0, 1], got {self.views}",
+                               f"set {how_to_set('views')} (e.g. 0.5), or leave it out for no views")
+            if self.adapter == "none":
+                raise UavError("views pool a read-out over the positions shown, and this run has no pooled adapter",
+                               "set a pooled adapter, or leave views out")
+        if self.pooled_fit not in ("ridge", "vocab"):
+            raise UavError(f"pooled_fit must be ridge or vocab, got {self.pooled_fit!r}", 'e.g. pooled_fit = "vocab"')
         if self.max_answer_tokens is not None:
             at_least("max_answer_tokens", self.max_answer_tokens, 1)
         for src, w in self.source_weights.items():
@@ -233,7 +254,7 @@ class TrainConfig:
         # at these values a setting is left out: a record written without the key meant exactly them, so such a run
         # still resumes (and a finished one stays finished)
         for k, implied in (("precision", "auto"), ("length_groups", 1), ("init_from", None), ("yesno", 1.0),
-                           ("distill", 0), ("merge_lora", True)):
+                           ("distill", 0), ("merge_lora", True), ("views", None), ("pooled_fit", "ridge")):
             if d[k] == implied:
                 d.pop(k)
         return d

@@ -53,8 +53,9 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def open_stores(paths: list[str], layers: list[str] | None = None, readout: str = "last",
-                token_layers: list[str] | None = None) -> list[Store]:
-    """Open the stores and refuse a mix of donors/layers/widths: they must describe the same space."""
+                token_layers: list[str] | None = None, views: bool = False) -> list[Store]:
+    """Open the stores and refuse a mix of donors/layers/widths: they must describe the same space. ``views``: the
+    pooled layers must hold token vectors too (a view pools its read-outs from them)."""
     if not paths:
         raise UavError("no --store given", "pass --store PATH (a `uav harvest` output)")
     stores = []
@@ -77,8 +78,16 @@ def open_stores(paths: list[str], layers: list[str] | None = None, readout: str 
                                "re-harvest with --positions all or --positions window:W, or drop token_layers")
             for layer in token_layers:
                 st.check_token_layer(st.resolve_layer(layer))
+    if views:
+        for st in stores:
+            missing = [lay for lay in (layers or st.layers) if st.resolve_layer(lay) not in st.token_layers]
+            if missing:
+                raise UavError(f"views pool a read-out over the positions shown, and store {st.path} keeps no token "
+                               f"vectors of {', '.join(map(str, missing))}",
+                               "harvest with those blocks among --token-layers (and --positions all), or leave views out")
     for st in stores:
-        st.check_readout(readout)
+        for r in readout.split("+"):
+            st.check_readout(r)
     return stores
 
 
@@ -94,7 +103,8 @@ def input_spec(cfg: TrainConfig, store: Store) -> InputSpec:
     tokens = tuple(cfg.token_layers or ())
     forms = cfg.forms or {default_form(pooled, bool(tokens)): 1.0}
     return InputSpec(layers=tuple(cfg.layers or store.layers) if pooled else (), readout=cfg.readout if pooled else None,
-                     token_layers=tokens, forms=tuple(sorted(forms.items())), window=tuple(cfg.window))
+                     token_layers=tokens, forms=tuple(sorted(forms.items())), window=tuple(cfg.window),
+                     views=pooled and cfg.views is not None)
 
 
 class Trainer:
@@ -108,7 +118,7 @@ class Trainer:
             raise UavError(f"batch_size {cfg.batch_size} (the global batch) does not split over {self.ranks.world} "
                            "processes", f"use a multiple of {self.ranks.world}, or another --nproc-per-node")
         self.device = pick_device(cfg.device, self.ranks.device_rank)
-        self.stores = open_stores(cfg.stores, cfg.layers, cfg.readout, cfg.token_layers)
+        self.stores = open_stores(cfg.stores, cfg.layers, cfg.readout, cfg.token_layers, cfg.views is not None)
         cfg = self.cfg = with_layer_paths(cfg, self.stores[0])
         self.layers = cfg.layers or self.stores[0].layers
         self.spec = input_spec(cfg, self.stores[0])
@@ -181,8 +191,8 @@ class Trainer:
         cfg, d_in, d_out, spec = self.cfg, self.meta["d_model"], hidden_size(self.model), self.spec
         pooled = tokens = None
         if spec.pooled:
-            pooled = build_adapter(adapter_config(cfg.adapter, **cfg.adapter_options), d_in, len(spec.layers), d_out,
-                                   self.out_norm)
+            pooled = build_adapter(adapter_config(cfg.adapter, **cfg.adapter_options), d_in,
+                                   len(spec.layers) * len(spec.readouts), d_out, self.out_norm)
         if spec.tokens:
             tokens = build_adapter(adapter_config(cfg.token_adapter, **cfg.token_adapter_options), d_in,
                                    len(spec.token_layers), d_out, self.out_norm)
@@ -241,9 +251,10 @@ class Trainer:
             sums[i:i + len(s)], counts[i:i + len(c)] = s.double().cpu(), c.double().cpu()
         self.model.train(), self.adapter.train()
         out = {"all": float(sums.sum() / counts.sum().clamp_min(1))}
-        for g in sorted({it.task for it in items}):
-            idx = [j for j, it in enumerate(items) if it.task == g]
-            out[g or "?"] = float(sums[idx].sum() / counts[idx].sum().clamp_min(1))
+        group = lambda it: (it.task or "?") + ("_view" if it.view_from is not None else "")  # noqa: E731
+        for g in sorted({group(it) for it in items}):
+            idx = [j for j, it in enumerate(items) if group(it) == g]
+            out[g] = float(sums[idx].sum() / counts[idx].sum().clamp_min(1))
         return out
 
     def warm_start(self, max_items: int = 4096, max_tokens: int = 20000) -> dict:
@@ -252,14 +263,18 @@ class Trainer:
         cfg, out = self.cfg, {}
         if isinstance(self.adapter.pooled, MLPAdapter) and self.adapter.pooled.skip is not None:
             out.update(fit_pooled(self.adapter.pooled, self.stores, self.spec, self.model, self.template, seed=cfg.seed,
-                                  shuffle_buffer=cfg.shuffle_buffer, sources=cfg.sources,
-                                  max_answer_tokens=cfg.max_answer_tokens, device=self.device, max_items=max_items))
+                                  shuffle_buffer=cfg.shuffle_buffer, sources=cfg.sources, views=cfg.views,
+                                  max_answer_tokens=cfg.max_answer_tokens, device=self.device, max_items=max_items,
+                                  target=cfg.pooled_fit))
         if isinstance(self.adapter.tokens, PerVectorAdapter) and self.adapter.tokens.skip is not None:
             out.update(fit_tokens(self.adapter.tokens, self.stores, self.spec, self.model, self.template,
                                   device=self.device, max_tokens=max_tokens))
         # say how well each fit explains its target: a low R² is the first sign a layer or donor will be hard to read
         parts = ([f"read-out → answer embeddings R² {out['warm_start_r2']:.2f} ({out['warm_start_items']:,} answers)"]
                  if "warm_start_r2" in out else [])
+        if "warm_start_vocab_acc" in out:
+            parts.append(f"read-out → answers' first words: {out['warm_start_vocab_acc']:.2f} right "
+                         f"({out['warm_start_items']:,} answers, {out['warm_start_vocab']:,} words)")
         if "warm_start_tokens_r2" in out:
             parts.append(f"token vectors → token embeddings R² {out['warm_start_tokens_r2']:.2f} "
                          f"({out['warm_start_tokens']:,} tokens)")
@@ -273,7 +288,8 @@ class Trainer:
         rec, cfg = self.frozen_run, self.cfg
         teacher, _ = load_adapter(Path(cfg.frozen_decoder))
         theirs = teacher_stores(rec.stores)
-        train, val = (teacher_pairs(self.stores, self.spec, teacher, theirs, rec.input_spec(), split, device=self.device)
+        their_spec = replace(rec.input_spec(), views=self.spec.views)  # views pooled by each donor's own tokens
+        train, val = (teacher_pairs(self.stores, self.spec, teacher, theirs, their_spec, split, device=self.device)
                       for split in ("train", "val"))
         out = distill(self.adapter, teacher.to(self.device), train, val, cfg.distill, seed=cfg.seed)
         if cfg.progress and self.ranks.main:
@@ -335,7 +351,7 @@ class Trainer:
         base_lrs = [g["lr"] for g in groups]
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         common = dict(mode=mode, shuffle_buffer=cfg.shuffle_buffer, skip_corrupt=cfg.skip_corrupt, sources=cfg.sources,
-                      spec=self.spec, context=cfg.context, yesno=cfg.yesno)
+                      spec=self.spec, context=cfg.context, yesno=cfg.yesno, views=cfg.views or 0.0)
         train = ItemStream(self.stores, "train", seed=cfg.seed * 1000 + stage, weights=cfg.source_weights,
                            rank=self.ranks.rank, world=self.ranks.world, **common)
         val_stream = ItemStream(self.stores, "val", seed=cfg.seed, epochs=1, **common)
@@ -541,7 +557,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, float], None] | None = 
     """Train (or resume, or no-op if finished) the run at ``cfg.out``; returns the run directory. A finished run
     is a no-op only when its settings *and* its stores' contents are unchanged (a path can be re-harvested)."""
     cfg.validate()
-    stores = open_stores(cfg.stores, cfg.layers, cfg.readout, cfg.token_layers)  # refuse bad stores before anything is written
+    # refuse bad stores before anything is written
+    stores = open_stores(cfg.stores, cfg.layers, cfg.readout, cfg.token_layers, cfg.views is not None)
     check_out(cfg.out, stores)
     for st in stores:
         st.check_usable(cfg.allow_incomplete)  # damaged tables, an unfinished harvest

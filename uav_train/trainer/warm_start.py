@@ -23,7 +23,7 @@ def train_mean(stores: list[Store], spec: InputSpec, which: str = "pooled", max_
     """(layers, d) mean over the train split of the run's read-out (``pooled``: at most ``max_rows`` rows) or of
     its stored token vectors (``tokens``: at most ``max_tokens`` of them), in row order: the centre a centring
     adapter subtracts."""
-    n_layers = len(spec.layers if which == "pooled" else spec.token_layers)
+    n_layers = len(spec.layers) * len(spec.readouts) if which == "pooled" else len(spec.token_layers)
     only = replace(spec, token_layers=()) if which == "pooled" else replace(spec, readout=None)
     total, n = torch.zeros(n_layers, stores[0].meta["d_model"], dtype=torch.float64), 0
     cap = max_rows if which == "pooled" else max_tokens
@@ -39,27 +39,47 @@ def train_mean(stores: list[Store], spec: InputSpec, which: str = "pooled", max_
     return (total / max(n, 1)).float()
 
 
+VOCAB_MAX_WORDS = 4  # the vocab fit's answers: a label, a name or a short fact (a summary's first word says little)
+
+
 @torch.no_grad()
 def fit_pooled(branch: MLPAdapter, stores: list[Store], spec: InputSpec, model, template: PromptTemplate, *,
                seed: int, shuffle_buffer: int, sources: list[str] | None, max_answer_tokens: int | None,
-               device: torch.device, max_items: int = 4096) -> dict:
-    """The pooled mlp's skip path, by ridge regression from its input features to the mean input embedding of each
-    training answer but yes/no ones (its first ``max_answer_tokens`` tokens): for a label the target *is* the label
-    word's embedding, so the first soft tokens already say "sport" in the decoder's own vocabulary."""
+               device: torch.device, max_items: int = 4096, views: float | None = None, target: str = "ridge") -> dict:
+    """The pooled mlp's skip path, fitted on the training answers but yes/no ones, each from the read-out its item
+    shows (a view's own, where views are on). ``ridge``: a ridge regression to each answer's mean input embedding
+    (its first ``max_answer_tokens`` tokens): for a label the target *is* the label word's embedding, so the first
+    soft tokens already say "sport" in the decoder's own vocabulary. ``vocab``: a linear map trained with a softmax
+    over the decoder's input embeddings of the answers' first tokens (answers of up to VOCAB_MAX_WORDS words): where
+    one read-out answers several questions, or a name spans several tokens, the soft tokens point at the word
+    itself rather than at an average of embeddings, which the decoder can copy."""
     only = replace(spec, token_layers=(), forms=(("pooled", 1.0),))
     # no yes/no answers: "yes" follows from the question and the activation together, not from the activation
     stream = ItemStream(stores, "train", mode="qa", seed=seed, epochs=1, shuffle_buffer=shuffle_buffer,
-                        sources=sources, spec=only, yesno=0.0)
+                        sources=sources, spec=only, yesno=0.0, views=views or 0.0)
     emb = model.get_input_embeddings()
-    vs, ts = [], []
+    vs, ts, first = [], [], []
     for batch in stream.batches(256):
+        if target == "vocab":
+            batch = [it for it in batch if len(it.answer.split()) <= VOCAB_MAX_WORDS]
+            if not batch:
+                continue
         x = stack_x(batch).to(device)
         vs.append(branch.features(x.pooled.unsqueeze(1), torch.ones(len(batch), 1, dtype=torch.bool, device=device)))
         for it in batch:
             ids = template.answer_tokens(it.answer, max_answer_tokens) or [template.placeholder_id]
             ts.append(emb(torch.tensor(ids, device=device)).float().mean(0))
+            if target == "vocab":  # the answer's first word as it stands mid-text: a whole word, not a fragment
+                first.append((template.tok(" " + it.answer.strip(), add_special_tokens=False)["input_ids"] or ids)[0])
         if sum(len(v) for v in vs) >= max_items:
             break
+    if not vs:
+        raise UavError("the warm start found no training answer to fit the pooled read-out to",
+                       'give the train split short answers (labels, names), or use pooled_fit = "ridge"')
+    if target == "vocab":
+        acc, n_words = branch.warm_start_vocab(torch.cat(vs), torch.tensor(first, device=device),
+                                               emb.weight.detach().float(), seed=seed)
+        return {"warm_start_items": len(first), "warm_start_vocab": n_words, "warm_start_vocab_acc": acc}
     r2 = branch.warm_start(torch.cat(vs), torch.stack(ts))
     return {"warm_start_items": len(ts), "warm_start_r2": r2}
 
