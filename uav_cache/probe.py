@@ -160,3 +160,86 @@ def ceiling(results: list[ProbeResult], layer: str | None = None, readout: str |
         if r.source not in out or r.val_acc > out[r.source].val_acc:
             out[r.source] = r
     return out
+
+
+def view_rows(store: Store, split: str) -> dict[str, list[tuple[int, int, str]]]:
+    """{source: [(row, shown_from, answer), ...]} for the committed rows of ``split`` ("all": every split) that have a
+    ``shown_from``: the privileged evaluation's texts, each with the answer of its first question."""
+    committed = set(store.committed_rows().tolist())
+    splits = store.column("split")
+    out: dict[str, list[tuple[int, int, str]]] = {}
+    for r, e in enumerate(store.examples()):
+        if e.get("shown_from") and e.get("qa") and r in committed and (split == "all" or splits[r] == split):
+            out.setdefault(e.get("source") or "", []).append((r, int(e["shown_from"]), e["qa"][0]["answer"].strip().lower()))
+    return out
+
+
+def view_features(store: Store, layer: str, rows: list[tuple[int, int, str]]) -> torch.Tensor:
+    """(n, d) the mean of each row's view (its stored token vectors from ``shown_from`` on) at ``layer``: the read-out
+    a privileged evaluation pools over the positions it shows, by the harvest's pooling."""
+    from uav_cache.store import pool, view_index
+
+    out = []
+    for r, first, _ in rows:
+        toks, spans, pos = store.read_tokens(layer, r).float(), store.char_spans(r, r + 1)[0], store.stored_positions(r)
+        mask = torch.zeros(1, len(pos), dtype=torch.bool)
+        mask[0, view_index(spans, pos, first)] = True
+        out.append(pool(toks[None], mask, "mean")[0] if mask.any() else torch.zeros(toks.shape[-1]))
+    return torch.stack(out).double()
+
+
+def view_probe(store: Store, split: str, *, layers: list[str] | None = None, folds: int = 4) -> dict[str, dict]:
+    """How well the simplest reader names the answer from the positions a privileged evaluation shows, per source
+    and per layer with stored token vectors: a multinomial logistic regression on the view's mean. Fitted on the
+    source's train rows (L2 chosen on val) and scored on ``split`` where the store has them; otherwise scored by
+    ``folds``-fold cross-validation over the evaluated rows, each fold's answers also met in the other folds (other
+    wordings of the same answer), which is the design an evaluation set with several wordings per answer allows.
+    An answer the fit never met counts as a miss. Returns {source: {"method", "n", "classes", "chance",
+    "by_layer": {layer: accuracy}}}; sources whose answers never repeat are left out."""
+    layers = [lay for lay in (layers or store.token_layers) if lay in store.token_layers]
+    evaluated, trained = view_rows(store, split), view_rows(store, "train")
+    out: dict[str, dict] = {}
+    for src, rows in sorted(evaluated.items()):
+        fit_rows, val_rows = trained.get(src, []), view_rows(store, "val").get(src, []) if split != "val" else []
+        if fit_rows and split != "train":
+            method, plan = "train split", [(fit_rows, rows)]
+        else:
+            counts: dict[str, int] = {}
+            for _, _, a in rows:
+                counts[a] = counts.get(a, 0) + 1
+            keep = [x for x in rows if counts[x[2]] > 1]
+            if len({a for _, _, a in keep}) < 2:
+                continue
+            seen: dict[str, int] = {}
+            fold = []
+            for _, _, a in keep:  # the k-th wording of an answer goes to fold k mod folds
+                fold.append(seen.get(a, 0) % folds)
+                seen[a] = seen.get(a, 0) + 1
+            method = f"{folds}-fold cross-validation"
+            plan = [([x for x, f in zip(keep, fold) if f != k], [x for x, f in zip(keep, fold) if f == k])
+                    for k in range(folds) if k in fold]
+            rows, val_rows = keep, []
+        classes = sorted({a for tr, _ in plan for _, _, a in tr})
+        cid = {c: i for i, c in enumerate(classes)}
+        by_layer = {}
+        for layer in layers:
+            feats = {id(x): f for x, f in zip(rows + fit_rows + val_rows,
+                                              view_features(store, layer, rows + fit_rows + val_rows))}
+            hits = []
+            for tr, te in plan:
+                x = torch.stack([feats[id(r)] for r in tr])
+                mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+                y = torch.tensor([cid[a] for _, _, a in tr])
+                l2 = L2_GRID[1]
+                if val_rows:  # the strength the val split picks, as for labels
+                    xv = (torch.stack([feats[id(r)] for r in val_rows]) - mu) / sd
+                    yv = [cid.get(a, -1) for _, _, a in val_rows]
+                    l2 = max(L2_GRID, key=lambda c: float(np.mean(_acc(_fit((x - mu) / sd, y, len(classes), c), xv,
+                                                                        torch.tensor(yv)))))
+                lin = _fit((x - mu) / sd, y, len(classes), l2)
+                xt = (torch.stack([feats[id(r)] for r in te]) - mu) / sd
+                hits.extend(_acc(lin, xt, torch.tensor([cid.get(a, -1) for _, _, a in te])).tolist())
+            by_layer[layer] = float(np.mean(hits))
+        out[src] = {"method": method, "n": len(rows), "classes": len(classes), "chance": 1 / max(len(classes), 1),
+                    "by_layer": by_layer}
+    return out

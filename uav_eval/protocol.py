@@ -21,11 +21,12 @@ from tqdm.auto import tqdm
 from uav_cache.examples import SPLITS, TASKS
 from uav_cache.errors import UavError
 from uav_cache.device import pick_device
-from uav_cache.models import weights_fingerprint
+from uav_cache.models import depth_blocks, weights_fingerprint
 from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods
 from uav_eval.methods import BYPASS_LORA, METHODS, QUESTION_ONLY, READING_METRIC
+from uav_eval.privileged import evaluate_views
 from uav_eval.results import Results
 from uav_eval.generate import generate, generate_scored
 from uav_train.run import LoadedRun, RunInfo, RunRecord, load_run
@@ -79,7 +80,8 @@ def eval_items(store: Store, split: str, limit: int | None, spec: InputSpec) -> 
     for r in rows:
         e = ex[r]
         src = e.get("source") or ""
-        if not e.get("qa") or (limit is not None and texts[src] >= limit):
+        # a without-context row is a control of the privileged evaluation (uav_eval.privileged), not a text of its own
+        if not e.get("qa") or e.get("alone_of") or (limit is not None and texts[src] >= limit):
             continue
         texts[src] += 1
         picked.extend((int(r), qa) for qa in e["qa"])
@@ -352,6 +354,13 @@ def harvest_for(run: str, rec: RunRecord, data: str, device: str, split: str, ex
         return int(m.group(1))
 
     blocks = [block(layer) for layer in dict.fromkeys((*spec.layers, *spec.token_layers))]
+    token_blocks = [block(t) for t in spec.token_layers]
+    if any(e.get("shown_from") for e in ex.examples):
+        # a privileged evaluation: views pool the run's read-outs from the pooled layers' token vectors, and the
+        # probe reads the same positions at every depth (0, ¼, ½, ¾, last)
+        depths = depth_blocks(donor.n_layers)
+        blocks = list(dict.fromkeys([*blocks, *depths]))
+        token_blocks = list(dict.fromkeys([*token_blocks, *(block(x) for x in spec.layers), *depths]))
     out = data_store(run, ex)
     # a store harvested for one split before stores were kept per dataset is used as it is
     older = legacy_location(run, dataset=ex.name, fingerprint=ex.fingerprint, split=split, own=False) / "store"
@@ -363,11 +372,11 @@ def harvest_for(run: str, rec: RunRecord, data: str, device: str, split: str, ex
                     return done  # harvested before: the donor is not loaded again
             except UavError:
                 pass  # not a store yet (or a half-made one): the harvest below says what is wrong, or resumes it
-    readouts = ["last"] + ([spec.readout] if spec.readout not in (None, "last") else [])
-    tokens = spec.tokens and (src.positions or "last") != "last"
+    readouts = list(dict.fromkeys(["last", *spec.readouts]))
+    tokens = bool(token_blocks) and (src.positions or "last") != "last"
     harvest(HarvestConfig(donor=src.donor_path or rec.donor, data=data, out=str(out), layers=blocks,
                           positions=src.positions if tokens else "last",
-                          token_layers=[block(t) for t in spec.token_layers] if tokens else None, readouts=readouts,
+                          token_layers=token_blocks if tokens else None, readouts=readouts,
                           dtype=src.dtype, max_length=src.max_length, donor_input=src.donor_input or "raw",
                           device=device, progress=True))
     return Store(out)
@@ -379,7 +388,7 @@ def unused_damage(store: Store, spec: InputSpec, rows: np.ndarray) -> list[str]:
     problems = []
     for layer in store.layers:
         for readout in store.readouts:
-            if layer in spec.layers and readout == spec.readout:
+            if layer in spec.layers and readout in spec.readouts:
                 continue
             try:
                 store.read_rows(layer, rows, readout)
@@ -429,6 +438,7 @@ def probe_ceiling(store: Store, layers: list[str], readout: str) -> dict:
         res = probe(store)
     except UavError:  # no classification rows, or a source without val rows: the report has no ceiling
         return {}
+    readout = readout.split("+")[0]  # the first of the run's read-outs
     own = ceiling(res, layers[0], readout) if readout in store.readouts else {}
     best = ceiling(res)
     return {src: {"run": own[src].as_dict() if src in own else None, "best": best[src].as_dict()} for src in best}
@@ -497,6 +507,7 @@ def evaluate(cfg: EvalConfig) -> Results:
         scores = answer_scores(lr, items, scored, derangement(items, seed=cfg.seed), cfg.batch_size)
         for r, sc in zip((r for r in rows if r["method"] == "uav"), scores):
             r["score"] = sc
+    view_rows, privileged = evaluate_views(lr, store, split, cfg.limit, spec, run_methods, cfg, rows)
     agg = {by: metrics.aggregate(rows, metrics.METRIC_KEYS, ["method", key], n_boot=cfg.n_boot, seed=cfg.seed)
            for by, key in (("by_task", "task"), ("by_source", "source_task"), ("by_generalization", "task_generalization"))}
     results = Results(
@@ -508,7 +519,8 @@ def evaluate(cfg: EvalConfig) -> Results:
         n_items=len(items), methods=methods, config=asdict(cfg), limit_counts="texts",
         settings=settings(cfg, rec, store), aggregates=agg,
         reading=reading(rows, n_boot=cfg.n_boot, seed=cfg.seed), calibration=calibration(rows),
-        probe=probe_ceiling(store, rec.layers, rec.readout) if cfg.probe else {}, items=rows,
+        probe=probe_ceiling(store, rec.layers, rec.readout) if cfg.probe else {}, privileged=privileged,
+        items=rows + view_rows,
         seconds=round(time.perf_counter() - t0, 1),
     )
     write_report(results, results.folder())

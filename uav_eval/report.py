@@ -21,7 +21,8 @@ from uav_cache.errors import UavError
 from uav_cache.files import write_text_atomic
 from uav_eval.methods import METHODS, READING_METRIC
 from uav_eval.results import Results, evaluations, parse_name, suffix
-from uav_eval.tables import (Stat, ci, cell, groups_of, md_table, methods_of, num, ordered, params_of, run_name,
+from uav_eval.sections import calibration_section, generalization_section, privileged_section
+from uav_eval.tables import (Stat, ci, cell, diff_cell, groups_of, md_table, methods_of, num, ordered, params_of, run_name,
                              short_name, stat)
 
 F1_BAR = 0.8  # classification token F1 the uav path must reach
@@ -52,11 +53,6 @@ def bar_check(results: Results) -> list[dict]:
 
 # --- does the decoder read? ------------------------------------------------------------------------------
 
-
-def _diff(d: dict | None) -> str:
-    if not d or d.get("mean") is None or math.isnan(num(d.get("mean"))):
-        return "–"
-    return f"{num(d['mean']):+.2f} [{num(d['lo']):+.2f}, {num(d['hi']):+.2f}]"
 
 
 def _probe_cell(p: dict | None) -> str:
@@ -98,56 +94,12 @@ def reading_table(results: Results) -> str:
             ns = ns_metric(g, by)
             p = _probe_of(probe, g, d["metric"]) if by == "by_source" else None
             rows.append([("" if by == "by_task" else "↳ ") + cell(g or "(none)"), d["metric"], str(d["n"]),
-                         f"{d['uav']:.2f}", f"{d[rd.get('reference', 'shuffled')]:.2f}", _diff(d),
+                         f"{d['uav']:.2f}", f"{d[rd.get('reference', 'shuffled')]:.2f}", diff_cell(d),
                          "**yes**" if d["reads"] else "no", "–" if math.isnan(ns["mean"]) else f"{ns['mean']:.2f}",
                          *_of_text(results, g, d["metric"], by),
                          _probe_cell((p or {}).get("run")), _probe_cell((p or {}).get("best"))])
     return md_table(["group / source", "metric", "n", "uav", "shuffled", "uav − shuffled [95% CI]", "reads",
                       "no_soft", "input_text", "uav ÷ input_text", "probe (run's layer)", "probe (best on val)"], rows)
-
-
-def generalization_section(results: Results) -> list[str]:
-    """Rows: each task group on the datasets and phrasings the run trained on, on new phrasings of those datasets,
-    and on datasets it never trained on; uav, shuffled, their paired difference, no_soft and (yes/no) the share of
-    answers that are a plain yes or no."""
-    gen = results.reading.get("by_generalization")
-    if not gen:
-        return []
-    rows = []
-    for key, d in gen.items():
-        task, where = key.split(" · ", 1)
-        m = d["metric"]
-        ns = stat(results, "no_soft", key, m, by="by_generalization")
-        clean = stat(results, "uav", key, "clean", by="by_generalization")
-        rows.append([task, where, m, str(d["n"]), f"{d['uav']:.2f}", f"{d['shuffled']:.2f}", _diff(d),
-                     "**yes**" if d["reads"] else "no", "–" if math.isnan(ns["mean"]) else f"{ns['mean']:.2f}",
-                     "–" if not clean["n"] else f"{clean['mean']:.2f}"])
-    return ["", "## Questions it was never trained on", "",
-            "The same run on the datasets and question phrasings it trained on, on held-out phrasings of those datasets, "
-            "and on datasets it never trained on (a run trained without yes/no questions, `yesno = 0`: every yes/no "
-            "question is \"yes/no never trained\"). Yes/no questions are scored by their leading yes or no (`acc`); "
-            "`clean` is the share of uav answers that are a plain yes or no.", "",
-            md_table(["task group", "where", "metric", "n", "uav", "shuffled", "uav − shuffled [95% CI]", "reads",
-                       "no_soft", "clean"], rows)]
-
-
-def calibration_section(results: Results) -> list[str]:
-    """Does a high score (log p of the answer with the true activation − with the shuffled one) predict a right
-    answer? Per task group: correctness in each third of the answers by score, and the rank correlation."""
-    cal = results.calibration
-    if not cal:
-        return []
-    rows = []
-    for task, c in cal.items():
-        m = c["metric"]
-        bins = " · ".join(f"{b[m]:.2f} (score {b['mean_score']:+.2f}, n {b['n']})" for b in c["bins"])
-        rho = c.get("spearman")
-        rows.append([task, m, str(c["n"]), bins, "–" if rho is None or math.isnan(num(rho)) else f"{num(rho):+.2f}"])
-    return ["", "## Is a confident answer a right one?", "",
-            "Each uav answer's score is its mean log-probability per token given the true activation minus given the "
-            "shuffled one (nats): near 0, the answer does not depend on the activation. The answers are split into "
-            "thirds by score, low to high; a score that predicts correctness rises across the thirds.", "",
-            md_table(["task group", "metric", "n", "correctness by score third (low → high)", "Spearman ρ"], rows)]
 
 
 # --- tables ----------------------------------------------------------------------------------------------
@@ -165,7 +117,7 @@ def summary_table(results: Results) -> str:
     for g in ordered(set(rd.get("by_task", {})), TASKS):
         d = rd["by_task"][g]
         it, frac = _of_text(results, g, d["metric"])
-        lines.append(f"reads the activation? {g}: uav − shuffled {d['metric']} {_diff(d)} → "
+        lines.append(f"reads the activation? {g}: uav − shuffled {d['metric']} {diff_cell(d)} → "
                      + ("yes" if d["reads"] else "no") + (f"; uav ÷ input_text {frac}" if frac != "–" else ""))
     return "\n".join(lines)
 
@@ -260,6 +212,7 @@ def _report_md(results: Results, plot_name: str) -> str:
         reading_table(results),
         *generalization_section(results),
         *calibration_section(results),
+        *privileged_section(results),
         "",
         "## Beyond decoder priors",
         "",
@@ -516,7 +469,7 @@ def reading_compare(loaded: list[tuple[str, Results]]) -> str:
             pr = lambda k: "–" if not probes or any(not p[k] for p in probes) else \
                 f"{sum(p[k]['test_acc'] for p in probes) / len(probes):.2f}"  # noqa: E731
             rows.append([cell(name), cell(_dataset(res)), cell(short_name(res.donor)), g, m, str(d["n"]),
-                         ci(stat(res, "uav", g, m)), ci(stat(res, "shuffled", g, m)), _diff(d),
+                         ci(stat(res, "uav", g, m)), ci(stat(res, "shuffled", g, m)), diff_cell(d),
                          "**yes**" if d["reads"] else "no", ci(stat(res, "no_soft", g, m)),
                          pr(0) if probes else "–", pr(1) if probes else "–"])
     return md_table(["run", "dataset", "donor", "task group", "metric", "n", "uav", "shuffled", "uav − shuffled", "reads",

@@ -52,6 +52,8 @@ class Results:
     reading: dict = field(default_factory=dict)  # uav − shuffled per group (protocol.reading); {} without shuffled
     probe: dict = field(default_factory=dict)  # the linear-probe ceiling per classification source; {} without
     calibration: dict = field(default_factory=dict)  # per task group: correctness by score bin (protocol.calibration)
+    # texts with a shown_from: the run on the later positions in context, alone and shuffled (uav_eval.privileged)
+    privileged: dict = field(default_factory=dict)
     items: list[dict] = field(default_factory=list)  # one row per (method, item) with every metric
     seconds: float | None = None
 

@@ -38,6 +38,15 @@ def ci(s: Stat) -> str:
     return f"{s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]"
 
 
+def diff_cell(d: dict | None, bold_above_zero: bool = False) -> str:
+    """A paired difference with its 95% interval, `+0.41 [+0.30, +0.52]` (bold where the interval is above 0, when
+    asked), or an en dash."""
+    if not d or d.get("mean") is None or math.isnan(num(d.get("mean"))):
+        return "–"
+    out = f"{num(d['mean']):+.2f} [{num(d['lo']):+.2f}, {num(d['hi']):+.2f}]"
+    return f"**{out}**" if bold_above_zero and num(d["lo"]) > 0 else out
+
+
 def fmt_params(n: int | None) -> str:
     """Compact parameter count: 577, 12.3K, 5.3M, 1.2B (0 stays 0: a frozen part is worth stating)."""
     if n is None:
