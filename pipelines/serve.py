@@ -12,8 +12,11 @@ packages and an event loop for nothing it uses.
 
     GET  /            the page
     GET  /api/info    the run: donor, decoder, what it reads, its token cap, suggested questions
-    POST /api/ask     {"text", "question"} → {"answer", "no_soft", "shuffled", "score", "n_tokens", "seconds"}
-    POST /api/tokens  {"text", "question"} → {"tokens": [{"position", "token", "answer", "score"}, …], …}
+    POST /api/ask     {"text", "question", "context"?} → {"answer", "no_soft", "shuffled", "score", "n_tokens", "seconds"}
+    POST /api/tokens  {"text", "question", "context"?} → {"tokens": [{"position", "token", "answer", "score"}, …], …}
+
+A ``context`` is read by the donor before the text, and the run is shown the text's positions only (a view, with its
+read-out pooled over them): what the answer names that the text does not say, the donor carried forward.
 
 Whatever a client sends, it gets JSON back: a request the server cannot take is answered 400 (413 for a body over
 ``max_body``) with one line saying why, and a bug is answered 500 with one line while the traceback stays on the
@@ -162,10 +165,14 @@ class Explorer:
     def info(self) -> dict:
         return self._info
 
-    def _check(self, body: dict) -> tuple[str, str]:
-        """The text and question of a request, refused (before any model work) when missing, not strings, empty, or
-        a question over ``max_question_tokens``."""
-        text, question = body.get("text"), body.get("question")
+    def _check(self, body: dict) -> tuple[str, str, str | None]:
+        """The text, question and context (optional) of a request, refused (before any model work) when missing, not
+        strings, empty, or a question over ``max_question_tokens``."""
+        text, question, context = body.get("text"), body.get("question"), body.get("context")
+        if context is not None and not isinstance(context, str):
+            raise UavError(f"the context is a JSON {_json_type(context)}, not a string",
+                           "send \"context\" as a string, or leave it out")
+        context = context if context and context.strip() else None
         for name, v, fix in (("text", text, "paste a text for the donor to read"),
                              ("question", question, "pick a question or type one")):
             if v is not None and not isinstance(v, str):
@@ -177,22 +184,24 @@ class Explorer:
         if n > self.cfg.max_question_tokens:
             raise UavError(f"the question is {n} tokens long; this server answers at most {self.cfg.max_question_tokens}",
                            "ask a shorter question (or start uav serve with a larger --max-question-tokens)")
-        return text, question
+        return text, question, context
 
-    def _read(self, text: str):
-        """The donor's activations on the text (read, freed); a text over the donor's token cap is refused."""
-        return self.v.read_acts(text, donor=self.cfg.donor, cut=False)
+    def _read(self, text: str, context: str | None):
+        """The donor's activations on the text, after the context where there is one (read, freed); a text over the
+        donor's token cap is refused."""
+        return self.v.read_acts(text, donor=self.cfg.donor, cut=False, context=context)
 
     def ask(self, body: dict) -> dict:
         """One question about one text: the answer with its controls and score."""
         t0 = time.perf_counter()
-        text, question = self._check(body)
+        text, question, context = self._check(body)
         with self.lock:
-            acts = self._read(text)
+            acts = self._read(text, context)
             a = self.v.ask_acts(acts, [question], max_new_tokens=self.cfg.max_new_tokens)[0]
             n = len(self.v.last_labels)
         return {"question": question, "answer": a.answer, "no_soft": a.no_soft, "shuffled": a.shuffled,
-                "score": a.score, "n_tokens": n, "seconds": round(time.perf_counter() - t0, 2)}
+                "score": a.score, "n_tokens": n, "shown": len(acts.positions) if acts.positions is not None else n,
+                "seconds": round(time.perf_counter() - t0, 2)}
 
     def tokens(self, body: dict) -> dict:
         """The per-token strip: the question about each token's vectors alone, with its score."""
@@ -200,9 +209,9 @@ class Explorer:
             raise UavError("this run reads pooled vectors only: it has no answer per token",
                            "ask about the whole text")
         t0 = time.perf_counter()
-        text, question = self._check(body)
+        text, question, context = self._check(body)
         with self.lock:
-            acts = self._read(text)
+            acts = self._read(text, context)
             strip = [{"position": t.position, "token": t.token, "answer": t.answer, "score": t.score}
                      for t in self.v.per_token_acts(acts, question, labels=self.v.last_labels,
                                                     max_new_tokens=self.cfg.token_new_tokens)]

@@ -375,3 +375,19 @@ def test_uav_serve_beyond_localhost_warns_and_ctrl_c_during_an_answer_exits_130(
     assert err[0].startswith("uav serve: warning: listening on 0.0.0.0, beyond this machine: the page has no "
                              "authentication"), err
     assert code == 130 and err[-1] == "uav: interrupted" and not [ln for ln in err if "terminate" in ln], (code, err)
+
+
+def test_a_context_is_read_first_and_the_run_shown_only_the_text_after_it(servers, tiny_runs):
+    """The page's context box: the donor reads context + text, the run sees the text's positions only, as
+    Verbalizer.read(context=) shows them; the strip covers those positions alone."""
+    url, _ = servers["tokens"]
+    body = {"context": "Number 7 says the river is here.", "text": "It came up at dinner.", "question": Q}
+    code, d = post(url, body)
+    assert code == 200 and d["shown"] < d["n_tokens"]
+    fresh = Verbalizer.load(tiny_runs["tokens"], device="cpu", references=2)
+    want = fresh.read(body["text"], Q, context=body["context"], max_new_tokens=4)[0]
+    assert d["answer"] == want.answer
+    code, s = post(url, body, "/api/tokens")
+    assert code == 200 and len(s["tokens"]) == d["shown"] and s["tokens"][0]["position"] == d["n_tokens"] - d["shown"]
+    code, bad = post(url, {**body, "context": 3})
+    assert code == 400 and "context is a JSON number" in bad["error"]

@@ -70,9 +70,13 @@ def explain_command(
     cut: Annotated[bool, typer.Option("--cut", help="A text longer than the donor's token cap (the one its store was "
                                                     "harvested with): read its first tokens, and say so, instead of "
                                                     "refusing it.")] = False,
+    context: Annotated[Optional[str], typer.Option(help="Text the donor reads before TEXT; the run is then shown "
+                                                        "TEXT's positions only (in context): what it names there, the "
+                                                        "donor carried forward.")] = None,
 ) -> None:
     """Run the donor on TEXT (loaded, read, freed), then the decoder: print its explanation."""
     from uav_eval.verbalizer import explain
 
-    for q, a in explain(run, text, question, max_new_tokens=max_new_tokens, device=device, donor=donor, cut=cut):
+    for q, a in explain(run, text, question, max_new_tokens=max_new_tokens, device=device, donor=donor, cut=cut,
+                        context=context):
         typer.echo(f"Q: {q}\nA: {a}")

@@ -134,8 +134,8 @@ class Verbalizer:
         pooled = None
         if self.spec.pooled and positions is None:
             every = torch.ones(1, n_tok, dtype=torch.bool)  # the read-out of the whole text, as the harvest takes it
-            pooled = torch.stack([pool(got[n].float()[None], every, self.spec.readout)[0].to(dt)
-                                  for n in self.spec.layers])
+            pooled = torch.stack([pool(got[n].float()[None], every, r)[0].to(dt)
+                                  for n in self.spec.layers for r in self.spec.readouts])
         tokens = pos = None
         if self.spec.tokens:
             pos = np.arange(n_tok) if positions is None else _positions(positions, n_tok)
@@ -155,7 +155,8 @@ class Verbalizer:
             return
         if acts.pooled is not None and not torch.isfinite(acts.pooled).all():
             i = int((~torch.isfinite(acts.pooled)).any(-1).nonzero()[0])
-            what = f"the {self.spec.readout} read-out of {self.spec.layers[i]}"
+            n_r = len(self.spec.readouts)
+            what = f"the {self.spec.readouts[i % n_r]} read-out of {self.spec.layers[i // n_r]}"
             big = acts.pooled[i].float().abs().max()
         else:
             s, j = (int(x) for x in (~torch.isfinite(acts.tokens)).any(-1).nonzero()[0])
@@ -191,21 +192,32 @@ class Verbalizer:
         return out
 
     def read(self, text: str, questions: list[str] | str, *, positions=None, donor: str | None = None,
-             controls: bool = True, max_new_tokens: int = 32, cut: bool = False) -> list[Answer]:
-        """Run the donor on ``text`` (loaded, read, freed), then answer as :meth:`ask` does (``cut``: see
-        :meth:`read_acts`)."""
+             controls: bool = True, max_new_tokens: int = 32, cut: bool = False, context: str | None = None) -> list[Answer]:
+        """Run the donor on ``text`` (loaded, read, freed), then answer as :meth:`ask` does (``cut`` and ``context``:
+        see :meth:`read_acts`)."""
         questions = _questions(questions)  # refused before the donor is loaded
-        return self.ask_acts(self.read_acts(text, positions, donor, cut=cut), questions, controls=controls,
-                             max_new_tokens=max_new_tokens)
+        return self.ask_acts(self.read_acts(text, positions, donor, cut=cut, context=context), questions,
+                             controls=controls, max_new_tokens=max_new_tokens)
 
-    def read_acts(self, text: str, positions=None, donor: str | None = None, *, cut: bool = False) -> Acts:
+    def read_acts(self, text: str, positions=None, donor: str | None = None, *, cut: bool = False,
+                  context: str | None = None) -> Acts:
         """The donor's activations on ``text`` made into what the run reads, exactly as a harvest would store them.
         A text longer than the store's token cap is refused: an answer about its first N tokens would look like one
         about the whole. ``cut=True`` reads those first N tokens, as the harvest cut its texts, and says so (a
-        warning; ``last_cut`` holds (tokens, cap), None when nothing was cut)."""
+        warning; ``last_cut`` holds (tokens, cap), None when nothing was cut). ``context``: the donor reads it
+        first, then ``text``, and the run is shown ``text``'s positions only, with the read-out pooled over them (a
+        view, as a privileged evaluation shows it): what the run names there the donor carried forward."""
         from uav_cache.harvest import NonFinite, read_out, tokenize
 
         _text(text)
+        shown_from = None
+        if context is not None:
+            _text(context)
+            if positions is not None:
+                raise UavError("a context shows the run the text's own positions; positions pick others",
+                               "pass context or positions, not both")
+            joined = context if context[-1].isspace() else context + " "
+            text, shown_from = joined + text, len(joined)
         src = self.rec.stores[0]
         spec = donor_spec(self.rec, donor)
         if weights_fingerprint(spec) != src.weights_fingerprint:
@@ -226,7 +238,8 @@ class Verbalizer:
                 warnings.warn(f"the text is {n} tokens long: the donor read its first {cap} (the cap its store was "
                               "harvested with)", stacklevel=3)
             try:
-                reading = read_out(model, tok, [text], self.layers, **how, keep_tokens=self.spec.tokens)[0]
+                reading = read_out(model, tok, [text], self.layers, **how,
+                                   keep_tokens=self.spec.tokens or shown_from is not None)[0]
             except NonFinite as e:  # the harvest's own check, said for one text and this run
                 what = (f"exceeds ±65504, beyond the {self.dtype} the run's store holds" if e.overflow
                         else "is not finite (NaN or inf)")
@@ -244,15 +257,29 @@ class Verbalizer:
         hidden = {}
         for n in self.layers:  # the read-out is taken from the stored dtype's values, as the harvest took it
             hidden[n] = reading.tokens[n] if reading.tokens is not None else None
+        if shown_from is not None:
+            return self._view(reading, shown_from)
         if self.spec.tokens:
             acts = self.acts(hidden, positions)
             if acts.pooled is not None:  # the harvest's own read-out (computed before rounding), not a re-derivation
-                acts.pooled = torch.stack([reading.pooled[self.spec.readout][n] for n in self.spec.layers])
+                acts.pooled = torch.stack([reading.pooled[r][n] for n in self.spec.layers for r in self.spec.readouts])
         elif positions is not None:
             raise UavError("this run reads pooled read-outs only: it cannot be asked about one token or a window",
                            "ask about the whole text, or use a run trained with token_layers")
         else:
-            acts = Acts(torch.stack([reading.pooled[self.spec.readout][n] for n in self.spec.layers]))
+            acts = Acts(torch.stack([reading.pooled[r][n] for n in self.spec.layers for r in self.spec.readouts]))
+        return acts
+
+    def _view(self, reading, shown_from: int) -> Acts:
+        """The view from character ``shown_from`` on of a read text, by the stream's own rule (RowActs.view)."""
+        every = np.arange(len(reading.ids))
+        stack = lambda layers: torch.stack([reading.tokens[n] for n in layers], 1) if layers else None  # noqa: E731
+        row = RowActs(None, stack(self.spec.token_layers), every, np.asarray(reading.spans),
+                      stack(self.spec.layers) if self.spec.pooled else None, self.spec.readouts)
+        acts = row.view(shown_from)
+        if acts is None:
+            raise UavError("the text after the context holds no token the run can be shown", "give a non-empty text")
+        self.check_finite(acts, f"in the run's storage dtype {self.dtype}")
         return acts
 
     # ---- one answer per token
@@ -446,13 +473,15 @@ def _positions(positions, n_tok: int | None = None) -> np.ndarray:
 
 
 def explain(run: str, text: str, questions: list[str], *, max_new_tokens: int = 32, device: str = "auto",
-            donor: str | None = None, cut: bool = False) -> list[tuple[str, str]]:
+            donor: str | None = None, cut: bool = False, context: str | None = None) -> list[tuple[str, str]]:
     """`uav explain`: answers to ``questions`` about the donor's activation on ``text`` (a thin wrapper over
-    :meth:`Verbalizer.read`, without the controls; ``cut`` as there, the cut said on stderr)."""
+    :meth:`Verbalizer.read`, without the controls; ``cut`` and ``context`` as there, the cut said on stderr)."""
     import sys
 
     if not text.strip():
         raise UavError("--text is empty", "give the donor some text to read")
+    if context is not None and not context.strip():
+        raise UavError("--context is empty", "give the text the donor reads first, or leave --context out")
     if not questions or not all(q.strip() for q in questions):
         raise UavError("--question is empty", "ask something, e.g. --question 'What is the topic?'")
     if max_new_tokens < 1:
@@ -461,7 +490,8 @@ def explain(run: str, text: str, questions: list[str], *, max_new_tokens: int = 
     v = Verbalizer.load(run, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the cut is said below, as one line
-        answers = v.read(text, questions, donor=donor, controls=False, max_new_tokens=max_new_tokens, cut=cut)
+        answers = v.read(text, questions, donor=donor, controls=False, max_new_tokens=max_new_tokens, cut=cut,
+                         context=context)
     if v.last_cut:
         print(f"uav: note: the text is {v.last_cut[0]} tokens long: the donor read its first {v.last_cut[1]}",
               file=sys.stderr)
