@@ -395,8 +395,9 @@ def serve(cfg: ServeConfig) -> None:
         if threading.active_count() > 1:
             # an answer still running in a handler thread is inside torch: the interpreter's shutdown would abort
             # under it (exit 134), so the process ends here, with the line every interrupted uav command prints
-            print("uav: interrupted", file=sys.stderr, flush=True)
             sys.stdout.flush()
+            sys.stderr.flush()
+            os.write(2, b"uav: interrupted\n")  # straight to the descriptor: no Python buffer a thread may hold
             os._exit(130)
         raise
     finally:

@@ -374,7 +374,9 @@ def test_uav_serve_beyond_localhost_warns_and_ctrl_c_during_an_answer_exits_130(
     err = [ln for ln in p.stderr.read().splitlines() if ln.startswith(("uav", "terminate"))]
     assert err[0].startswith("uav serve: warning: listening on 0.0.0.0, beyond this machine: the page has no "
                              "authentication"), err
-    assert code == 130 and err[-1] == "uav: interrupted" and not [ln for ln in err if "terminate" in ln], (code, err)
+    # a handler thread may log its request in the instant before the exit, so the line is found, not taken as last
+    said = [ln for ln in err if not ln.startswith("uav serve: ")]
+    assert code == 130 and said == ["uav: interrupted"], (code, err)
 
 
 def test_a_context_is_read_first_and_the_run_shown_only_the_text_after_it(servers, tiny_runs):
