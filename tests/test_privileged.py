@@ -16,7 +16,7 @@ from uav_cache.errors import UavError
 from uav_cache.examples import load_examples
 from uav_cache.examples.schema import ALONE, normalise, with_alone_rows
 from uav_cache.harvest import HarvestConfig, harvest
-from uav_cache.probe import view_probe
+from uav_cache.probe import folds_by_words, view_probe
 from uav_cache.store import Store, pool
 from uav_eval.protocol import EvalConfig, evaluate
 from uav_train.adapters import MLPAdapter, MLPConfig
@@ -34,7 +34,7 @@ def data(tmp_path_factory) -> Path:
     with p.open("w") as f:
         for i in range(48):
             w = THINGS[i % len(THINGS)]
-            split = "train" if i % 6 < 4 else ("val" if i % 6 == 4 else "test")
+            split = ("train", "train", "val", "test")[(i // len(THINGS)) % 4]  # every thing in every split
             f.write(json.dumps({"id": f"e{i:02d}", "context": f"Number {i} says the {w} is here.",
                                 "text": REMARKS[i % 3], "task": "fact", "source": "earlier", "split": split,
                                 "qa": [{"question": "Which thing was named before?", "answer": w}]}) + "\n")
@@ -135,17 +135,33 @@ def test_a_run_trained_on_views_is_evaluated_on_them_beside_its_controls_and_the
     assert not any(r["method"] == "uav" and r["row"] in {i for i, e in enumerate(store.examples()) if e.get("alone_of")}
                    for r in res.items)  # the alone rows are controls, not texts of their own
     assert set(pv["probe"]["earlier"]["by_layer"]) == {"model.layers.0", "model.layers.2"}
+    assert pv["probe"]["earlier"]["method"] == "train split"  # the test split's things are met in train
     report = res.file("report", "md").read_text()
     assert "## Privileged information" in report and "probe model.layers.2" in report
+    figure = res.file("privileged", "png")
+    assert f"]({figure.name})" in report and figure.stat().st_size > 10_000 and figure.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_the_view_probe_cross_validates_over_wordings_when_there_is_no_train_split(tmp_path, tiny_llama_dir, data):
+def test_the_view_probe_cross_validates_over_wordings_when_the_train_split_names_other_answers(tmp_path, tiny_llama_dir, data):
     only_test = tmp_path / "test.jsonl"
     only_test.write_text("".join(json.dumps({**json.loads(ln), "split": "test"}) + "\n"
-                                 for ln in data.read_text().splitlines()))
+                                 for ln in data.read_text().splitlines())
+                         # train rows that name other things (a split grouped by answer): nothing a fit on them names
+                         + "".join(json.dumps({"id": f"t{i}", "context": f"Number {i} says the {w} is here.",
+                                               "text": REMARKS[0], "task": "fact", "source": "earlier",
+                                               "split": "train", "qa": [{"question": "Which?", "answer": w}]}) + "\n"
+                                   for i, w in enumerate(["zebra", "violin"] * 2)))
     harvest(HarvestConfig(donor=str(tiny_llama_dir), data=str(only_test), out=str(tmp_path / "s"), layers=[1],
                           positions="all", shard_rows=64, chunk_rows=8, progress=False))
     got = view_probe(Store(tmp_path / "s"), "test")["earlier"]
     assert got["method"] == "4-fold cross-validation" and got["classes"] == len(THINGS) and got["n"] == 48
     assert 0 <= got["by_layer"]["model.layers.1"] <= 1
-    assert len(load_examples(str(only_test)).examples) == 96  # every test text and its without-context row
+    assert len(load_examples(str(only_test)).examples) == 100  # every test text and its without-context row
+
+
+def test_probe_folds_never_fit_on_the_words_they_score():
+    shown = ["It rained.", "We left.", "It rained.", "Nobody spoke.", "We left.", "Then tea.", "It rained."]
+    fold = folds_by_words(shown, 2)
+    for k in set(fold):
+        scored = {t for t, f in zip(shown, fold) if f == k}
+        assert scored and not scored & {t for t, f in zip(shown, fold) if f != k}

@@ -19,14 +19,14 @@ from typing import Any
 from uav_cache.examples import TASKS
 from uav_cache.errors import UavError
 from uav_cache.files import write_text_atomic
-from uav_eval.methods import METHODS, READING_METRIC
+from uav_eval.methods import METHODS
+from uav_eval.plots import plot_compare, plot_privileged, plot_tasks
 from uav_eval.results import Results, evaluations, parse_name, suffix
 from uav_eval.sections import calibration_section, generalization_section, privileged_section
-from uav_eval.tables import (Stat, ci, cell, diff_cell, groups_of, md_table, methods_of, num, ordered, params_of, run_name,
+from uav_eval.tables import (ci, cell, diff_cell, groups_of, md_table, methods_of, num, ordered, params_of, run_name,
                              short_name, stat)
 
 F1_BAR = 0.8  # classification token F1 the uav path must reach
-DPI = 110
 
 
 # --- the bar ---------------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def _report_md(results: Results, plot_name: str) -> str:
         reading_table(results),
         *generalization_section(results),
         *calibration_section(results),
-        *privileged_section(results),
+        *privileged_section(results, plot_name.replace("eval_tasks", "privileged", 1)),
         "",
         "## Beyond decoder priors",
         "",
@@ -251,82 +251,6 @@ def _report_md(results: Results, plot_name: str) -> str:
     ]
     lines += [f"- **{m}**: {METHODS.get(m, '(no description)')}" for m in methods]
     return "\n".join(lines) + "\n"
-
-
-# --- plots -----------------------------------------------------------------------------------------------
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _err(stats: list[Stat]) -> list[list[float]]:
-    """Asymmetric error bars from CIs; NaN stays NaN (matplotlib draws nothing)."""
-    return [[s["mean"] - s["lo"] for s in stats], [s["hi"] - s["mean"] for s in stats]]
-
-
-def plot_tasks(results: Results, path: Path) -> None:
-    """Grouped bars: x = task group (+ overall), one bar per method, token F1 mean with 95% CI."""
-    groups, methods = groups_of(results) + ["overall"], methods_of(results)
-    fig = _figure(max(6.0, 1.1 * len(groups) * max(1, len(methods)) * 0.35 + 2), 4.2)
-    ax = fig.add_subplot()
-    width = 0.8 / max(1, len(methods))
-    for i, m in enumerate(methods):
-        stats = [stat(results, m, g) for g in groups]
-        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(groups))]
-        ax.bar(xs, [s["mean"] for s in stats], width, yerr=_err(stats), capsize=2, label=m,
-               hatch="//" if m == "no_soft" else None, edgecolor="black", linewidth=0.4)
-    ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylabel("token F1 (mean, 95% CI)")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"{run_name(results)}: {short_name(results.donor)} → {short_name(results.decoder)}, "
-                 f"{results.adapter}")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncols=max(1, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-
-
-def _run_label(results: Results, name: str) -> str:
-    return (f"{name} ({short_name(results.donor)}→{short_name(results.decoder)}, {results.adapter}, "
-            f"{params_of(results)})")
-
-
-def plot_compare(runs: list[tuple[str, Results]], path: Path) -> None:
-    """Per task group, each run's uav F1 (coloured) next to its own no_soft (grey, hatched) for reference."""
-    groups = ordered({g for _, r in runs for g in groups_of(r)}, TASKS) + ["overall"]
-    fig = _figure(max(7.0, 1.6 * len(groups) * max(1, len(runs)) * 0.5 + 3), 4.6)
-    ax = fig.add_subplot()
-    slot = 0.8 / max(1, len(runs))
-    colors = [f"C{i % 10}" for i in range(len(runs))]
-    metric = lambda g: READING_METRIC.get(g, "f1")  # noqa: E731
-    for i, (name, res) in enumerate(runs):
-        base = [j + (i - (len(runs) - 1) / 2) * slot for j in range(len(groups))]
-        u = [stat(res, "uav", g, metric(g)) for g in groups]
-        sh = [stat(res, "shuffled", g, metric(g)) for g in groups]
-        ns = [stat(res, "no_soft", g, metric(g)) for g in groups]
-        ax.bar([x - slot * 0.25 for x in base], [s["mean"] for s in u], slot * 0.45, yerr=_err(u), capsize=2,
-               color=colors[i], edgecolor="black", linewidth=0.4, label=_run_label(res, name))
-        ax.bar([x + slot * 0.1 for x in base], [s["mean"] for s in sh], slot * 0.25, yerr=_err(sh), capsize=1,
-               color=colors[i], alpha=0.35, edgecolor="0.3", linewidth=0.4,
-               label="shuffled (same run, another item's activation)" if i == 0 else None)
-        ax.bar([x + slot * 0.35 for x in base], [s["mean"] for s in ns], slot * 0.2, yerr=_err(ns), capsize=1,
-               color="0.85", hatch="//", edgecolor="0.4", linewidth=0.4,
-               label="no_soft (each run's decoder, question only)" if i == 0 else None)
-    ax.set_xticks(range(len(groups)), [f"{g}\n({metric(g) if g != 'overall' else 'f1'})" for g in groups])
-    ax.set_ylabel("mean, 95% CI")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"{len(runs)} runs: uav (solid) vs its shuffled control (pale) and no_soft (hatched)")
-    ax.grid(axis="y", alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith(("shuffled", "no_soft")))  # references last
-    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0))
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
 
 
 # --- the model card --------------------------------------------------------------------------------------
@@ -449,6 +373,7 @@ def write_report(results: Results, run_dir: Path) -> None:
     results.save(run_dir / f"results{sx}.json")
     (run_dir / f"report{sx}.md").write_text(_report_md(results, f"eval_tasks{sx}.png"))
     plot_tasks(results, run_dir / f"eval_tasks{sx}.png")
+    plot_privileged(results, run_dir / f"privileged{sx}.png")
     own = run_dir.resolve() == Path(results.run).resolve() and (run_dir / "config.json").is_file()
     if own and (sx == "" or not (run_dir / "results.json").is_file()):
         write_text_atomic(run_dir / CARD, model_card(results))

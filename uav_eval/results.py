@@ -68,7 +68,7 @@ class Results:
         return tag(self.settings)
 
     def file(self, kind: str = "results", ext: str = "json") -> Path:
-        """One of this evaluation's files: results.json, report.md, eval_tasks.png, with its limit and settings."""
+        """One of this evaluation's files: results.json, report.md, eval_tasks.png, privileged.png, with its limit and settings."""
         return self.folder() / f"{kind}{suffix(self.limit, self.tag)}.{ext}"
 
     @property

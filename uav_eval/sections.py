@@ -56,9 +56,10 @@ def calibration_section(results: Results) -> list[str]:
             md_table(["task group", "metric", "n", "correctness by score third (low → high)", "Spearman ρ"], rows)]
 
 
-def privileged_section(results: Results) -> list[str]:
+def privileged_section(results: Results, plot_name: str | None = None) -> list[str]:
     """What the run names from the later positions of texts with a ``shown_from`` (uav_eval.privileged), beside the
-    same words read alone, another item's view, the whole text, and the probe per block."""
+    same words read alone, another item's view, the whole text, and the probe per block (with ``plot_name``, the
+    figure of the same, uav_eval.plots.plot_privileged)."""
     pv = results.privileged
     if not pv.get("by_source"):
         return []
@@ -80,6 +81,8 @@ def privileged_section(results: Results) -> list[str]:
             f"(`{pv.get('metric', 'mention')}`). The privileged gain is view − alone (paired 95% interval); bold "
             "where it is above 0."
             + (f" Probe: a logistic regression on the mean of the same positions per block ({', '.join(sorted(how))})"
-               f"; chance 1/classes." if probe else ""),
+               "; chance 1/classes; cross-validation folds are split by the words shown, so a fold never fits on the "
+               "words it scores." if probe else ""),
             "", md_table(["source", "n", "whole text", "view (in context)", "alone", "shuffled", "gain: view − alone",
-                          "view − shuffled", *[f"probe {lay}" for lay in layers]], rows)]
+                          "view − shuffled", *[f"probe {lay}" for lay in layers]], rows),
+            *(["", f"![probe per block and what the run names from the view]({plot_name})"] if plot_name else [])]

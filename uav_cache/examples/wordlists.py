@@ -9,7 +9,6 @@ a hash of the item so the build stays deterministic. Each source returns every e
 
 from __future__ import annotations
 
-import csv
 import functools
 import gzip
 import json
