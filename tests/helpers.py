@@ -128,3 +128,22 @@ def run_uav(argv: list[str], capsys) -> tuple[int, str, str]:
 def error_lines(err: str) -> list[str]:
     """stderr without progress bars (tqdm redraws with \\r; transformers draws "Loading weights: …%|")."""
     return [ln for ln in err.split("\n") if ln.strip() and "\r" not in ln and "%|" not in ln]
+
+
+COLOURS, NOUNS = ["red", "green", "blue"], ["cat", "dog", "car", "hat"]
+
+
+def write_toy_data(p: Path) -> Path:
+    """Two classification sources and one fact source, 60 texts; every third example is held out for test."""
+    with p.open("w") as f:
+        for i in range(60):
+            colour, noun = COLOURS[i % 3], NOUNS[i % 4]
+            split = "test" if i % 3 == 2 else ("val" if i % 5 == 0 else "train")
+            kind = ("colour", "classification", "What colour is it?", colour) if i % 2 else \
+                ("noun", "fact", "Which thing is the text about?", noun)
+            if i % 4 == 1:
+                kind = ("mood", "classification", "What colour is it?", colour)
+            src, task, q, a = kind
+            f.write(json.dumps({"id": f"ex{i:02d}", "text": f"The {noun} is {colour}, number {i}.", "label": a,
+                                "task": task, "source": src, "split": split, "qa": [{"question": q, "answer": a}]}) + "\n")
+    return p

@@ -1,21 +1,19 @@
-"""Evaluation end to end on tiny models: every method, batched generation, the demo driver and its recipe checks."""
+"""Evaluation end to end on tiny models: every method and control, batched generation, result files and scoring."""
 
 from __future__ import annotations
 
 import copy
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from rich.console import Console
 
+from helpers import COLOURS, NOUNS, write_toy_data
 from uav_cache.errors import UavError
 from uav_cache.harvest import HarvestConfig, harvest
 from uav_cache.store import Store
 from uav_eval.controls import METHODS, MethodRunner, check_methods, selfie_applicable
-from pipelines.demo import load_recipe, run_demo
 from uav_eval.generate import generate
 from uav_eval.protocol import EvalConfig, eval_items, evaluate
 from uav_eval.results import Results, json_safe
@@ -23,26 +21,10 @@ from uav_train.run import load_run
 from uav_train.stream import derangement, stack_x
 from uav_train.trainer import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parent.parent
-COLOURS, NOUNS = ["red", "green", "blue"], ["cat", "dog", "car", "hat"]
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """Two classification sources and one fact source; every third example is held out for test."""
-    p = tmp_path_factory.mktemp("data") / "toy.jsonl"
-    with p.open("w") as f:
-        for i in range(60):
-            colour, noun = COLOURS[i % 3], NOUNS[i % 4]
-            split = "test" if i % 3 == 2 else ("val" if i % 5 == 0 else "train")
-            kind = ("colour", "classification", "What colour is it?", colour) if i % 2 else \
-                ("noun", "fact", "Which thing is the text about?", noun)
-            if i % 4 == 1:
-                kind = ("mood", "classification", "What colour is it?", colour)
-            src, task, q, a = kind
-            f.write(json.dumps({"id": f"ex{i:02d}", "text": f"The {noun} is {colour}, number {i}.", "label": a,
-                                "task": task, "source": src, "split": split, "qa": [{"question": q, "answer": a}]}) + "\n")
-    return p
+    return write_toy_data(tmp_path_factory.mktemp("data") / "toy.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +36,7 @@ def run(tmp_path_factory, tiny_llama_dir, data) -> Path:
     return train(TrainConfig(stores=[str(root / "store")], out=str(root / "run"), decoder=str(tiny_llama_dir),
                              adapter="mlp", adapter_options={"k": 2, "hidden": 32}, stage1_steps=2, steps=3,
                              batch_size=4, eval_every=3, val_items=4, progress=False))
+
 
 
 @pytest.fixture(scope="module")
@@ -435,178 +418,6 @@ def test_selfie_needs_the_same_weights(run):
     with pytest.raises(UavError, match="unknown control"):
         check_methods(["uav", "selfy"], lr)
 
-
-# ---------------------------------------------------------------------------------------------- the demo driver
-
-def _recipe(tmp_path: Path, tiny_llama_dir: Path, data: Path, extra: str = "") -> Path:
-    p = tmp_path / "recipe.toml"
-    p.write_text(f"""
-[data]
-recipe = "{data}"
-
-[[donors]]
-name = "{tiny_llama_dir}"
-store = "{tmp_path / 'store'}"
-layers = [1]
-shard_rows = 16
-chunk_rows = 8
-progress = false
-
-[train]
-stores = ["{tmp_path / 'store'}"]
-decoder = "{tiny_llama_dir}"
-adapter = "mlp"
-adapter_options = {{ k = 2, hidden = 32 }}
-stage1_steps = 1
-steps = 2
-batch_size = 4
-eval_every = 2
-val_items = 4
-progress = false
-
-[[runs]]
-name = "mlp-lora"
-out = "{tmp_path / 'runs' / 'mlp-lora'}"
-
-[[runs]]
-name = "affine-frozen"
-out = "{tmp_path / 'runs' / 'affine-frozen'}"
-adapter = "affine"
-adapter_options = {{}}
-no_lora = true
-
-[eval]
-limit = 2
-controls = ["no_soft", "selfie"]
-controls_other = ["no_soft"]
-compare_dir = "{tmp_path / 'cmp'}"
-{extra}""")
-    return p
-
-
-def test_demo_runs_the_recipe_and_a_second_run_is_a_no_op(tmp_path, tiny_llama_dir, data, monkeypatch):
-    fresh = tmp_path / "fresh.jsonl"  # texts no run trained on
-    fresh.write_text(data.read_text().replace("number", "item"))
-    recipe = _recipe(tmp_path, tiny_llama_dir, data, f'data = ["{fresh}"]\ndata_runs = ["mlp-lora"]\n')
-    table = run_demo(recipe, console=Console(file=io.StringIO()))
-    runs = tmp_path / "runs"
-    # the extra dataset is evaluated for the runs data_runs names only, in its own folder (every split, harvested)
-    assert {p.name.split("-")[0] for p in (runs / "mlp-lora" / "evals").iterdir()} == {"fresh"}
-    [extra] = (runs / "mlp-lora" / "evals").glob("fresh-*-all/results-*.json")
-    assert not (runs / "affine-frozen" / "evals").exists()
-    assert "mlp-lora" in table and "affine-frozen" in table
-    assert "| affine | none | " in table  # the frozen-decoder run is shown as such, with its parameter count
-    assert (tmp_path / "cmp" / "compare.md").exists() and (tmp_path / "cmp" / "compare.png").exists()
-    [mine] = (runs / "mlp-lora").glob("results-limit2-*.json")  # its controls are not every control: named so
-    first = json.loads(mine.read_text())
-    assert first["methods"] == ["uav", "no_soft", "selfie"] and first["settings"]["methods"] == ["no_soft", "selfie", "uav"]
-    [frozen] = (runs / "affine-frozen").glob("results-limit2-*.json")
-    assert json.loads(frozen.read_text())["trainable_params"] == {"adapter": 32 + 1, "lora": 0}  # tiny llama: d 32
-    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
-    assert run_demo(recipe, console=Console(file=io.StringIO())) == table
-    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == stamps  # nothing redone
-
-    # results as they were named before the settings and the split "all" were part of the name: found, moved to
-    # their names, not evaluated again
-    def unnamed(path: Path, to: Path) -> None:
-        doc = json.loads(path.read_text())
-        to.write_text(json.dumps({k: v for k, v in doc.items() if k != "settings"}))
-        for kind, ext in (("results", "json"), ("report", "md"), ("eval_tasks", "png")):
-            path.with_name(path.name.replace("results", kind).replace(".json", f".{ext}")).unlink()
-
-    legacy = {mine: runs / "mlp-lora" / "results-limit2.json",
-              extra: extra.parent.with_name(extra.parent.name.removesuffix("-all")) / "results.json"}
-    items = {p: json.loads(p.read_text())["items"] for p in legacy}
-    for new, old in legacy.items():
-        unnamed(new, old)
-    monkeypatch.setattr("pipelines.demo.evaluate", lambda cfg: pytest.fail(f"evaluated again: {cfg}"))
-    said = io.StringIO()
-    assert run_demo(recipe, console=Console(file=said, width=400)) == table
-    for new, old in legacy.items():
-        assert not old.exists() and json.loads(new.read_text())["items"] == items[new]
-        assert new.with_name(new.name.replace("results", "report").replace(".json", ".md")).is_file()
-        assert f"{old} is this evaluation: moved to {new}" in said.getvalue()
-    monkeypatch.undo()
-    older = mine  # results without limit_counts: limits counted questions, and the shuffled control was another one
-    older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "limit_counts"}))
-    said = io.StringIO()
-    run_demo(recipe, console=Console(file=said, width=400))
-    assert json.loads(older.read_text())["limit_counts"] == "texts"  # evaluated again
-    assert f"{older} was made with other settings: evaluating again" in said.getvalue()
-
-
-def test_shipped_recipes_load():
-    for p in (ROOT / "pipelines" / "recipes").glob("*.toml"):
-        assert load_recipe(p)["runs"], p
-
-
-@pytest.mark.parametrize("extra, problem", [
-    ("typo = 1", "unknown key(s) ['typo'] in [eval]"),
-    ("\n[trian]\nsteps = 1", "unknown key(s) ['trian'] in the top level"),
-    ("\n[[runs]]\nname = 'x'\nout = 'y'\nstepz = 3", "unknown training setting(s) ['stepz']"),
-    ("\n[[runs]]\nname = 'x'", "lacks name or out"),
-    ("\n[[donors]]\nname = 'd'\nstore = 's'\nmax_lenght = 3", "unknown key(s) ['max_lenght'] in [[donors]] d"),
-    ("= broken", "not valid TOML"),
-    ("data_runs = ['mlp_lora']", "data_runs = ['mlp_lora'] names no run of the recipe"),
-    ("\n[[runs]]\nname = 'x'\nout = 'y'\nno_lora = 'false'", "no_lora = 'false' must be true or false"),
-    ("\n[[runs]]\nname = 'x'\nout = 'y'\nstage = 2", "stage = 2 must be a string"),
-    ("\n[[donors]]\nname = 'd'\nstore = 's'\nbatch_size = '8'", "batch_size = '8' must be an integer"),
-])
-def test_recipe_mistakes_are_named_before_anything_runs(tmp_path, tiny_llama_dir, data, extra, problem):
-    recipe = _recipe(tmp_path, tiny_llama_dir, data, extra)
-    with pytest.raises(UavError) as e:
-        run_demo(recipe, console=Console(file=io.StringIO()))
-    assert problem in str(e.value)
-    assert not (tmp_path / "store").exists() and not (tmp_path / "runs").exists()
-
-
-def test_recipe_runs_need_their_own_folders(tmp_path, tiny_llama_dir, data):
-    recipe = _recipe(tmp_path, tiny_llama_dir, data)
-    text = recipe.read_text().replace(str(tmp_path / "runs" / "affine-frozen"), str(tmp_path / "runs" / "mlp-lora"))
-    recipe.write_text(text)
-    with pytest.raises(UavError, match="share an out folder"):
-        load_recipe(recipe)
-
-
-def test_each_seed_of_a_curriculum_or_transfer_starts_from_the_same_seed_of_its_first_run():
-    """Seed k of a run whose init_from or frozen_decoder names another run of the recipe reads that run's seed-k
-    folder (a path outside the recipe stays as it is)."""
-    from pipelines.demo import seed_runs
-
-    rec = {"train": {"stage": "2", "stores": ["s"]},
-           "runs": [{"name": "labels", "out": "runs/labels"},
-                    {"name": "yesno", "out": "runs/yesno", "init_from": "runs/labels"},
-                    {"name": "transfer", "out": "runs/t", "frozen_decoder": "runs/labels"},
-                    {"name": "outside", "out": "runs/o", "init_from": "elsewhere/run"}]}
-    for k, suffix in ((0, ""), (2, "-seed2")):
-        cfgs = dict(seed_runs(rec, k))
-        assert cfgs["yesno"].init_from == cfgs["transfer"].frozen_decoder == "runs/labels" + suffix
-        assert cfgs["yesno"].out == "runs/yesno" + suffix and cfgs["outside"].init_from == "elsewhere/run"
-
-
-def test_demo_with_seeds_trains_each_run_per_seed_and_reports_the_spread(tmp_path, tiny_llama_dir, data):
-    """seeds = 2 at the top of a recipe: each run trained and evaluated with the [train] seed + 0 and + 1 (seed 0 in the
-    run's own folder, seed 1 beside it), then seeds.json|md with mean ± spread per run and task group. A one-seed demo
-    prints its numbers beside the recipe's reference spread (none for this recipe: it says so)."""
-    recipe = _recipe(tmp_path, tiny_llama_dir, data)
-    text = recipe.read_text().replace('controls = ["no_soft", "selfie"]', 'controls = ["shuffled"]')
-    text = text[:text.index("[[runs]]\nname = \"affine-frozen\"")] + text[text.index("[eval]"):]
-    recipe.write_text("seeds = 2\n" + text)
-    out = io.StringIO()
-    run_demo(recipe, console=Console(file=out, width=200))
-    runs = tmp_path / "runs"
-    assert [json.loads((runs / d / "config.json").read_text())["train"]["seed"] for d in ("mlp-lora", "mlp-lora-seed1")] \
-        == [0, 1]
-    summary = json.loads((tmp_path / "cmp" / "seeds.json").read_text())
-    assert summary["format"] == "uav-seed-spread" and summary["seeds"] == [0, 1]
-    cell = next(iter(summary["runs"]["mlp-lora"].values()))
-    assert cell["uav"]["n"] == 2 and len(cell["seed_intervals"]) == 2 and cell["reads"] in ("yes", "yes (pooled)", "no")
-    assert "spread over seeds" in out.getvalue() and (tmp_path / "cmp" / "seeds.md").is_file()
-    one = io.StringIO()
-    run_demo(recipe, console=Console(file=one, width=200), seeds=1)  # seed 0 is already there: nothing retrained
-    assert "no reference spread for this recipe" in one.getvalue()
-
-
 def test_generalization_rows_yes_no_scoring_and_calibration(tiny_llama_dir, tmp_path):
     """Yes/no questions are their own group, scored by the leading yes/no with the share of clean answers; items are
     placed as seen dataset + seen phrasing, seen dataset + held-out phrasing (never trained: the stream skips it),
@@ -709,106 +520,3 @@ def test_a_source_that_mixes_tasks_is_scored_and_reported_per_task(tmp_path):
     line = next(ln for ln in md.splitlines() if ln.startswith("| ↳ mix · classification |"))
     assert "| acc | 6 | 1.00 | 0.33 |" in line and "0.90 [0.80, 1.00]" in line  # the source's probe, for its labels
     assert next(ln for ln in md.splitlines() if ln.startswith("| mix · fact | fact |"))
-
-
-def test_a_data_file_without_questions_is_refused_before_any_donor_work(run, tmp_path, monkeypatch):
-    monkeypatch.setattr("uav_cache.harvest.harvest", lambda cfg: pytest.fail("the donor was run"))
-    notes = tmp_path / "notes.txt"
-    notes.write_text("The cat is red.\n\nThe dog is blue.\n")
-    quick = dict(run=str(run), methods=["uav"], similarity=False, progress=False)
-    with pytest.raises(UavError, match=r"notes.txt has no questions to evaluate \(a .txt file holds texts only\)"):
-        evaluate(EvalConfig(**quick, data=str(notes)))
-    plain = tmp_path / "plain.jsonl"
-    plain.write_text("".join(json.dumps({"id": f"p{i}", "text": f"The cat is {c}.", "split": "test"}) + "\n"
-                             for i, c in enumerate(COLOURS)))
-    with pytest.raises(UavError, match="plain.jsonl has no questions to evaluate .no example carries qa pairs"):
-        evaluate(EvalConfig(**quick, data=str(plain)))
-    with pytest.raises(UavError, match=r"plain.jsonl has no 'val' examples \(its splits: test\)"):
-        evaluate(EvalConfig(**quick, data=str(plain), split="val"))
-    assert not (run / "evals").exists() or not list((run / "evals").glob("notes-*")) + list((run / "evals").glob("plain-*"))
-
-
-def test_data_that_is_the_runs_own_training_file_is_its_own_test_split_not_a_new_harvest(run, data, tmp_path,
-                                                                                        monkeypatch, capsys):
-    import shutil
-
-    run_copy = tmp_path / "run"
-    shutil.copytree(run, run_copy)
-    monkeypatch.setattr("uav_cache.harvest.harvest", lambda cfg: pytest.fail("the run's own data was harvested again"))
-    quick = dict(run=str(run_copy), methods=["uav"], similarity=False, n_boot=10, progress=False, probe=False)
-    evals = set(run_copy.glob("evals/*"))  # what other evaluations of the module's run left there
-    res = evaluate(EvalConfig(**quick, data=str(data)))
-    err = capsys.readouterr().err
-    assert f"uav: note: {data} is the data the run was trained on" in err and "evaluating its test split" in err
-    assert res.split == "test" and res.own_dataset and res.folder() == run_copy
-    assert set(run_copy.glob("evals/*")) == evals  # nothing harvested, nothing written beside the run
-    plain = evaluate(EvalConfig(**quick))  # the same evaluation as without --data
-    assert [r["pred"] for r in res.items] == [r["pred"] for r in plain.items] and res.n_items == plain.n_items == 20
-
-
-def test_a_damaged_read_out_the_run_does_not_read_is_warned_about(run, tmp_path, capsys):
-    import shutil
-
-    rec = load_run(run).info.record
-    src = Path(rec.stores[0].location())
-    store = tmp_path / "store"
-    shutil.copytree(src, store)
-    other = next(r for r in Store(store).readouts if r != rec.readout)
-    chunk = store / "acts" / "model.layers.1" / other / "c" / "0" / "0"
-    raw = bytearray(chunk.read_bytes())
-    raw[:32] = bytes(32)
-    chunk.write_bytes(bytes(raw))
-    res = evaluate(EvalConfig(run=str(run), store=str(store), methods=["uav"], similarity=False, n_boot=10,
-                              progress=False, probe=False))
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("uav: warning")]
-    assert res.n_items == 20 and len(err) == 1, err
-    assert err[0].startswith(f"uav: warning: store {store} is damaged where this run does not read: ")
-    assert f"model.layers.1/{other}" in err[0] and f"uav store verify {store}" in err[0]
-
-
-def test_an_interrupted_data_harvest_says_the_same_command_resumes_it(run, data, tmp_path, monkeypatch, capsys):
-    import shutil
-
-    from helpers import run_uav
-
-    run_copy = tmp_path / "run"
-    shutil.copytree(run, run_copy)
-    fresh = tmp_path / "fresh.jsonl"
-    fresh.write_text(data.read_text().replace("number", "item"))
-    argv = ["eval", str(run_copy), "--data", str(fresh), "--controls", "none", "--no-similarity", "--device", "cpu"]
-    import uav_cache.harvest as h
-
-    def interrupted(*a, **kw):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(h, "forward_shard", interrupted)
-    code, _, err = run_uav(argv, capsys)
-    from uav_cache.examples import load_examples
-    from uav_eval.protocol import data_store
-
-    store = data_store(run_copy, load_examples(str(fresh)))
-    assert store.is_dir() and not Store(store).meta["complete"]
-    assert code == 130 and err.strip().splitlines()[-1] == \
-        f"uav: interrupted (the harvest of {fresh} into {store} is kept: the same command resumes it)", err
-    monkeypatch.undo()
-    code, out, err = run_uav(argv, capsys)
-    assert code == 0 and "report → " in out, err
-    assert Store(store).meta["complete"]
-
-
-def test_a_data_file_keeps_token_vectors_of_the_layers_the_run_reads_them_from_only(tiny_runs, tmp_path):
-    """A run reading block 2's read-out and block 1's token vectors: --data stores both blocks' read-outs and block 1's
-    token vectors, not block 2's (a store of every block's tokens is many times larger, for nothing)."""
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_runs["tokens"], run)
-    fresh = tmp_path / "fresh.jsonl"
-    fresh.write_text("".join(json.dumps({"id": f"f{i}", "text": f"The {n} sits here.", "split": "test",
-                                         "qa": [{"question": "Which thing is named?", "answer": n}]}) + "\n"
-                             for i, n in enumerate(NOUNS)))
-    res = evaluate(EvalConfig(run=str(run), data=str(fresh), methods=["uav"], similarity=False, n_boot=10,
-                              progress=False, probe=False))
-    st = Store(res.store)
-    assert res.n_items == 4 and sorted(st.layers) == ["model.layers.1", "model.layers.2"]
-    assert st.token_layers == ["model.layers.1"] and st.token_width is None

@@ -3,7 +3,7 @@ writer, corrupt chunks reaching the trainer, and a sweep of bad command lines.
 
 Already covered elsewhere (not repeated here): resume after an in-process kill at 3 points and one SIGKILLed
 harvest subprocess (test_harvest), ENOSPC, verify naming a corrupt chunk (test_store), in-process training
-resume equality (test_trainer).
+resume equality (tests/trainer).
 
 SIGKILL tests use one *fork server*: a child process that imports torch/transformers/peft once, then forks a
 fresh grandchild per attempt, so each kill costs milliseconds instead of a 5 s interpreter start. A kill waits for an
@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import assert_same_run, run_uav
-import torch
 
 from test_harvest import _write_jsonl, assert_same_store
 from uav_cache.store import writer

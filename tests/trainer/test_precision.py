@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from test_trainer import cfg_for, data, metrics, stores  # noqa: F401  (module fixtures reused here)
+from trainer_kit import cfg_for, metrics
 from uav_cache.errors import UavError
 from uav_train.stream import ItemStream
 from uav_cache.device import resolve_precision
