@@ -19,6 +19,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import tomllib
@@ -441,6 +442,12 @@ def depth_blocks(n_layers: int) -> list[int]:
     """The blocks at 0, ¼, ½, ¾ depth and the last: where a per-block view of a donor reads (SmolLM2's 30 blocks:
     0, 7, 15, 22, 29)."""
     return sorted({0, n_layers // 4, n_layers // 2, (3 * n_layers) // 4, n_layers - 1})
+
+
+def block_index(layer: str) -> int | None:
+    """The block index a module path ends with ("model.layers.23" → 23); None for a path that ends in no number."""
+    m = re.search(r"(\d+)$", layer)
+    return int(m.group(1)) if m else None
 
 
 def layer_name(model: torch.nn.Module, index: int) -> str:

@@ -207,10 +207,11 @@ def view_probe(store: Store, split: str, *, layers: list[str] | None = None, fol
     "by_layer": {layer: accuracy}}}; sources whose answers never repeat are left out."""
     layers = [lay for lay in (layers or store.token_layers) if lay in store.token_layers]
     evaluated, trained = view_rows(store, split), view_rows(store, "train")
+    validated = view_rows(store, "val") if split != "val" else {}
     ex = store.examples()
     out: dict[str, dict] = {}
     for src, rows in sorted(evaluated.items()):
-        fit_rows, val_rows = trained.get(src, []), view_rows(store, "val").get(src, []) if split != "val" else []
+        fit_rows, val_rows = trained.get(src, []), validated.get(src, [])
         met = {a for _, _, a in fit_rows}
         # a split grouped by answer (each entity in one split only) leaves the fit nothing to name: cross-validate
         if fit_rows and split != "train" and np.mean([a in met for _, _, a in rows]) >= 0.5:

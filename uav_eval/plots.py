@@ -8,11 +8,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from uav_cache.examples import TASKS
+from uav_cache.models import block_index
 from uav_eval.methods import READING_METRIC
 from uav_eval.results import Results
 from uav_eval.tables import Stat, groups_of, methods_of, ordered, params_of, run_name, short_name, stat
@@ -93,14 +93,6 @@ def plot_compare(runs: list[tuple[str, Results]], path: Path) -> None:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
 
 
-
-
-def _block(layer: str) -> int:
-    """The block index a module path ends with ("model.layers.23" → 23)."""
-    m = re.search(r"(\d+)$", layer)
-    return int(m.group(1)) if m else -1
-
-
 def plot_privileged(results: Results, path: Path) -> bool:
     """Left: per source, a linear probe's accuracy at naming the answer from the view's pooled states, block by
     block (chance dashed), with the run's read blocks marked. Right: how often the run names it from the whole text,
@@ -114,12 +106,12 @@ def plot_privileged(results: Results, path: Path) -> bool:
     fig = _figure(11.0, 4.2)
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for i, (src, p) in enumerate(sorted(probe.items())):
-        pts = sorted((_block(lay), acc) for lay, acc in p["by_layer"].items())
+        pts = sorted((b, acc) for lay, acc in p["by_layer"].items() if (b := block_index(lay)) is not None)
         left.plot([b for b, _ in pts], [a for _, a in pts], marker="o", color=f"C{i % 10}", label=src)
         left.axhline(p["chance"], color=f"C{i % 10}", linestyle=":", linewidth=0.8)
-    for k, lay in enumerate(results.layers):
-        left.axvline(_block(lay), color="0.4", linestyle="--", linewidth=0.8,
-                     label="the run's read-out block" if k == 0 else None)
+    read = [b for lay in results.layers if (b := block_index(lay)) is not None]
+    for k, b in enumerate(read):
+        left.axvline(b, color="0.4", linestyle="--", linewidth=0.8, label="the run's read-out block" if k == 0 else None)
     left.set_xlabel("donor block")
     left.set_ylabel("probe accuracy (dotted: chance)")
     left.set_ylim(0, 1.05)

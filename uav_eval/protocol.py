@@ -8,7 +8,6 @@ and overall with bootstrap 95% intervals. Nothing here looks at the test split t
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections import defaultdict
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from uav_cache.examples import SPLITS, TASKS
 from uav_cache.errors import UavError
 from uav_cache.device import pick_device
-from uav_cache.models import depth_blocks, weights_fingerprint
+from uav_cache.models import block_index, depth_blocks, weights_fingerprint
 from uav_cache.store import Store, check_compatible
 from uav_eval import metrics
 from uav_eval.controls import MethodRunner, check_methods
@@ -348,10 +347,9 @@ def harvest_for(run: str, rec: RunRecord, data: str, device: str, split: str, ex
                        "install the same donor weights to harvest --data with them")
 
     def block(layer: str) -> int:
-        m = re.search(r"(\d+)$", layer)
-        if m is None:
+        if (b := block_index(layer)) is None:
             raise UavError(f"cannot tell the block index of layer {layer!r}", "harvest the data yourself and pass --store")
-        return int(m.group(1))
+        return b
 
     blocks = [block(layer) for layer in dict.fromkeys((*spec.layers, *spec.token_layers))]
     token_blocks = [block(t) for t in spec.token_layers]

@@ -180,7 +180,7 @@ def _setting(v: Any) -> str:
     return str(v)
 
 
-def _report_md(results: Results, plot_name: str) -> str:
+def _report_md(results: Results, plot_name: str, privileged_plot: str | None = None) -> str:
     methods = methods_of(results)
     checks = bar_check(results)
     lora = results.lora or "none (decoder untouched)"
@@ -212,7 +212,7 @@ def _report_md(results: Results, plot_name: str) -> str:
         reading_table(results),
         *generalization_section(results),
         *calibration_section(results),
-        *privileged_section(results, plot_name.replace("eval_tasks", "privileged", 1)),
+        *privileged_section(results, privileged_plot),
         "",
         "## Beyond decoder priors",
         "",
@@ -371,9 +371,10 @@ def write_report(results: Results, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     sx = suffix(results.limit, results.tag)
     results.save(run_dir / f"results{sx}.json")
-    (run_dir / f"report{sx}.md").write_text(_report_md(results, f"eval_tasks{sx}.png"))
+    drawn = plot_privileged(results, run_dir / f"privileged{sx}.png")
+    (run_dir / f"report{sx}.md").write_text(_report_md(results, f"eval_tasks{sx}.png",
+                                                       f"privileged{sx}.png" if drawn else None))
     plot_tasks(results, run_dir / f"eval_tasks{sx}.png")
-    plot_privileged(results, run_dir / f"privileged{sx}.png")
     own = run_dir.resolve() == Path(results.run).resolve() and (run_dir / "config.json").is_file()
     if own and (sx == "" or not (run_dir / "results.json").is_file()):
         write_text_atomic(run_dir / CARD, model_card(results))
